@@ -1,0 +1,227 @@
+from __future__ import annotations
+
+import base64
+import ctypes
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+from pdwire.errors import ForbiddenGlobalError, MalformedMessageError
+from pdwire.lightllm import (
+    LightLLMCodec,
+    MultimodalParams,
+    ObjType,
+    PD_Master_Obj,
+    UpKVStatus,
+    dumps,
+    group_request_id,
+)
+from pdwire.structs import DecodeNode, FinishStatus, layout_for
+
+VERSIONS = ["v1.1.0", "fc72ffa"]
+
+
+def golden(root: Path, version: str, name: str) -> bytes:
+    return (root / version / name).read_bytes()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_struct_layouts_match_lightllm_ctypes(golden_root: Path, version: str) -> None:
+    layout = layout_for(version)
+    reference = json.loads(golden(golden_root, version, "ctypes_layout.json"))
+    ours = {
+        "SamplingParams": layout.SamplingParams,
+        "StopSequence": layout.StopSequence,
+        "StopSequenceGroups": layout.StopSequenceGroups,
+        "DecodeNode": DecodeNode,
+        "FinishStatus": FinishStatus,
+    }
+    checked = 0
+    for entry in reference:
+        cls = ours.get(entry["class"].rsplit(".", 1)[1])
+        if cls is None:
+            continue
+        assert ctypes.sizeof(cls) == entry["size"], entry["class"]
+        for f in entry["fields"]:
+            assert (getattr(cls, f["name"]).offset, getattr(cls, f["name"]).size) == (
+                f["offset"],
+                f["size"],
+            ), f"{entry['class']}.{f['name']}"
+        checked += 1
+    assert checked == len(ours)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "abort.pkl",
+        "pd_master_obj.pkl",
+        "req_to_prefill.pkl",
+        "req_to_decode.pkl",
+        "token_packs_prefill.pkl",
+        "token_packs_decode.pkl",
+    ],
+)
+def test_every_golden_pickle_decodes_and_reencodes_byte_for_byte(
+    golden_root: Path, version: str, name: str
+) -> None:
+    raw = golden(golden_root, version, name)
+    assert dumps(LightLLMCodec(version).loads(raw)) == raw
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_req_to_prefill_built_from_scratch_equals_lightllm_bytes(
+    golden_root: Path, version: str
+) -> None:
+    codec = LightLLMCodec(version)
+    decoded = json.loads(golden(golden_root, version, "decoded.json"))["req_to_prefill.pkl"]
+    ref = decoded[1][1]
+    node = ref["move_kv_to_decode_node"]
+    params = codec.layout.new_sampling_params()
+    for key in (
+        "best_of",
+        "n",
+        "do_sample",
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "temperature",
+        "top_p",
+        "top_k",
+        "ignore_eos",
+        "max_new_tokens",
+        "min_new_tokens",
+        "group_request_id",
+        "suggested_dp_index",
+        "skip_special_tokens",
+        "print_eos_token",
+    ):
+        setattr(params, key, ref[key])
+    stop = ref["stop_sequences"]["groups"]["nonzero_prefix"]
+    ids = [g["sequence"]["nonzero_prefix"] for g in stop[: ref["stop_sequences"]["size"]]]
+    params.set_stop_sequences(ids, ["\n\n"])  # the golden stop sequence is "\n\n" = [13, 13]
+    params.move_kv_to_decode_node.fill(
+        node_id=(node["node_id_high"] << 64) | node["node_id_low"],
+        ip=".".join(str(x) for x in node["ip"]["nonzero_prefix"]),
+        rpyc_port=node["rpyc_port"],
+        max_new_tokens=node["max_new_tokens"],
+        pd_master_node_id=(node["pd_master_node_id_high"] << 64) | node["pd_master_node_id_low"],
+    )
+    built = codec.encode_req(decoded[1][0], params)
+    assert built == golden(golden_root, version, "req_to_prefill.pkl")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_token_packs_decode_to_entries_and_load(golden_root: Path, version: str) -> None:
+    codec = LightLLMCodec(version)
+    kind, payload, load = codec.decode_node_message(
+        golden(golden_root, version, "token_packs_decode.pkl")
+    )
+    assert kind is ObjType.TOKEN_PACKS
+    entries = codec.decode_token_packs(payload)
+    assert [(e[0], e[1], e[3].status) for e in entries][:2] == [
+        (800008, " intelligence", 0),
+        (800008, " is", 0),
+    ]
+    assert entries[3][3].finish_reason() == "stop"
+    if version == "v1.1.0":
+        assert load == {"total_token_usage_rate": 0.42, "client_ip_port": "10.0.0.141:8121"}
+    else:
+        assert load is None
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_token_packs_built_from_scratch_equal_lightllm_bytes(
+    golden_root: Path, version: str
+) -> None:
+    codec = LightLLMCodec(version)
+    decoded = json.loads(golden(golden_root, version, "decoded.json"))["token_packs_decode.pkl"]
+    entries = [(e[0], e[1], dict(e[2]), FinishStatus(e[3]["status"])) for e in decoded[1]]
+    load = decoded[2] if len(decoded) == 3 else None
+    assert codec.encode_token_packs(entries, load) == golden(
+        golden_root, version, "token_packs_decode.pkl"
+    )
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_req_to_prefill_fields(golden_root: Path, version: str) -> None:
+    codec = LightLLMCodec(version)
+    kind, payload, _ = codec.decode_node_message(golden(golden_root, version, "req_to_prefill.pkl"))
+    assert kind is ObjType.REQ
+    prompt, params, multimodal = codec.decode_req(payload)
+    assert prompt == "What is AI?"
+    assert params.max_new_tokens == 1
+    assert params.group_request_id == 800008
+    assert params.stop_token_sequences() == [[13, 13]]
+    node = params.move_kv_to_decode_node
+    assert node.exists and node.ip_str == "10.0.0.141" and node.rpyc_port == 42000
+    assert node.pd_master_node_id == 20095106327972375235668719608427373040
+    assert multimodal == MultimodalParams()
+    if version == "v1.1.0":
+        assert params.stop_strings() == ["\n\n"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_pd_master_obj_and_registered_objects(golden_root: Path, version: str) -> None:
+    codec = LightLLMCodec(version)
+    obj = codec.decode_pd_master_obj(golden(golden_root, version, "pd_master_obj.pkl"))
+    assert obj == PD_Master_Obj(20095106327972375235668719608427373040, "10.0.0.50:60011")
+    assert codec.encode_pd_master_obj(obj) == golden(golden_root, version, "pd_master_obj.pkl")
+    data = json.loads(golden(golden_root, version, "registered_objects.json"))["data"]
+    objs = codec.decode_registered_objects(base64.b64decode(data))
+    assert [o.host_ip_port for o in objs.values()] == ["10.0.0.50:60011", "10.0.0.51:60012"]
+    assert base64.b64encode(codec.encode_registered_objects(objs)).decode() == data
+
+
+def test_kv_move_status_json_roundtrip(golden_root: Path) -> None:
+    raw = json.loads(golden(golden_root, "v1.1.0", "kv_move_status.json"))
+    status = UpKVStatus.from_json_dict(raw)
+    assert (status.group_request_id, status.dp_index) == (800008, 3)
+    assert status.to_json_dict() == raw
+
+
+def test_version_mismatch_is_named() -> None:
+    params = layout_for("fc72ffa").new_sampling_params()
+    raw = LightLLMCodec("fc72ffa").encode_req("hi", params)
+    with pytest.raises(MalformedMessageError, match="--lightllm_version"):
+        LightLLMCodec("v1.1.0").loads(raw)
+
+
+class _Evil:
+    def __reduce__(self):  # noqa: ANN204
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pickle.dumps(_Evil(), protocol=4),
+        pickle.dumps((ObjType.REQ, ("x", eval)), protocol=4),  # builtins.eval
+        b"cos\nsystem\n(S'echo pwned'\ntR.",  # protocol 0 GLOBAL
+    ],
+)
+def test_hostile_pickles_are_rejected_without_running_code(payload: bytes) -> None:
+    with pytest.raises(ForbiddenGlobalError):
+        LightLLMCodec().loads(payload)
+
+
+def test_garbage_is_a_malformed_message() -> None:
+    with pytest.raises(MalformedMessageError):
+        LightLLMCodec().loads(b"\x80\x04not a pickle")
+    with pytest.raises(MalformedMessageError):
+        LightLLMCodec().decode_node_message(dumps([1, 2, 3]))
+
+
+def test_ctypes_unpickle_refuses_structs_outside_the_allowlist() -> None:
+    with pytest.raises(ForbiddenGlobalError):
+        LightLLMCodec().loads(pickle.dumps(DecodeNode(), protocol=4))
+
+
+def test_group_request_id() -> None:
+    assert group_request_id(800013) == 800008
+    assert group_request_id(800008) == 800008
