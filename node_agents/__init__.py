@@ -1,0 +1,1 @@
+"""Per-node agents that supervise LightLLM (or the simulated engine)."""

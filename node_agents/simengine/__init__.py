@@ -1,0 +1,1 @@
+"""Simulated LightLLM prefill/decode node for tests, demos and benchmarks."""

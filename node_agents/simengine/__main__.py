@@ -1,0 +1,3 @@
+from node_agents.simengine.cli import main
+
+main()

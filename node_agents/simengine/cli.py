@@ -1,0 +1,104 @@
+"""``pd-simengine`` / ``python -m node_agents.simengine``: a CPU stand-in for a LightLLM PD node.
+
+Takes LightLLM's flags for prefill/decode nodes (unknown LightLLM flags are accepted and
+ignored) plus the timing model's knobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import uuid
+from pathlib import Path
+
+import uvicorn
+
+from node_agents.simengine.app import MasterAddress, build_node, create_app
+from node_agents.simengine.engine import NodeIdentity
+from node_agents.simengine.timing import TimingModel
+from pdmaster.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
+from pdwire.lightllm import LightLLMCodec
+from pdwire.structs import LAYOUTS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pd-simengine", description=__doc__)
+    p.add_argument("--run_mode", required=True, choices=["prefill", "decode"])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8019)
+    p.add_argument("--model_dir", type=Path, default=DEFAULT_MODEL_DIR)
+    p.add_argument("--pd_master_ip", default="127.0.0.1")
+    p.add_argument("--pd_master_port", type=int, default=60011)
+    p.add_argument("--pd_node_id", type=int, default=None, help="128-bit node id (default: random)")
+    p.add_argument("--pd_decode_rpyc_port", type=int, default=42000)
+    p.add_argument("--config_server_host", default=None)
+    p.add_argument("--config_server_port", type=int, default=None)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--dp", type=int, default=1)
+    p.add_argument("--lightllm_version", default="v1.1.0", choices=sorted(LAYOUTS))
+    p.add_argument(
+        "--pd_reconnect_s",
+        type=float,
+        default=10.0,
+        help="seconds between attempts to reach a master (LightLLM: 10)",
+    )
+    t = TimingModel()
+    g = p.add_argument_group("timing model")
+    g.add_argument("--prefill_base_ms", type=float, default=t.prefill_base_ms)
+    g.add_argument("--prefill_per_token_us", type=float, default=t.prefill_per_token_us)
+    g.add_argument("--decode_base_ms", type=float, default=t.decode_base_ms)
+    g.add_argument("--decode_per_seq_us", type=float, default=t.decode_per_seq_us)
+    g.add_argument("--kv_bytes_per_token", type=int, default=t.kv_bytes_per_token)
+    g.add_argument("--kv_bandwidth_gbps", type=float, default=t.kv_bandwidth_gbps)
+    g.add_argument("--kv_capacity_tokens", type=int, default=t.kv_capacity_tokens)
+    g.add_argument("--batch_max_tokens", type=int, default=t.batch_max_tokens)
+    g.add_argument("--time_scale", type=float, default=t.time_scale)
+    p.add_argument("--log_level", default="info")
+    return p
+
+
+def timing_from_args(args: argparse.Namespace) -> TimingModel:
+    return TimingModel(
+        prefill_base_ms=args.prefill_base_ms,
+        prefill_per_token_us=args.prefill_per_token_us,
+        decode_base_ms=args.decode_base_ms,
+        decode_per_seq_us=args.decode_per_seq_us,
+        kv_bytes_per_token=args.kv_bytes_per_token,
+        kv_bandwidth_gbps=args.kv_bandwidth_gbps,
+        kv_capacity_tokens=args.kv_capacity_tokens,
+        batch_max_tokens=args.batch_max_tokens,
+        time_scale=args.time_scale,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, ignored = build_parser().parse_known_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if ignored:
+        logging.getLogger(__name__).info(
+            "ignoring LightLLM flags the simulation does not use: %s", ignored
+        )
+    if args.pd_node_id is None:
+        args.pd_node_id = uuid.uuid4().int
+    start_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    identity = NodeIdentity(args.pd_node_id, args.run_mode, args.host, args.port, start_args)
+    node = build_node(
+        identity,
+        LightLLMCodec(args.lightllm_version),
+        ModelTokenizer.from_model_dir(args.model_dir),
+        timing_from_args(args),
+        args.dp,
+    )
+    masters = [MasterAddress(0, f"{args.pd_master_ip}:{args.pd_master_port}")]
+    app = create_app(node, masters, args.pd_reconnect_s)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=args.log_level,
+        access_log=False,
+    )

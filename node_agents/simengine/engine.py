@@ -1,0 +1,159 @@
+"""What prefill and decode simulated nodes share: masters, frames, stats, load."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from node_agents.simengine.links import MasterLink
+from node_agents.simengine.textgen import Detokenizer, Generation
+from node_agents.simengine.timing import KVCapacity, TimingModel
+from pdmaster.tokenizer import ModelTokenizer
+from pdwire.errors import WireError
+from pdwire.lightllm import LightLLMCodec, ObjType, TokenEntry
+from pdwire.structs import FinishStatus, SamplingParamsBase
+
+log = logging.getLogger(__name__)
+LOGPROB = -0.25
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    aborts: int = 0
+    tokens: int = 0
+    kv_handoffs: int = 0
+    finished: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class NodeIdentity:
+    node_id: int
+    mode: str
+    host: str
+    port: int
+    start_args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def client_ip_port(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def registration(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "client_ip_port": self.client_ip_port,
+            "mode": self.mode,
+            "start_args": self.start_args,
+        }
+
+
+@dataclass(eq=False)
+class Running:
+    """A request on this node: its generation state and the master it answers."""
+
+    group_id: int
+    link: MasterLink
+    gen: Generation
+    detok: Detokenizer
+    prompt_tokens: int
+    kv_tokens: int = 0
+    skip_special_tokens: bool = True
+
+    def step(
+        self, tokenizer: ModelTokenizer, extra: dict[str, Any] | None = None
+    ) -> tuple[TokenEntry, int]:
+        token, status = self.gen.next_token()
+        special = tokenizer.is_special(token)
+        text = "" if special and self.skip_special_tokens else self.detok.push(token)
+        meta: dict[str, Any] = {
+            "id": token,
+            "logprob": LOGPROB,
+            "cumlogprob": LOGPROB * len(self.gen.output_ids),
+            "special": special,
+            "count_output_tokens": len(self.gen.output_ids),
+            "prompt_cache_len": 0,
+            "mtp_accepted_token_num": 0,
+            "prompt_tokens": self.prompt_tokens,
+        }
+        if extra:
+            meta.update(extra)
+        return (self.group_id, text, meta, FinishStatus(status)), status
+
+
+class SimNode:
+    """Base of the simulated prefill and decode nodes."""
+
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        codec: LightLLMCodec,
+        tokenizer: ModelTokenizer,
+        timing: TimingModel,
+    ) -> None:
+        self.identity = identity
+        self.codec = codec
+        self.tokenizer = tokenizer
+        self.timing = timing
+        self.kv = KVCapacity(timing.kv_capacity_tokens)
+        self.stats = Stats()
+        self.links: dict[int, MasterLink] = {}
+        self.eos_id = tokenizer.eos_token_ids[0] if tokenizer.eos_token_ids else 0
+
+    async def on_frame(self, link: MasterLink, frame: bytes) -> None:
+        try:
+            kind, payload, _ = self.codec.decode_node_message(frame)
+            if kind is ObjType.REQ:
+                prompt, params, _ = self.codec.decode_req(payload)
+                self.stats.requests += 1
+                await self.on_req(link, prompt, params)
+            elif kind is ObjType.ABORT:
+                if not isinstance(payload, int):
+                    raise WireError("ABORT payload must be a group request id")
+                self.stats.aborts += 1
+                await self.on_abort(payload)
+        except WireError as exc:
+            log.error("bad frame from master %s: %s", link.address, exc)
+            await link.close()
+
+    def on_link_lost(self, link: MasterLink) -> None:
+        log.warning("lost master %s", link.address)
+
+    def load(self) -> dict[str, Any]:
+        return {
+            "total_token_usage_rate": self.kv.usage_rate,
+            "client_ip_port": self.identity.client_ip_port,
+        }
+
+    async def send_tokens(self, per_link: dict[MasterLink, list[TokenEntry]]) -> None:
+        load = self.load()
+        for link, entries in per_link.items():
+            self.stats.tokens += len(entries)
+            await link.send(self.codec.encode_token_packs(entries, load))
+
+    def generation(
+        self, prompt_ids: list[int], params: SamplingParamsBase, max_new_tokens: int
+    ) -> Generation:
+        return Generation(
+            prompt_ids=prompt_ids or [self.eos_id],
+            max_new_tokens=max_new_tokens,
+            eos_id=self.eos_id,
+            ignore_eos=bool(params.ignore_eos),
+            min_new_tokens=int(params.min_new_tokens),
+            stop_sequences=params.stop_token_sequences(),
+        )
+
+    async def on_req(
+        self, link: MasterLink, prompt: str | list[int], params: SamplingParamsBase
+    ) -> None:
+        raise NotImplementedError
+
+    async def on_abort(self, group_id: int) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> list[asyncio.Task[None]]:
+        return []

@@ -1,0 +1,103 @@
+"""A node's connections to one PD master, as a LightLLM node keeps them.
+
+``/pd_register``: a text registration frame, then pickled frames both ways.
+``/kv_move_status`` (decode nodes): text JSON frames announcing finished KV hand-offs.
+The link reconnects after ``reconnect_s`` when the master goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+log = logging.getLogger(__name__)
+
+FrameHandler = Callable[["MasterLink", bytes], Awaitable[None]]
+
+
+class MasterLink:
+    def __init__(
+        self,
+        master_id: int,
+        address: str,
+        registration: dict[str, Any],
+        on_frame: FrameHandler,
+        on_lost: Callable[[MasterLink], None],
+        wants_kv_status: bool,
+        reconnect_s: float,
+    ) -> None:
+        self.master_id = master_id
+        self.address = address
+        self._registration = json.dumps(registration)
+        self._on_frame = on_frame
+        self._on_lost = on_lost
+        self._wants_kv_status = wants_kv_status
+        self._reconnect_s = reconnect_s
+        self._ws: ClientConnection | None = None
+        self._kv_ws: ClientConnection | None = None
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._session()
+            except (OSError, WebSocketException, TimeoutError) as exc:
+                log.info("master %s unreachable or gone: %s", self.address, exc)
+            finally:
+                was_connected = self.connected.is_set()
+                self.connected.clear()
+                self._ws = self._kv_ws = None
+                if was_connected:
+                    self._on_lost(self)
+            await asyncio.sleep(self._reconnect_s)
+
+    async def _session(self) -> None:
+        base = f"ws://{self.address}"
+        async with connect(f"{base}/pd_register", max_size=None, ping_interval=None) as ws:
+            await ws.send(self._registration)
+            if self._wants_kv_status:
+                async with connect(
+                    f"{base}/kv_move_status", max_size=None, ping_interval=None
+                ) as kv:
+                    await self._serve(ws, kv)
+            else:
+                await self._serve(ws, None)
+
+    async def _serve(self, ws: ClientConnection, kv: ClientConnection | None) -> None:
+        self._ws, self._kv_ws = ws, kv
+        self.connected.set()
+        log.info("connected to master %s (id %d)", self.address, self.master_id)
+        async for frame in ws:
+            if isinstance(frame, bytes):
+                await self._on_frame(self, frame)
+
+    async def send(self, data: bytes) -> bool:
+        ws = self._ws
+        if ws is None:
+            return False
+        try:
+            await ws.send(data)
+        except (WebSocketException, OSError):
+            return False
+        return True
+
+    async def send_kv_status(self, status: dict[str, Any]) -> bool:
+        ws = self._kv_ws
+        if ws is None:
+            return False
+        try:
+            await ws.send(json.dumps(status))
+        except (WebSocketException, OSError):
+            return False
+        return True
+
+    async def close(self) -> None:
+        for ws in (self._ws, self._kv_ws):
+            if ws is not None:
+                await ws.close()

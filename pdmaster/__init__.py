@@ -1,0 +1,1 @@
+"""pdctl's PD master: LightLLM's client API in front, LightLLM's node protocol behind."""

@@ -1,0 +1,3 @@
+from pdmaster.cli import main
+
+main()

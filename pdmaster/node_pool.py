@@ -1,0 +1,155 @@
+"""The master's pool of connected prefill and decode nodes; the one owner of node state."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pdmaster.errors import NodeFailed
+
+log = logging.getLogger(__name__)
+
+Role = Literal["prefill", "decode"]
+
+
+class Attached(Protocol):
+    """What a node needs of a request it serves: a way to fail it when the node goes."""
+
+    def fail(self, error: Exception) -> None: ...
+
+
+class RegistrationError(ValueError):
+    """A node's registration frame does not say what LightLLM nodes say."""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: int
+    mode: Role
+    client_ip_port: str
+    host: str
+    rpyc_port: int | None
+    start_args: dict[str, Any]
+
+    @classmethod
+    def from_registration(cls, frame: Any) -> NodeInfo:
+        if not isinstance(frame, dict):
+            raise RegistrationError("registration must be a JSON object")
+        for key, kind in (
+            ("node_id", int),
+            ("client_ip_port", str),
+            ("mode", str),
+            ("start_args", dict),
+        ):
+            if not isinstance(frame.get(key), kind) or isinstance(frame.get(key), bool):
+                raise RegistrationError(f"registration field {key!r} must be {kind.__name__}")
+        mode = frame["mode"]
+        if mode not in ("prefill", "decode"):
+            raise RegistrationError(
+                f"registration field 'mode' must be prefill or decode, got {mode!r}"
+            )
+        args = frame["start_args"]
+        host = args.get("host")
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise RegistrationError(
+                f"start_args.host must be an IPv4 address, got {host!r}"
+            ) from None
+        rpyc_port = args.get("pd_decode_rpyc_port")
+        if mode == "decode" and (not isinstance(rpyc_port, int) or not 0 < rpyc_port < 65536):
+            raise RegistrationError(
+                f"start_args.pd_decode_rpyc_port must be a port, got {rpyc_port!r}"
+            )
+        pd_node_id = args.get("pd_node_id", frame["node_id"])
+        if not isinstance(pd_node_id, int) or not 0 <= pd_node_id < 1 << 128:
+            raise RegistrationError("start_args.pd_node_id must be a 128-bit integer")
+        return cls(pd_node_id, mode, frame["client_ip_port"], host, rpyc_port, args)
+
+
+@dataclass(eq=False)
+class NodeConnection:
+    info: NodeInfo
+    _send: Callable[[bytes], Awaitable[None]]
+    connected_at: float
+    in_flight: int = 0
+    load: dict[str, Any] | None = None
+    load_at: float | None = None
+    draining: bool = False
+    closed: bool = False
+    requests: set[Attached] = field(default_factory=set)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def node_id(self) -> int:
+        return self.info.node_id
+
+    async def send(self, data: bytes) -> None:
+        if self.closed:
+            raise NodeFailed(f"{self.info.mode} node {self.info.client_ip_port} is gone")
+        try:
+            async with self._lock:
+                await self._send(data)
+        except Exception as exc:
+            raise NodeFailed(
+                f"{self.info.mode} node {self.info.client_ip_port} failed: {type(exc).__name__}"
+            ) from exc
+
+    def attach(self, request: Attached) -> None:
+        self.requests.add(request)
+        self.in_flight += 1
+
+    def detach(self, request: Attached) -> None:
+        if request in self.requests:
+            self.requests.discard(request)
+            self.in_flight -= 1
+
+
+class NodePool:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._nodes: dict[int, NodeConnection] = {}
+
+    def connect(self, info: NodeInfo, send: Callable[[bytes], Awaitable[None]]) -> NodeConnection:
+        old = self._nodes.get(info.node_id)
+        if old is not None:
+            self.disconnect(old, "replaced by a new connection with the same node id")
+        conn = NodeConnection(info, send, connected_at=self._clock())
+        self._nodes[info.node_id] = conn
+        log.info("%s node %s joined (id %d)", info.mode, info.client_ip_port, info.node_id)
+        return conn
+
+    def disconnect(self, conn: NodeConnection, reason: str) -> None:
+        """Remove a node at once and fail every request it was serving."""
+        if conn.closed:
+            return
+        conn.closed = True
+        if self._nodes.get(conn.node_id) is conn:
+            del self._nodes[conn.node_id]
+        log.warning(
+            "%s node %s left (%s); failing %d request(s)",
+            conn.info.mode,
+            conn.info.client_ip_port,
+            reason,
+            len(conn.requests),
+        )
+        error = NodeFailed(f"{conn.info.mode} node {conn.info.client_ip_port} left: {reason}")
+        for request in list(conn.requests):
+            request.fail(error)
+
+    def record_load(self, conn: NodeConnection, load: dict[str, Any]) -> None:
+        conn.load = load
+        conn.load_at = self._clock()
+
+    def nodes(self, role: Role | None = None) -> list[NodeConnection]:
+        return [n for n in self._nodes.values() if role is None or n.info.mode == role]
+
+    def get(self, node_id: int) -> NodeConnection | None:
+        return self._nodes.get(node_id)
+
+    def candidates(self, role: Role) -> list[NodeConnection]:
+        return [n for n in self._nodes.values() if n.info.mode == role and not n.draining]

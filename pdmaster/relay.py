@@ -1,0 +1,92 @@
+"""Turning node token entries into LightLLM's client responses (SSE events or one JSON body)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from pdmaster.dispatch import PDSession
+from pdmaster.errors import ApiError
+from pdwire.lightllm import TokenEntry
+
+FINISH_REASONS = {0: None, 1: "stop", 2: "length"}
+
+
+def sse_events(entries: list[TokenEntry]) -> bytes:
+    """All ready tokens of one stream as one chunk of ``data:{...}\\n\\n`` events."""
+    out = []
+    dumps = orjson.dumps
+    for _, text, meta, status in entries:
+        reason = FINISH_REASONS.get(status.status)
+        event = {
+            "token": {
+                "id": meta.get("id"),
+                "text": text,
+                "logprob": meta.get("logprob"),
+                "special": meta.get("special", False),
+                "count_output_tokens": meta.get("count_output_tokens"),
+                "prompt_tokens": meta.get("prompt_tokens"),
+            },
+            "generated_text": None,
+            "finished": reason is not None,
+            "finish_reason": reason,
+            "details": None,
+        }
+        out.append(b"data:" + dumps(event) + b"\n\n")
+    return b"".join(out)
+
+
+def sse_error(error: ApiError) -> bytes:
+    body = error.body()
+    body.update(finished=True, finish_reason="error")
+    return b"data:" + orjson.dumps(body) + b"\n\n"
+
+
+async def stream_body(session: PDSession, first: list[TokenEntry]) -> AsyncIterator[bytes]:
+    """The SSE body after the first token; a failure ends it with an error event."""
+    try:
+        yield sse_events(first)
+        while not session.finished:
+            try:
+                entries = await session.next()
+            except ApiError as exc:
+                yield sse_error(exc)
+                return
+            yield sse_events(entries)
+    finally:
+        await session.close()
+
+
+class Collector:
+    """Accumulates a whole generation for the non-streaming /generate answer."""
+
+    def __init__(self, prompt_tokens: int, return_details: bool) -> None:
+        self.texts: list[str] = []
+        self.tokens: list[dict[str, Any]] | None = [] if return_details else None
+        self.count_output_tokens = 0
+        self.finish_reason: str | None = None
+        self.prompt_tokens = prompt_tokens
+
+    def add(self, entries: list[TokenEntry]) -> None:
+        for _, text, meta, status in entries:
+            self.texts.append(text)
+            self.count_output_tokens = meta.get("count_output_tokens", self.count_output_tokens + 1)
+            self.prompt_tokens = meta.get("prompt_tokens", self.prompt_tokens)
+            self.finish_reason = FINISH_REASONS.get(status.status)
+            if self.tokens is not None:
+                token = {k: v for k, v in meta.items() if k != "prompt_ids"}
+                token["text"] = text
+                self.tokens.append(token)
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "generated_text": ["".join(self.texts)],
+            "count_output_tokens": self.count_output_tokens,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+        }
+        if self.tokens is not None:
+            out["tokens"] = self.tokens
+        return out

@@ -1,0 +1,158 @@
+"""End to end through one master and 2 prefill + 2 decode simulated nodes (real processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from pdmaster.tokenizer import ModelTokenizer
+from tests.integration.cluster import Cluster
+from tests.integration.echo_model import expected, sse_events
+
+
+@pytest.fixture(scope="module")
+def tok() -> ModelTokenizer:
+    from pdmaster.tokenizer import DEFAULT_MODEL_DIR
+
+    return ModelTokenizer.from_model_dir(DEFAULT_MODEL_DIR)
+
+
+def generate(cluster: Cluster, prompt: str, **params: object) -> httpx.Response:
+    body = {"inputs": prompt, "parameters": params}
+    return httpx.post(f"{cluster.url}/generate", json=body, timeout=30)
+
+
+def test_generate_returns_the_exact_text(cluster: Cluster, tok: ModelTokenizer) -> None:
+    r = generate(cluster, "What is AI?", max_new_tokens=12)
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "generated_text": ["What is AI?What is AI?"],
+        "count_output_tokens": 9,
+        "finish_reason": "stop",
+        "prompt_tokens": 4,
+    }
+    text, count, reason = expected(tok, "Tell me a joke about computers.", 40, ignore_eos=True)
+    r = generate(cluster, "Tell me a joke about computers.", max_new_tokens=40, ignore_eos=True)
+    assert (r.json()["generated_text"][0], r.json()["count_output_tokens"]) == (text, count)
+    assert r.json()["finish_reason"] == reason == "length"
+
+
+def test_stop_sequences_end_generation_after_the_stop_text(cluster: Cluster) -> None:
+    r = generate(cluster, "What is AI?", max_new_tokens=12, stop_sequences=[" AI"])
+    assert r.json()["generated_text"] == ["What is AI"]
+    assert r.json()["finish_reason"] == "stop"
+
+
+def test_return_details_lists_every_token(cluster: Cluster) -> None:
+    r = generate(cluster, "What is AI?", max_new_tokens=3, return_details=True)
+    tokens = r.json()["tokens"]
+    assert [t["text"] for t in tokens] == ["What", " is", " AI"]
+    assert [t["count_output_tokens"] for t in tokens] == [1, 2, 3]
+
+
+def test_generate_stream_sends_lightllm_events(cluster: Cluster) -> None:
+    body = {"inputs": "What is AI?", "parameters": {"max_new_tokens": 5}}
+    with httpx.stream("POST", f"{cluster.url}/generate_stream", json=body, timeout=30) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    assert raw.startswith("data:{")
+    events = sse_events(raw)
+    assert [e["token"]["text"] for e in events] == ["What", " is", " AI", "?", "What"]
+    assert [e["token"]["count_output_tokens"] for e in events] == [1, 2, 3, 4, 5]
+    assert [e["finished"] for e in events] == [False] * 4 + [True]
+    assert events[-1]["finish_reason"] == "length"
+    assert all(e["token"]["prompt_tokens"] == 4 and e["generated_text"] is None for e in events)
+
+
+def test_one_token_requests_finish_at_prefill(cluster: Cluster) -> None:
+    for _ in range(4):
+        r = generate(cluster, "What is AI?", max_new_tokens=1)
+        assert r.json() == {
+            "generated_text": ["What"],
+            "count_output_tokens": 1,
+            "finish_reason": "length",
+            "prompt_tokens": 4,
+        }
+    assert sum(n.stats()["requests"] for n in cluster.nodes if n.mode == "decode") == 0
+    assert [n.stats()["requests"] for n in cluster.nodes if n.mode == "prefill"] == [2, 2]
+
+
+def test_round_robin_uses_every_node(cluster: Cluster) -> None:
+    for _ in range(4):
+        assert generate(cluster, "Hello world!", max_new_tokens=4).status_code == 200
+    assert [n.stats()["requests"] for n in cluster.nodes] == [2, 2, 2, 2]
+
+
+async def _stream(
+    client: httpx.AsyncClient, url: str, prompt: str, n: int
+) -> tuple[str, list[dict]]:
+    body = {"inputs": prompt, "parameters": {"max_new_tokens": n, "ignore_eos": True}}
+    async with client.stream("POST", f"{url}/generate_stream", json=body) as r:
+        assert r.status_code == 200
+        events = sse_events((await r.aread()).decode())
+    return "".join(e["token"]["text"] for e in events if "token" in e), events
+
+
+def test_fifty_concurrent_streams_all_get_their_text(cluster: Cluster, tok: ModelTokenizer) -> None:
+    prompts = [f"Question {i}: how many tokens per second can one GPU generate?" for i in range(50)]
+
+    async def run() -> list[tuple[str, list[dict]]]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(_stream(client, cluster.url, p, 32) for p in prompts))
+
+    results = asyncio.run(run())
+    for prompt, (text, events) in zip(prompts, results, strict=True):
+        assert text == expected(tok, prompt, 32, ignore_eos=True)[0]
+        assert events[-1]["finished"] and events[-1]["finish_reason"] == "length"
+
+
+def test_killed_decode_node_ends_its_streams_with_an_error(cluster: Cluster) -> None:
+    victim = cluster.node("decode", 0)
+
+    async def run() -> tuple[list[tuple[str, list[dict]]], float]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            tasks = [
+                asyncio.create_task(_stream(client, cluster.url, f"Hello world {i}", 300))
+                for i in range(6)
+            ]
+            await asyncio.sleep(0.8)  # every stream is decoding by now
+            victim.proc.kill()
+            killed_at = time.monotonic()
+            results = await asyncio.gather(*tasks)
+            return results, time.monotonic() - killed_at
+
+    results, after_kill = asyncio.run(run())
+    failed = [events for _, events in results if "error" in events[-1]]
+    completed = [events for _, events in results if events[-1].get("finish_reason") == "length"]
+    assert len(failed) == 3 and len(completed) == 3
+    for events in failed:
+        assert events[-1]["error"]["type"] == "node_failed"
+        assert events[-1]["finished"] is True
+        assert len(events) > 1  # tokens came before the failure
+    assert after_kill < 10  # the surviving streams' remaining tokens, not a timeout
+    assert generate(cluster, "What is AI?", max_new_tokens=12).status_code == 200
+
+
+def test_client_disconnect_aborts_on_both_nodes(cluster: Cluster) -> None:
+    body = {"inputs": "Hello world!", "parameters": {"max_new_tokens": 2000, "ignore_eos": True}}
+    with httpx.stream("POST", f"{cluster.url}/generate_stream", json=body, timeout=30) as r:
+        lines = r.iter_lines()
+        seen = 0
+        for line in lines:
+            seen += line.startswith("data:")
+            if seen == 5:
+                break
+
+    def aborts(mode: str) -> int:
+        return sum(n.stats()["aborts"] for n in cluster.nodes if n.mode == mode)
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (aborts("prefill") < 1 or aborts("decode") < 1):
+        time.sleep(0.05)
+    assert (aborts("prefill"), aborts("decode")) == (1, 1)
+    decode_kv = [n.stats()["kv_used_tokens"] for n in cluster.nodes if n.mode == "decode"]
+    assert decode_kv == [0, 0]  # the aborted request's cache was freed
