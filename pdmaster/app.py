@@ -10,13 +10,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from pdmaster.breaker import CircuitBreaker
 from pdmaster.client_routes import client_router
 from pdmaster.dispatch import PDDispatcher
 from pdmaster.errors import ApiError
 from pdmaster.ids import LocalIdSource
 from pdmaster.node_pool import NodePool
 from pdmaster.node_routes import node_router
-from pdmaster.selection import PairSelector, RoundRobin
+from pdmaster.policies import make_policy
+from pdmaster.selection import PairSelector
 from pdmaster.settings import MasterSettings
 from pdmaster.tokenizer import ModelTokenizer
 from pdmaster.tracking import RequestTable
@@ -34,9 +36,17 @@ def create_app(
 ) -> FastAPI:
     tokenizer = tokenizer or ModelTokenizer.from_model_dir(settings.model_dir)
     codec = LightLLMCodec(settings.lightllm_version)
-    pool = NodePool(clock)
+    pool = NodePool(
+        clock,
+        lambda: CircuitBreaker(clock, settings.breaker_failures, settings.breaker_open_s),
+        settings.load_max_age_s,
+    )
     table = RequestTable()
-    selector = PairSelector(pool, RoundRobin(), RoundRobin())
+    selector = PairSelector(
+        pool,
+        make_policy(settings.prefill_policy, settings.node_capacity_tokens),
+        make_policy(settings.decode_policy, settings.node_capacity_tokens),
+    )
     dispatcher = PDDispatcher(
         codec,
         selector,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from pdmaster.dispatch import PDDispatcher, PreparedRequest
 from pdmaster.errors import ApiError, BadRequest, PayloadTooLarge
 from pdmaster.node_pool import NodePool
+from pdmaster.policies import RequestView, prefix_blocks
 from pdmaster.relay import Collector, stream_body
 from pdmaster.schemas import GenerateRequest
 from pdmaster.settings import MasterSettings
@@ -86,7 +87,8 @@ def prepare(
             f"of {settings.max_new_tokens}",
             code="invalid_field",
         )
-    prompt_tokens = tokenizer.count(body.inputs)
+    prompt_ids = tokenizer.encode(body.inputs)
+    prompt_tokens = len(prompt_ids)
     if prompt_tokens == 0:
         raise BadRequest("inputs: the prompt is empty", code="invalid_field")
     if prompt_tokens + params.max_new_tokens > settings.max_req_total_len:
@@ -100,7 +102,8 @@ def prepare(
         raise BadRequest(
             "parameters.stop_sequences: a stop sequence is over 256 tokens", code="invalid_field"
         )
-    return PreparedRequest(body.inputs, prompt_tokens, params, stop_ids)
+    view = RequestView(prompt_tokens, params.max_new_tokens, prefix_blocks(prompt_ids))
+    return PreparedRequest(body.inputs, prompt_tokens, params, stop_ids, view)
 
 
 def client_router(

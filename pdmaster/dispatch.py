@@ -2,7 +2,11 @@
 
 prefill node P: REQ(max_new_tokens=1, move_kv_to_decode_node=D) -> first token + prompt_ids
 decode node D:  kv_move_status -> REQ(prompt_ids + [first token], suggested_dp_index) -> tokens
-Any failure or early close sends ABORT to both nodes; every wait has a deadline.
+
+The first token reaches the client only once the decode node holds the KV cache, so a
+failed prefill or a hand-off past its deadline can still be retried, once, on another
+pair (the abandoned nodes get an ABORT). After the first token a failure ends the stream.
+Every wait has a deadline; any failure or early close ABORTs the request on its nodes.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from pdmaster.errors import DeadlineExceeded, NodeFailed
+from pdmaster.errors import ApiError, DeadlineExceeded, NodeFailed
 from pdmaster.node_pool import NodeConnection
+from pdmaster.policies import RequestView
 from pdmaster.schemas import GenerateParameters
 from pdmaster.selection import PairSelector
 from pdmaster.tracking import RequestState, RequestTable
@@ -22,6 +27,8 @@ from pdwire.structs import SamplingParamsBase
 
 log = logging.getLogger(__name__)
 
+RETRYABLE_TIMEOUTS = {"first_token_timeout": "prefill", "kv_move_timeout": "decode"}
+
 
 @dataclass(frozen=True)
 class DispatchSettings:
@@ -29,6 +36,7 @@ class DispatchSettings:
     kv_move_timeout_s: float = 10.0
     token_idle_timeout_s: float = 60.0
     request_timeout_s: float = 600.0
+    max_attempts: int = 2
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,14 @@ class PreparedRequest:
     prompt_tokens: int
     parameters: GenerateParameters
     stop_token_ids: list[list[int]]
+    view: RequestView | None = None
+
+
+class DispatchObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def retried(self, error: ApiError) -> None:
+        pass
 
 
 class PDDispatcher:
@@ -51,6 +67,7 @@ class PDDispatcher:
         master_node_id: Callable[[], int],
         settings: DispatchSettings,
         clock: Callable[[], float],
+        observer: DispatchObserver | None = None,
     ) -> None:
         self.codec = codec
         self.selector = selector
@@ -59,6 +76,7 @@ class PDDispatcher:
         self.master_node_id = master_node_id
         self.settings = settings
         self.clock = clock
+        self.observer = observer or DispatchObserver()
 
     def session(self, request: PreparedRequest) -> PDSession:
         return PDSession(self, request)
@@ -68,103 +86,150 @@ class PDSession:
     def __init__(self, dispatcher: PDDispatcher, request: PreparedRequest) -> None:
         self._d = dispatcher
         self._req = request
+        self._view = request.view or RequestView(
+            request.prompt_tokens, request.parameters.max_new_tokens
+        )
         self._deadline = dispatcher.clock() + dispatcher.settings.request_timeout_s
         self._state: RequestState | None = None
         self._prefill: NodeConnection | None = None
         self._decode: NodeConnection | None = None
-        self._first: TokenEntry | None = None
-        self._decode_started = False
         self.finished = False
         self.closed = False
+
+    @property
+    def wants_decode(self) -> bool:
+        return self._req.parameters.max_new_tokens > 1
+
+    @property
+    def decode_tokens(self) -> int:
+        return self._req.prompt_tokens + self._req.parameters.max_new_tokens
+
+    async def first(self) -> list[TokenEntry]:
+        """The first token, with the decode node already holding the KV cache (when needed)."""
+        tried: list[NodeConnection] = []
+        attempt = 1
+        while True:
+            try:
+                return await self._attempt(tried)
+            except ApiError as exc:
+                blamed = self._blame(exc)
+                if blamed is None or attempt >= self._d.settings.max_attempts or self.closed:
+                    await self.close()
+                    raise
+                log.warning("retrying group %s on another pair: %s", self.group_id, exc.message)
+                await self._abandon()
+                self._d.observer.retried(exc)
+                attempt += 1
+            except BaseException:
+                await self.close()
+                raise
+
+    async def next(self) -> list[TokenEntry]:
+        """The next tokens from the decode node."""
+        state, decode = self._state, self._decode
+        assert state is not None and decode is not None and not self.finished
+        try:
+            entries = self._after(
+                await state.take(self._timeout(self._d.settings.token_idle_timeout_s), "token")
+            )
+        except ApiError as exc:
+            self._record_failure(decode, exc)
+            await self.close()
+            raise
+        except BaseException:
+            await self.close()
+            raise
+        if self.finished:
+            decode.breaker.record(True)
+        return entries
 
     @property
     def group_id(self) -> int | None:
         return self._state.group_id if self._state else None
 
-    async def first(self) -> list[TokenEntry]:
-        """Send the prompt to a prefill node and return its first token."""
-        d = self._d
-        wants_decode = self._req.parameters.max_new_tokens > 1
-        prefill = d.selector.pick("prefill")
-        decode = d.selector.pick("decode") if wants_decode else None
-        state = RequestState(await d.next_group_id())
-        self._state = state
-        d.table.add(state)
-        self._prefill = prefill
-        self._decode = decode
-        prefill.attach(state)
-        if decode is not None:
-            decode.attach(state)
-        state.source = prefill
-        try:
-            await prefill.send(d.codec.encode_req(self._req.prompt, self._prefill_params(decode)))
-            entries = await state.take(
-                self._timeout(d.settings.first_token_timeout_s), "first token"
-            )
-        except BaseException:
-            await self.close()
-            raise
-        self._first = entries[0]
-        return self._after(entries)
-
-    async def next(self) -> list[TokenEntry]:
-        """The next tokens from the decode node; starts the decode phase on first call."""
-        state = self._state
-        assert state is not None and not self.finished
-        try:
-            if not self._decode_started:
-                await self._start_decode(state)
-            entries = await state.take(
-                self._timeout(self._d.settings.token_idle_timeout_s), "token"
-            )
-        except BaseException:
-            await self.close()
-            raise
-        return self._after(entries)
-
     async def close(self) -> None:
-        """Forget the request; ABORT it on both nodes unless it finished normally."""
+        """Forget the request; ABORT it on its nodes unless it finished normally."""
         if self.closed:
             return
         self.closed = True
+        await self._abandon(abort=not self.finished)
+
+    async def _attempt(self, tried: list[NodeConnection]) -> list[TokenEntry]:
+        d = self._d
+        prefill = d.selector.pick("prefill", self._view, exclude=tried)
+        decode = d.selector.pick("decode", self._view, exclude=tried) if self.wants_decode else None
+        tried += [n for n in (prefill, decode) if n is not None]
+        state = RequestState(await d.next_group_id())
+        self._state, self._prefill, self._decode = state, prefill, decode
+        d.table.add(state)
+        prefill.attach(state, self._req.prompt_tokens)
+        if decode is not None:
+            decode.attach(state, self.decode_tokens)
+        state.source = prefill
+        await prefill.send(
+            d.codec.encode_req(self._req.prompt, self._prefill_params(state, decode))
+        )
+        first = self._after(
+            await state.take(self._timeout(d.settings.first_token_timeout_s), "first token")
+        )
+        prefill.breaker.record(True)
+        prefill.detach(state, self._req.prompt_tokens)  # its part is done; it may leave now
+        if self.finished or decode is None:
+            return first
+        status = await state.kv_status(self._timeout(d.settings.kv_move_timeout_s))
+        entry = first[0]
+        prompt_ids = entry[2].get("prompt_ids")
+        if not isinstance(prompt_ids, list):
+            raise NodeFailed("the prefill node's first token carries no prompt_ids", node=prefill)
+        state.source = decode
+        params = self._params(self._req.parameters.max_new_tokens - 1, state.group_id)
+        params.suggested_dp_index = status.dp_index
+        await decode.send(d.codec.encode_req(prompt_ids + [entry[2]["id"]], params))
+        return first
+
+    def _blame(self, exc: ApiError) -> NodeConnection | None:
+        """The node at fault for a retryable failure, with its breaker told; None: don't retry."""
+        if isinstance(exc, NodeFailed) and isinstance(exc.node, NodeConnection):
+            node: NodeConnection | None = exc.node
+        elif isinstance(exc, DeadlineExceeded) and exc.code in RETRYABLE_TIMEOUTS:
+            node = self._prefill if RETRYABLE_TIMEOUTS[exc.code] == "prefill" else self._decode
+        else:
+            return None
+        if node is not None:
+            self._record_failure(node, exc)
+        return node
+
+    def _record_failure(self, node: NodeConnection, exc: ApiError) -> None:
+        hard = isinstance(exc, NodeFailed)
+        node.breaker.record(False, may_open=hard or self._d.selector.may_open_breaker(node))
+
+    async def _abandon(self, abort: bool = True) -> None:
         state = self._state
         if state is None:
             return
         self._d.table.remove(state)
-        nodes = [n for n in (self._prefill, self._decode) if n is not None]
-        for node in nodes:
-            node.detach(state)
-        if self.finished:
+        if self._prefill is not None:
+            self._prefill.detach(state, self._req.prompt_tokens)
+        if self._decode is not None:
+            self._decode.detach(state, self.decode_tokens)
+        targets = [n for n in (self._prefill, self._decode) if n is not None and not n.closed]
+        if not abort:
             # Finished at the prefill token: the decode node may hold the moved KV cache.
-            nodes = [self._decode] if self._decode and not self._decode_started else []
-        abort = self._d.codec.encode_abort(state.group_id)
-        for node in nodes:
-            if not node.closed:
+            targets = [n for n in targets if n is self._decode and state.source is not n]
+        if targets:
+            message = self._d.codec.encode_abort(state.group_id)
+            for node in targets:
                 try:
-                    await asyncio.shield(node.send(abort))
+                    await asyncio.shield(node.send(message))
                 except (NodeFailed, asyncio.CancelledError):
                     pass
-
-    async def _start_decode(self, state: RequestState) -> None:
-        decode = self._decode
-        assert decode is not None and self._first is not None
-        self._decode_started = True
-        status = await state.kv_status(self._timeout(self._d.settings.kv_move_timeout_s))
-        prompt_ids = self._first[2].get("prompt_ids")
-        if not isinstance(prompt_ids, list):
-            raise NodeFailed(
-                "prefill node's first token carries no prompt_ids", code="bad_node_reply"
-            )
-        state.source = decode
-        params = self._params(self._req.parameters.max_new_tokens - 1, state.group_id)
-        params.suggested_dp_index = status.dp_index
-        await decode.send(self._d.codec.encode_req(prompt_ids + [self._first[2]["id"]], params))
+        self._state = self._prefill = self._decode = None
 
     def _after(self, entries: list[TokenEntry]) -> list[TokenEntry]:
         status = entries[-1][3].status
         if status not in (0, 1, 2):
             raise NodeFailed(f"node sent unknown finish status {status}", code="bad_node_reply")
-        if status != 0 or self._decode is None:
+        if status != 0 or not self.wants_decode:
             self.finished = True
         return entries
 
@@ -174,9 +239,10 @@ class PDSession:
             raise DeadlineExceeded("request deadline passed", code="request_timeout")
         return min(stage, left)
 
-    def _prefill_params(self, decode: NodeConnection | None) -> SamplingParamsBase:
-        assert self._state is not None
-        params = self._params(1, self._state.group_id)
+    def _prefill_params(
+        self, state: RequestState, decode: NodeConnection | None
+    ) -> SamplingParamsBase:
+        params = self._params(1, state.group_id)
         if decode is not None:
             params.move_kv_to_decode_node.fill(
                 node_id=decode.node_id,

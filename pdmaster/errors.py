@@ -45,6 +45,10 @@ class NodeFailed(ApiError):
     status = 502
     type = "node_failed"
 
+    def __init__(self, message: str, code: str | None = None, node: object = None) -> None:
+        super().__init__(message, code)
+        self.node = node  # the NodeConnection at fault, when known
+
 
 class DeadlineExceeded(ApiError):
     status = 504

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from pdmaster.breaker import CircuitBreaker
 from pdmaster.errors import NodeFailed
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,9 @@ class NodeConnection:
     info: NodeInfo
     _send: Callable[[bytes], Awaitable[None]]
     connected_at: float
+    breaker: CircuitBreaker
     in_flight: int = 0
+    in_flight_tokens: int = 0
     load: dict[str, Any] | None = None
     load_at: float | None = None
     draining: bool = False
@@ -90,35 +93,52 @@ class NodeConnection:
 
     async def send(self, data: bytes) -> None:
         if self.closed:
-            raise NodeFailed(f"{self.info.mode} node {self.info.client_ip_port} is gone")
+            raise NodeFailed(f"{self.info.mode} node {self.info.client_ip_port} is gone", node=self)
         try:
             async with self._lock:
                 await self._send(data)
         except Exception as exc:
             raise NodeFailed(
-                f"{self.info.mode} node {self.info.client_ip_port} failed: {type(exc).__name__}"
+                f"{self.info.mode} node {self.info.client_ip_port} failed: {type(exc).__name__}",
+                node=self,
             ) from exc
 
-    def attach(self, request: Attached) -> None:
+    def attach(self, request: Attached, tokens: int) -> None:
+        """Count a request (and the tokens it will hold) against this node until detached."""
         self.requests.add(request)
         self.in_flight += 1
+        self.in_flight_tokens += tokens
 
-    def detach(self, request: Attached) -> None:
+    def detach(self, request: Attached, tokens: int) -> None:
         if request in self.requests:
             self.requests.discard(request)
             self.in_flight -= 1
+            self.in_flight_tokens -= tokens
 
 
 class NodePool:
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        new_breaker: Callable[[], CircuitBreaker] | None = None,
+        load_max_age_s: float = 5.0,
+    ) -> None:
         self._clock = clock
+        self._new_breaker = new_breaker or (lambda: CircuitBreaker(clock))
+        self._load_max_age_s = load_max_age_s
         self._nodes: dict[int, NodeConnection] = {}
+        self._breakers: dict[int, CircuitBreaker] = {}  # by node id: survives reconnects
 
     def connect(self, info: NodeInfo, send: Callable[[bytes], Awaitable[None]]) -> NodeConnection:
         old = self._nodes.get(info.node_id)
         if old is not None:
             self.disconnect(old, "replaced by a new connection with the same node id")
-        conn = NodeConnection(info, send, connected_at=self._clock())
+        if info.node_id not in self._breakers and len(self._breakers) >= 4096:
+            gone = [i for i in self._breakers if i not in self._nodes]
+            for node_id in gone[: len(gone) // 2 + 1]:
+                del self._breakers[node_id]
+        breaker = self._breakers.setdefault(info.node_id, self._new_breaker())
+        conn = NodeConnection(info, send, self._clock(), breaker)
         self._nodes[info.node_id] = conn
         log.info("%s node %s joined (id %d)", info.mode, info.client_ip_port, info.node_id)
         return conn
@@ -137,13 +157,24 @@ class NodePool:
             reason,
             len(conn.requests),
         )
-        error = NodeFailed(f"{conn.info.mode} node {conn.info.client_ip_port} left: {reason}")
+        error = NodeFailed(
+            f"{conn.info.mode} node {conn.info.client_ip_port} left: {reason}", node=conn
+        )
         for request in list(conn.requests):
             request.fail(error)
 
     def record_load(self, conn: NodeConnection, load: dict[str, Any]) -> None:
         conn.load = load
         conn.load_at = self._clock()
+
+    def reported_usage(self, conn: NodeConnection) -> float | None:
+        """The node's own KV usage rate, unless the report is older than the allowed age."""
+        if conn.load is None or conn.load_at is None:
+            return None
+        if self._clock() - conn.load_at > self._load_max_age_s:
+            return None
+        rate = conn.load.get("total_token_usage_rate")
+        return float(rate) if isinstance(rate, int | float) else None
 
     def nodes(self, role: Role | None = None) -> list[NodeConnection]:
         return [n for n in self._nodes.values() if role is None or n.info.mode == role]

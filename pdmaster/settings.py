@@ -21,3 +21,13 @@ class MasterSettings:
     max_body_bytes: int = 4 * 1024 * 1024
     registration_timeout_s: float = 10.0
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    prefill_policy: str = "round_robin"
+    decode_policy: str = "round_robin"
+    node_capacity_tokens: int = 200_000  # converts a node's reported usage rate into tokens
+    load_max_age_s: float = 5.0  # node load reports older than this are ignored
+    breaker_failures: int = 3
+    breaker_open_s: float = 10.0
+    max_inflight: int = 4096  # requests dispatched at once; more wait in the queue
+    max_queue: int = 1024  # requests waiting for a slot; more get 429
+    queue_timeout_s: float = 30.0
+    admin_token: str | None = None

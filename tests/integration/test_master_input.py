@@ -29,9 +29,17 @@ def lone_master(procs: ProcGroup) -> Iterator[Cluster]:
     [
         ({"parameters": {"max_new_tokens": 4}}, 422, "inputs"),
         ({"inputs": 42}, 422, "inputs"),
-        ({"inputs": "hi", "parameters": {"max_new_tokens": "many"}}, 422, "parameters.max_new_tokens"),
+        (
+            {"inputs": "hi", "parameters": {"max_new_tokens": "many"}},
+            422,
+            "parameters.max_new_tokens",
+        ),
         ({"inputs": "hi", "parameters": {"max_new_tokens": 0}}, 422, "parameters.max_new_tokens"),
-        ({"inputs": "hi", "parameters": {"max_new_tokens": 5000}}, 400, "parameters.max_new_tokens"),
+        (
+            {"inputs": "hi", "parameters": {"max_new_tokens": 5000}},
+            400,
+            "parameters.max_new_tokens",
+        ),
         ({"inputs": "hi", "parameters": {"temperature": -1}}, 422, "parameters.temperature"),
         ({"inputs": "hi", "parameters": {"bogus": 1}}, 422, "parameters.bogus"),
         ({"inputs": "hi", "surprise": True}, 422, "surprise"),
@@ -110,10 +118,22 @@ def test_hostile_pickle_closes_the_node_socket(lone_master: Cluster, tmp_path: P
     [
         "not json",
         json.dumps({"node_id": 1, "client_ip_port": "x", "mode": "router", "start_args": {}}),
-        json.dumps({"node_id": 1, "client_ip_port": "x", "mode": "decode",
-                    "start_args": {"host": "127.0.0.9", "pd_node_id": 1}}),  # no rpyc port
-        json.dumps({"node_id": 1, "client_ip_port": "x", "mode": "prefill",
-                    "start_args": {"host": "node-a", "pd_node_id": 1}}),  # not an IPv4
+        json.dumps(
+            {
+                "node_id": 1,
+                "client_ip_port": "x",
+                "mode": "decode",
+                "start_args": {"host": "127.0.0.9", "pd_node_id": 1},
+            }
+        ),  # no rpyc port
+        json.dumps(
+            {
+                "node_id": 1,
+                "client_ip_port": "x",
+                "mode": "prefill",
+                "start_args": {"host": "node-a", "pd_node_id": 1},
+            }
+        ),  # not an IPv4
     ],
 )
 def test_malformed_registration_is_refused(lone_master: Cluster, registration: str) -> None:
@@ -138,6 +158,9 @@ def test_fc72ffa_nodes_work_with_a_fc72ffa_master(procs: ProcGroup) -> None:
     c.add_node("prefill", 0, "--lightllm_version", "fc72ffa")
     c.add_node("decode", 0, "--lightllm_version", "fc72ffa")
     c.wait_ready(1, 1)
-    body = {"inputs": "What is AI?", "parameters": {"max_new_tokens": 12, "stop_sequences": [" AI"]}}
+    body = {
+        "inputs": "What is AI?",
+        "parameters": {"max_new_tokens": 12, "stop_sequences": [" AI"]},
+    }
     r = httpx.post(f"{c.url}/generate", json=body, timeout=30)
     assert r.json()["generated_text"] == ["What is AI"]
