@@ -8,17 +8,22 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from pdmaster.admin_routes import admin_router
+from pdmaster.admission import Admission
 from pdmaster.breaker import CircuitBreaker
 from pdmaster.client_routes import client_router
 from pdmaster.dispatch import PDDispatcher
-from pdmaster.errors import ApiError
+from pdmaster.errors import ApiError, Overloaded
 from pdmaster.ids import LocalIdSource
+from pdmaster.metrics import MasterMetrics
 from pdmaster.node_pool import NodePool
 from pdmaster.node_routes import node_router
 from pdmaster.policies import make_policy
+from pdmaster.request_id import RequestIdMiddleware
 from pdmaster.selection import PairSelector
+from pdmaster.service import GenerateService
 from pdmaster.settings import MasterSettings
 from pdmaster.tokenizer import ModelTokenizer
 from pdmaster.tracking import RequestTable
@@ -47,6 +52,8 @@ def create_app(
         make_policy(settings.prefill_policy, settings.node_capacity_tokens),
         make_policy(settings.decode_policy, settings.node_capacity_tokens),
     )
+    admission = Admission(settings.max_inflight, settings.max_queue, settings.queue_timeout_s)
+    metrics = MasterMetrics(pool, admission)
     dispatcher = PDDispatcher(
         codec,
         selector,
@@ -55,40 +62,60 @@ def create_app(
         lambda: settings.node_id,
         settings.dispatch,
         clock,
+        observer=metrics,
     )
+    service = GenerateService(dispatcher, admission, metrics, clock)
+
     app = FastAPI(title="pdctl master", docs_url=None, redoc_url=None)
+    app.add_middleware(RequestIdMiddleware)
     app.state.pool = pool
     app.state.table = table
-    app.include_router(client_router(dispatcher, pool, tokenizer, settings))
+    app.state.service = service
+    app.include_router(client_router(service, pool, tokenizer, settings))
     app.include_router(node_router(pool, table, codec, settings.registration_timeout_s))
+    app.include_router(admin_router(pool, settings.admin_token))
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/token_load")
+    async def token_load() -> dict[str, object]:
+        return {
+            "running_requests": admission.inflight,
+            "queued_requests": admission.queued,
+            "nodes": {
+                str(n.node_id): {"role": n.info.mode, "reported_usage": pool.reported_usage(n)}
+                for n in pool.nodes()
+            },
+        }
 
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
+        if exc.status >= 500:
+            log.warning("request %s failed: %s", _request_id(request), exc.message)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         field = ".".join(str(p) for p in first["loc"])
+        message = f"{field}: {first['msg']}"
         body = {
-            "error": {
-                "type": "invalid_request_error",
-                "code": "invalid_field",
-                "message": f"{field}: {first['msg']}",
-            }
+            "error": {"type": "invalid_request_error", "code": "invalid_field", "message": message}
         }
         return JSONResponse(body, status_code=422)
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        body = {
-            "error": {
-                "type": "internal_error",
-                "code": "internal_error",
-                "message": f"{type(exc).__name__}: {exc}",
-            }
-        }
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request %s: unexpected error", _request_id(request))
+        message = f"{type(exc).__name__}: {exc}"
+        body = {"error": {"type": "internal_error", "code": "internal_error", "message": message}}
         return JSONResponse(body, status_code=500)
 
     return app
+
+
+def _request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", "-")

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import uvicorn
 
 from pdmaster.app import create_app
 from pdmaster.dispatch import DispatchSettings
+from pdmaster.policies import POLICY_NAMES
 from pdmaster.settings import MasterSettings
 from pdmaster.tokenizer import DEFAULT_MODEL_DIR
 from pdwire.structs import LAYOUTS
+
+LIGHTLLM_STRATEGIES = {
+    "random": "random",
+    "round_robin": "round_robin",
+    "adaptive_load": "least_load",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +52,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--token_idle_timeout", type=float, default=60.0)
     p.add_argument("--request_timeout", type=float, default=600.0)
+    p.add_argument(
+        "--max_attempts",
+        type=int,
+        default=2,
+        help="pairs tried before the first token (1 = no retry)",
+    )
+    r = p.add_argument_group("routing")
+    r.add_argument(
+        "--prefill-policy",
+        "--prefill_policy",
+        dest="prefill_policy",
+        choices=POLICY_NAMES,
+        default=None,
+    )
+    r.add_argument(
+        "--decode-policy",
+        "--decode_policy",
+        dest="decode_policy",
+        choices=POLICY_NAMES,
+        default=None,
+    )
+    r.add_argument(
+        "--select_p_d_node_strategy",
+        choices=sorted(LIGHTLLM_STRATEGIES),
+        default="round_robin",
+        help="LightLLM's flag: sets both policies",
+    )
+    r.add_argument(
+        "--node_capacity_tokens",
+        type=int,
+        default=200_000,
+        help="KV tokens of a node, to weigh its reported usage rate",
+    )
+    r.add_argument(
+        "--load_max_age",
+        type=float,
+        default=5.0,
+        help="ignore node load reports older than this many seconds",
+    )
+    r.add_argument("--breaker_failures", type=int, default=3)
+    r.add_argument("--breaker_open_s", type=float, default=10.0)
+    a = p.add_argument_group("admission")
+    a.add_argument("--max_inflight", type=int, default=4096)
+    a.add_argument("--max_queue", type=int, default=1024)
+    a.add_argument("--queue_timeout", type=float, default=30.0)
+    p.add_argument(
+        "--admin-token",
+        "--admin_token",
+        dest="admin_token",
+        default=os.environ.get("PDCTL_ADMIN_TOKEN"),
+        help="bearer token for /v1 admin endpoints (env PDCTL_ADMIN_TOKEN)",
+    )
     p.add_argument("--log_level", default="info")
     return p
 
@@ -62,7 +122,18 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
             kv_move_timeout_s=args.kv_move_timeout,
             token_idle_timeout_s=args.token_idle_timeout,
             request_timeout_s=args.request_timeout,
+            max_attempts=args.max_attempts,
         ),
+        prefill_policy=args.prefill_policy or LIGHTLLM_STRATEGIES[args.select_p_d_node_strategy],
+        decode_policy=args.decode_policy or LIGHTLLM_STRATEGIES[args.select_p_d_node_strategy],
+        node_capacity_tokens=args.node_capacity_tokens,
+        load_max_age_s=args.load_max_age,
+        breaker_failures=args.breaker_failures,
+        breaker_open_s=args.breaker_open_s,
+        max_inflight=args.max_inflight,
+        max_queue=args.max_queue,
+        queue_timeout_s=args.queue_timeout,
+        admin_token=args.admin_token,
     )
 
 

@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from pdmaster.dispatch import PDDispatcher, PreparedRequest
+from pdmaster.dispatch import PreparedRequest
 from pdmaster.errors import ApiError, BadRequest, PayloadTooLarge
 from pdmaster.node_pool import NodePool
 from pdmaster.policies import RequestView, prefix_blocks
 from pdmaster.relay import Collector, stream_body
 from pdmaster.schemas import GenerateRequest
+from pdmaster.service import ClientDisconnected, GenerateService, RequestRun, until_disconnect
 from pdmaster.settings import MasterSettings
 from pdmaster.tokenizer import ModelTokenizer
 
-T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 
 class Unprocessable(ApiError):
     status = 422
     type = "invalid_request_error"
-
-
-class ClientDisconnected(Exception):
-    pass
 
 
 async def read_json(request: Request, model: type[M], limit: int) -> M:
@@ -55,26 +49,6 @@ async def read_json(request: Request, model: type[M], limit: int) -> M:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
         raise Unprocessable(f"{field}: {first['msg']}", code="invalid_field") from None
-
-
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work``; cancel it (its cleanup sends the ABORTs) if the client goes away first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            raise ClientDisconnected()
-        watcher.cancel()
-    return task.result()
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def prepare(
@@ -107,40 +81,43 @@ def prepare(
 
 
 def client_router(
-    dispatcher: PDDispatcher, pool: NodePool, tokenizer: ModelTokenizer, settings: MasterSettings
+    service: GenerateService, pool: NodePool, tokenizer: ModelTokenizer, settings: MasterSettings
 ) -> APIRouter:
     router = APIRouter()
 
-    async def generate_all(prepared: PreparedRequest) -> dict[str, Any]:
-        session = dispatcher.session(prepared)
-        collector = Collector(prepared.prompt_tokens, prepared.parameters.return_details)
+    async def generate_all(run: RequestRun, request: Request, collector: Collector) -> None:
+        collector.add(await run.start(request))
+        status = "client_closed"
         try:
-            collector.add(await session.first())
-            while not session.finished:
-                collector.add(await session.next())
+            while not run.finished:
+                collector.add(await until_disconnect(request, run.next()))
+            status = "200"
+        except ApiError as exc:
+            status = str(exc.status)
+            raise
         finally:
-            await session.close()
-        return collector.body()
+            await run.end(status)
 
     @router.post("/generate")
     async def generate(request: Request) -> Response:
         body = await read_json(request, GenerateRequest, settings.max_body_bytes)
         prepared = prepare(body, tokenizer, settings)
+        collector = Collector(prepared.prompt_tokens, prepared.parameters.return_details)
         try:
-            result = await until_disconnect(request, generate_all(prepared))
+            await generate_all(service.run("generate", prepared), request, collector)
         except ClientDisconnected:
             return Response(status_code=499)
-        return Response(orjson.dumps(result), media_type="application/json")
+        return Response(orjson.dumps(collector.body()), media_type="application/json")
 
     @router.post("/generate_stream")
     async def generate_stream(request: Request) -> Response:
         body = await read_json(request, GenerateRequest, settings.max_body_bytes)
-        session = dispatcher.session(prepare(body, tokenizer, settings))
+        run = service.run("generate_stream", prepare(body, tokenizer, settings))
         try:
-            first = await until_disconnect(request, session.first())
+            first = await run.start(request)
         except ClientDisconnected:
             return Response(status_code=499)
-        return StreamingResponse(stream_body(session, first), media_type="text/event-stream")
+        return StreamingResponse(stream_body(run, first), media_type="text/event-stream")
 
     def ok() -> dict[str, str]:
         return {"status": "ok"}

@@ -53,3 +53,27 @@ class NodeFailed(ApiError):
 class DeadlineExceeded(ApiError):
     status = 504
     type = "deadline_exceeded"
+
+
+class Overloaded(ApiError):
+    status = 429
+    type = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int, code: str | None = None) -> None:
+        super().__init__(message, code)
+        self.retry_after_s = retry_after_s
+
+
+class Unauthorized(ApiError):
+    status = 401
+    type = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status = 403
+    type = "forbidden"
+
+
+class NotFound(ApiError):
+    status = 404
+    type = "not_found"

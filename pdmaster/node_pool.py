@@ -128,6 +128,7 @@ class NodePool:
         self._load_max_age_s = load_max_age_s
         self._nodes: dict[int, NodeConnection] = {}
         self._breakers: dict[int, CircuitBreaker] = {}  # by node id: survives reconnects
+        self._draining: set[int] = set()  # by node id: a drained node stays drained on reconnect
 
     def connect(self, info: NodeInfo, send: Callable[[bytes], Awaitable[None]]) -> NodeConnection:
         old = self._nodes.get(info.node_id)
@@ -139,6 +140,7 @@ class NodePool:
                 del self._breakers[node_id]
         breaker = self._breakers.setdefault(info.node_id, self._new_breaker())
         conn = NodeConnection(info, send, self._clock(), breaker)
+        conn.draining = info.node_id in self._draining
         self._nodes[info.node_id] = conn
         log.info("%s node %s joined (id %d)", info.mode, info.client_ip_port, info.node_id)
         return conn
@@ -162,6 +164,19 @@ class NodePool:
         )
         for request in list(conn.requests):
             request.fail(error)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def set_draining(self, node_id: int, draining: bool) -> None:
+        """Stop (or resume) selecting a node; its running requests go on."""
+        if draining:
+            self._draining.add(node_id)
+        else:
+            self._draining.discard(node_id)
+        conn = self._nodes.get(node_id)
+        if conn is not None:
+            conn.draining = draining
 
     def record_load(self, conn: NodeConnection, load: dict[str, Any]) -> None:
         conn.load = load

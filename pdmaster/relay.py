@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 
-from pdmaster.dispatch import PDSession
 from pdmaster.errors import ApiError
+from pdmaster.service import RequestRun
 from pdwire.lightllm import TokenEntry
 
 FINISH_REASONS = {0: None, 1: "stop", 2: "length"}
@@ -44,19 +44,22 @@ def sse_error(error: ApiError) -> bytes:
     return b"data:" + orjson.dumps(body) + b"\n\n"
 
 
-async def stream_body(session: PDSession, first: list[TokenEntry]) -> AsyncIterator[bytes]:
+async def stream_body(run: RequestRun, first: list[TokenEntry]) -> AsyncIterator[bytes]:
     """The SSE body after the first token; a failure ends it with an error event."""
+    status = "client_closed"
     try:
         yield sse_events(first)
-        while not session.finished:
+        while not run.finished:
             try:
-                entries = await session.next()
+                entries = await run.next()
             except ApiError as exc:
+                status = f"stream_{exc.status}"
                 yield sse_error(exc)
                 return
             yield sse_events(entries)
+        status = "200"
     finally:
-        await session.close()
+        await run.end(status)
 
 
 class Collector:

@@ -1,0 +1,88 @@
+"""Prometheus metrics of one master, in a registry of its own (no process globals)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from pdmaster.admission import Admission
+from pdmaster.breaker import BreakerState
+from pdmaster.dispatch import DispatchObserver
+from pdmaster.errors import ApiError
+from pdmaster.node_pool import NodePool
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+class _PoolCollector(Collector):
+    """Gauges read from the node pool and the queue at scrape time."""
+
+    def __init__(self, pool: NodePool, admission: Admission) -> None:
+        self._pool = pool
+        self._admission = admission
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["node_id", "role", "address"]
+        inflight = GaugeMetricFamily(
+            "pd_node_inflight_requests", "Requests in flight per node", labels=labels
+        )
+        tokens = GaugeMetricFamily(
+            "pd_node_inflight_tokens", "Tokens held in flight per node", labels=labels
+        )
+        breaker = GaugeMetricFamily(
+            "pd_node_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", labels=labels
+        )
+        for node in self._pool.nodes():
+            key = [str(node.node_id), node.info.mode, node.info.client_ip_port]
+            inflight.add_metric(key, node.in_flight)
+            tokens.add_metric(key, node.in_flight_tokens)
+            breaker.add_metric(key, BREAKER_VALUE[node.breaker.state])
+        yield inflight
+        yield tokens
+        yield breaker
+        queue = GaugeMetricFamily("pd_queue_depth", "Requests waiting for a dispatch slot")
+        queue.add_metric([], self._admission.queued)
+        yield queue
+        running = GaugeMetricFamily("pd_requests_running", "Requests dispatched and not finished")
+        running.add_metric([], self._admission.inflight)
+        yield running
+
+
+class MasterMetrics(DispatchObserver):
+    def __init__(self, pool: NodePool, admission: Admission) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "pd_requests",
+            "Client requests by endpoint and outcome",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "pd_time_to_first_token_seconds",
+            "Request arrival to first token sent",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.itl = Histogram(
+            "pd_inter_token_latency_seconds",
+            "Gap between successive writes of a stream",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "pd_retries",
+            "Requests retried on another pair, by cause",
+            ["code"],
+            registry=self.registry,
+        )
+        self.registry.register(_PoolCollector(pool, admission))
+
+    def retried(self, error: ApiError) -> None:
+        self.retries.labels(error.code).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
