@@ -7,10 +7,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from fastapi import FastAPI
+from fastapi import Body, FastAPI
+from fastapi.responses import JSONResponse
 
 from node_agents.simengine.decode import DecodeNode
 from node_agents.simengine.engine import NodeIdentity, SimNode
+from node_agents.simengine.faults import Faults
 from node_agents.simengine.links import MasterLink
 from node_agents.simengine.prefill import PrefillNode
 from node_agents.simengine.timing import TimingModel
@@ -29,11 +31,15 @@ def build_node(
     codec: LightLLMCodec,
     tokenizer: ModelTokenizer,
     timing: TimingModel,
-    dp: int,
+    faults: Faults,
+    dp: int = 1,
+    prefix_cache_tokens: int = 0,
 ) -> SimNode:
     if identity.mode == "prefill":
-        return PrefillNode(identity, codec, tokenizer, timing)
-    return DecodeNode(identity, codec, tokenizer, timing, dp=dp)
+        return PrefillNode(
+            identity, codec, tokenizer, timing, faults, prefix_cache_tokens=prefix_cache_tokens
+        )
+    return DecodeNode(identity, codec, tokenizer, timing, faults, dp=dp)
 
 
 def create_app(node: SimNode, masters: list[MasterAddress], reconnect_s: float) -> FastAPI:
@@ -64,6 +70,8 @@ def create_app(node: SimNode, masters: list[MasterAddress], reconnect_s: float) 
     @app.get("/health")
     @app.get("/healthz")
     async def health() -> dict[str, str]:
+        while node.faults.hang:  # a hung engine does not answer its health probe
+            await asyncio.sleep(0.1)
         return {"status": "ok"}
 
     @app.get("/token_load")
@@ -71,10 +79,26 @@ def create_app(node: SimNode, masters: list[MasterAddress], reconnect_s: float) 
         rate = node.kv.usage_rate
         return {"current_load": rate, "logical_max_load": rate, "dynamic_max_load": rate}
 
+    @app.get("/sim/faults")
+    async def get_faults() -> dict[str, object]:
+        return node.faults.as_dict()
+
+    @app.put("/sim/faults")
+    async def set_faults(changes: dict = Body(...)) -> JSONResponse:  # noqa: B008
+        try:
+            node.faults.update(changes)
+        except ValueError as exc:
+            error = {"type": "invalid_request_error", "code": "invalid_field", "message": str(exc)}
+            return JSONResponse({"error": error}, status_code=400)
+        return JSONResponse(node.faults.as_dict())
+
     @app.get("/sim/stats")
     async def stats() -> dict[str, object]:
+        cache = getattr(node, "prefix_cache", None)
         return {
             **node.stats.as_dict(),
+            "prompt_tokens": cache.prompt_tokens if cache else 0,
+            "cached_prompt_tokens": cache.cached_tokens if cache else 0,
             "kv_used_tokens": node.kv.used,
             "masters_connected": sum(link.connected.is_set() for link in node.links.values()),
         }

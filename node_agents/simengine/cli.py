@@ -15,6 +15,7 @@ import uvicorn
 
 from node_agents.simengine.app import MasterAddress, build_node, create_app
 from node_agents.simengine.engine import NodeIdentity
+from node_agents.simengine.faults import Faults
 from node_agents.simengine.timing import TimingModel
 from pdmaster.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from pdwire.lightllm import LightLLMCodec
@@ -53,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kv_capacity_tokens", type=int, default=t.kv_capacity_tokens)
     g.add_argument("--batch_max_tokens", type=int, default=t.batch_max_tokens)
     g.add_argument("--time_scale", type=float, default=t.time_scale)
+    p.add_argument(
+        "--prefix_cache_tokens",
+        type=int,
+        default=100_000,
+        help="prompt tokens the prefill node keeps cached (0 = no prefix cache)",
+    )
+    f = p.add_argument_group("fault injection (also settable at run time: PUT /sim/faults)")
+    f.add_argument("--fault_fail_rate", type=float, default=0.0)
+    f.add_argument("--fault_extra_latency_ms", type=float, default=0.0)
+    f.add_argument("--fault_drop_kv_rate", type=float, default=0.0)
+    f.add_argument("--fault_hang", action="store_true")
+    f.add_argument("--fault_crash_after_tokens", type=int, default=0)
     p.add_argument("--log_level", default="info")
     return p
 
@@ -69,6 +82,20 @@ def timing_from_args(args: argparse.Namespace) -> TimingModel:
         batch_max_tokens=args.batch_max_tokens,
         time_scale=args.time_scale,
     )
+
+
+def faults_from_args(args: argparse.Namespace) -> Faults:
+    faults = Faults()
+    faults.update(
+        {
+            "fail_rate": args.fault_fail_rate,
+            "extra_latency_ms": args.fault_extra_latency_ms,
+            "drop_kv_rate": args.fault_drop_kv_rate,
+            "hang": args.fault_hang,
+            "crash_after_tokens": args.fault_crash_after_tokens,
+        }
+    )
+    return faults
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,7 +116,9 @@ def main(argv: list[str] | None = None) -> None:
         LightLLMCodec(args.lightllm_version),
         ModelTokenizer.from_model_dir(args.model_dir),
         timing_from_args(args),
-        args.dp,
+        faults_from_args(args),
+        dp=args.dp,
+        prefix_cache_tokens=args.prefix_cache_tokens,
     )
     masters = [MasterAddress(0, f"{args.pd_master_ip}:{args.pd_master_port}")]
     app = create_app(node, masters, args.pd_reconnect_s)

@@ -62,6 +62,10 @@ class DecodeNode(SimNode):
             link = self.links.get(int(offer["pd_master_node_id"]))
             self._handoffs[group_id] = Handoff(prompt_ids, int(offer["first_token_id"]), reserved)
             reserved = 0
+            if self.faults.roll(self.faults.drop_kv_rate) or self.faults.hang:
+                self.stats.dropped += 1  # the cache arrived but the master never hears of it
+                await write_frame(writer, {"ok": True})
+                return
             status = {
                 "type": "kv_move_status",
                 "group_request_id": group_id,
@@ -128,7 +132,7 @@ class DecodeNode(SimNode):
             if not self._running:
                 self._work.clear()
                 continue
-            await asyncio.sleep(self.timing.decode_step_s(len(self._running)))
+            await self.step_pause(self.timing.decode_step_s(len(self._running)))
             per_link: dict[MasterLink, list[TokenEntry]] = defaultdict(list)
             for group_id, running in list(self._running.items()):
                 entry, status = running.step(self.tokenizer)

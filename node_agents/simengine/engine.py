@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from node_agents.simengine.faults import Faults
 from node_agents.simengine.links import MasterLink
 from node_agents.simengine.textgen import Detokenizer, Generation
 from node_agents.simengine.timing import KVCapacity, TimingModel
@@ -26,6 +28,7 @@ class Stats:
     tokens: int = 0
     kv_handoffs: int = 0
     finished: int = 0
+    dropped: int = 0  # requests or hand-offs dropped by a fault knob
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -94,8 +97,10 @@ class SimNode:
         codec: LightLLMCodec,
         tokenizer: ModelTokenizer,
         timing: TimingModel,
+        faults: Faults | None = None,
     ) -> None:
         self.identity = identity
+        self.faults = faults or Faults()
         self.codec = codec
         self.tokenizer = tokenizer
         self.timing = timing
@@ -105,6 +110,8 @@ class SimNode:
         self.eos_id = tokenizer.eos_token_ids[0] if tokenizer.eos_token_ids else 0
 
     async def on_frame(self, link: MasterLink, frame: bytes) -> None:
+        if self.faults.hang:
+            return
         try:
             kind, payload, _ = self.codec.decode_node_message(frame)
             if kind is ObjType.REQ:
@@ -134,6 +141,16 @@ class SimNode:
         for link, entries in per_link.items():
             self.stats.tokens += len(entries)
             await link.send(self.codec.encode_token_packs(entries, load))
+        crash_after = self.faults.crash_after_tokens
+        if crash_after and self.stats.tokens >= crash_after:
+            log.error("fault: crashing after %d tokens", self.stats.tokens)
+            os._exit(17)
+
+    async def step_pause(self, seconds: float) -> None:
+        """Sleep for a batch's compute time, plus injected latency; a hung node stays here."""
+        await asyncio.sleep(seconds + self.faults.extra_latency_s)
+        while self.faults.hang:
+            await asyncio.sleep(0.05)
 
     def generation(
         self, prompt_ids: list[int], params: SamplingParamsBase, max_new_tokens: int

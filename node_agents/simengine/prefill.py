@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from node_agents.simengine.engine import Running, SimNode
 from node_agents.simengine.kvlink import read_frame, write_frame
 from node_agents.simengine.links import MasterLink
+from node_agents.simengine.prefix_cache import PrefixCache
 from node_agents.simengine.textgen import Detokenizer
 from pdwire.lightllm import TokenEntry
 from pdwire.structs import SamplingParamsBase
@@ -26,11 +27,13 @@ class PrefillJob:
     decode_max_new_tokens: int
     pd_master_node_id: int
     aborted: bool = False
+    cached_tokens: int = 0
 
 
 class PrefillNode(SimNode):
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args, prefix_cache_tokens: int = 0, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self._queue: list[PrefillJob] = []
         self._jobs: dict[int, PrefillJob] = {}
         self._work = asyncio.Event()
@@ -95,9 +98,12 @@ class PrefillNode(SimNode):
                 self._work.clear()
             if not batch:
                 continue
+            computed = 0
             for job in batch:
                 job.running.kv_tokens = await self.kv.reserve(len(job.prompt_ids))
-            await asyncio.sleep(self.timing.prefill_s(tokens))
+                job.cached_tokens = self.prefix_cache.lookup_and_insert(job.prompt_ids)
+                computed += len(job.prompt_ids) - job.cached_tokens
+            await self.step_pause(self.timing.prefill_s(computed))
             await self._emit_first_tokens(batch)
 
     async def _emit_first_tokens(self, batch: list[PrefillJob]) -> None:
@@ -106,7 +112,8 @@ class PrefillNode(SimNode):
             if job.aborted:
                 await self.kv.release(job.running.kv_tokens)
                 continue
-            entry, status = job.running.step(self.tokenizer, {"prompt_ids": job.prompt_ids})
+            extra = {"prompt_cache_len": job.cached_tokens, "prompt_ids": job.prompt_ids}
+            entry, status = job.running.step(self.tokenizer, extra)
             per_link[job.running.link].append(entry)
             if status == 0 and job.decode_ip is not None:
                 task = asyncio.create_task(self._hand_off(job, entry[2]["id"]))
