@@ -20,7 +20,7 @@ from pdmaster.ids import LocalIdSource
 from pdmaster.metrics import MasterMetrics
 from pdmaster.node_pool import NodePool
 from pdmaster.node_routes import node_router
-from pdmaster.policies import make_policy
+from pdmaster.policies import Policy, make_policy
 from pdmaster.request_id import RequestIdMiddleware
 from pdmaster.selection import PairSelector
 from pdmaster.service import GenerateService
@@ -47,11 +47,16 @@ def create_app(
         settings.load_max_age_s,
     )
     table = RequestTable()
-    selector = PairSelector(
-        pool,
-        make_policy(settings.prefill_policy, settings.node_capacity_tokens),
-        make_policy(settings.decode_policy, settings.node_capacity_tokens),
-    )
+
+    def policy(name: str) -> Policy:
+        return make_policy(
+            name,
+            settings.node_capacity_tokens,
+            affinity_load_factor=settings.affinity_load_factor,
+            affinity_slack_tokens=settings.affinity_slack_tokens,
+        )
+
+    selector = PairSelector(pool, policy(settings.prefill_policy), policy(settings.decode_policy))
     admission = Admission(settings.max_inflight, settings.max_queue, settings.queue_timeout_s)
     metrics = MasterMetrics(pool, admission)
     dispatcher = PDDispatcher(

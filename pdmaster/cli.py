@@ -86,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="KV tokens of a node, to weigh its reported usage rate",
     )
     r.add_argument(
+        "--affinity_load_factor",
+        type=float,
+        default=1.5,
+        help="prefix_affinity keeps a prefix's node while its load <= this x the least load",
+    )
+    r.add_argument(
+        "--affinity_slack_tokens",
+        type=int,
+        default=2048,
+        help="... plus this many tokens",
+    )
+    r.add_argument(
         "--load_max_age",
         type=float,
         default=5.0,
@@ -127,6 +139,8 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
         prefill_policy=args.prefill_policy or LIGHTLLM_STRATEGIES[args.select_p_d_node_strategy],
         decode_policy=args.decode_policy or LIGHTLLM_STRATEGIES[args.select_p_d_node_strategy],
         node_capacity_tokens=args.node_capacity_tokens,
+        affinity_load_factor=args.affinity_load_factor,
+        affinity_slack_tokens=args.affinity_slack_tokens,
         load_max_age_s=args.load_max_age,
         breaker_failures=args.breaker_failures,
         breaker_open_s=args.breaker_open_s,

@@ -158,14 +158,22 @@ class PrefixAffinityPolicy:
 POLICY_NAMES = ("random", "round_robin", "least_load", "power_of_two", "prefix_affinity")
 
 
-def make_policy(name: str, capacity_tokens: int, rng_seed: int | None = None) -> Policy:
+def make_policy(
+    name: str,
+    capacity_tokens: int,
+    rng_seed: int | None = None,
+    affinity_load_factor: float = 1.5,
+    affinity_slack_tokens: int = 2048,
+) -> Policy:
     rng = random.Random(rng_seed)
     factories: dict[str, Callable[[], Policy]] = {
         "random": lambda: RandomPolicy(rng),
         "round_robin": RoundRobinPolicy,
         "least_load": lambda: LeastLoadPolicy(capacity_tokens),
         "power_of_two": lambda: PowerOfTwoPolicy(capacity_tokens, rng),
-        "prefix_affinity": lambda: PrefixAffinityPolicy(capacity_tokens),
+        "prefix_affinity": lambda: PrefixAffinityPolicy(
+            capacity_tokens, affinity_load_factor, affinity_slack_tokens
+        ),
     }
     try:
         return factories[name]()

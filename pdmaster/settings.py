@@ -24,6 +24,8 @@ class MasterSettings:
     prefill_policy: str = "round_robin"
     decode_policy: str = "round_robin"
     node_capacity_tokens: int = 200_000  # converts a node's reported usage rate into tokens
+    affinity_load_factor: float = 1.5  # prefix affinity holds while load <= factor x least
+    affinity_slack_tokens: int = 2048  # ... + this many tokens
     load_max_age_s: float = 5.0  # node load reports older than this are ignored
     breaker_failures: int = 3
     breaker_open_s: float = 10.0

@@ -7,11 +7,14 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 
-from node_agents.simengine.engine import Running, SimNode
+from node_agents.simengine.engine import NodeIdentity, Running, SimNode
+from node_agents.simengine.faults import Faults
 from node_agents.simengine.kvlink import read_frame, write_frame
 from node_agents.simengine.links import MasterLink
 from node_agents.simengine.textgen import Detokenizer
-from pdwire.lightllm import TokenEntry
+from node_agents.simengine.timing import TimingModel
+from pdmaster.tokenizer import ModelTokenizer
+from pdwire.lightllm import LightLLMCodec, TokenEntry
 from pdwire.structs import SamplingParamsBase
 
 log = logging.getLogger(__name__)
@@ -25,8 +28,16 @@ class Handoff:
 
 
 class DecodeNode(SimNode):
-    def __init__(self, *args, dp: int = 1, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        codec: LightLLMCodec,
+        tokenizer: ModelTokenizer,
+        timing: TimingModel,
+        faults: Faults,
+        dp: int = 1,
+    ) -> None:
+        super().__init__(identity, codec, tokenizer, timing, faults)
         self.dp = max(dp, 1)
         self._handoffs: dict[int, Handoff] = {}
         self._running: dict[int, Running] = {}

@@ -7,12 +7,15 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 
-from node_agents.simengine.engine import Running, SimNode
+from node_agents.simengine.engine import NodeIdentity, Running, SimNode
+from node_agents.simengine.faults import Faults
 from node_agents.simengine.kvlink import read_frame, write_frame
 from node_agents.simengine.links import MasterLink
 from node_agents.simengine.prefix_cache import PrefixCache
 from node_agents.simengine.textgen import Detokenizer
-from pdwire.lightllm import TokenEntry
+from node_agents.simengine.timing import TimingModel
+from pdmaster.tokenizer import ModelTokenizer
+from pdwire.lightllm import LightLLMCodec, TokenEntry
 from pdwire.structs import SamplingParamsBase
 
 log = logging.getLogger(__name__)
@@ -31,8 +34,16 @@ class PrefillJob:
 
 
 class PrefillNode(SimNode):
-    def __init__(self, *args, prefix_cache_tokens: int = 0, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        codec: LightLLMCodec,
+        tokenizer: ModelTokenizer,
+        timing: TimingModel,
+        faults: Faults,
+        prefix_cache_tokens: int = 0,
+    ) -> None:
+        super().__init__(identity, codec, tokenizer, timing, faults)
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self._queue: list[PrefillJob] = []
         self._jobs: dict[int, PrefillJob] = {}
@@ -45,6 +56,9 @@ class PrefillNode(SimNode):
     async def on_req(
         self, link: MasterLink, prompt: str | list[int], params: SamplingParamsBase
     ) -> None:
+        if self.faults.roll(self.faults.fail_rate):
+            self.stats.dropped += 1
+            return
         prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         move = params.move_kv_to_decode_node
         total = move.max_new_tokens + 1 if move.exists else params.max_new_tokens
