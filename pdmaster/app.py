@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -17,6 +20,7 @@ from pdmaster.client_routes import client_router
 from pdmaster.dispatch import PDDispatcher
 from pdmaster.errors import ApiError, Overloaded
 from pdmaster.ids import LocalIdSource
+from pdmaster.load_poller import TokenLoadPoller
 from pdmaster.metrics import MasterMetrics
 from pdmaster.node_pool import NodePool
 from pdmaster.node_routes import node_router
@@ -71,7 +75,21 @@ def create_app(
     )
     service = GenerateService(dispatcher, admission, metrics, clock)
 
-    app = FastAPI(title="pdctl master", docs_url=None, redoc_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        tasks = []
+        async with httpx.AsyncClient(timeout=settings.token_load_poll_s or 1.0) as client:
+            if settings.token_load_poll_s > 0:
+                poller = TokenLoadPoller(pool, client, settings.token_load_poll_s)
+                tasks.append(asyncio.create_task(poller.run(), name="token-load-poller"))
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    app = FastAPI(title="pdctl master", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(RequestIdMiddleware)
     app.state.pool = pool
     app.state.table = table

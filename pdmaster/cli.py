@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="ignore node load reports older than this many seconds",
     )
+    r.add_argument(
+        "--token_load_poll",
+        type=float,
+        default=1.0,
+        help="seconds between polls of each node's /token_load (0 = only the load in token frames)",
+    )
     r.add_argument("--breaker_failures", type=int, default=3)
     r.add_argument("--breaker_open_s", type=float, default=10.0)
     a = p.add_argument_group("admission")
@@ -142,6 +148,7 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
         affinity_load_factor=args.affinity_load_factor,
         affinity_slack_tokens=args.affinity_slack_tokens,
         load_max_age_s=args.load_max_age,
+        token_load_poll_s=args.token_load_poll,
         breaker_failures=args.breaker_failures,
         breaker_open_s=args.breaker_open_s,
         max_inflight=args.max_inflight,

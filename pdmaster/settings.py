@@ -27,6 +27,7 @@ class MasterSettings:
     affinity_load_factor: float = 1.5  # prefix affinity holds while load <= factor x least
     affinity_slack_tokens: int = 2048  # ... + this many tokens
     load_max_age_s: float = 5.0  # node load reports older than this are ignored
+    token_load_poll_s: float = 1.0  # GET each node's /token_load this often (0: never)
     breaker_failures: int = 3
     breaker_open_s: float = 10.0
     max_inflight: int = 4096  # requests dispatched at once; more wait in the queue

@@ -156,3 +156,29 @@ def test_client_disconnect_aborts_on_both_nodes(cluster: Cluster) -> None:
     assert (aborts("prefill"), aborts("decode")) == (1, 1)
     decode_kv = [n.stats()["kv_used_tokens"] for n in cluster.nodes if n.mode == "decode"]
     assert decode_kv == [0, 0]  # the aborted request's cache was freed
+
+
+def test_master_lists_its_nodes_with_polled_load(cluster: Cluster) -> None:
+    def listing() -> list[dict]:
+        return httpx.get(f"{cluster.url}/v1/nodes", timeout=5).json()["items"]
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(n["reported_usage"] is None for n in listing()):
+        time.sleep(0.1)
+    items = listing()
+    assert sorted(n["role"] for n in items) == ["decode", "decode", "prefill", "prefill"]
+    for n in items:
+        assert isinstance(n["reported_usage"], float)  # from /token_load, with no traffic at all
+        assert n["breaker"] == "closed" and n["draining"] is False
+        assert n["connected_for_s"] >= 0 and n["in_flight_requests"] == 0
+
+
+def test_request_id_is_kept_and_metrics_count_requests(cluster: Cluster) -> None:
+    body = {"inputs": "What is AI?", "parameters": {"max_new_tokens": 3}}
+    r = httpx.post(f"{cluster.url}/generate", json=body, headers={"X-Request-Id": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    assert len(httpx.post(f"{cluster.url}/generate", json=body).headers["x-request-id"]) == 32
+    metrics = httpx.get(f"{cluster.url}/metrics", timeout=5).text
+    assert 'pd_requests_total{endpoint="generate",status="200"} 2.0' in metrics
+    assert "pd_time_to_first_token_seconds_count 2.0" in metrics
+    assert "pd_node_breaker_state{" in metrics
