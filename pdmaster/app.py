@@ -34,6 +34,7 @@ from pdmaster.tracking import RequestTable
 from pdwire.lightllm import LightLLMCodec
 
 log = logging.getLogger(__name__)
+DEADLINE_SWEEP_S = 0.1  # how late a deadline may fire
 
 
 def create_app(
@@ -77,7 +78,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        tasks = []
+        tasks = [asyncio.create_task(_expire_waits(table, clock), name="deadline-sweeper")]
         async with httpx.AsyncClient(timeout=settings.token_load_poll_s or 1.0) as client:
             if settings.token_load_poll_s > 0:
                 poller = TokenLoadPoller(pool, client, settings.token_load_poll_s)
@@ -138,6 +139,12 @@ def create_app(
         return JSONResponse(body, status_code=500)
 
     return app
+
+
+async def _expire_waits(table: RequestTable, clock: Callable[[], float]) -> None:
+    while True:
+        await asyncio.sleep(DEADLINE_SWEEP_S)
+        table.expire(clock())
 
 
 def _request_id(request: Request) -> str:

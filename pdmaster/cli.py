@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> None:
         http="httptools",
         ws="websockets-sansio",
         ws_max_size=64 * 1024 * 1024,
-        ws_ping_interval=None,
+        ws_per_message_deflate=False,  # token frames are small; compression only costs CPU
+        ws_ping_interval=20.0,  # a node whose host vanished (no FIN) is dropped within ~40 s
+        ws_ping_timeout=20.0,
         log_level=args.log_level,
         access_log=False,
     )

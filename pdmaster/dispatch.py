@@ -130,7 +130,7 @@ class PDSession:
         assert state is not None and decode is not None and not self.finished
         try:
             entries = self._after(
-                await state.take(self._timeout(self._d.settings.token_idle_timeout_s), "token")
+                await state.take(*self._until(self._d.settings.token_idle_timeout_s), "token")
             )
         except ApiError as exc:
             self._record_failure(decode, exc)
@@ -170,13 +170,13 @@ class PDSession:
             d.codec.encode_req(self._req.prompt, self._prefill_params(state, decode))
         )
         first = self._after(
-            await state.take(self._timeout(d.settings.first_token_timeout_s), "first token")
+            await state.take(*self._until(d.settings.first_token_timeout_s), "first token")
         )
         prefill.breaker.record(True)
         prefill.detach(state, self._req.prompt_tokens)  # its part is done; it may leave now
         if self.finished or decode is None:
             return first
-        status = await state.kv_status(self._timeout(d.settings.kv_move_timeout_s))
+        status = await state.kv_status(*self._until(d.settings.kv_move_timeout_s))
         entry = first[0]
         prompt_ids = entry[2].get("prompt_ids")
         if not isinstance(prompt_ids, list):
@@ -233,11 +233,14 @@ class PDSession:
             self.finished = True
         return entries
 
-    def _timeout(self, stage: float) -> float:
-        left = self._deadline - self._d.clock()
+    def _until(self, stage: float) -> tuple[float, float]:
+        """(deadline, seconds) of a wait: the stage's timeout, cut by the request's deadline."""
+        now = self._d.clock()
+        left = self._deadline - now
         if left <= 0:
             raise DeadlineExceeded("request deadline passed", code="request_timeout")
-        return min(stage, left)
+        seconds = min(stage, left)
+        return now + seconds, seconds
 
     def _prefill_params(
         self, state: RequestState, decode: NodeConnection | None

@@ -1,4 +1,9 @@
-"""Requests in flight, keyed by group request id, and what nodes deliver to them."""
+"""Requests in flight, keyed by group request id, and what nodes deliver to them.
+
+Waits carry an absolute deadline that one periodic sweep (``RequestTable.expire``) enforces,
+instead of a timer per wait: a stream waits once per token, so per-wait timers would be the
+largest cost of relaying a token.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,32 @@ from pdmaster.errors import DeadlineExceeded
 from pdmaster.node_pool import NodeConnection
 from pdwire.lightllm import MAX_BEST_OF, TokenEntry, UpKVStatus
 
+KV_WAIT = ("KV cache hand-off confirmation", "kv_move_timeout")
+
 
 class RequestState:
-    """Mailbox of one request: token entries from the node it currently listens to."""
+    """Mailbox of one request: token entries from the node it listens to, and its KV status."""
 
-    __slots__ = ("group_id", "source", "_items", "_waiter", "_error", "_kv_status", "_kv_waiter")
+    __slots__ = (
+        "group_id",
+        "source",
+        "_items",
+        "_error",
+        "_kv_status",
+        "_waiter",
+        "_deadline",
+        "_waiting",
+    )
 
     def __init__(self, group_id: int) -> None:
         self.group_id = group_id
         self.source: NodeConnection | None = None
         self._items: list[TokenEntry] = []
-        self._waiter: asyncio.Future[None] | None = None
         self._error: Exception | None = None
         self._kv_status: UpKVStatus | None = None
-        self._kv_waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._deadline = 0.0
+        self._waiting: tuple[str, str, float] = ("", "", 0.0)
 
     def deliver(self, node: NodeConnection, entry: TokenEntry) -> None:
         if node is not self.source:
@@ -31,51 +48,46 @@ class RequestState:
 
     def kv_arrived(self, status: UpKVStatus) -> None:
         self._kv_status = status
-        if self._kv_waiter is not None and not self._kv_waiter.done():
-            self._kv_waiter.set_result(None)
+        self._wake()
 
     def fail(self, error: Exception) -> None:
         if self._error is None:
             self._error = error
         self._wake()
-        if self._kv_waiter is not None and not self._kv_waiter.done():
-            self._kv_waiter.set_result(None)
+
+    def expire(self, now: float) -> None:
+        waiter = self._waiter
+        if waiter is not None and now >= self._deadline and not waiter.done():
+            what, code, seconds = self._waiting
+            waiter.set_exception(DeadlineExceeded(f"no {what} within {seconds:.1f} s", code=code))
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-    async def take(self, timeout: float, what: str) -> list[TokenEntry]:
-        """Every entry delivered so far; waits up to ``timeout`` s for at least one."""
-        if not self._items and self._error is None:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._waiter
-            except TimeoutError:
-                code = what.replace(" ", "_") + "_timeout"
-                raise DeadlineExceeded(f"no {what} within {timeout:.1f} s", code=code) from None
-            finally:
-                self._waiter = None
+    async def _wait(self, deadline: float, seconds: float, what: str, code: str) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._deadline = deadline
+        self._waiting = (what, code, seconds)
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def take(self, deadline: float, seconds: float, what: str) -> list[TokenEntry]:
+        """Every entry delivered so far; waits until ``deadline`` for at least one."""
+        while not self._items and self._error is None:
+            await self._wait(deadline, seconds, what, what.replace(" ", "_") + "_timeout")
         if self._items:
             items, self._items = self._items, []
             return items
         assert self._error is not None
         raise self._error
 
-    async def kv_status(self, timeout: float) -> UpKVStatus:
-        if self._kv_status is None and self._error is None:
-            self._kv_waiter = asyncio.get_running_loop().create_future()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._kv_waiter
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    f"KV cache hand-off not confirmed within {timeout:.1f} s",
-                    code="kv_move_timeout",
-                ) from None
-            finally:
-                self._kv_waiter = None
+    async def kv_status(self, deadline: float, seconds: float) -> UpKVStatus:
+        while self._kv_status is None and self._error is None:
+            await self._wait(deadline, seconds, *KV_WAIT)
         if self._error is not None:
             raise self._error
         assert self._kv_status is not None
@@ -107,3 +119,8 @@ class RequestTable:
         state = self._by_group.get(status.group_request_id)
         if state is not None:
             state.kv_arrived(status)
+
+    def expire(self, now: float) -> None:
+        """Fail every wait whose deadline has passed."""
+        for state in list(self._by_group.values()):
+            state.expire(now)

@@ -59,12 +59,11 @@ class MasterLink:
 
     async def _session(self) -> None:
         base = f"ws://{self.address}"
-        async with connect(f"{base}/pd_register", max_size=None, ping_interval=None) as ws:
+        options = {"max_size": None, "ping_interval": 20.0, "compression": None}
+        async with connect(f"{base}/pd_register", **options) as ws:
             await ws.send(self._registration)
             if self._wants_kv_status:
-                async with connect(
-                    f"{base}/kv_move_status", max_size=None, ping_interval=None
-                ) as kv:
+                async with connect(f"{base}/kv_move_status", **options) as kv:
                     await self._serve(ws, kv)
             else:
                 await self._serve(ws, None)
