@@ -7,6 +7,7 @@ Decoding never runs code from the network: only the allowlisted globals resolve.
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import enum
 import io
@@ -14,6 +15,7 @@ import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
+from pdwire import fastpickle
 from pdwire.errors import ForbiddenGlobalError, MalformedMessageError, WireError
 from pdwire.structs import FinishStatus, Layout, SamplingParamsBase, layout_for
 
@@ -144,6 +146,11 @@ class LightLLMCodec:
             ("_ctypes", "_unpickle"): self._restore_struct,
         }
         self._structs = {self.layout.SamplingParams, FinishStatus}
+        self._fast_names: dict[Any, tuple[str, str]] = {
+            ObjType: ObjType.__lightllm_name__,  # type: ignore[attr-defined]
+            FinishStatus: FinishStatus.__lightllm_name__,  # type: ignore[attr-defined]
+            _ctypes._unpickle: ("_ctypes", "_unpickle"),
+        }
 
     # -- encoding ---------------------------------------------------------------------------
     def encode_req(
@@ -155,12 +162,16 @@ class LightLLMCodec:
         return dumps((ObjType.REQ, (prompt, params, multimodal or MultimodalParams())))
 
     def encode_abort(self, group_request_id: int) -> bytes:
-        return dumps((ObjType.ABORT, group_request_id))
+        return self._dumps((ObjType.ABORT, group_request_id))
 
     def encode_token_packs(self, entries: list[TokenEntry], load: dict[str, Any] | None) -> bytes:
         if self.token_packs_carry_load:
-            return dumps((ObjType.TOKEN_PACKS, entries, load or {}))
-        return dumps((ObjType.TOKEN_PACKS, entries))
+            return self._dumps((ObjType.TOKEN_PACKS, entries, load or {}))
+        return self._dumps((ObjType.TOKEN_PACKS, entries))
+
+    def _dumps(self, message: Any) -> bytes:
+        """The fast pickler where it applies (same bytes), else the general one."""
+        return fastpickle.dumps(message, self._fast_names) or dumps(message)
 
     @staticmethod
     def encode_pd_master_obj(obj: PD_Master_Obj) -> bytes:

@@ -1,0 +1,167 @@
+"""A small, fast pickler for the messages a node sends most: TOKEN_PACKS.
+
+It writes the same bytes as the standard pickler would for LightLLM's classes (protocol 4,
+one frame, the same memo references), but only for the types those messages hold: None,
+bool, int, float, str, bytes, list, tuple, dict, ``ObjType`` members and ``FinishStatus``
+structs. For anything else, or a message larger than one 64 KiB frame, ``dumps`` returns
+None and the caller uses the general pickler. Tests compare both on random messages.
+"""
+
+from __future__ import annotations
+
+import _ctypes
+import enum
+import struct
+from typing import Any
+
+from pdwire.structs import FinishStatus
+
+_FRAME_SIZE_TARGET = 64 * 1024
+_U64 = struct.Struct("<Q").pack
+_F64 = struct.Struct(">d").pack
+_U32 = struct.Struct("<I").pack
+_I32 = struct.Struct("<i").pack
+_U16 = struct.Struct("<H").pack
+_BATCH = 1000
+_CTYPES_UNPICKLE = _ctypes._unpickle
+
+
+class _Unsupported(Exception):
+    pass
+
+
+class _Writer:
+    __slots__ = ("out", "memo", "names")
+
+    def __init__(self, names: dict[Any, tuple[str, str]]) -> None:
+        self.out = bytearray()
+        self.memo: dict[int, tuple[int, Any]] = {}  # keeps objects alive, as pickle does
+        self.names = names
+
+    def memoize(self, obj: Any) -> None:
+        self.memo[id(obj)] = (len(self.memo), obj)
+        self.out += b"\x94"
+
+    def save(self, obj: Any) -> None:  # noqa: C901 - one branch per type, as in pickle
+        out = self.out
+        hit = self.memo.get(id(obj))
+        if hit is not None:
+            index = hit[0]
+            out += b"h" + bytes((index,)) if index < 256 else b"j" + _U32(index)
+            return
+        kind = type(obj)
+        if kind is str:
+            raw = obj.encode("utf-8", "surrogatepass")
+            n = len(raw)
+            out += (b"\x8c" + bytes((n,)) if n < 256 else b"X" + _U32(n)) + raw
+            self.memoize(obj)
+        elif kind is int:
+            if 0 <= obj <= 0xFF:
+                out += b"K" + bytes((obj,))
+            elif 0 <= obj <= 0xFFFF:
+                out += b"M" + _U16(obj)
+            elif -0x80000000 <= obj <= 0x7FFFFFFF:
+                out += b"J" + _I32(obj)
+            else:
+                raw = _encode_long(obj)
+                if len(raw) >= 256:
+                    raise _Unsupported
+                out += b"\x8a" + bytes((len(raw),)) + raw
+        elif kind is float:
+            out += b"G" + _F64(obj)
+        elif obj is None:
+            out += b"N"
+        elif kind is bool:
+            out += b"\x88" if obj else b"\x89"
+        elif kind is dict:
+            out += b"}"
+            self.memoize(obj)
+            self._batched(list(obj.items()), b"s", b"u", pairs=True)
+        elif kind is list:
+            out += b"]"
+            self.memoize(obj)
+            self._batched(obj, b"a", b"e", pairs=False)
+        elif kind is tuple:
+            self._tuple(obj)
+        elif kind is bytes:
+            n = len(obj)
+            out += (b"C" + bytes((n,)) if n < 256 else b"B" + _U32(n)) + obj
+            self.memoize(obj)
+        elif kind is FinishStatus:
+            self._reduce(obj, _CTYPES_UNPICKLE, (FinishStatus, (obj.__dict__, bytes(obj))))
+        elif isinstance(obj, enum.Enum) and kind in self.names:
+            self._reduce(obj, kind, (obj._value_,))
+        else:
+            raise _Unsupported
+
+    def _reduce(self, obj: Any, func: Any, args: tuple) -> None:
+        self.save_global(func)
+        self._tuple(args)
+        self.out += b"R"
+        self.memoize(obj)
+
+    def _tuple(self, obj: tuple) -> None:
+        n = len(obj)
+        if n == 0:
+            self.out += b")"
+            return
+        if n > 3:
+            self.out += b"("
+        for item in obj:
+            if isinstance(item, type):
+                self.save_global(item)
+            else:
+                self.save(item)
+        self.out += b"t" if n > 3 else b"\x85\x86\x87"[n - 1 : n]
+        self.memoize(obj)
+
+    def _batched(self, items: list, one: bytes, many: bytes, pairs: bool) -> None:
+        for start in range(0, len(items), _BATCH):
+            batch = items[start : start + _BATCH]
+            if len(batch) > 1:
+                self.out += b"("
+            for item in batch:
+                if pairs:
+                    self.save(item[0])
+                    self.save(item[1])
+                else:
+                    self.save(item)
+            self.out += many if len(batch) > 1 else one
+
+    def save_global(self, obj: Any) -> None:
+        hit = self.memo.get(id(obj))
+        if hit is not None:
+            index = hit[0]
+            self.out += b"h" + bytes((index,)) if index < 256 else b"j" + _U32(index)
+            return
+        module, name = self.names[obj]
+        self.save(module)
+        self.save(name)
+        self.out += b"\x93"
+        self.memoize(obj)
+
+
+def _encode_long(x: int) -> bytes:
+    """pickle.encode_long: little-endian two's complement, shortest form."""
+    nbytes = (x.bit_length() >> 3) + 1
+    raw = x.to_bytes(nbytes, byteorder="little", signed=True)
+    if x < 0 and nbytes > 1 and raw[-1] == 0xFF and (raw[-2] & 0x80) != 0:
+        raw = raw[:-1]
+    return raw
+
+
+def dumps(obj: Any, names: dict[Any, tuple[str, str]]) -> bytes | None:
+    """Protocol-4 pickle of ``obj`` as pickle would write it, or None if out of scope.
+
+    ``names`` maps each class or function to pickle by reference to its (module, name).
+    """
+    writer = _Writer(names)
+    try:
+        writer.save(obj)
+    except (_Unsupported, KeyError):
+        return None
+    writer.out += b"."
+    body = writer.out
+    if len(body) >= _FRAME_SIZE_TARGET:
+        return None  # pickle would split frames here; leave that to it
+    return b"\x80\x04\x95" + _U64(len(body)) + bytes(body)

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pdwire.lightllm import LightLLMCodec, ObjType, dumps
+from pdwire.structs import FinishStatus
+
+TEXTS = ["", " is", "é", "✓ unicode", "x" * 255, "y" * 256, "long " * 100, "\ud800"[:0]]
+INTS = [
+    0,
+    1,
+    255,
+    256,
+    65535,
+    65536,
+    -1,
+    -129,
+    2**31 - 1,
+    -(2**31),
+    2**31,
+    2**63,
+    -(2**70),
+    2**128 - 1,
+]
+
+
+def random_meta(rng: random.Random, keys: list[str]) -> dict:
+    meta: dict = {}
+    for key in rng.sample(keys, rng.randint(0, len(keys))):
+        meta[key] = rng.choice(
+            [
+                rng.choice(INTS),
+                rng.random() - 0.5,
+                True,
+                False,
+                None,
+                rng.choice(TEXTS),
+                [rng.choice(INTS) for _ in range(rng.choice([0, 1, 2, 5, 1001]))],
+            ]
+        )
+    return meta
+
+
+def random_message(rng: random.Random) -> tuple:
+    keys = ["id", "logprob", "cumlogprob", "special", "count_output_tokens", "prompt_ids"]
+    shared_text = rng.choice(TEXTS)
+    entries = []
+    for _ in range(rng.choice([0, 1, 2, 3, 40])):
+        text = shared_text if rng.random() < 0.3 else rng.choice(TEXTS) + str(rng.random())
+        entries.append(
+            (rng.choice(INTS), text, random_meta(rng, keys), FinishStatus(rng.randint(0, 2)))
+        )
+    load = rng.choice([{}, {"total_token_usage_rate": rng.random(), "client_ip_port": "1.2.3.4:8"}])
+    return entries, load
+
+
+@pytest.mark.parametrize("version", ["v1.1.0", "fc72ffa"])
+def test_fast_token_packs_equal_the_general_pickler(version: str) -> None:
+    codec = LightLLMCodec(version)
+    rng = random.Random(1234)
+    for _ in range(300):
+        entries, load = random_message(rng)
+        message = (
+            (ObjType.TOKEN_PACKS, entries, load)
+            if codec.token_packs_carry_load
+            else (ObjType.TOKEN_PACKS, entries)
+        )
+        assert codec.encode_token_packs(entries, load) == dumps(message)
+
+
+def test_messages_past_one_frame_fall_back_to_the_general_pickler() -> None:
+    codec = LightLLMCodec()
+    entries = [(8 * i, "token text " * 3, {"id": i}, FinishStatus(0)) for i in range(2000)]
+    raw = codec.encode_token_packs(entries, {})
+    assert len(raw) > 64 * 1024
+    assert raw == dumps((ObjType.TOKEN_PACKS, entries, {}))
+    assert codec.decode_token_packs(codec.decode_node_message(raw)[1])[1999][0] == 8 * 1999
