@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("PDCTL_ADMIN_TOKEN"),
         help="bearer token for /v1 admin endpoints (env PDCTL_ADMIN_TOKEN)",
     )
+    p.add_argument(
+        "--timeout_keep_alive", type=float, default=30.0, help="idle seconds before closing"
+    )
     p.add_argument("--log_level", default="info")
     return p
 
@@ -178,4 +181,5 @@ def main(argv: list[str] | None = None) -> None:
         ws_ping_timeout=20.0,
         log_level=args.log_level,
         access_log=False,
+        timeout_keep_alive=args.timeout_keep_alive,
     )

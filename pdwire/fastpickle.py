@@ -1,20 +1,20 @@
-"""A small, fast pickler for the messages a node sends most: TOKEN_PACKS.
+"""A small, fast pickler for the PD messages sent per request and per token (REQ, TOKEN_PACKS).
 
-It writes the same bytes as the standard pickler would for LightLLM's classes (protocol 4,
-one frame, the same memo references), but only for the types those messages hold: None,
-bool, int, float, str, bytes, list, tuple, dict, ``ObjType`` members and ``FinishStatus``
-structs. For anything else, or a message larger than one 64 KiB frame, ``dumps`` returns
-None and the caller uses the general pickler. Tests compare both on random messages.
+It writes the bytes the standard pickler writes (protocol 4, one frame, the same memo
+references) for the types those messages hold: None, bool, int, float, str, bytes, list,
+tuple, dict, and the classes named in ``names`` (ctypes structs such as SamplingParams and
+FinishStatus, the ObjType enum, plain objects such as MultimodalParams). For anything
+else, or a message larger than one 64 KiB frame, ``dumps`` returns None and the caller
+uses the general pickler. Tests compare both on random messages.
 """
 
 from __future__ import annotations
 
 import _ctypes
+import ctypes
 import enum
 import struct
 from typing import Any
-
-from pdwire.structs import FinishStatus
 
 _FRAME_SIZE_TARGET = 64 * 1024
 _U64 = struct.Struct("<Q").pack
@@ -87,12 +87,18 @@ class _Writer:
             n = len(obj)
             out += (b"C" + bytes((n,)) if n < 256 else b"B" + _U32(n)) + obj
             self.memoize(obj)
-        elif kind is FinishStatus:
-            self._reduce(obj, _CTYPES_UNPICKLE, (FinishStatus, (obj.__dict__, bytes(obj))))
-        elif isinstance(obj, enum.Enum) and kind in self.names:
-            self._reduce(obj, kind, (obj._value_,))
-        else:
+        elif kind not in self.names:
             raise _Unsupported
+        elif isinstance(obj, ctypes.Structure):
+            self._reduce(obj, _CTYPES_UNPICKLE, (kind, (obj.__dict__, bytes(obj))))
+        elif isinstance(obj, enum.Enum):
+            self._reduce(obj, kind, (obj._value_,))
+        else:  # a plain object: copyreg.__newobj__(cls) then its __dict__
+            self.save_global(kind)
+            out += b")\x81"
+            self.memoize(obj)
+            self.save(obj.__dict__)
+            out += b"b"
 
     def _reduce(self, obj: Any, func: Any, args: tuple) -> None:
         self.save_global(func)

@@ -149,6 +149,8 @@ class LightLLMCodec:
         self._fast_names: dict[Any, tuple[str, str]] = {
             ObjType: ObjType.__lightllm_name__,  # type: ignore[attr-defined]
             FinishStatus: FinishStatus.__lightllm_name__,  # type: ignore[attr-defined]
+            self.layout.SamplingParams: self.layout.SamplingParams.__lightllm_name__,  # type: ignore[attr-defined]
+            MultimodalParams: MultimodalParams.__lightllm_name__,
             _ctypes._unpickle: ("_ctypes", "_unpickle"),
         }
 
@@ -159,7 +161,7 @@ class LightLLMCodec:
         params: SamplingParamsBase,
         multimodal: MultimodalParams | None = None,
     ) -> bytes:
-        return dumps((ObjType.REQ, (prompt, params, multimodal or MultimodalParams())))
+        return self._dumps((ObjType.REQ, (prompt, params, multimodal or MultimodalParams())))
 
     def encode_abort(self, group_request_id: int) -> bytes:
         return self._dumps((ObjType.ABORT, group_request_id))
