@@ -16,9 +16,10 @@ from fastapi.responses import JSONResponse, Response
 from pdmaster.admin_routes import admin_router
 from pdmaster.admission import Admission
 from pdmaster.breaker import CircuitBreaker
-from pdmaster.client_routes import client_router
+from pdmaster.client_routes import client_router, generate_stream_endpoint
 from pdmaster.dispatch import PDDispatcher
-from pdmaster.errors import ApiError, Overloaded
+from pdmaster.errors import ApiError
+from pdmaster.hot_path import HotPathApp, error_response
 from pdmaster.ids import LocalIdSource
 from pdmaster.load_poller import TokenLoadPoller
 from pdmaster.metrics import MasterMetrics
@@ -43,7 +44,8 @@ def create_app(
     tokenizer: ModelTokenizer | None = None,
     next_group_id: Callable[[], Awaitable[int]] | None = None,
     clock: Callable[[], float] = time.monotonic,
-) -> FastAPI:
+) -> HotPathApp:
+    """The master's ASGI app: FastAPI for every route, with the streaming hot path in front."""
     tokenizer = tokenizer or ModelTokenizer.from_model_dir(settings.model_dir)
     codec = LightLLMCodec(settings.lightllm_version)
     pool = NodePool(
@@ -92,9 +94,6 @@ def create_app(
 
     app = FastAPI(title="pdctl master", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(RequestIdMiddleware)
-    app.state.pool = pool
-    app.state.table = table
-    app.state.service = service
     app.include_router(client_router(service, pool, tokenizer, settings))
     app.include_router(node_router(pool, table, codec, settings.registration_timeout_s))
     app.include_router(admin_router(pool, settings.admin_token))
@@ -115,11 +114,13 @@ def create_app(
         }
 
     @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
+    async def api_error(request: Request, exc: ApiError) -> Response:
         if exc.status >= 500:
             log.warning("request %s failed: %s", _request_id(request), exc.message)
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        status, headers, body = error_response(exc)
+        return Response(
+            body, status_code=status, headers={k.decode(): v.decode() for k, v in headers}
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -138,7 +139,9 @@ def create_app(
         body = {"error": {"type": "internal_error", "code": "internal_error", "message": message}}
         return JSONResponse(body, status_code=500)
 
-    return app
+    return HotPathApp(
+        app, {"/generate_stream": generate_stream_endpoint(service, tokenizer, settings)}
+    )
 
 
 async def _expire_waits(table: RequestTable, clock: Callable[[], float]) -> None:

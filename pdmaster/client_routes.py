@@ -6,18 +6,20 @@ from typing import TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from pdmaster.dispatch import PreparedRequest
 from pdmaster.errors import ApiError, BadRequest, PayloadTooLarge
+from pdmaster.hot_path import SseEndpoint
 from pdmaster.node_pool import NodePool
 from pdmaster.policies import RequestView, prefix_blocks
-from pdmaster.relay import Collector, stream_body
+from pdmaster.relay import Collector, sse_error, sse_events
 from pdmaster.schemas import GenerateRequest
 from pdmaster.service import ClientDisconnected, GenerateService, RequestRun, until_disconnect
 from pdmaster.settings import MasterSettings
 from pdmaster.tokenizer import ModelTokenizer
+from pdwire.lightllm import TokenEntry
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -80,6 +82,19 @@ def prepare(
     return PreparedRequest(body.inputs, prompt_tokens, params, stop_ids, view)
 
 
+def generate_stream_endpoint(
+    service: GenerateService, tokenizer: ModelTokenizer, settings: MasterSettings
+) -> SseEndpoint:
+    """LightLLM's POST /generate_stream, served on the hot path (see hot_path.py)."""
+
+    async def open_run(request: Request) -> tuple[RequestRun, list[TokenEntry]]:
+        body = await read_json(request, GenerateRequest, settings.max_body_bytes)
+        run = service.run("generate_stream", prepare(body, tokenizer, settings))
+        return run, await run.start(request)
+
+    return SseEndpoint(open_run, sse_events, sse_error)
+
+
 def client_router(
     service: GenerateService, pool: NodePool, tokenizer: ModelTokenizer, settings: MasterSettings
 ) -> APIRouter:
@@ -108,16 +123,6 @@ def client_router(
         except ClientDisconnected:
             return Response(status_code=499)
         return Response(orjson.dumps(collector.body()), media_type="application/json")
-
-    @router.post("/generate_stream")
-    async def generate_stream(request: Request) -> Response:
-        body = await read_json(request, GenerateRequest, settings.max_body_bytes)
-        run = service.run("generate_stream", prepare(body, tokenizer, settings))
-        try:
-            first = await run.start(request)
-        except ClientDisconnected:
-            return Response(status_code=499)
-        return StreamingResponse(stream_body(run, first), media_type="text/event-stream")
 
     def ok() -> dict[str, str]:
         return {"status": "ok"}

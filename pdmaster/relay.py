@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
 from pdmaster.errors import ApiError
-from pdmaster.service import RequestRun
 from pdwire.lightllm import TokenEntry
 
 FINISH_REASONS = {0: None, 1: "stop", 2: "length"}
@@ -42,24 +40,6 @@ def sse_error(error: ApiError) -> bytes:
     body = error.body()
     body.update(finished=True, finish_reason="error")
     return b"data:" + orjson.dumps(body) + b"\n\n"
-
-
-async def stream_body(run: RequestRun, first: list[TokenEntry]) -> AsyncIterator[bytes]:
-    """The SSE body after the first token; a failure ends it with an error event."""
-    status = "client_closed"
-    try:
-        yield sse_events(first)
-        while not run.finished:
-            try:
-                entries = await run.next()
-            except ApiError as exc:
-                status = f"stream_{exc.status}"
-                yield sse_error(exc)
-                return
-            yield sse_events(entries)
-        status = "200"
-    finally:
-        await run.end(status)
 
 
 class Collector:

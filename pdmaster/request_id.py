@@ -21,7 +21,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _client_id(scope["headers"]) or uuid.uuid4().hex.encode()
+        request_id = client_request_id(scope["headers"]) or uuid.uuid4().hex.encode()
         scope.setdefault("state", {})["request_id"] = request_id.decode("latin-1")
 
         async def send_with_id(message: Message) -> None:
@@ -32,7 +32,7 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-def _client_id(headers: list[tuple[bytes, Any]]) -> bytes | None:
+def client_request_id(headers: list[tuple[bytes, Any]]) -> bytes | None:
     for name, value in headers:
         if name == HEADER and 0 < len(value) <= MAX_LENGTH and value.isascii():
             return bytes(value)

@@ -37,7 +37,7 @@ def hit_rate_and_shares(
         c.add_node("prefill", i, "--prefix_cache_tokens", "1000")  # ~6 prefixes per node
     c.add_node("decode", 0)
     c.wait_ready(3, 1)
-    outcomes = asyncio.run(run_load(c.url, prompts, 4, concurrency=12))
+    outcomes = asyncio.run(run_load(c.url, prompts, 4, concurrency=6))
     assert all(o.ok for o in outcomes)
     stats = [c.node("prefill", i).stats() for i in range(3)]
     cached = sum(s["cached_prompt_tokens"] for s in stats)

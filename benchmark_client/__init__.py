@@ -1,0 +1,1 @@
+"""pd-bench: load generator for LightLLM-style and OpenAI-style streaming endpoints."""

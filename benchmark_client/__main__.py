@@ -1,0 +1,3 @@
+from benchmark_client.cli import main
+
+main()

@@ -1,0 +1,167 @@
+"""Runs a workload against a server and records, per request, when each token arrived."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import orjson
+
+from benchmark_client.http import HttpError, Target, post
+
+
+@dataclass
+class RequestRecord:
+    input_tokens: int
+    start: float = 0.0
+    end: float = 0.0
+    token_times: list[float] = field(default_factory=list)
+    output_tokens: int = 0
+    error: str | None = None  # kind: "http_429", "stream:node_failed", "timeout", "connection"
+    stamps: list[float] = field(default_factory=list)  # node send times, when tokens carry them
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def ttft(self) -> float | None:
+        return self.token_times[0] - self.start if self.token_times else None
+
+    def itls(self) -> list[float]:
+        t = self.token_times
+        return [t[i] - t[i - 1] for i in range(1, len(t))]
+
+
+def lightllm_body(prompt: str, output_len: int) -> bytes:
+    return orjson.dumps(
+        {"inputs": prompt, "parameters": {"max_new_tokens": output_len, "ignore_eos": True}}
+    )
+
+
+def openai_body(prompt: str, output_len: int, model: str) -> bytes:
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": output_len,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    return orjson.dumps(body)
+
+
+def parse_events(data: bytes, api: str) -> tuple[int, str | None, list[str]]:
+    """Tokens in one chunk of SSE events, an error kind if any, and the token texts."""
+    tokens, texts, error = 0, [], None
+    for line in data.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            continue
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return tokens, "bad_event", texts
+        if "error" in event:
+            err = event["error"]
+            error = (
+                f"stream:{err.get('type', 'error')}" if isinstance(err, dict) else "stream:error"
+            )
+            continue
+        if api == "openai":
+            choices = event.get("choices") or []
+            if choices and choices[0].get("text"):
+                tokens += 1
+                texts.append(choices[0]["text"])
+        elif event.get("token") is not None:
+            tokens += 1
+            texts.append(event["token"].get("text", ""))
+    return tokens, error, texts
+
+
+async def run_request(
+    target: Target, body: bytes, record: RequestRecord, api: str, timeout: float, stamped: bool
+) -> None:
+    clock = time.perf_counter
+    record.start = clock()
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            response, writer = await post(target, body)
+            if response.status != 200:
+                raw = await response.read()
+                kind = _error_type(raw)
+                record.error = f"http_{response.status}" + (f":{kind}" if kind else "")
+                return
+            pending = b""
+            async for chunk in response.chunks():
+                now = clock()
+                pending += chunk
+                complete, _, pending = pending.rpartition(b"\n\n")
+                if not complete:
+                    continue
+                n, error, texts = parse_events(complete, api)
+                record.token_times.extend([now] * n)
+                record.output_tokens += n
+                if stamped:
+                    record.stamps.extend(_stamps(texts))
+                if error:
+                    record.error = error
+    except TimeoutError:
+        record.error = "timeout"
+    except (OSError, HttpError, asyncio.IncompleteReadError, ValueError):
+        record.error = "connection"
+    finally:
+        record.end = clock()
+        if writer is not None:
+            writer.close()
+
+
+def _error_type(raw: bytes) -> str | None:
+    try:
+        error = json.loads(raw).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return error.get("type") if isinstance(error, dict) else None
+
+
+def _stamps(texts: list[str]) -> list[float]:
+    out = []
+    for text in texts:
+        try:
+            out.append(float(text))
+        except ValueError:
+            pass
+    return out
+
+
+async def run_workload(
+    target: Target,
+    bodies: list[bytes],
+    input_tokens: list[int],
+    offsets: list[float],
+    concurrency: int,
+    api: str,
+    timeout: float,
+    on_done: Callable[[RequestRecord], None] = lambda r: None,
+    stamped: bool = False,
+) -> tuple[list[RequestRecord], float]:
+    """All requests, at most ``concurrency`` at once, each sent no earlier than its offset."""
+    records = [RequestRecord(n) for n in input_tokens]
+    gate = asyncio.Semaphore(concurrency)
+    started = time.perf_counter()
+
+    async def one(i: int) -> None:
+        delay = offsets[i] - (time.perf_counter() - started)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        async with gate:
+            await run_request(target, bodies[i], records[i], api, timeout, stamped)
+        on_done(records[i])
+
+    await asyncio.gather(*(one(i) for i in range(len(bodies))))
+    return records, time.perf_counter() - started
