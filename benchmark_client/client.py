@@ -21,7 +21,8 @@ class RequestRecord:
     token_times: list[float] = field(default_factory=list)
     output_tokens: int = 0
     error: str | None = None  # kind: "http_429", "stream:node_failed", "timeout", "connection"
-    stamps: list[float] = field(default_factory=list)  # node send times, when tokens carry them
+    # node send -> client receive per token, when token texts carry node send times
+    delivery_s: list[float] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -108,7 +109,8 @@ async def run_request(
                 record.token_times.extend([now] * n)
                 record.output_tokens += n
                 if stamped:
-                    record.stamps.extend(_stamps(texts))
+                    wall = time.time()
+                    record.delivery_s.extend(wall - sent for sent in _stamps(texts))
                 if error:
                     record.error = error
     except TimeoutError:

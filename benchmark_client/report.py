@@ -48,6 +48,7 @@ def summarize(records: Sequence[RequestRecord], duration_s: float) -> dict[str, 
         "request_time_s": distribution([r.end - r.start for r in ok]),
         "ttft_s": distribution([r.ttft for r in ok if r.ttft is not None]),
         "itl_s": distribution(itls),
+        "delivery_s": distribution([d for r in ok for d in r.delivery_s]),
     }
 
 

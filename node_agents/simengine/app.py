@@ -14,6 +14,7 @@ from node_agents.simengine.decode import DecodeNode
 from node_agents.simengine.engine import NodeIdentity, SimNode
 from node_agents.simengine.faults import Faults
 from node_agents.simengine.links import MasterLink
+from node_agents.simengine.normal import NormalNode, normal_router
 from node_agents.simengine.prefill import PrefillNode
 from node_agents.simengine.timing import TimingModel
 from pdmaster.tokenizer import ModelTokenizer
@@ -39,6 +40,8 @@ def build_node(
         return PrefillNode(
             identity, codec, tokenizer, timing, faults, prefix_cache_tokens=prefix_cache_tokens
         )
+    if identity.mode == "normal":
+        return NormalNode(identity, codec, tokenizer, timing, faults)
     return DecodeNode(identity, codec, tokenizer, timing, faults, dp=dp)
 
 
@@ -66,6 +69,8 @@ def create_app(node: SimNode, masters: list[MasterAddress], reconnect_s: float) 
             await asyncio.gather(*tasks, return_exceptions=True)
 
     app = FastAPI(title="pdctl simulated engine", lifespan=lifespan, docs_url=None, redoc_url=None)
+    if isinstance(node, NormalNode):
+        app.include_router(normal_router(node))
 
     @app.get("/health")
     @app.get("/healthz")

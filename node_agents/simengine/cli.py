@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import uuid
+from dataclasses import fields, replace
 from pathlib import Path
 
 import uvicorn
@@ -16,6 +17,7 @@ import uvicorn
 from node_agents.simengine.app import MasterAddress, build_node, create_app
 from node_agents.simengine.engine import NodeIdentity
 from node_agents.simengine.faults import Faults
+from node_agents.simengine.profiles import PROFILES
 from node_agents.simengine.timing import TimingModel
 from pdmaster.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from pdwire.lightllm import LightLLMCodec
@@ -24,7 +26,12 @@ from pdwire.structs import LAYOUTS
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pd-simengine", description=__doc__)
-    p.add_argument("--run_mode", required=True, choices=["prefill", "decode"])
+    p.add_argument(
+        "--run_mode",
+        required=True,
+        choices=["prefill", "decode", "normal"],
+        help="normal: a whole engine serving /generate_stream itself (no PD)",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8019)
     p.add_argument("--model_dir", type=Path, default=DEFAULT_MODEL_DIR)
@@ -44,16 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between attempts to reach a master (LightLLM: 10)",
     )
     t = TimingModel()
-    g = p.add_argument_group("timing model")
-    g.add_argument("--prefill_base_ms", type=float, default=t.prefill_base_ms)
-    g.add_argument("--prefill_per_token_us", type=float, default=t.prefill_per_token_us)
-    g.add_argument("--decode_base_ms", type=float, default=t.decode_base_ms)
-    g.add_argument("--decode_per_seq_us", type=float, default=t.decode_per_seq_us)
-    g.add_argument("--kv_bytes_per_token", type=int, default=t.kv_bytes_per_token)
-    g.add_argument("--kv_bandwidth_gbps", type=float, default=t.kv_bandwidth_gbps)
-    g.add_argument("--kv_capacity_tokens", type=int, default=t.kv_capacity_tokens)
-    g.add_argument("--batch_max_tokens", type=int, default=t.batch_max_tokens)
-    g.add_argument("--time_scale", type=float, default=t.time_scale)
+    g = p.add_argument_group("timing model (a --profile, then these flags override it)")
+    g.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="demo",
+        help="demo (default) or deepseek-v3-h200 (see profiles.py for the derivation)",
+    )
+    for field in fields(TimingModel):
+        g.add_argument(f"--{field.name}", type=type(getattr(t, field.name)), default=None)
+    g.add_argument(
+        "--text_mode",
+        choices=["echo", "timestamp"],
+        default="echo",
+        help="timestamp: each token's text is its send time (for relay benchmarks)",
+    )
     p.add_argument(
         "--prefix_cache_tokens",
         type=int,
@@ -71,17 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def timing_from_args(args: argparse.Namespace) -> TimingModel:
-    return TimingModel(
-        prefill_base_ms=args.prefill_base_ms,
-        prefill_per_token_us=args.prefill_per_token_us,
-        decode_base_ms=args.decode_base_ms,
-        decode_per_seq_us=args.decode_per_seq_us,
-        kv_bytes_per_token=args.kv_bytes_per_token,
-        kv_bandwidth_gbps=args.kv_bandwidth_gbps,
-        kv_capacity_tokens=args.kv_capacity_tokens,
-        batch_max_tokens=args.batch_max_tokens,
-        time_scale=args.time_scale,
-    )
+    overrides = {f.name: getattr(args, f.name) for f in fields(TimingModel)}
+    return replace(PROFILES[args.profile], **{k: v for k, v in overrides.items() if v is not None})
 
 
 def faults_from_args(args: argparse.Namespace) -> Faults:
@@ -120,7 +123,12 @@ def main(argv: list[str] | None = None) -> None:
         dp=args.dp,
         prefix_cache_tokens=args.prefix_cache_tokens,
     )
-    masters = [MasterAddress(0, f"{args.pd_master_ip}:{args.pd_master_port}")]
+    node.stamp_tokens = args.text_mode == "timestamp"
+    masters = (
+        []
+        if args.run_mode == "normal"
+        else [MasterAddress(0, f"{args.pd_master_ip}:{args.pd_master_port}")]
+    )
     app = create_app(node, masters, args.pd_reconnect_s)
     uvicorn.run(
         app,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,7 @@ class SimNode:
     ) -> None:
         self.identity = identity
         self.faults = faults or Faults()
+        self.stamp_tokens = False
         self.codec = codec
         self.tokenizer = tokenizer
         self.timing = timing
@@ -138,6 +140,9 @@ class SimNode:
 
     async def send_tokens(self, per_link: dict[MasterLink, list[TokenEntry]]) -> None:
         load = self.load()
+        if self.stamp_tokens:  # each token's text is the time it leaves this node
+            now = f"{time.time():.6f}"
+            per_link = {k: [(e[0], now, e[2], e[3]) for e in v] for k, v in per_link.items()}
         for link, entries in per_link.items():
             self.stats.tokens += len(entries)
             await link.send(self.codec.encode_token_packs(entries, load))
@@ -155,13 +160,29 @@ class SimNode:
     def generation(
         self, prompt_ids: list[int], params: SamplingParamsBase, max_new_tokens: int
     ) -> Generation:
+        return self.plain_generation(
+            prompt_ids,
+            max_new_tokens,
+            bool(params.ignore_eos),
+            int(params.min_new_tokens),
+            params.stop_token_sequences(),
+        )
+
+    def plain_generation(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        ignore_eos: bool,
+        min_new_tokens: int,
+        stop_sequences: list[list[int]],
+    ) -> Generation:
         return Generation(
             prompt_ids=prompt_ids or [self.eos_id],
             max_new_tokens=max_new_tokens,
             eos_id=self.eos_id,
-            ignore_eos=bool(params.ignore_eos),
-            min_new_tokens=int(params.min_new_tokens),
-            stop_sequences=params.stop_token_sequences(),
+            ignore_eos=ignore_eos,
+            min_new_tokens=min_new_tokens,
+            stop_sequences=stop_sequences,
         )
 
     async def on_req(

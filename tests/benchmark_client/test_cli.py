@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmark_client.localcluster import ProcGroup, free_port
 from pdmaster.tokenizer import DEFAULT_MODEL_DIR
 from tests.integration.cluster import Cluster
-from tests.procs import ProcGroup, free_port
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from benchmark_client.localcluster import ProcGroup
 from tests.integration.cluster import Cluster
-from tests.procs import ProcGroup
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ import time
 import httpx
 import pytest
 
+from benchmark_client.localcluster import ProcGroup
 from pdmaster.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from tests.integration.cluster import Cluster
 from tests.integration.echo_model import expected
 from tests.integration.load import Tally, run_load, stream_one
-from tests.procs import ProcGroup
 
 TALLIES: list[Tally] = []
 FAST_FAILOVER = [

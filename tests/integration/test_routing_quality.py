@@ -7,9 +7,9 @@ import random
 
 import httpx
 
+from benchmark_client.localcluster import ProcGroup
 from tests.integration.cluster import Cluster
 from tests.integration.load import run_load
-from tests.procs import ProcGroup
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron".split()
 
