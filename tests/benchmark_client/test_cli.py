@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmark_client.localcluster import ProcGroup, free_port
+from benchmark_client.localcluster import Cluster, ProcGroup, free_port
 from pdmaster.tokenizer import DEFAULT_MODEL_DIR
-from tests.integration.cluster import Cluster
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark_client.localcluster import ProcGroup
-from tests.integration.cluster import Cluster
+from benchmark_client.localcluster import Cluster, ProcGroup
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from benchmark_client.localcluster import ProcGroup
-from tests.integration.cluster import Cluster
+from benchmark_client.localcluster import Cluster, ProcGroup
 
 
 @pytest.fixture

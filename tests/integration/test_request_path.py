@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
+from benchmark_client.localcluster import Cluster
 from pdmaster.tokenizer import ModelTokenizer
-from tests.integration.cluster import Cluster
 from tests.integration.echo_model import expected, sse_events
 
 
