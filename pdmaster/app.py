@@ -16,6 +16,7 @@ from pdmaster.errors import ApiError
 from pdmaster.ids import LocalIdSource
 from pdmaster.node_pool import NodePool
 from pdmaster.node_routes import node_router
+from pdmaster.openai_routes import openai_router
 from pdmaster.selection import PairSelector, RoundRobin
 from pdmaster.settings import MasterSettings
 from pdmaster.tokenizer import ModelTokenizer
@@ -50,6 +51,7 @@ def create_app(
     app.state.pool = pool
     app.state.table = table
     app.include_router(client_router(dispatcher, pool, tokenizer, settings))
+    app.include_router(openai_router(dispatcher, tokenizer, settings))
     app.include_router(node_router(pool, table, codec, settings.registration_timeout_s))
 
     @app.exception_handler(ApiError)
