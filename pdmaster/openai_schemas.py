@@ -9,7 +9,8 @@ being dropped. Fields OpenAI defines but the PD flow cannot honour (``n`` > 1,
 ``check_supported`` can refuse them with a 400 naming the field.
 
 Accepted and ignored: ``model`` (the answer names the master's served model), ``user``,
-and ``seed`` (LightLLM's sampling parameters carry no seed, so a node cannot honour it).
+``seed`` (LightLLM's sampling parameters carry no seed, so a node cannot honour it), and
+``stream_options`` when ``stream`` is false.
 """
 
 from __future__ import annotations
