@@ -15,13 +15,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from pdmaster.errors import ApiError
 from pdmaster.relay import FINISH_REASONS
-from pdmaster.service import RequestRun, until_disconnect
+from pdmaster.service import RequestRun
 from pdwire.lightllm import TokenEntry
 
 DONE = b"data: [DONE]\n\n"
@@ -189,21 +188,6 @@ class ChatFormat(CompletionFormat):
     def _delta_choice(self, text: str, finish_reason: str | None) -> dict[str, Any]:
         delta = {"content": text} if text else {}
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-
-
-async def collect(run: RequestRun, request: Request, gen: Generation) -> None:
-    """Run the request to its end (or a stop string) into ``gen``; always end the run."""
-    gen.add(await run.start(request))
-    status = "client_closed"
-    try:
-        while not (gen.done or run.finished):
-            gen.add(await until_disconnect(request, run.next()))
-        status = "200"
-    except ApiError as exc:
-        status = str(exc.status)
-        raise
-    finally:
-        await run.end(status)
 
 
 async def stream_chunks(

@@ -25,7 +25,6 @@ from pdmaster.openai_relay import (
     CompletionFormat,
     Generation,
     RunStreamingResponse,
-    collect,
     error_body,
     stream_chunks,
 )
@@ -103,7 +102,7 @@ def openai_router(
             if body.stream:
                 first = await run.start(request)
                 return RunStreamingResponse(run, stream_chunks(run, first, gen, fmt))
-            await collect(run, request, gen)
+            await run.run_to_end(request, gen.add, lambda: gen.done)
         except ClientDisconnected:
             return Response(status_code=499)
         return Response(orjson.dumps(fmt.body(gen)), media_type="application/json")

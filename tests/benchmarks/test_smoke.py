@@ -15,7 +15,9 @@ from benchmarks.common import RESULTS
 def test_benchmark_smoke_run(name: str) -> None:
     r = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{name}", "--smoke"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "wrote " in r.stdout
