@@ -1,8 +1,10 @@
 """Benchmark 1, relay overhead: what the master adds per token, and PD vs a direct engine.
 
-(a) Per-token added latency: the decode node writes each token's send time (wall clock) as
+(a) Per-token delivery latency: the engine writes each token's send time (wall clock) as
     its text (``--text_mode timestamp``); the client subtracts it from the arrival time.
-    Same host, same clock. 64-token streams at 1, 64, 512 and 2048 concurrent streams.
+    Same host, same clock. 64-token streams at 1, 64, 512 and 2048 concurrent streams,
+    through the master (decode node -> master -> client) and from a normal-mode engine
+    straight to the client; the master's share is the difference.
 (b) The same workload (64 streams, 128 prompt / 64 output tokens) through the PD master and
     against the simulated engine serving /generate_stream itself (``--run_mode normal``):
     TTFT and inter-token latency, and their ratio.
@@ -15,21 +17,42 @@ from benchmark_client.report import summarize
 from benchmarks.common import QUIET, cluster, load, parser, print_table, workdir, write_json
 
 
-def added_latency(group: ProcGroup, levels: list[int], tokens: int) -> list[dict]:
+def delivery(group: ProcGroup, levels: list[int], tokens: int) -> list[dict]:
     c = cluster(group, decode=[["--text_mode", "timestamp"]])
+    host, port = "127.0.0.1", free_port()
+    group.python(
+        "normal-stamped",
+        "-m",
+        "node_agents.simengine",
+        "--run_mode",
+        "normal",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--text_mode",
+        "timestamp",
+        *QUIET,
+    )
+    wait_until(lambda: http_ok(f"http://{host}:{port}/health"), 30, "the normal-mode engine")
     out = []
     for streams in levels:
-        records, _ = load(f"{c.url}/generate_stream", streams, streams, 16, tokens, stamped=True)
-        d = summarize(records, 1.0)["delivery_s"]
-        out.append(
-            {
-                "streams": streams,
-                "errors": sum(not r.ok for r in records),
+        row: dict = {"streams": streams}
+        for name, url in (
+            ("pd", f"{c.url}/generate_stream"),
+            ("direct", f"http://{host}:{port}/generate_stream"),
+        ):
+            records, _ = load(url, streams, streams, 16, tokens, stamped=True)
+            d = summarize(records, 1.0)["delivery_s"]
+            row[name] = {
                 "p50_ms": d["p50"] * 1e3,
                 "p99_ms": d["p99"] * 1e3,
                 "tokens": d["count"],
+                "errors": sum(not r.ok for r in records),
             }
-        )
+        row["added_p50_ms"] = row["pd"]["p50_ms"] - row["direct"]["p50_ms"]
+        row["added_p99_ms"] = row["pd"]["p99_ms"] - row["direct"]["p99_ms"]
+        out.append(row)
     return out
 
 
@@ -59,16 +82,37 @@ def main() -> None:
     levels = [1, 64] if args.smoke else [1, 64, 512, 2048]
     group = workdir()
     try:
-        added = added_latency(group, levels, 16 if args.smoke else 64)
+        added = delivery(group, levels, 16 if args.smoke else 64)
         group.stop_all()
         group.procs.clear()
         compare = pd_vs_direct(group, 64 if args.smoke else 256, 16 if args.smoke else 64)
     finally:
         group.stop_all()
     print_table(
-        "per-token latency added by the master (node send -> client receive)",
-        ["streams", "tokens", "errors", "p50 ms", "p99 ms"],
-        [[a["streams"], a["tokens"], a["errors"], a["p50_ms"], a["p99_ms"]] for a in added],
+        "per-token delivery latency, engine send -> client receive (ms)",
+        [
+            "streams",
+            "errors",
+            "PD p50",
+            "PD p99",
+            "direct p50",
+            "direct p99",
+            "added p50",
+            "added p99",
+        ],
+        [
+            [
+                a["streams"],
+                a["pd"]["errors"] + a["direct"]["errors"],
+                a["pd"]["p50_ms"],
+                a["pd"]["p99_ms"],
+                a["direct"]["p50_ms"],
+                a["direct"]["p99_ms"],
+                a["added_p50_ms"],
+                a["added_p99_ms"],
+            ]
+            for a in added
+        ],
     )
     rows = []
     for metric in ("ttft_s", "itl_s"):
@@ -84,7 +128,7 @@ def main() -> None:
     )
     write_json(
         "relay_overhead" + ("_smoke" if args.smoke else ""),
-        {"added_latency": added, "pd_vs_direct": compare},
+        {"delivery": added, "pd_vs_direct": compare},
     )
 
 
