@@ -17,11 +17,11 @@ from benchmark_client.report import summarize
 from benchmarks.common import QUIET, cluster, load, parser, print_table, workdir, write_json
 
 
-def delivery(group: ProcGroup, levels: list[int], tokens: int) -> list[dict]:
-    c = cluster(group, decode=[["--text_mode", "timestamp"]])
+def normal_engine(group: ProcGroup, name: str, *extra: str) -> tuple[str, int]:
+    """A simulated engine serving /generate_stream itself (no PD); returns its address."""
     host, port = "127.0.0.1", free_port()
     group.python(
-        "normal-stamped",
+        name,
         "-m",
         "node_agents.simengine",
         "--run_mode",
@@ -30,11 +30,16 @@ def delivery(group: ProcGroup, levels: list[int], tokens: int) -> list[dict]:
         host,
         "--port",
         str(port),
-        "--text_mode",
-        "timestamp",
+        *extra,
         *QUIET,
     )
     wait_until(lambda: http_ok(f"http://{host}:{port}/health"), 30, "the normal-mode engine")
+    return host, port
+
+
+def delivery(group: ProcGroup, levels: list[int], tokens: int) -> list[dict]:
+    c = cluster(group, decode=[["--text_mode", "timestamp"]])
+    host, port = normal_engine(group, "normal-stamped", "--text_mode", "timestamp")
     out = []
     for streams in levels:
         row: dict = {"streams": streams}
@@ -59,20 +64,7 @@ def delivery(group: ProcGroup, levels: list[int], tokens: int) -> list[dict]:
 def pd_vs_direct(group: ProcGroup, requests: int, streams: int) -> dict:
     c = cluster(group)
     pd = summarize(*load(f"{c.url}/generate_stream", requests, streams, 128, 64))
-    host, port = "127.0.0.1", free_port()
-    group.python(
-        "normal",
-        "-m",
-        "node_agents.simengine",
-        "--run_mode",
-        "normal",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        *QUIET,
-    )
-    wait_until(lambda: http_ok(f"http://{host}:{port}/health"), 30, "the normal-mode engine")
+    host, port = normal_engine(group, "normal")
     direct = summarize(*load(f"http://{host}:{port}/generate_stream", requests, streams, 128, 64))
     return {"pd": pd, "direct": direct}
 
