@@ -59,6 +59,9 @@ class LightLLMMasterSession:
             self.deferred = True
         if self.deferred:
             return
+        # Write only over what was read: a /v1 registration that landed meanwhile (and
+        # that this replica has not seen yet) must win, not be overwritten.
+        expected = current.mod_revision if current is not None else 0
         record = self._registry.new_record(
             "master",
             self.record_id,
@@ -69,7 +72,9 @@ class LightLLMMasterSession:
             info={"peer": self._peer},
             via="lightllm_websocket",
         )
-        self._revision = await self._registry.write(record)
+        revision = await self._registry.write(record, if_mod_revision=expected)
+        if revision:
+            self._revision = revision
 
     async def keep_alive(self) -> None:
         """Renew every third of the lease until cancelled; a failed renewal is retried."""

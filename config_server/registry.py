@@ -132,11 +132,12 @@ class Registry:
             "registered_via": via,
         }
 
-    async def write(self, record: dict[str, Any]) -> int:
-        revision = await self.store.put(
-            record_key(record["kind"], record["id"]), record, record["ttl_s"]
-        )
-        await self.store.view.wait_beyond(revision - 1, self._visible_timeout_s)
+    async def write(self, record: dict[str, Any], if_mod_revision: int | None = None) -> int:
+        """Store ``record`` (see ``Store.put``); wait until this replica's reads show it."""
+        key = record_key(record["kind"], record["id"])
+        revision = await self.store.put(key, record, record["ttl_s"], if_mod_revision)
+        if revision:
+            await self.store.view.wait_beyond(revision - 1, self._visible_timeout_s)
         return revision
 
     # -- reads ----------------------------------------------------------------------------

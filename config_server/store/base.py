@@ -51,8 +51,14 @@ class Store(abc.ABC):
         """True when reads reflect the backend and writes can be attempted."""
 
     @abc.abstractmethod
-    async def put(self, key: str, data: dict[str, Any], ttl_s: float) -> int:
-        """Create or replace ``key``, (re)starting its lease; return the change's revision."""
+    async def put(
+        self, key: str, data: dict[str, Any], ttl_s: float, if_mod_revision: int | None = None
+    ) -> int:
+        """Create or replace ``key``, (re)starting its lease; return the change's revision.
+
+        With ``if_mod_revision``, only if ``key`` was last changed at that revision (0: only
+        if it does not exist); return 0 when it was not.
+        """
 
     @abc.abstractmethod
     async def delete(self, key: str, if_mod_revision: int | None = None) -> int:

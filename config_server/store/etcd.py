@@ -110,7 +110,9 @@ class EtcdStore(Store):
         return self._loaded
 
     # -- writes ---------------------------------------------------------------------------
-    async def put(self, key: str, data: dict[str, Any], ttl_s: float) -> int:
+    async def put(
+        self, key: str, data: dict[str, Any], ttl_s: float, if_mod_revision: int | None = None
+    ) -> int:
         if not self._loaded:
             raise StoreUnavailable("the etcd store has not loaded its data yet")
         ttl = max(1, math.ceil(ttl_s))
@@ -122,9 +124,18 @@ class EtcdStore(Store):
                 lease_id = old.lease  # alive, same TTL: the refresh was the renewal
         if not lease_id:
             lease_id = (await self._call(lambda c: c.lease(ttl))).id
-        value = orjson.dumps(data)
-        reply = await self._call(lambda c: c.put(self._etcd_key(key), value, lease=lease_id))
-        return reply.header.revision
+        etcd_key, value = self._etcd_key(key), orjson.dumps(data)
+        if if_mod_revision is None:
+            reply = await self._call(lambda c: c.put(etcd_key, value, lease=lease_id))
+            return reply.header.revision
+        succeeded, replies = await self._call(
+            lambda c: c.transaction(
+                compare=[c.transactions.mod(etcd_key) == if_mod_revision],
+                success=[c.transactions.put(etcd_key, value, lease=lease_id)],
+                failure=[],
+            )
+        )
+        return replies[0].response_put.header.revision if succeeded else 0
 
     async def delete(self, key: str, if_mod_revision: int | None = None) -> int:
         if not self._loaded:

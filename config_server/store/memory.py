@@ -60,9 +60,13 @@ class MemoryStore(Store):
     def ready(self) -> bool:
         return True
 
-    async def put(self, key: str, data: dict[str, Any], ttl_s: float) -> int:
-        revision = self._next_revision()
+    async def put(
+        self, key: str, data: dict[str, Any], ttl_s: float, if_mod_revision: int | None = None
+    ) -> int:
         old = self.view.get(key)
+        if if_mod_revision is not None and if_mod_revision != (old.mod_revision if old else 0):
+            return 0
+        revision = self._next_revision()
         created = old.create_revision if old is not None else revision
         self._expires[key] = self._monotonic() + ttl_s
         self.view.apply(Change("put", key, Item(key, data, created, revision), revision))
