@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -74,3 +76,19 @@ def snapshot(url: str, token: str | None = None) -> dict[str, Any]:
     reply = http().get(f"{url}/v1/watch", params={"revision": 0}, headers=auth(token))
     reply.raise_for_status()
     return reply.json()
+
+
+async def raw_get_json(host: str, port: int, path: str) -> Any:
+    """One GET on its own connection. For many truly concurrent requests: httpx's pool slows
+    down sharply with hundreds of connections, which would measure the client, not us."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        response = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if status != 200:
+        raise RuntimeError(f"GET {path}: {head.decode(errors='replace')} {body[:200]!r}")
+    return json.loads(body)
