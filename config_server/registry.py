@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from config_server.errors import BadRequest, NotFound
+from config_server.errors import BadRequest, NotFound, ServiceUnavailable
 from config_server.store.base import Store
 from config_server.store.view import Change, Item
 from pdwire.api import RegistrationRequest, is_valid_id
@@ -75,6 +75,12 @@ class Registry:
     @property
     def ready(self) -> bool:
         return self.store.ready
+
+    def check_ready(self) -> None:
+        """Reads before the store has loaded would list nothing, and a LightLLM node told
+        "no masters" disconnects from all of them: answer 503 instead (nodes keep theirs)."""
+        if not self.store.ready:
+            raise ServiceUnavailable("the registry is still loading", code="store_loading")
 
     # -- writes ---------------------------------------------------------------------------
     async def register(self, kind: str, record_id: str, request: RegistrationRequest) -> dict:
@@ -146,6 +152,7 @@ class Registry:
 
     def get(self, kind: str, record_id: str) -> dict[str, Any]:
         check_id(record_id)
+        self.check_ready()
         item = self.item(kind, record_id)
         if item is None:
             raise NotFound(f"no {kind} {record_id!r} is registered", code=f"unknown_{kind}")
@@ -159,6 +166,7 @@ class Registry:
         master: str | None = None,
     ) -> list[dict[str, Any]]:
         """Records of one kind in registration order, filtered by role, state, master."""
+        self.check_ready()
         items = sorted(self.store.view.items(kind + "/"), key=lambda item: item.create_revision)
         records = []
         for item in items:
@@ -183,6 +191,7 @@ class Registry:
 
     async def watch(self, revision: int, timeout_s: float) -> dict[str, Any]:
         """Changes after ``revision``, waiting up to ``timeout_s`` for one; see WatchResponse."""
+        self.check_ready()
         view = self.store.view
         if revision > view.head:  # from a replica a little ahead of this one?
             await view.wait_beyond(revision - 1, min(timeout_s, self._visible_timeout_s))

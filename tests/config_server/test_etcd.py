@@ -6,10 +6,13 @@ import asyncio
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from benchmark_client.localcluster import ProcGroup, wait_until
-from config_server.localrun import ConfigServer, EtcdServer, start_config_server
+import pytest
+
+from benchmark_client.localcluster import ProcGroup, free_port, http_ok, wait_until
+from config_server.localrun import ConfigServer, EtcdServer, etcd_binary, start_config_server
 from tests.config_server.helpers import (
     http,
     ids,
@@ -121,3 +124,36 @@ def test_id_ranges_stay_unique_under_1000_concurrent_allocations_on_two_replicas
     a = replica(procs, etcd, "replica_a_again", port=a.port)
     after = http().get(f"{a.url}/allocate_global_unique_id_range").json()
     assert after["start_id"] >= ranges[-1]["end_id"]
+
+
+def test_a_replica_answers_503_until_etcd_comes_up(procs: ProcGroup, tmp_path: Path) -> None:
+    binary = etcd_binary()
+    if binary is None:
+        pytest.skip("etcd is not installed (apt-get install -y etcd-server)")
+    etcd = EtcdServer(procs, binary, tmp_path / "etcd-data", free_port(), free_port())
+    port = free_port()
+    procs.python(
+        "replica",
+        "-m",
+        "config_server",
+        "--config_server_port",
+        str(port),
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        etcd.endpoint,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_ok(f"{url}/health"), 20, "the replica to start")
+    assert http().get(f"{url}/readiness").status_code == 503
+    for reply in (
+        http().get(f"{url}/registered_objects"),  # not an empty list: nodes would drop masters
+        http().get(f"{url}/v1/nodes"),
+        http().get(f"{url}/v1/watch?timeout_s=0"),
+        put(url, "nodes", "n1", node_body()),
+    ):
+        assert reply.status_code == 503
+        assert reply.json()["error"]["type"] == "service_unavailable"
+    etcd.start()
+    wait_until(lambda: http_ok(f"{url}/readiness"), 10, "the replica to load from etcd")
+    assert put(url, "nodes", "n1", node_body()).status_code == 200
