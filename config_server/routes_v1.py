@@ -11,9 +11,9 @@ listings need the admin token; the watch takes either (masters hold the register
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 
@@ -107,16 +107,37 @@ def parse_list(value: str | None, name: str, valid: Any, expected: str) -> set[s
 
 async def read_registration(request: Request, max_bytes: int) -> RegistrationRequest:
     body = await read_body(request, max_bytes)
-    try:
-        raw = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+    try:  # the stdlib parser keeps big integers exact (orjson would make them floats)
+        raw = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(raw, dict):
         raise BadRequest("body must be a JSON object", code="invalid_json")
+    check_int_range(raw)
     try:
         return RegistrationRequest.model_validate(raw)
     except ValidationError as exc:
         raise BadRequest(describe_validation_error(exc), code="invalid_field") from None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def check_int_range(value: Any) -> None:
+    """Integers must fit in 64 bits: JSON readers (and our encoder) cannot hold more."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{path}.{i}", v) for i, v in enumerate(item))
+        elif isinstance(item, int) and not -(2**63) <= item < 2**64:
+            raise BadRequest(
+                f"{path}: integer {item} does not fit in 64 bits; send 128-bit ids as strings",
+                code="invalid_field",
+            )
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:

@@ -39,6 +39,9 @@ GRPC_OPTIONS = {
     "grpc.keepalive_timeout_ms": 5_000,
 }
 MAX_CAS_ATTEMPTS = 100
+# etcd raises shorter lease TTLs to 1.5 election timeouts (2 s with its default timing); ask
+# for at least that, so that a renewal sees the TTL it asked for and keeps the lease.
+ETCD_MIN_TTL_S = 2
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -115,7 +118,7 @@ class EtcdStore(Store):
     ) -> int:
         if not self._loaded:
             raise StoreUnavailable("the etcd store has not loaded its data yet")
-        ttl = max(1, math.ceil(ttl_s))
+        ttl = max(ETCD_MIN_TTL_S, math.ceil(ttl_s))
         old = self.view.get(key)
         lease_id = 0
         if old is not None and old.lease:

@@ -104,6 +104,13 @@ def test_delete_deregisters_and_unknown_ids_are_404(server: ConfigServer) -> Non
         ("nodes", "n1", ["not", "an", "object"], 400, "object"),
         ("nodes", "n%24x", node_body(), 400, "id"),
         ("nodes", "n1", node_body(info={"blob": "x" * 100_000}), 413, "limit"),
+        (
+            "nodes",
+            "n1",
+            node_body(info={"connected_masters": [2**100]}),
+            400,
+            "connected_masters.0",
+        ),
     ],
 )
 def test_malformed_registration_is_4xx_and_changes_nothing(
@@ -118,8 +125,11 @@ def test_malformed_registration_is_4xx_and_changes_nothing(
     assert snapshot(server.url) == before
 
 
-def test_a_body_that_is_not_json_is_400(server: ConfigServer) -> None:
-    reply = http().put(f"{server.url}/v1/nodes/n1", content=b"{not json")
+@pytest.mark.parametrize(
+    "body", [b"{not json", b'{"address": "10.0.0.1:1", "ttl_s": NaN}', b"\xff\xfe", b"[" * 5000]
+)
+def test_a_body_that_is_not_json_is_400(server: ConfigServer, body: bytes) -> None:
+    reply = http().put(f"{server.url}/v1/masters/m1", content=body)
     assert reply.status_code == 400
     assert reply.json()["error"]["code"] == "invalid_json"
 
