@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 from collections.abc import Mapping
+from types import FrameType
 
 import uvicorn
 
@@ -111,9 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(Registry(open_store(settings)), settings)
-    uvicorn.run(
-        app,
+    registry = Registry(open_store(settings))
+    config = uvicorn.Config(
+        create_app(registry, settings),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -124,7 +125,22 @@ def main(argv: list[str] | None = None) -> None:
         ws_ping_interval=10.0,  # a master whose host vanished is dropped within ~20 s
         ws_ping_timeout=10.0,
         proxy_headers=False,  # the allowlist must see the real peer, not a forwarded header
-        timeout_graceful_shutdown=3,  # long-polls (/v1/watch) must not hold a restart
+        timeout_graceful_shutdown=3,
         log_level=args.log_level,
         access_log=False,
     )
+    ConfigServerProcess(config, registry).run()
+
+
+class ConfigServerProcess(uvicorn.Server):
+    """uvicorn's server, ending /v1/watch long-polls as soon as a stop is asked: uvicorn
+    waits for requests in flight, and a long-poll may have 60 s to go."""
+
+    def __init__(self, config: uvicorn.Config, registry: Registry) -> None:
+        super().__init__(config)
+        self._registry = registry
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.started:
+            self._registry.stop_waiting()
+        super().handle_exit(sig, frame)

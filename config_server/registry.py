@@ -8,6 +8,7 @@ registry waits (briefly) until its own view shows it, so a client reads its own 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -67,7 +68,13 @@ class Registry:
         self._visible_timeout_s = visible_timeout_s
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.store.start()
+
+    def stop_waiting(self) -> None:
+        """From any thread or a signal handler: answer every pending long-poll now, so that
+        they do not hold the server's shutdown."""
+        self._loop.call_soon_threadsafe(self.store.view.close)
 
     async def close(self) -> None:
         await self.store.close()

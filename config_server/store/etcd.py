@@ -110,6 +110,7 @@ class EtcdStore(Store):
 
     @property
     def ready(self) -> bool:
+        """Loaded once. While etcd is down afterwards, reads serve the last view (writes 503)."""
         return self._loaded
 
     # -- writes ---------------------------------------------------------------------------
@@ -215,30 +216,36 @@ class EtcdStore(Store):
 
     # -- the watch that feeds the view ----------------------------------------------------
     async def _follow(self) -> None:
-        delay = 0.05
+        delay, reload, failures = 0.05, True, 0
         while True:
             client = self._connected_client()
             try:
-                if not self._loaded:
+                if reload:
                     await self._load(client)
+                    reload = False
                 watch = await client.watch_prefix(
                     self._reg_prefix.encode(), start_revision=self.view.head + 1
                 )
                 self.watching = True
-                delay = 0.05
+                delay, failures = 0.05, 0
                 log.info("watching etcd from revision %d", self.view.head + 1)
                 async for event in watch:
                     self._apply(event)
             except RevisionCompactedError as exc:
                 log.warning("etcd compacted past revision %d (%s); reloading", self.view.head, exc)
-                self._loaded = False
+                reload = True
             except (ClientError, TimeoutError, OSError) as exc:
-                log.warning(
-                    "etcd watch interrupted: %s; resuming after revision %d",
+                failures += 1
+                log.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "etcd unreachable (%s); the watch resumes after revision %d",
                     exc or type(exc).__name__,
                     self.view.head,
                 )
                 await self._rotate(client)
+            except Exception:  # never let the view silently stop following etcd
+                log.exception("etcd watch failed; reloading")
+                reload = True
             finally:
                 self.watching = False
             await self._sleep(delay)

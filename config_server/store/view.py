@@ -37,6 +37,7 @@ class View:
         self._changes: deque[Change] = deque(maxlen=max_changes)
         self.base = 0
         self.head = 0
+        self.closed = False  # no more waiting: the server is stopping
         self._moved = asyncio.Event()
 
     def reset(self, revision: int, items: Iterable[Item]) -> None:
@@ -82,7 +83,7 @@ class View:
         """Wait until ``head`` passes ``revision``; False if ``timeout_s`` ran out first."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while self.head <= revision:
+        while self.head <= revision and not self.closed:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
@@ -90,7 +91,12 @@ class View:
                 await asyncio.wait_for(self._moved.wait(), remaining)
             except TimeoutError:
                 return False
-        return True
+        return self.head > revision
+
+    def close(self) -> None:
+        """End every wait now (they return as timed out) and every later one at once."""
+        self.closed = True
+        self._notify()
 
     def _notify(self) -> None:
         self._moved.set()
