@@ -47,14 +47,18 @@ def test_masters_that_die_or_freeze_disappear_within_their_lease(
     both = start_fake_master(procs, server.address, 4242, "127.0.0.9:60011", "--ttl", "2")
     ws_only = start_fake_master(procs, server.address, 4444, "127.0.0.9:60012", "--no-lease")
     frozen = start_fake_master(procs, server.address, 4343, "127.0.0.9:60013", "--ttl", "2")
-    for node_id in (4242, 4444, 4343):
-        wait_until(lambda n=node_id: listed(server, n) == (True, True), 10, f"{node_id} to join")
-    via = {r["id"]: (r["registered_via"], r["ttl_s"]) for r in items(server.url, "masters")}
-    assert via == {
+    expected = {
         "4242": ("v1", TTL_S),  # the /v1 lease owns a master registered both ways
         "4343": ("v1", TTL_S),
         "4444": ("lightllm_websocket", TTL_S),
     }
+
+    def via() -> dict[str, tuple[str, float]]:
+        return {r["id"]: (r["registered_via"], r["ttl_s"]) for r in items(server.url, "masters")}
+
+    wait_until(lambda: via() == expected, 10, "the masters to register")
+    for node_id in (4242, 4444, 4343):
+        assert listed(server, node_id) == (True, True)
 
     frozen.kill(signal.SIGSTOP)  # its websocket stays open; only its /v1 lease can tell
     frozen_at = time.monotonic()
