@@ -25,6 +25,7 @@ from pdmaster.load_poller import TokenLoadPoller
 from pdmaster.metrics import MasterMetrics
 from pdmaster.node_pool import NodePool
 from pdmaster.node_routes import node_router
+from pdmaster.openai_routes import openai_router
 from pdmaster.policies import Policy, make_policy
 from pdmaster.request_id import RequestIdMiddleware
 from pdmaster.selection import PairSelector
@@ -95,6 +96,7 @@ def create_app(
     app = FastAPI(title="pdctl master", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(client_router(service, pool, tokenizer, settings))
+    app.include_router(openai_router(service, tokenizer, settings))
     app.include_router(node_router(pool, table, codec, settings.registration_timeout_s))
     app.include_router(admin_router(pool, settings.admin_token))
 

@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MODEL_DIR,
         help="directory with tokenizer.json (default: the simulated engine's model)",
     )
+    p.add_argument(
+        "--served_model_name",
+        "--served-model-name",
+        dest="served_model_name",
+        help="model name of the OpenAI-compatible API (default: the --model_dir's name)",
+    )
     p.add_argument("--lightllm_version", default="v1.1.0", choices=sorted(LAYOUTS))
     p.add_argument(
         "--max_new_tokens",
@@ -134,6 +140,7 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
         host=args.host,
         port=args.port,
         model_dir=args.model_dir,
+        served_model_name=args.served_model_name,
         lightllm_version=args.lightllm_version,
         max_new_tokens=args.max_new_tokens,
         max_req_total_len=args.max_req_total_len,

@@ -16,7 +16,7 @@ from pdmaster.node_pool import NodePool
 from pdmaster.policies import RequestView, prefix_blocks
 from pdmaster.relay import Collector, sse_error, sse_events
 from pdmaster.schemas import GenerateRequest
-from pdmaster.service import ClientDisconnected, GenerateService, RequestRun, until_disconnect
+from pdmaster.service import ClientDisconnected, GenerateService, RequestRun
 from pdmaster.settings import MasterSettings
 from pdmaster.tokenizer import ModelTokenizer
 from pdwire.lightllm import TokenEntry
@@ -100,26 +100,13 @@ def client_router(
 ) -> APIRouter:
     router = APIRouter()
 
-    async def generate_all(run: RequestRun, request: Request, collector: Collector) -> None:
-        collector.add(await run.start(request))
-        status = "client_closed"
-        try:
-            while not run.finished:
-                collector.add(await until_disconnect(request, run.next()))
-            status = "200"
-        except ApiError as exc:
-            status = str(exc.status)
-            raise
-        finally:
-            await run.end(status)
-
     @router.post("/generate")
     async def generate(request: Request) -> Response:
         body = await read_json(request, GenerateRequest, settings.max_body_bytes)
         prepared = prepare(body, tokenizer, settings)
         collector = Collector(prepared.prompt_tokens, prepared.parameters.return_details)
         try:
-            await generate_all(service.run("generate", prepared), request, collector)
+            await service.run("generate", prepared).run_to_end(request, collector.add)
         except ClientDisconnected:
             return Response(status_code=499)
         return Response(orjson.dumps(collector.body()), media_type="application/json")

@@ -22,7 +22,7 @@ from pdmaster.policies import RequestView
 from pdmaster.schemas import GenerateParameters
 from pdmaster.selection import PairSelector
 from pdmaster.tracking import RequestState, RequestTable
-from pdwire.lightllm import LightLLMCodec, TokenEntry
+from pdwire.lightllm import LightLLMCodec, TokenEntry, UpKVStatus
 from pdwire.structs import SamplingParamsBase
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class PDSession:
             decode.attach(state, self.decode_tokens)
         state.source = prefill
         await prefill.send(
-            d.codec.encode_req(self._req.prompt, self._prefill_params(state, decode))
+            lambda: d.codec.encode_req(self._req.prompt, self._prefill_params(state, decode))
         )
         first = self._after(
             await state.take(*self._until(d.settings.first_token_timeout_s), "first token")
@@ -182,10 +182,13 @@ class PDSession:
         if not isinstance(prompt_ids, list):
             raise NodeFailed("the prefill node's first token carries no prompt_ids", node=prefill)
         state.source = decode
+        await decode.send(lambda: self._decode_req(state, prompt_ids + [entry[2]["id"]], status))
+        return first
+
+    def _decode_req(self, state: RequestState, prompt_ids: list[int], status: UpKVStatus) -> bytes:
         params = self._params(self._req.parameters.max_new_tokens - 1, state.group_id)
         params.suggested_dp_index = status.dp_index
-        await decode.send(d.codec.encode_req(prompt_ids + [entry[2]["id"]], params))
-        return first
+        return self._d.codec.encode_req(prompt_ids, params)
 
     def _blame(self, exc: ApiError) -> NodeConnection | None:
         """The node at fault for a retryable failure, with its breaker told; None: don't retry."""

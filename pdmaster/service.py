@@ -105,6 +105,25 @@ class RequestRun:
         self._last = now
         return entries
 
+    async def run_to_end(
+        self,
+        request: Request,
+        add: Callable[[list[TokenEntry]], object],
+        done: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """Start, feed every batch of tokens to ``add`` until finished (or ``done()``), end."""
+        add(await self.start(request))
+        status = "client_closed"
+        try:
+            while not (self.finished or done()):
+                add(await until_disconnect(request, self.next()))
+            status = "200"
+        except ApiError as exc:
+            status = str(exc.status)
+            raise
+        finally:
+            await self.end(status)
+
     async def end(self, status: str) -> None:
         if self._ended:
             return

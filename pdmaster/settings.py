@@ -14,6 +14,7 @@ class MasterSettings:
     host: str = "127.0.0.1"
     port: int = 60011
     model_dir: Path = DEFAULT_MODEL_DIR
+    served_model_name: str | None = None  # the OpenAI API's model name; None: model_dir's name
     lightllm_version: str = "v1.1.0"
     node_id: int = 0  # LightLLM's single master is id 0; nodes route kv_move_status by it
     max_new_tokens: int = 16384

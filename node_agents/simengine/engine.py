@@ -140,16 +140,20 @@ class SimNode:
 
     async def send_tokens(self, per_link: dict[MasterLink, list[TokenEntry]]) -> None:
         load = self.load()
-        if self.stamp_tokens:  # each token's text is the time it leaves this node
-            now = f"{time.time():.6f}"
-            per_link = {k: [(e[0], now, e[2], e[3]) for e in v] for k, v in per_link.items()}
-        for link, entries in per_link.items():
+        for link, entries in self.stamped(per_link).items():
             self.stats.tokens += len(entries)
             await link.send(self.codec.encode_token_packs(entries, load))
         crash_after = self.faults.crash_after_tokens
         if crash_after and self.stats.tokens >= crash_after:
             log.error("fault: crashing after %d tokens", self.stats.tokens)
             os._exit(17)
+
+    def stamped(self, per_link: dict[Any, list[TokenEntry]]) -> dict[Any, list[TokenEntry]]:
+        """With ``--text_mode timestamp``, each token's text becomes the time it leaves."""
+        if not self.stamp_tokens:
+            return per_link
+        now = f"{time.time():.6f}"
+        return {k: [(e[0], now, e[2], e[3]) for e in v] for k, v in per_link.items()}
 
     async def step_pause(self, seconds: float) -> None:
         """Sleep for a batch's compute time, plus injected latency; a hung node stays here."""

@@ -8,7 +8,6 @@ directly with the same workload through a PD master.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -39,11 +38,7 @@ class NormalNode(DecodeNode):
         return [asyncio.create_task(self._loop(), name="decode-loop")]
 
     async def send_tokens(self, per_link: dict) -> None:  # type: ignore[override]
-        if self.stamp_tokens:
-            per_link = {
-                k: [(e[0], f"{_now():.6f}", e[2], e[3]) for e in v] for k, v in per_link.items()
-            }
-        for stream, entries in per_link.items():
+        for stream, entries in self.stamped(per_link).items():
             self.stats.tokens += len(entries)
             stream.queue.put_nowait(entries)
 
@@ -79,10 +74,6 @@ class NormalNode(DecodeNode):
             # the decode loop frees what it finishes; free the rest (early end, disconnect)
             if not decoding or self._running.pop(group_id, None) is not None:
                 await self.kv.release(kv_tokens)
-
-
-def _now() -> float:
-    return time.time()
 
 
 def normal_router(node: NormalNode) -> APIRouter:

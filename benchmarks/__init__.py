@@ -1,0 +1,1 @@
+"""Benchmarks: each ``python -m benchmarks.<name> [--smoke]`` prints a table and writes JSON."""

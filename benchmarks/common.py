@@ -1,0 +1,116 @@
+"""What every benchmark shares: a local cluster, the load generator, a table, a JSON file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmark_client.client import RequestRecord, lightllm_body, run_workload
+from benchmark_client.http import Target
+from benchmark_client.localcluster import Cluster, ProcGroup
+from benchmark_client.workload import PromptMaker, Workload, build_prompts
+from pdmaster.tokenizer import DEFAULT_MODEL_DIR
+
+RESULTS = Path(__file__).resolve().parent / "results"
+INSTANT = [
+    "--prefill_base_ms",
+    "0",
+    "--prefill_per_token_us",
+    "0",
+    "--decode_base_ms",
+    "0",
+    "--decode_per_seq_us",
+    "0",
+]
+QUIET = ["--log_level", "warning"]
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--smoke", action="store_true", help="a ~10 s run with small numbers (CI)")
+    return p
+
+
+def cluster(
+    group: ProcGroup,
+    master: Sequence[str] = (),
+    prefill: Sequence[Sequence[str]] = ((),),
+    decode: Sequence[Sequence[str]] = ((),),
+) -> Cluster:
+    c = Cluster(group)
+    c.start_master(*QUIET, "--max_inflight", "20000", "--max_queue", "1000", *master)
+    for i, extra in enumerate(prefill):
+        c.add_node("prefill", i, *QUIET, "--kv_capacity_tokens", "4000000", *extra, timing=[])
+    for i, extra in enumerate(decode):
+        c.add_node("decode", i, *QUIET, "--kv_capacity_tokens", "4000000", *extra, timing=[])
+    c.wait_ready(len(prefill), len(decode), timeout=60)
+    return c
+
+
+def workdir() -> ProcGroup:
+    return ProcGroup(Path(tempfile.mkdtemp(prefix="pdctl-bench-")))
+
+
+def load(
+    url: str,
+    requests: int,
+    concurrency: int,
+    input_len: int,
+    output_len: int,
+    shared_prefix_len: int = 0,
+    num_prefixes: int = 1,
+    stamped: bool = False,
+    timeout: float = 300,
+) -> tuple[list[RequestRecord], float]:
+    maker = PromptMaker(str(DEFAULT_MODEL_DIR))
+    workload = Workload(input_len, output_len, requests, 0, shared_prefix_len, num_prefixes)
+    prompts = build_prompts(workload, maker)
+    bodies = [lightllm_body(p, output_len) for p in prompts]
+    return asyncio.run(
+        run_workload(
+            Target.parse(url),
+            bodies,
+            [input_len] * requests,
+            [0.0] * requests,
+            concurrency,
+            "lightllm",
+            timeout,
+            stamped=stamped,
+        )
+    )
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    print(f"\n{title}")
+    for i, row in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def write_json(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    meta = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+    path.write_text(json.dumps({"meta": meta, **data}, indent=1))
+    print(f"\nwrote {path}")
+    return path

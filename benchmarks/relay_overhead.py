@@ -1,0 +1,136 @@
+"""Benchmark 1, relay overhead: what the master adds per token, and PD vs a direct engine.
+
+(a) Per-token delivery latency: the engine writes each token's send time (wall clock) as
+    its text (``--text_mode timestamp``); the client subtracts it from the arrival time.
+    Same host, same clock. 64-token streams at 1, 64, 512 and 2048 concurrent streams,
+    through the master (decode node -> master -> client) and from a normal-mode engine
+    straight to the client; the master's share is the difference.
+(b) The same workload (64 streams, 128 prompt / 64 output tokens) through the PD master and
+    against the simulated engine serving /generate_stream itself (``--run_mode normal``):
+    TTFT and inter-token latency, and their ratio.
+"""
+
+from __future__ import annotations
+
+from benchmark_client.localcluster import ProcGroup, free_port, http_ok, wait_until
+from benchmark_client.report import summarize
+from benchmarks.common import QUIET, cluster, load, parser, print_table, workdir, write_json
+
+
+def delivery(group: ProcGroup, levels: list[int], tokens: int) -> list[dict]:
+    c = cluster(group, decode=[["--text_mode", "timestamp"]])
+    host, port = "127.0.0.1", free_port()
+    group.python(
+        "normal-stamped",
+        "-m",
+        "node_agents.simengine",
+        "--run_mode",
+        "normal",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--text_mode",
+        "timestamp",
+        *QUIET,
+    )
+    wait_until(lambda: http_ok(f"http://{host}:{port}/health"), 30, "the normal-mode engine")
+    out = []
+    for streams in levels:
+        row: dict = {"streams": streams}
+        for name, url in (
+            ("pd", f"{c.url}/generate_stream"),
+            ("direct", f"http://{host}:{port}/generate_stream"),
+        ):
+            records, _ = load(url, streams, streams, 16, tokens, stamped=True)
+            d = summarize(records, 1.0)["delivery_s"]
+            row[name] = {
+                "p50_ms": d["p50"] * 1e3,
+                "p99_ms": d["p99"] * 1e3,
+                "tokens": d["count"],
+                "errors": sum(not r.ok for r in records),
+            }
+        row["added_p50_ms"] = row["pd"]["p50_ms"] - row["direct"]["p50_ms"]
+        row["added_p99_ms"] = row["pd"]["p99_ms"] - row["direct"]["p99_ms"]
+        out.append(row)
+    return out
+
+
+def pd_vs_direct(group: ProcGroup, requests: int, streams: int) -> dict:
+    c = cluster(group)
+    pd = summarize(*load(f"{c.url}/generate_stream", requests, streams, 128, 64))
+    host, port = "127.0.0.1", free_port()
+    group.python(
+        "normal",
+        "-m",
+        "node_agents.simengine",
+        "--run_mode",
+        "normal",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *QUIET,
+    )
+    wait_until(lambda: http_ok(f"http://{host}:{port}/health"), 30, "the normal-mode engine")
+    direct = summarize(*load(f"http://{host}:{port}/generate_stream", requests, streams, 128, 64))
+    return {"pd": pd, "direct": direct}
+
+
+def main() -> None:
+    args = parser(__doc__ or "").parse_args()
+    levels = [1, 64] if args.smoke else [1, 64, 512, 2048]
+    group = workdir()
+    try:
+        added = delivery(group, levels, 16 if args.smoke else 64)
+        group.stop_all()
+        group.procs.clear()
+        compare = pd_vs_direct(group, 64 if args.smoke else 256, 16 if args.smoke else 64)
+    finally:
+        group.stop_all()
+    print_table(
+        "per-token delivery latency, engine send -> client receive (ms)",
+        [
+            "streams",
+            "errors",
+            "PD p50",
+            "PD p99",
+            "direct p50",
+            "direct p99",
+            "added p50",
+            "added p99",
+        ],
+        [
+            [
+                a["streams"],
+                a["pd"]["errors"] + a["direct"]["errors"],
+                a["pd"]["p50_ms"],
+                a["pd"]["p99_ms"],
+                a["direct"]["p50_ms"],
+                a["direct"]["p99_ms"],
+                a["added_p50_ms"],
+                a["added_p99_ms"],
+            ]
+            for a in added
+        ],
+    )
+    rows = []
+    for metric in ("ttft_s", "itl_s"):
+        for p in ("p50", "p99"):
+            pd, direct = compare["pd"][metric][p], compare["direct"][metric][p]
+            rows.append(
+                [f"{metric[:-2]} {p}", pd * 1e3, direct * 1e3, pd / direct if direct else 0.0]
+            )
+    print_table(
+        "PD master vs the engine directly (same workload)",
+        ["metric", "PD ms", "direct ms", "ratio"],
+        rows,
+    )
+    write_json(
+        "relay_overhead" + ("_smoke" if args.smoke else ""),
+        {"delivery": added, "pd_vs_direct": compare},
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Benchmark 3, scale: 10,000 concurrent streams through one master on this machine.
+
+Memory per stream is the master's peak RSS during the run minus its RSS when idle with
+its nodes connected, divided by the streams; every stream must end without an error.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from benchmark_client.localcluster import rss_bytes
+from benchmarks.common import cluster, load, parser, print_table, workdir, write_json
+
+DECODE = ["--decode_base_ms", "20", "--decode_per_seq_us", "5"]
+
+
+def main() -> None:
+    args = parser(__doc__ or "").parse_args()
+    streams = 500 if args.smoke else 10_000
+    group = workdir()
+    peak = [0]
+    try:
+        c = cluster(group, prefill=[[]], decode=[DECODE, DECODE])
+        assert c.master is not None and c.master.popen is not None
+        pid = c.master.popen.pid
+        load(f"{c.url}/generate_stream", 32, 32, 16, 8)  # warm up
+        idle = rss_bytes(pid)
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], rss_bytes(pid))
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        records, duration = load(f"{c.url}/generate_stream", streams, streams, 16, 32, timeout=600)
+        stop.set()
+        sampler.join()
+    finally:
+        group.stop_all()
+    errors = sum(not r.ok for r in records)
+    per_stream = (peak[0] - idle) / streams
+    print_table(
+        "concurrent streams through one master",
+        ["streams", "errors", "idle RSS MB", "peak RSS MB", "KB per stream", "seconds"],
+        [[streams, errors, idle / 2**20, peak[0] / 2**20, per_stream / 1024, duration]],
+    )
+    write_json(
+        "scale" + ("_smoke" if args.smoke else ""),
+        {
+            "streams": streams,
+            "errors": errors,
+            "idle_rss_bytes": idle,
+            "peak_rss_bytes": peak[0],
+            "bytes_per_stream": per_stream,
+            "duration_s": duration,
+            "error_kinds": sorted({r.error for r in records if r.error}),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""A short run of every benchmark: each must finish, print its table and write its JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.common import RESULTS
+
+
+@pytest.mark.parametrize("name", ["master_cost", "relay_overhead", "scale", "routing_quality"])
+def test_benchmark_smoke_run(name: str) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "wrote " in r.stdout
+    data = json.loads((RESULTS / f"{name}_smoke.json").read_text())
+    assert data["meta"]["python"]
+    text = json.dumps(data)
+    assert '"errors": 0' in text or '"errors": {}' in text
