@@ -5,16 +5,14 @@ Starts a config server (and, for the etcd store, an etcd) on loopback, registers
 sequential GET /v1/nodes (all N records) and GET /v1/nodes?role=prefill (half of them).
 The client is a few lines of asyncio HTTP/1.1 so that it is not what gets measured.
 
-    python -m benchmarks.config_server_registry [--nodes 1000] [--smoke]
+    python -m benchmarks.config_server_registry [--nodes 1000] [--stores memory,etcd] [--smoke]
 
-Prints a table and writes benchmarks/results/config_server_registry.json.
+Prints a table and writes benchmarks/results/config_server_registry[_smoke].json.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
@@ -26,9 +24,8 @@ from typing import Any
 import orjson
 
 from benchmark_client.localcluster import ProcGroup
+from benchmarks.common import parser, print_table, write_json
 from config_server.localrun import EtcdServer, etcd_binary, start_config_server
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class Connection:
@@ -148,6 +145,7 @@ def measure(store: str, nodes: int, concurrency: int, gets: int) -> dict[str, An
         "nodes_role_p50_ms": statistics.median(role_ms),
         "nodes_role_p99_ms": percentile(role_ms, 99),
         "nodes_body_bytes": body,
+        "errors": 0,  # any failed request aborts the run
     }
 
 
@@ -159,45 +157,49 @@ async def _body_bytes(port: int) -> int:
         conn.close()
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    header = (
-        f"{'store':<7} {'nodes':>6} {'register/s':>11} {'renew/s':>9} "
-        f"{'/v1/nodes p50':>14} {'p99':>8} {'?role= p50':>11} {'p99':>8} {'body':>9}"
-    )
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(
-            f"{r['store']:<7} {r['nodes']:>6} {r['register_per_s']:>11.0f} "
-            f"{r['renew_per_s']:>9.0f} {r['nodes_p50_ms']:>11.2f} ms {r['nodes_p99_ms']:>5.2f} ms"
-            f" {r['nodes_role_p50_ms']:>8.2f} ms {r['nodes_role_p99_ms']:>5.2f} ms "
-            f"{r['nodes_body_bytes'] / 1024:>6.0f} KiB"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = parser(__doc__ or "")
     p.add_argument("--nodes", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--gets", type=int, default=200, help="timed GET /v1/nodes per store")
     p.add_argument("--stores", default="memory,etcd")
-    p.add_argument("--smoke", action="store_true", help="100 nodes, 20 GETs (CI)")
-    p.add_argument("--out", type=Path, default=RESULTS / "config_server_registry.json")
     args = p.parse_args()
     if args.smoke:
         args.nodes, args.gets = 100, 20
     rows = [
         measure(store, args.nodes, args.concurrency, args.gets) for store in args.stores.split(",")
     ]
-    print(table(rows))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-    args.out.write_text(json.dumps({"machine": machine, "results": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print_table(
+        f"config server registry, {args.nodes} nodes, {args.concurrency} connections",
+        [
+            "store",
+            "register/s",
+            "renew/s",
+            "/v1/nodes p50 ms",
+            "p99 ms",
+            "?role= p50 ms",
+            "p99 ms",
+            "body KiB",
+            "errors",
+        ],
+        [
+            [
+                r["store"],
+                r["register_per_s"],
+                r["renew_per_s"],
+                r["nodes_p50_ms"],
+                r["nodes_p99_ms"],
+                r["nodes_role_p50_ms"],
+                r["nodes_role_p99_ms"],
+                r["nodes_body_bytes"] // 1024,
+                r["errors"],
+            ]
+            for r in rows
+        ],
+    )
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform()}
+    name = "config_server_registry" + ("_smoke" if args.smoke else "")
+    write_json(name, {"machine": machine, "results": rows})
 
 
 if __name__ == "__main__":
