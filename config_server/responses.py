@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -10,7 +11,9 @@ from starlette.responses import Response
 from config_server.errors import ApiError
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    data: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
     return Response(
         orjson.dumps(data), status_code=status, media_type="application/json", headers=headers
     )

@@ -12,6 +12,7 @@ listings need the admin token; the watch takes either (masters hold the register
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -54,8 +55,8 @@ def _add_kind_routes(
     settings: ConfigServerSettings,
     kind: str,
     plural: str,
-    admin: list[str | None],
-    register: list[str | None],
+    admin: Sequence[str | None],
+    register: Sequence[str | None],
 ) -> None:
     async def put_one(request: Request, record_id: str) -> Any:
         check_bearer(request, register, f"PUT /v1/{plural}")

@@ -140,7 +140,7 @@ class MasterRegistration:
         closed = asyncio.create_task(ws.wait_closed())
         try:
             while True:
-                beat = asyncio.create_task(self._sleep(self._heartbeat_s))
+                beat = asyncio.ensure_future(self._sleep(self._heartbeat_s))
                 await asyncio.wait({closed, beat}, return_when=asyncio.FIRST_COMPLETED)
                 beat.cancel()
                 if closed.done():

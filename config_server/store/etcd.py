@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -196,23 +197,29 @@ class EtcdStore(Store):
             end = start + total
             if end > INT64_MAX:
                 raise CounterExhausted(f"id counter {counter!r} would pass 2**63 - 1")
-            succeeded, replies = await self._call(
-                lambda c, known=known, end=end: c.transaction(
-                    compare=[
-                        c.transactions.version(key) == 0
-                        if known is None
-                        else c.transactions.mod(key) == known[1]
-                    ],
-                    success=[c.transactions.put(key, str(end).encode())],
-                    failure=[c.transactions.get(key)],
-                )
-            )
+            swap = functools.partial(self._swap, key=key, known=known, value=str(end).encode())
+            succeeded, replies = await self._call(swap)
             if succeeded:
                 self._counters[counter] = (end, replies[0].response_put.header.revision)
                 return start
             current = replies[0]  # [(value, Get)] or [] when the key does not exist
             known = (int(current[0][0]), current[0][1].mod_revision) if current else None
         raise StoreUnavailable(f"id counter {counter!r} is too contended; retry")
+
+    @staticmethod
+    async def _swap(
+        c: aetcd.Client, *, key: bytes, known: tuple[int, int] | None, value: bytes
+    ) -> Any:
+        """Write ``value`` if the counter is still as known (absent when None); else read it."""
+        if known is None:
+            unchanged = c.transactions.version(key) == 0
+        else:
+            unchanged = c.transactions.mod(key) == known[1]
+        return await c.transaction(
+            compare=[unchanged],
+            success=[c.transactions.put(key, value)],
+            failure=[c.transactions.get(key)],
+        )
 
     # -- the watch that feeds the view ----------------------------------------------------
     async def _follow(self) -> None:
@@ -306,4 +313,4 @@ class EtcdStore(Store):
         self._client = None
         self._endpoint_index = (self._endpoint_index + 1) % len(self._endpoints)
         with contextlib.suppress(Exception):
-            await failed.close()
+            await failed.close()  # type: ignore[union-attr]  # aetcd is untyped
