@@ -75,3 +75,17 @@ def test_deregister_deletes_the_node() -> None:
     asyncio.run(registrar(rec, token=None).deregister())
     assert [(r.method, r.url.path) for r in rec.requests] == [("DELETE", "/v1/nodes/p0")]
     assert "authorization" not in rec.requests[0].headers
+
+
+def test_renews_every_third_of_the_lease() -> None:
+    rec = Recorder()
+    client = httpx.AsyncClient(transport=httpx.MockTransport(rec))
+    reg = Registrar(client, "127.0.0.1:60088", "p0", 0.06, lambda: {"state": "RUNNING"})
+
+    async def go() -> None:
+        task = asyncio.create_task(reg.run())
+        await asyncio.sleep(0.1)
+        task.cancel()
+
+    asyncio.run(go())
+    assert 4 <= len(rec.requests) <= 6  # at 0, 0.02, 0.04, 0.06, 0.08 s
