@@ -52,6 +52,7 @@ ALLOWED: dict[State, frozenset[State]] = {
     State.FATAL: frozenset({State.STARTING}),
 }
 SETTLED = frozenset({State.STOPPED, State.FATAL})
+LIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING})  # a child process exists
 
 
 class TransitionError(RuntimeError):
@@ -288,9 +289,6 @@ class EngineProcess:
                 for t in self.history
             ],
         }
-
-
-LIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
 
 
 def describe_status(status: int) -> str:
