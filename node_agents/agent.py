@@ -97,6 +97,7 @@ class NodeAgent:
         self._tick_s = tick_s
         self._tasks: list[asyncio.Task[None]] = []
         self._drain_task: asyncio.Task[None] | None = None
+        self._marked = asyncio.Event()
         self._stop_when_drained = False
 
     # --- life -----------------------------------------------------------------------------
@@ -145,12 +146,18 @@ class NodeAgent:
     # --- requests (the HTTP API) ----------------------------------------------------------
 
     async def drain(self, stop: bool) -> dict[str, Any]:
+        """Answers once every master has been asked to stop selecting the node."""
         self._stop_when_drained = self._stop_when_drained or stop
         if self._drain_task is None:
-            self._drain_task = asyncio.create_task(self.drainer.run(self._drained), name="drain")
-            await asyncio.sleep(0)  # let it mark the node before we answer
+            self._marked = asyncio.Event()
+            run = self.drainer.run(self._drained, self._marked)
+            self._drain_task = asyncio.create_task(run, name="drain")
             if self.registrar is not None:
                 self.registrar.changed()
+        elif stop and self.drainer.status in ("drained", "timed_out"):
+            self.process.stop("drained")
+        with contextlib.suppress(TimeoutError):  # each master call has its own 5 s deadline
+            await asyncio.wait_for(self._marked.wait(), 15.0)
         return {"drain": self.drainer.snapshot(), "stop_when_drained": self._stop_when_drained}
 
     def _drained(self) -> None:
@@ -203,7 +210,7 @@ class NodeAgent:
                 "ports": {"http": c.port, "nccl": c.nccl_port, "agent": c.api_port},
                 "agent_address": f"{c.api.host}:{c.api_port}",
                 "drain": self.drainer.status,
-                "last_exit": self.process.last_exit,
+                "last_exit": self.process.exit_report(),
             },
         }
 

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,8 @@ def check_runnable(config: NodeConfig) -> None:
     """What only the machine that runs the agent can check."""
     if config.engine == "lightllm" and not Path(config.model_dir).is_dir():
         raise ConfigError(f"model_dir = {config.model_dir!r}: not a directory on this machine")
+    if shutil.which(config.python, path=os.environ.get("PATH")) is None:
+        raise ConfigError(f"python = {config.python!r}: no such executable")
 
 
 def main(argv: list[str] | None = None) -> None:

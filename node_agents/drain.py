@@ -116,17 +116,21 @@ class Drainer:
             return {"error": f"{type(exc).__name__}: {exc}"}
         return {"nodes": len(mine), "in_flight": sum(n.get("in_flight_requests", 0) for n in mine)}
 
-    async def run(self, on_drained: Callable[[], None] | None = None) -> None:
-        """Mark and watch until cancelled; ``on_drained`` runs once, when nothing is in flight
-        on any reachable master (or when ``timeout_s`` has passed)."""
+    async def run(
+        self, on_drained: Callable[[], None] | None = None, marked: asyncio.Event | None = None
+    ) -> None:
+        """Mark and watch until cancelled. ``marked`` is set once every master has been asked;
+        ``on_drained`` runs once, when nothing is in flight on any reachable master (or when
+        ``timeout_s`` has passed)."""
         self.status, self.started_at = "draining", self._clock()
         notified = False
         while True:
             self.masters = await self.mark()
+            if marked is not None:
+                marked.set()
             reachable = [r for r in self.masters.values() if "error" not in r]
             self.in_flight = sum(r["in_flight"] for r in reachable)
-            idle = len(reachable) == len(self.masters) and self.in_flight == 0
-            if idle:
+            if len(reachable) == len(self.masters) and self.in_flight == 0:
                 self.status = "drained"
             elif self._clock() - self.started_at >= self._timeout_s:
                 self.status = "timed_out"

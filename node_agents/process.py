@@ -67,6 +67,13 @@ class Transition:
     at: float
 
 
+@dataclass(frozen=True)
+class Exit:
+    status: int | None  # None: it never started
+    reason: str
+    at: float
+
+
 class EngineProcess:
     def __init__(
         self,
@@ -86,7 +93,7 @@ class EngineProcess:
         self.starts = 0
         self.quick_failures = 0  # exits before RUNNING, in a row
         self.streak = 0  # exits in a row not separated by a run of backoff_reset_s
-        self.last_exit: dict[str, Any] | None = None
+        self.last_exit: Exit | None = None
         self.history: deque[Transition] = deque(maxlen=20)
         self._since = clock()
         self._started_at = 0.0
@@ -197,7 +204,7 @@ class EngineProcess:
             self.child = self._spawner.spawn(self._command.argv, self._command.env)
         except SpawnError as exc:
             self.child = None
-            self.last_exit = {"status": None, "at": now, "reason": str(exc)}
+            self.last_exit = Exit(None, str(exc), now)
             self._quick_failure(now, str(exc))
 
     def _begin_stop(self, then: str, reason: str) -> None:
@@ -240,11 +247,7 @@ class EngineProcess:
         self._change(State.BACKOFF, f"{reason}; retry in {delay:g} s")
 
     def _record_exit(self, status: int, now: float, how: str) -> None:
-        self.last_exit = {
-            "status": status,
-            "at": now,
-            "reason": f"{how}: {describe_status(status)}",
-        }
+        self.last_exit = Exit(status, f"{how}: {describe_status(status)}", now)
 
     def _child(self) -> Child:
         if self.child is None:
@@ -271,8 +274,19 @@ class EngineProcess:
     def restarts(self) -> int:
         return max(self.starts - 1, 0)
 
+    def exit_report(self) -> dict[str, Any] | None:
+        """How the last process ended, and how long ago (the clock is monotonic)."""
+        if self.last_exit is None:
+            return None
+        ago_s = round(self._clock() - self.last_exit.at, 3)
+        return {"status": self.last_exit.status, "reason": self.last_exit.reason, "ago_s": ago_s}
+
     def snapshot(self) -> dict[str, Any]:
         now = self._clock()
+
+        def ago(at: float) -> float:
+            return round(now - at, 3)
+
         return {
             "state": self.state.value,
             "pid": self.pid,
@@ -283,9 +297,9 @@ class EngineProcess:
             "retry_in_s": round(max(self._retry_at - now, 0.0), 3)
             if self.state is State.BACKOFF
             else None,
-            "last_exit": self.last_exit,
+            "last_exit": self.exit_report(),
             "history": [
-                {"from": t.old.value, "to": t.new.value, "reason": t.reason, "at": t.at}
+                {"from": t.old.value, "to": t.new.value, "reason": t.reason, "ago_s": ago(t.at)}
                 for t in self.history
             ],
         }

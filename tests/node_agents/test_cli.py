@@ -83,3 +83,12 @@ def test_module_entry_point_runs() -> None:
     assert (
         "-m node_agents.simengine" in done.stdout and "nvidia-cuda-mps-control" not in done.stdout
     )
+
+
+def test_start_refuses_a_python_that_is_not_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*PREFILL, "--model_dir", str(tmp_path), "--python", "/nonexistent/python3"])
+    assert info.value.code == 2
+    assert "python = '/nonexistent/python3': no such executable" in capsys.readouterr().err

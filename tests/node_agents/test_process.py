@@ -87,7 +87,7 @@ def test_starting_to_backoff_when_exit_is_too_quick(rig: Rig) -> None:
     rig.spawner.last.exit(1)
     rig.proc.tick()
     assert rig.proc.state is State.BACKOFF and rig.proc.quick_failures == 1
-    assert rig.proc.last_exit is not None and rig.proc.last_exit["status"] == 1
+    assert rig.proc.last_exit is not None and rig.proc.last_exit.status == 1
     assert rig.proc.snapshot()["retry_in_s"] == 1
 
 
@@ -247,7 +247,7 @@ def test_spawn_error_goes_to_backoff(rig: Rig) -> None:
     rig.spawner.fail_with = "cannot start 'python': No such file or directory"
     rig.proc.start()
     assert rig.path() == ["STARTING", "BACKOFF"]
-    assert rig.proc.last_exit is not None and "No such file" in rig.proc.last_exit["reason"]
+    assert rig.proc.last_exit is not None and "No such file" in rig.proc.last_exit.reason
 
 
 def test_backoff_to_stopped_on_stop(rig: Rig) -> None:

@@ -64,7 +64,7 @@ def test_engine_ignoring_the_stop_signal_is_killed_after_stopwaitsecs(
     proc.stop()
     took = supervise(proc, {State.STOPPED})
     assert 1.0 <= took < 3.0
-    assert proc.last_exit is not None and proc.last_exit["status"] == -9
+    assert proc.last_exit is not None and proc.last_exit.status == -9
     assert not alive(leader) and not alive(worker)
 
 
@@ -91,7 +91,7 @@ def test_crash_of_the_leader_takes_its_workers_with_it(
     proc.start()
     _, worker = pids(pid_file)
     supervise(proc, {State.FATAL})
-    assert proc.last_exit is not None and proc.last_exit["status"] == 3
+    assert proc.last_exit is not None and proc.last_exit.status == 3
     wait_for(lambda: not alive(worker), 2, "the orphaned worker to be killed")
 
 
