@@ -38,14 +38,18 @@ class _Section(BaseModel):
 class RestartPolicy(_Section):
     """Supervisor's knobs: how a start is judged and how the engine is stopped."""
 
-    startsecs: float = Field(5.0, ge=0, description="seconds up (and /health answering)")
-    startretries: int = Field(3, ge=0, description="quick failures in a row before FATAL")
-    backoff_s: float = Field(1.0, gt=0, description="first wait before a restart")
-    backoff_cap_s: float = Field(60.0, gt=0, description="longest wait before a restart")
-    backoff_reset_s: float = Field(60.0, ge=0, description="a run this long resets the backoff")
-    startup_timeout_s: float = Field(1800.0, gt=0, description="longest STARTING before a kill")
-    stop_signal: str = Field("TERM", description="signal that asks the engine to stop")
-    stopwaitsecs: float = Field(30.0, gt=0, description="then SIGKILL the process group")
+    startsecs: float = Field(default=5.0, ge=0, description="seconds up (and /health answering)")
+    startretries: int = Field(default=3, ge=0, description="quick failures in a row before FATAL")
+    backoff_s: float = Field(default=1.0, gt=0, description="first wait before a restart")
+    backoff_cap_s: float = Field(default=60.0, gt=0, description="longest wait before a restart")
+    backoff_reset_s: float = Field(
+        default=60.0, ge=0, description="a run this long resets the backoff"
+    )
+    startup_timeout_s: float = Field(
+        default=1800.0, gt=0, description="longest STARTING before a kill"
+    )
+    stop_signal: str = Field(default="TERM", description="signal that asks the engine to stop")
+    stopwaitsecs: float = Field(default=30.0, gt=0, description="then SIGKILL the process group")
 
     @field_validator("stop_signal")
     @classmethod
@@ -68,9 +72,9 @@ class RestartPolicy(_Section):
 
 
 class HealthConfig(_Section):
-    interval_s: float = Field(2.0, gt=0)
-    timeout_s: float = Field(5.0, gt=0)
-    failures: int = Field(3, ge=1, description="consecutive failed probes that restart it")
+    interval_s: float = Field(default=2.0, gt=0)
+    timeout_s: float = Field(default=5.0, gt=0)
+    failures: int = Field(default=3, ge=1, description="consecutive failed probes that restart it")
     path: str = "/health"
 
 
@@ -78,16 +82,22 @@ class ApiConfig(_Section):
     """The agent's own HTTP API; loopback unless told otherwise."""
 
     host: str = "127.0.0.1"
-    port: int | None = Field(None, ge=0, le=65535, description="default: engine port + 1000")
-    token: str | None = Field(None, repr=False)
+    port: int | None = Field(
+        default=None, ge=0, le=65535, description="default: engine port + 1000"
+    )
+    token: str | None = Field(default=None, repr=False)
 
 
 class RegistrationConfig(_Section):
-    node_id: str | None = Field(None, description="default: <role>-<host>-<port>")
-    ttl_s: float = Field(10.0, ge=1.0)
-    token: str | None = Field(None, repr=False, description="the config server's register token")
-    master_admin_token: str | None = Field(None, repr=False, description="masters' admin token")
-    drain_timeout_s: float = Field(600.0, gt=0)
+    node_id: str | None = Field(default=None, description="default: <role>-<host>-<port>")
+    ttl_s: float = Field(default=10.0, ge=1.0)
+    token: str | None = Field(
+        default=None, repr=False, description="the config server's register token"
+    )
+    master_admin_token: str | None = Field(
+        default=None, repr=False, description="masters' admin token"
+    )
+    drain_timeout_s: float = Field(default=600.0, gt=0)
 
     @field_validator("node_id")
     @classmethod
@@ -99,8 +109,8 @@ class RegistrationConfig(_Section):
 
 class LogConfig(_Section):
     dir: Path = Path("logs")
-    max_bytes: int = Field(50 * 1024 * 1024, ge=1024)
-    backups: int = Field(5, ge=0)
+    max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    backups: int = Field(default=5, ge=0)
 
 
 class NodeConfig(_Section):
@@ -109,26 +119,27 @@ class NodeConfig(_Section):
     model_dir: str = ""
     host: str
     port: int = Field(ge=1, le=65535)
-    tp: int = Field(8, ge=1)
-    dp: int = Field(8, ge=1)
+    tp: int = Field(default=8, ge=1)
+    dp: int = Field(default=8, ge=1)
     nccl_port: int = Field(ge=1, le=65535)
-    pd_master: str | None = Field(None, description="ip:port of a single master")
-    config_server: str | None = Field(None, description="ip:port: masters and registration")
+    pd_master: str | None = Field(default=None, description="ip:port of a single master")
+    config_server: str | None = Field(default=None, description="ip:port: masters and registration")
     moe_mode: Literal["EP", "TP"] = "EP"
     kv_trans_use_p2p: bool = True
-    loadworker: int = Field(18, ge=1)
+    loadworker: int = Field(default=18, ge=1)
     enable_fa3: bool = True
-    disable_cudagraph: bool | None = Field(None, description="default: on for prefill only")
+    disable_cudagraph: bool | None = Field(default=None, description="default: on for prefill only")
     microbatch_overlap: bool = False
-    mps: bool | None = Field(None, description="default: on for lightllm, off for sim")
+    mps: bool | None = Field(default=None, description="default: on for lightllm, off for sim")
     python: str = Field(default_factory=lambda: sys.executable)
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
-    restart: RestartPolicy = Field(default_factory=RestartPolicy)
-    health: HealthConfig = Field(default_factory=HealthConfig)
-    api: ApiConfig = Field(default_factory=ApiConfig)
-    registration: RegistrationConfig = Field(default_factory=RegistrationConfig)
-    logs: LogConfig = Field(default_factory=LogConfig)
+    # the sections are frozen, so one shared default instance is safe
+    restart: RestartPolicy = RestartPolicy()
+    health: HealthConfig = HealthConfig()
+    api: ApiConfig = ApiConfig()
+    registration: RegistrationConfig = RegistrationConfig()
+    logs: LogConfig = LogConfig()
 
     @field_validator("host")
     @classmethod

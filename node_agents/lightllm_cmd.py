@@ -58,7 +58,7 @@ def engine_command(config: NodeConfig) -> EngineCommand:
 
 
 def engine_env(config: NodeConfig) -> dict[str, str]:
-    env = {"MOE_MODE": config.moe_mode}
+    env: dict[str, str] = {"MOE_MODE": config.moe_mode}
     if config.kv_trans_use_p2p:
         env["KV_TRANS_USE_P2P"] = "1"
     env["LOADWORKER"] = str(config.loadworker)

@@ -49,8 +49,8 @@ def spawner(tmp_path: Path) -> ProcessSpawner:
     return ProcessSpawner(tmp_path / "logs", 8192, 2, os.environ)
 
 
-def policy(**changes: float) -> RestartPolicy:
-    return RestartPolicy(startsecs=0, stopwaitsecs=1.0, backoff_s=0.05, **changes)
+def policy(startretries: int = 3) -> RestartPolicy:
+    return RestartPolicy(startsecs=0, stopwaitsecs=1.0, backoff_s=0.05, startretries=startretries)
 
 
 def test_engine_ignoring_the_stop_signal_is_killed_after_stopwaitsecs(
