@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from config_server.cli import main
+
+main()

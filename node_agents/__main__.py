@@ -1,0 +1,3 @@
+from node_agents.cli import main
+
+main()

@@ -1,0 +1,307 @@
+"""The node agent: MPS, the supervised engine, its health, its registration, its API.
+
+``NodeAgent`` owns no process state itself (``EngineProcess`` does) and does no waiting in
+its request methods; ``serve()`` wires it to real processes, sockets and signals, whose
+handlers only record the signal: the main coroutine then stops the engine (stop signal,
+SIGKILL after ``stopwaitsecs``), quits the MPS daemon it started and deregisters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from node_agents.api import create_app
+from node_agents.config import NodeConfig
+from node_agents.drain import Drainer, MasterDirectory
+from node_agents.health import HealthProber, health_url
+from node_agents.lightllm_cmd import engine_command
+from node_agents.mps import MpsDaemon, MpsError
+from node_agents.process import SETTLED, EngineProcess, State, Transition
+from node_agents.registration import Registrar
+from node_agents.spawner import ProcessSpawner, Spawner
+
+log = logging.getLogger(__name__)
+
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+
+
+def visible_gpus(root: Path = NVIDIA_GPUS) -> list[str]:
+    """PCI addresses of the NVIDIA GPUs the driver shows (none without a driver)."""
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        spawner: Spawner,
+        clock: Callable[[], float],
+        client: httpx.AsyncClient,
+        mps: MpsDaemon | None,
+        gpus: list[str],
+        env: Mapping[str, str],
+        tick_s: float = 0.1,
+    ) -> None:
+        self.config = config
+        self.command = engine_command(config)
+        self.process = EngineProcess(
+            self.command, config.restart, spawner, clock, self._on_transition
+        )
+        self.prober = HealthProber(
+            client,
+            health_url(config.host, config.port, config.health.path),
+            config.health,
+            self.process,
+            clock,
+        )
+        reg = config.registration
+        self.registrar = (
+            Registrar(
+                client,
+                config.config_server,
+                config.node_id,
+                reg.ttl_s,
+                self.registration_body,
+                reg.token,
+                clock,
+            )
+            if config.config_server
+            else None
+        )
+        masters = MasterDirectory(client, config.pd_master, config.config_server)
+        self.drainer = Drainer(
+            client,
+            masters,
+            config.engine_address,
+            config.role,
+            reg.master_admin_token,
+            reg.drain_timeout_s,
+            clock,
+        )
+        self.mps = mps
+        self._gpus = gpus
+        self._cuda_visible = {**env, **config.env}.get("CUDA_VISIBLE_DEVICES")
+        self._tick_s = tick_s
+        self._tasks: list[asyncio.Task[None]] = []
+        self._drain_task: asyncio.Task[None] | None = None
+        self._marked = asyncio.Event()
+        self._stop_when_drained = False
+
+    # --- life -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """MPS first (raises MpsError), then the engine and the loops that watch it."""
+        if self.mps is not None:
+            await asyncio.to_thread(self.mps.start)
+        self.process.start("agent started")
+        self._tasks = [
+            asyncio.create_task(self._supervise(), name="supervise"),
+            asyncio.create_task(self.prober.run(), name="health"),
+        ]
+        if self.registrar is not None:
+            self._tasks.append(asyncio.create_task(self.registrar.run(), name="register"))
+
+    async def _supervise(self) -> None:
+        while True:
+            self.process.tick()
+            await asyncio.sleep(self._tick_s)
+
+    async def shutdown(self) -> None:
+        self._end_drain()
+        self.process.stop("agent shutting down")
+        deadline = time.monotonic() + self.config.restart.stopwaitsecs + 5.0
+        while self.process.state not in SETTLED and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.process.state not in SETTLED:
+            log.error("engine still %s after the SIGKILL; giving up on it", self.process.state)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.mps is not None:
+            try:
+                await asyncio.to_thread(self.mps.stop)
+            except MpsError as exc:
+                log.error("%s", exc)
+        if self.registrar is not None:
+            await self.registrar.register()  # the last state (STOPPED) for anyone watching
+            await self.registrar.deregister()
+
+    def _on_transition(self, transition: Transition) -> None:
+        if self.registrar is not None:
+            self.registrar.changed()
+
+    # --- requests (the HTTP API) ----------------------------------------------------------
+
+    async def drain(self, stop: bool) -> dict[str, Any]:
+        """Answers once every master has been asked to stop selecting the node."""
+        self._stop_when_drained = self._stop_when_drained or stop
+        if self._drain_task is None:
+            self._marked = asyncio.Event()
+            run = self.drainer.run(self._drained, self._marked)
+            self._drain_task = asyncio.create_task(run, name="drain")
+            if self.registrar is not None:
+                self.registrar.changed()
+        elif stop and self.drainer.status in ("drained", "timed_out"):
+            self.process.stop("drained")
+        with contextlib.suppress(TimeoutError):  # each master call has its own 5 s deadline
+            await asyncio.wait_for(self._marked.wait(), 15.0)
+        return {"drain": self.drainer.snapshot(), "stop_when_drained": self._stop_when_drained}
+
+    def _drained(self) -> None:
+        if self.registrar is not None:
+            self.registrar.changed()
+        if self._stop_when_drained:
+            self.process.stop("drained")
+
+    def _end_drain(self) -> None:
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            self._drain_task = None
+        self._stop_when_drained = False
+        self.drainer.reset()
+
+    def restart(self) -> dict[str, Any]:
+        self._end_drain()
+        self.process.restart("restart requested over the API")
+        return {"engine": self.process.snapshot()}
+
+    def stop_engine(self) -> dict[str, Any]:
+        self.process.stop("stop requested over the API")
+        return {"engine": self.process.snapshot()}
+
+    # --- what it reports ------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """The engine's state, or DRAINING/DRAINED while a running engine is drained."""
+        if self.process.state is State.RUNNING and self.drainer.status != "idle":
+            return "DRAINED" if self.drainer.status == "drained" else "DRAINING"
+        return self.process.state.value
+
+    def registration_body(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "address": c.engine_address,
+            "role": c.role,
+            "state": self.state,
+            "info": {
+                "engine": c.engine,
+                "engine_state": self.process.state.value,
+                "pid": self.process.pid,
+                "agent_pid": os.getpid(),
+                "restarts": self.process.restarts,
+                "gpus": self._gpus,
+                "cuda_visible_devices": self._cuda_visible,
+                "tp": c.tp,
+                "dp": c.dp,
+                "ports": {"http": c.port, "nccl": c.nccl_port, "agent": c.api_port},
+                "agent_address": f"{c.api.host}:{c.api_port}",
+                "drain": self.drainer.status,
+                "last_exit": self.process.exit_report(),
+            },
+        }
+
+    def status(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "node_id": c.node_id,
+            "role": c.role,
+            "engine_kind": c.engine,
+            "address": c.engine_address,
+            "state": self.state,
+            "engine": self.process.snapshot(),
+            "health": self.prober.snapshot(),
+            "registration": self.registrar.snapshot() if self.registrar else None,
+            "drain": self.drainer.snapshot(),
+            "mps": {
+                "enabled": self.mps is not None,
+                "started_by_us": bool(self.mps and self.mps.started_by_us),
+            },
+            "gpus": self._gpus,
+            "command": {"argv": self.command.argv, "env": self.command.env},
+        }
+
+
+class AgentServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the agent's own handlers decide what a signal
+    does (stop the engine first, then the API)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the API socket before anything starts, so a taken port fails the start."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            f"api.port = {port}: cannot listen on {host}:{port}: {exc.strerror}"
+        ) from None
+    sock.listen(128)
+    return sock
+
+
+async def serve(config: NodeConfig, env: Mapping[str, str]) -> int:
+    """Run the agent until SIGTERM or SIGINT; the process exit status."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        sock = listen(config.api.host, config.api_port)
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    logs = config.logs
+    async with httpx.AsyncClient() as client:
+        agent = NodeAgent(
+            config,
+            spawner=ProcessSpawner(logs.dir, logs.max_bytes, logs.backups, env),
+            clock=time.monotonic,
+            client=client,
+            mps=MpsDaemon(env) if config.mps_enabled else None,
+            gpus=visible_gpus(),
+            env=env,
+        )
+        try:
+            await agent.start()
+        except MpsError as exc:
+            log.error("%s", exc)
+            sock.close()
+            return 1
+        server = AgentServer(
+            uvicorn.Config(
+                create_app(agent, config.api.token),
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=2,
+            )
+        )
+        api = asyncio.create_task(server.serve(sockets=[sock]), name="api")
+        log.info("agent API on http://%s:%d", config.api.host, config.api_port)
+        await stop.wait()
+        log.info("stopping: engine first, then the API")
+        await agent.shutdown()
+        server.should_exit = True
+        await api
+    return 0

@@ -1,0 +1,105 @@
+"""The engine's argv and environment, as LightLLM's PD start scripts write them.
+
+LightLLM's multi-PD-master prefill script runs::
+
+    nvidia-cuda-mps-control -d
+    MOE_MODE=EP LOADWORKER=18 python -m lightllm.server.api_server --model_dir M \\
+      --run_mode prefill --host H --port 8019 --tp 8 --dp 8 --nccl_port 2732 --enable_fa3 \\
+      --disable_cudagraph --config_server_host C --config_server_port 60088
+
+and the decode script the same with its own port, nccl port and CUDA graphs on. The
+single-master scripts add ``KV_TRANS_USE_P2P=1`` and name the master with
+``--pd_master_ip/--pd_master_port`` instead of the config server. The simulated engine
+takes the same flags, so ``engine = "sim"`` only swaps the module.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from node_agents.config import NodeConfig, split_address
+
+ENGINE_MODULES = {"lightllm": "lightllm.server.api_server", "sim": "node_agents.simengine"}
+MPS_START = ("nvidia-cuda-mps-control", "-d")
+
+
+@dataclass(frozen=True)
+class EngineCommand:
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # set on top of the agent's environment
+
+    def shell(self, mps: bool = False) -> str:
+        """The command as a script LightLLM's operators would write (one flag per line)."""
+        lines = [shlex.join(MPS_START)] if mps else []
+        assignments = [f"{name}={shlex.quote(value)}" for name, value in self.env.items()]
+        head = [*assignments, *(shlex.quote(a) for a in self.argv[:3])]
+        parts = [" ".join(head)]
+        for flag, value in flag_groups(self.argv[3:]):
+            parts.append(shlex.join([flag, value]) if value is not None else shlex.quote(flag))
+        lines.append(" \\\n  ".join(parts))
+        return "\n".join(lines)
+
+
+def flag_groups(args: list[str]) -> list[tuple[str, str | None]]:
+    """``--a 1 --b --c x`` -> [("--a", "1"), ("--b", None), ("--c", "x")]."""
+    groups: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(args):
+        takes_value = i + 1 < len(args) and not args[i + 1].startswith("--")
+        groups.append((args[i], args[i + 1] if takes_value else None))
+        i += 2 if takes_value else 1
+    return groups
+
+
+def engine_command(config: NodeConfig) -> EngineCommand:
+    argv = [config.python, "-m", ENGINE_MODULES[config.engine], *engine_args(config)]
+    return EngineCommand(argv, engine_env(config))
+
+
+def engine_env(config: NodeConfig) -> dict[str, str]:
+    env: dict[str, str] = {"MOE_MODE": config.moe_mode}
+    if config.kv_trans_use_p2p:
+        env["KV_TRANS_USE_P2P"] = "1"
+    env["LOADWORKER"] = str(config.loadworker)
+    env.update(config.env)
+    return env
+
+
+def engine_args(config: NodeConfig) -> list[str]:
+    args = [
+        "--model_dir",
+        config.model_dir,
+        "--run_mode",
+        config.role,
+        "--host",
+        config.host,
+        "--port",
+        str(config.port),
+        "--tp",
+        str(config.tp),
+        "--dp",
+        str(config.dp),
+        "--nccl_port",
+        str(config.nccl_port),
+    ]
+    if not config.model_dir:  # the simulated engine has a default model
+        args = args[2:]
+    if config.enable_fa3:
+        args.append("--enable_fa3")
+    if config.cudagraph_disabled:
+        args.append("--disable_cudagraph")
+    args += master_args(config)
+    if config.microbatch_overlap:
+        args.append(f"--enable_{config.role}_microbatch_overlap")
+    return args + list(config.extra_args)
+
+
+def master_args(config: NodeConfig) -> list[str]:
+    """A single master by address, or every master the config server knows."""
+    if config.pd_master is not None:
+        host, port = split_address(config.pd_master)
+        return ["--pd_master_ip", host, "--pd_master_port", str(port)]
+    assert config.config_server is not None  # NodeConfig requires one of the two
+    host, port = split_address(config.config_server)
+    return ["--config_server_host", host, "--config_server_port", str(port)]

@@ -1,0 +1,104 @@
+"""Finds the PD masters a node should connect to, as a LightLLM node does in multi-master mode.
+
+Polls the config server's ``GET /registered_objects`` every ``interval_s`` (LightLLM: 30 s),
+decodes the answer with the restricted codec (never ``pickle.loads``), and calls
+``on_change(masters)`` with the full ``{node_id: PD_Master_Obj}`` set after the first
+successful poll and whenever the set changes. The node keeps one connection per master in
+the set and closes connections to masters that left it. When a poll fails the last set is
+kept (a config-server restart must not disconnect every master); the next try comes after
+``retry_s``. Usage::
+
+    async with MasterDiscovery(client, "cfg:60088", node.update_masters, interval_s=30):
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from pdwire.errors import WireError
+from pdwire.lightllm import LightLLMCodec, PD_Master_Obj
+
+log = logging.getLogger(__name__)
+
+MasterSet = dict[int, PD_Master_Obj]
+
+
+class MasterDiscovery:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        config_server: str,
+        on_change: Callable[[MasterSet], Awaitable[None]],
+        *,
+        interval_s: float = 30.0,
+        retry_s: float | None = None,
+        codec: LightLLMCodec | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        url = config_server if "://" in config_server else f"http://{config_server}"
+        self._url = url.rstrip("/") + "/registered_objects"
+        self._client = client
+        self._on_change = on_change
+        self._interval_s = interval_s
+        self._retry_s = retry_s if retry_s is not None else min(interval_s, 10.0)
+        self._codec = codec or LightLLMCodec()
+        self._sleep = sleep
+        self.masters: MasterSet = {}
+        self._reported = False
+        self._runner: asyncio.Task[None] | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def __aenter__(self) -> MasterDiscovery:
+        self._runner = asyncio.create_task(self.run(), name="master-discovery")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+        if self._runner is not None:
+            await self._runner
+
+    async def run(self) -> None:
+        """Poll until ``stop()``."""
+        self._loop_task = asyncio.create_task(self._poll_forever())
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._loop_task
+        if not self._stopping:  # cancelled from outside, not by stop()
+            raise asyncio.CancelledError
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+
+    async def _poll_forever(self) -> None:
+        while True:
+            found = await self.poll_once()
+            if found is not None and (found != self.masters or not self._reported):
+                self.masters = found
+                self._reported = True
+                await self._on_change(dict(found))
+            await self._sleep(self._interval_s if found is not None else self._retry_s)
+
+    async def poll_once(self) -> MasterSet | None:
+        """The config server's current masters, or None when it cannot be read."""
+        try:
+            reply = await self._client.get(self._url, timeout=10.0)
+            reply.raise_for_status()
+            data = base64.b64decode(reply.json()["data"], validate=True)
+            return self._codec.decode_registered_objects(data)
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+            log.warning("cannot read masters from %s: %r", self._url, exc)
+        except WireError as exc:
+            log.error("refusing the master list from %s: %s", self._url, exc)
+        return None

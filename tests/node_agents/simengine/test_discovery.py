@@ -1,0 +1,45 @@
+"""node_agents.simengine.discovery against a real config server process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import httpx
+
+from benchmark_client.localcluster import ProcGroup
+from config_server.localrun import start_config_server
+from node_agents.simengine.discovery import MasterDiscovery, MasterSet
+from tests.config_server.helpers import start_fake_master
+
+
+def test_reports_masters_as_they_come_and_go_and_keeps_them_through_outages(
+    procs: ProcGroup,
+) -> None:
+    server = start_config_server(procs)
+    seen: list[dict[int, str]] = []
+
+    async def on_change(masters: MasterSet) -> None:
+        seen.append({k: v.host_ip_port for k, v in masters.items()})
+
+    async def until(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+        async with asyncio.timeout(timeout):
+            while not check():
+                await asyncio.sleep(0.05)
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient() as client:
+            async with MasterDiscovery(client, server.address, on_change, interval_s=0.1):
+                await until(lambda: seen == [{}])  # the first poll reports, even when empty
+                a = start_fake_master(procs, server.address, 1, "127.0.0.1:60011", "--no-lease")
+                await until(lambda: seen[-1] == {1: "127.0.0.1:60011"})
+                start_fake_master(procs, server.address, 2, "127.0.0.1:60012", "--no-lease")
+                await until(lambda: seen[-1] == {1: "127.0.0.1:60011", 2: "127.0.0.1:60012"})
+                a.kill(signal.SIGKILL)
+                await until(lambda: seen[-1] == {2: "127.0.0.1:60012"})
+                calls = len(seen)
+                server.proc.kill(signal.SIGKILL)
+                await asyncio.sleep(0.5)  # polls fail: the node keeps its masters
+                assert len(seen) == calls
+
+    asyncio.run(scenario())

@@ -1,0 +1,147 @@
+"""Agents under a real master: an engine SIGKILLed during traffic comes back and serves,
+and a drained node finishes its streams while new requests go elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmark_client.localcluster import FAST_TIMING, Cluster, ProcGroup
+from config_server.localrun import start_config_server
+from tests.integration.load import Outcome, stream_one
+from tests.node_agents.agentproc import AgentProc, sim_node_config, start_agent
+from tests.node_agents.procutil import alive, wait_for
+
+SLOW_DECODE = [*FAST_TIMING[:-4], "--decode_base_ms", "10", "--decode_per_seq_us", "20"]
+MASTER_FLAGS = ["--first_token_timeout", "3", "--kv_move_timeout", "2", "--token_idle_timeout", "3"]
+KILL_DEADLINE_S = 5.0
+
+
+def master_nodes(cluster: Cluster) -> dict[str, dict]:
+    items = httpx.get(f"{cluster.url}/v1/nodes", timeout=5).json()["items"]
+    return {n["address"]: n for n in items}
+
+
+def launch(procs: ProcGroup, agents: list[AgentProc], name: str, config: dict) -> AgentProc:
+    agent = start_agent(procs, name, config)
+    agents.append(agent)
+    return agent
+
+
+async def streams(url: str, n: int, tokens: int, timeout: float = 30) -> list[asyncio.Task]:
+    client = httpx.AsyncClient(timeout=None)
+    prompts = [f"Tell me a long story about node failures, number {i}." for i in range(n)]
+    return [
+        asyncio.create_task(stream_one(client, url, p, tokens, timeout), name=p) for p in prompts
+    ]
+
+
+async def until_serving(url: str, started: float, timeout: float) -> float:
+    """Seconds from ``started`` until a /generate succeeds (polling every 50 ms)."""
+    body = {"inputs": "Are you back?", "parameters": {"max_new_tokens": 4}}
+    async with httpx.AsyncClient(timeout=5) as client:
+        while time.monotonic() - started < timeout:
+            try:
+                if (await client.post(f"{url}/generate", json=body)).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"not serving {timeout} s after the kill")
+
+
+def test_engine_sigkilled_during_traffic_is_restarted_and_serves_again(
+    procs: ProcGroup, agents: list[AgentProc], tmp_path: Path
+) -> None:
+    server = start_config_server(procs)
+    cluster = Cluster(procs)
+    cluster.start_master(*MASTER_FLAGS)
+    master = f"127.0.0.1:{cluster.master_port}"
+    for name, role, host, timing in (
+        ("prefill", "prefill", "127.0.0.31", FAST_TIMING),
+        ("decode", "decode", "127.0.0.32", SLOW_DECODE),
+    ):
+        config = sim_node_config(
+            tmp_path, name, role, host, pd_master=master, config_server=server.address,
+            timing=timing,
+        )  # fmt: skip
+        launch(procs, agents, name, config)
+    decode = agents[1]
+    pid = decode.wait_state("RUNNING")["engine"]["pid"]
+    cluster.wait_ready(1, 1)
+
+    async def scenario() -> tuple[list[Outcome], float, float]:
+        tasks = await streams(cluster.url, 6, 400)
+        wait = time.monotonic() + 10
+        while master_nodes(cluster)[decode.address]["in_flight_requests"] < 6:
+            assert time.monotonic() < wait, "streams never reached the decode node"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # tokens are flowing
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        done = await asyncio.wait_for(asyncio.gather(*tasks), KILL_DEADLINE_S)
+        errors_within = time.monotonic() - killed
+        back = await until_serving(cluster.url, killed, 20)
+        return done, errors_within, back
+
+    outcomes, errors_within, back = asyncio.run(scenario())
+    assert all(o.error is not None and not o.hung and o.text for o in outcomes), outcomes
+    assert errors_within < KILL_DEADLINE_S
+    status = decode.wait_state("RUNNING", restarts=1)
+    assert status["engine"]["pid"] != pid and not alive(pid)
+    assert status["engine"]["last_exit"]["status"] == -signal.SIGKILL
+    new = asyncio.run(asyncio.wait_for(_gather_streams(cluster.url), 20))
+    assert all(o.ok for o in new), new
+    print(f"\nengine SIGKILL -> serving again: {back:.2f} s (errors in {errors_within:.2f} s)")
+
+
+async def _gather_streams(url: str) -> list[Outcome]:
+    return list(await asyncio.gather(*await streams(url, 4, 8)))
+
+
+def test_drain_lets_running_streams_finish_and_new_requests_go_elsewhere(
+    procs: ProcGroup, agents: list[AgentProc], tmp_path: Path
+) -> None:
+    cluster = Cluster(procs)
+    cluster.start_master(*MASTER_FLAGS)
+    cluster.add_node("prefill", 0)
+    other = cluster.add_node("decode", 1, timing=SLOW_DECODE)
+    config = sim_node_config(
+        tmp_path, "d0", "decode", "127.0.0.41",
+        pd_master=f"127.0.0.1:{cluster.master_port}", timing=SLOW_DECODE,
+    )  # fmt: skip
+    agent = launch(procs, agents, "d0", config)
+    pid = agent.wait_state("RUNNING")["engine"]["pid"]
+    cluster.wait_ready(1, 2)
+
+    async def scenario() -> tuple[list[Outcome], list[Outcome], int]:
+        running = await streams(cluster.url, 6, 150)
+        wait = time.monotonic() + 10
+        while master_nodes(cluster)[agent.address]["in_flight_requests"] == 0:
+            assert time.monotonic() < wait, "no stream reached the drained node"
+            await asyncio.sleep(0.02)
+        reply = await asyncio.to_thread(agent.call, "POST", "/drain", json={"stop": True})
+        assert reply.status_code == 202, reply.text
+        assert master_nodes(cluster)[agent.address]["draining"]
+        on_node = master_nodes(cluster)[agent.address]["in_flight_requests"]
+        requests_before = httpx.get(f"{agent.engine_url}/sim/stats", timeout=5).json()["requests"]
+        new = await _gather_streams(cluster.url)
+        requests_after = httpx.get(f"{agent.engine_url}/sim/stats", timeout=5).json()["requests"]
+        assert requests_after == requests_before, "a new request reached the drained node"
+        assert on_node > 0
+        return list(await asyncio.gather(*running)), new, on_node
+
+    finished, new, on_node = asyncio.run(asyncio.wait_for(scenario(), 40))
+    assert all(o.ok for o in finished), finished
+    assert all(o.ok for o in new), new
+    assert other.stats()["requests"] >= len(new)
+    status = agent.wait_state("STOPPED", timeout=10)
+    assert status["drain"]["status"] == "drained" and status["drain"]["in_flight"] == 0
+    assert not alive(pid)
+    wait_for(lambda: agent.address not in master_nodes(cluster), 5, "the master to drop it")
+    print(f"\ndrain: {on_node} stream(s) finished on the drained node; {len(new)} went elsewhere")

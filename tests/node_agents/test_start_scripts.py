@@ -1,0 +1,67 @@
+"""start_scripts/pd_{prefill,decode}.sh: shell-clean, and they start the agent LightLLM's
+scripts describe (checked through the agent's --dry-run)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+SCRIPTS = {"prefill": ("8019", "2732"), "decode": ("8121", "12322")}
+
+
+def script(role: str) -> str:
+    return str(REPO_ROOT / "start_scripts" / f"pd_{role}.sh")
+
+
+def run(role: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(REPO_ROOT), **env}
+    return subprocess.run(
+        ["bash", script(role), *args], capture_output=True, text=True, env=full_env, timeout=30
+    )
+
+
+@pytest.mark.parametrize("role", SCRIPTS)
+def test_script_passes_bash_n_and_shellcheck(role: str) -> None:
+    subprocess.run(["bash", "-n", script(role)], check=True, timeout=10)
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed")
+    done = subprocess.run(["shellcheck", script(role)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout
+
+
+@pytest.mark.parametrize("role", SCRIPTS)
+def test_script_runs_lightllm_with_the_scripts_ports(role: str) -> None:
+    port, nccl = SCRIPTS[role]
+    done = run(role, "10.0.0.2", "10.0.0.1", "--dry-run", MODEL_DIR="/models/ds")
+    assert done.returncode == 0, done.stderr
+    first, command = done.stdout.split("\n", 1)
+    assert first == "nvidia-cuda-mps-control -d"
+    words = command.replace("\\\n", " ").split()
+    assert "lightllm.server.api_server" in words
+    for flag, value in [
+        ("--run_mode", role), ("--host", "10.0.0.2"), ("--port", port), ("--nccl_port", nccl),
+        ("--config_server_host", "10.0.0.1"), ("--config_server_port", "60088"),
+        ("--model_dir", "/models/ds"), ("--tp", "8"), ("--dp", "8"),
+    ]:  # fmt: skip
+        assert words[words.index(flag) + 1] == value
+
+
+@pytest.mark.parametrize("role", SCRIPTS)
+def test_engine_sim_runs_the_simulated_engine_without_mps(role: str) -> None:
+    done = run(role, "127.0.0.2", "127.0.0.1", "--dry-run", "--", "--profile", "demo", ENGINE="sim")
+    assert done.returncode == 0, done.stderr
+    assert "-m node_agents.simengine" in done.stdout and "mps" not in done.stdout
+    assert done.stdout.rstrip().endswith("--profile demo")
+
+
+def test_lightllm_needs_a_model_dir_and_both_hosts() -> None:
+    done = run("prefill", "10.0.0.2", "10.0.0.1", "--dry-run", MODEL_DIR="")
+    assert done.returncode == 2 and "set MODEL_DIR" in done.stderr
+    done = run("decode", "10.0.0.2")
+    assert done.returncode == 2 and "usage:" in done.stderr
