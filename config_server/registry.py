@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from config_server.errors import BadRequest, NotFound, ServiceUnavailable
+from config_server.node_view import joined_nodes
 from config_server.store.base import Store
 from config_server.store.view import Change, Item
 from pdwire.api import RegistrationRequest, is_valid_id
@@ -174,18 +175,22 @@ class Registry:
     ) -> list[dict[str, Any]]:
         """Records of one kind in registration order, filtered by role, state, master."""
         self.check_ready()
-        items = sorted(self.store.view.items(kind + "/"), key=lambda item: item.create_revision)
-        records = []
-        for item in items:
-            data = item.data
+        records = [item.data for item in self._items(kind)]
+        if kind == "node":
+            records = joined_nodes(records, (item.data for item in self._items("master")))
+        out = []
+        for data in records:
             if roles is not None and data.get("role") not in roles:
                 continue
             if states is not None and data.get("state") not in states:
                 continue
             if master is not None and master not in _connected_masters(data):
                 continue
-            records.append(data)
-        return records
+            out.append(data)
+        return out
+
+    def _items(self, kind: str) -> list[Item]:
+        return sorted(self.store.view.items(kind + "/"), key=lambda item: item.create_revision)
 
     def lightllm_masters(self) -> dict[int, PD_Master_Obj]:
         """What ``/registered_objects`` lists: masters with integer ids, in registration order."""

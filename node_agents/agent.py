@@ -90,6 +90,8 @@ class NodeAgent:
             reg.master_admin_token,
             reg.drain_timeout_s,
             clock,
+            # nodes that find their masters through the config server drain through it
+            mark_directly=self.registrar is None or config.pd_master is not None,
         )
         self.mps = mps
         self._gpus = gpus

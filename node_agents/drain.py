@@ -1,13 +1,16 @@
 """Draining a node: every master stops selecting it, its running requests finish.
 
 The engine cannot be told to stop taking requests (LightLLM has no such switch), so the
-agent asks each master instead: ``GET /v1/nodes?role=R`` finds the node by its address
-(``client_ip_port``), ``POST /v1/nodes/{node_id}/drain`` marks it, and the node's
-``in_flight_requests`` on every master shows when its running requests are done. The
-masters are the configured single master, or those the config server lists in
-``/registered_objects`` (LightLLM's own discovery). The marking is repeated on every poll,
-so an engine that restarts and reconnects under a new node id while draining is drained
-too.
+masters must stop selecting it. With a config server, the drain goes through it: the
+agent's registration turns to DRAINING, and every master follows the config server's
+records and stops selecting the node at that address. With a single configured master
+the agent marks the node itself: ``POST /v1/nodes/{node_id}/drain``, repeated on every
+poll, so an engine that restarts and reconnects under a new node id is drained too.
+
+Either way the agent reads ``GET /v1/nodes?role=R`` on each master (the configured one,
+or those the config server lists in ``/registered_objects``, LightLLM's own discovery),
+finds the node by its address (``client_ip_port``), and sees there when every master
+shows it draining and when its ``in_flight_requests`` are done.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class Drainer:
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         poll_s: float = 0.25,
+        mark_directly: bool = True,
     ) -> None:
         self._client = client
         self._masters = masters
@@ -82,6 +86,7 @@ class Drainer:
         self._clock = clock
         self._sleep = sleep
         self._poll_s = poll_s
+        self._mark_directly = mark_directly
         self.status = "idle"  # idle | draining | drained | timed_out
         self.started_at: float | None = None
         self.in_flight: int | None = None
@@ -107,30 +112,36 @@ class Drainer:
             reply.raise_for_status()
             mine = [n for n in reply.json()["items"] if n.get("address") == self._address]
             for node in mine:
-                if not node.get("draining"):
+                if not node.get("draining") and self._mark_directly:
                     drained = await self._client.post(
                         f"{url}/{node['node_id']}/drain", headers=self._headers, timeout=5.0
                     )
                     drained.raise_for_status()
+                    node["draining"] = True
         except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
             return {"error": f"{type(exc).__name__}: {exc}"}
-        return {"nodes": len(mine), "in_flight": sum(n.get("in_flight_requests", 0) for n in mine)}
+        return {
+            "nodes": len(mine),
+            "draining": all(n.get("draining") for n in mine),
+            "in_flight": sum(n.get("in_flight_requests", 0) for n in mine),
+        }
 
     async def run(
         self, on_drained: Callable[[], None] | None = None, marked: asyncio.Event | None = None
     ) -> None:
-        """Mark and watch until cancelled. ``marked`` is set once every master has been asked;
-        ``on_drained`` runs once, when nothing is in flight on any reachable master (or when
-        ``timeout_s`` has passed)."""
+        """Mark and watch until cancelled. ``marked`` is set once every reachable master
+        shows the node draining; ``on_drained`` runs once, when every master shows it
+        draining with nothing in flight (or when ``timeout_s`` has passed)."""
         self.status, self.started_at = "draining", self._clock()
         notified = False
         while True:
             self.masters = await self.mark()
-            if marked is not None:
-                marked.set()
             reachable = [r for r in self.masters.values() if "error" not in r]
+            stopped = all(r["draining"] for r in reachable)
+            if marked is not None and stopped:
+                marked.set()
             self.in_flight = sum(r["in_flight"] for r in reachable)
-            if len(reachable) == len(self.masters) and self.in_flight == 0:
+            if len(reachable) == len(self.masters) and stopped and self.in_flight == 0:
                 self.status = "drained"
             elif self._clock() - self.started_at >= self._timeout_s:
                 self.status = "timed_out"

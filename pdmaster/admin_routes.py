@@ -34,6 +34,7 @@ def node_record(pool: NodePool, node: NodeConnection, now: float) -> dict[str, A
         "in_flight_tokens": node.in_flight_tokens,
         "reported_usage": pool.reported_usage(node),
         "draining": node.draining,
+        "drained_by": pool.drain_source(node),
         "breaker": node.breaker.state.value,
     }
 

@@ -17,6 +17,7 @@ from pdmaster.admin_routes import admin_router
 from pdmaster.admission import Admission
 from pdmaster.breaker import CircuitBreaker
 from pdmaster.client_routes import client_router, generate_stream_endpoint
+from pdmaster.config_link import ConfigServerLink
 from pdmaster.dispatch import PDDispatcher
 from pdmaster.errors import ApiError
 from pdmaster.hot_path import HotPathApp, error_response
@@ -67,11 +68,14 @@ def create_app(
     selector = PairSelector(pool, policy(settings.prefill_policy), policy(settings.decode_policy))
     admission = Admission(settings.max_inflight, settings.max_queue, settings.queue_timeout_s)
     metrics = MasterMetrics(pool, admission)
+    link = _config_server_link(settings, pool, admission)
+    if next_group_id is None:
+        next_group_id = link.ids.next if link else LocalIdSource().next
     dispatcher = PDDispatcher(
         codec,
         selector,
         table,
-        next_group_id or LocalIdSource().next,
+        next_group_id,
         lambda: settings.node_id,
         settings.dispatch,
         clock,
@@ -87,11 +91,14 @@ def create_app(
                 poller = TokenLoadPoller(pool, client, settings.token_load_poll_s)
                 tasks.append(asyncio.create_task(poller.run(), name="token-load-poller"))
             try:
-                yield
+                async with link or contextlib.nullcontext():
+                    yield
             finally:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                if link is not None:
+                    await link.client.aclose()
 
     app = FastAPI(title="pdctl master", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(RequestIdMiddleware)
@@ -143,6 +150,23 @@ def create_app(
 
     return HotPathApp(
         app, {"/generate_stream": generate_stream_endpoint(service, tokenizer, settings)}
+    )
+
+
+def _config_server_link(
+    settings: MasterSettings, pool: NodePool, admission: Admission
+) -> ConfigServerLink | None:
+    if settings.config_server is None:
+        return None
+    return ConfigServerLink(
+        httpx.AsyncClient(),
+        settings.config_server,
+        settings.node_id,
+        settings.public_address,
+        pool,
+        admission,
+        register_token=settings.register_token,
+        lease_ttl_s=settings.lease_ttl_s,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import uuid
 from pathlib import Path
 
 import uvicorn
@@ -128,6 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("PDCTL_ADMIN_TOKEN"),
         help="bearer token for /v1 admin endpoints (env PDCTL_ADMIN_TOKEN)",
     )
+    c = p.add_argument_group("config server (LightLLM's multi-PD-master mode)")
+    c.add_argument("--config_server_host", default=None)
+    c.add_argument("--config_server_port", type=int, default=60088)
+    c.add_argument(
+        "--register-token",
+        "--register_token",
+        dest="register_token",
+        default=os.environ.get("PDCTL_REGISTER_TOKEN"),
+        help="bearer token for the config server's /v1 API (env PDCTL_REGISTER_TOKEN)",
+    )
+    c.add_argument(
+        "--advertise_address",
+        default=None,
+        help="host:port nodes reach this master at (default: --host:--port)",
+    )
+    c.add_argument("--lease_ttl", type=float, default=10.0, help="seconds of the /v1 lease")
     p.add_argument(
         "--timeout_keep_alive", type=float, default=30.0, help="idle seconds before closing"
     )
@@ -136,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> MasterSettings:
+    config_server = (
+        f"{args.config_server_host}:{args.config_server_port}" if args.config_server_host else None
+    )
     return MasterSettings(
         host=args.host,
         port=args.port,
@@ -165,6 +185,12 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
         max_queue=args.max_queue,
         queue_timeout_s=args.queue_timeout,
         admin_token=args.admin_token,
+        config_server=config_server,
+        # LightLLM: a master with a config server is uuid4().int, alone it is 0
+        node_id=uuid.uuid4().int if config_server else 0,
+        register_token=args.register_token,
+        advertise_address=args.advertise_address,
+        lease_ttl_s=args.lease_ttl,
     )
 
 
@@ -173,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
     settings = settings_from_args(args)
     app = create_app(settings)
     uvicorn.run(

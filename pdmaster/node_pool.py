@@ -134,6 +134,7 @@ class NodePool:
         self._nodes: dict[int, NodeConnection] = {}
         self._breakers: dict[int, CircuitBreaker] = {}  # by node id: survives reconnects
         self._draining: set[int] = set()  # by node id: a drained node stays drained on reconnect
+        self._config_drained: set[str] = set()  # addresses the config server shows draining
 
     def connect(self, info: NodeInfo, send: Callable[[bytes], Awaitable[None]]) -> NodeConnection:
         old = self._nodes.get(info.node_id)
@@ -145,7 +146,7 @@ class NodePool:
                 del self._breakers[node_id]
         breaker = self._breakers.setdefault(info.node_id, self._new_breaker())
         conn = NodeConnection(info, send, self._clock(), breaker)
-        conn.draining = info.node_id in self._draining
+        conn.draining = self._is_draining(info)
         self._nodes[info.node_id] = conn
         log.info("%s node %s joined (id %d)", info.mode, info.client_ip_port, info.node_id)
         return conn
@@ -181,7 +182,23 @@ class NodePool:
             self._draining.discard(node_id)
         conn = self._nodes.get(node_id)
         if conn is not None:
-            conn.draining = draining
+            conn.draining = self._is_draining(conn.info)
+
+    def set_config_drained(self, addresses: set[str]) -> None:
+        """The node addresses whose agents drain them (the config server's records)."""
+        self._config_drained = set(addresses)
+        for conn in self._nodes.values():
+            conn.draining = self._is_draining(conn.info)
+
+    def drain_source(self, conn: NodeConnection) -> str | None:
+        if conn.node_id in self._draining:
+            return "master"
+        if conn.info.client_ip_port in self._config_drained:
+            return "config_server"
+        return None
+
+    def _is_draining(self, info: NodeInfo) -> bool:
+        return info.node_id in self._draining or info.client_ip_port in self._config_drained
 
     def record_load(self, conn: NodeConnection, load: dict[str, Any]) -> None:
         conn.load = load

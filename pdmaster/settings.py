@@ -35,3 +35,14 @@ class MasterSettings:
     max_queue: int = 1024  # requests waiting for a slot; more get 429
     queue_timeout_s: float = 30.0
     admin_token: str | None = None
+    config_server: str | None = None  # host:port; None: a single master without one
+    register_token: str | None = None  # bearer token for the config server's /v1 API
+    advertise_address: str | None = None  # host:port nodes dial; None: host:port
+    lease_ttl_s: float = 10.0  # the master's /v1 lease; it vanishes this long after death
+
+    @property
+    def public_address(self) -> str:
+        if self.advertise_address:
+            return self.advertise_address
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"

@@ -103,7 +103,8 @@ class Record(BaseModel):
     registered_at: float
     last_heartbeat: float
     lease_expires_at: float
-    registered_via: Literal["v1", "lightllm_websocket"] = "v1"
+    # master_report: a node without an agent, listed because masters report it connected
+    registered_via: Literal["v1", "lightllm_websocket", "master_report"] = "v1"
 
 
 class RecordList(BaseModel):

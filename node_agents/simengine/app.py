@@ -7,13 +7,15 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import httpx
 from fastapi import Body, FastAPI
 from fastapi.responses import JSONResponse
 
 from node_agents.simengine.decode import DecodeNode
+from node_agents.simengine.discovery import MasterDiscovery, MasterSet
 from node_agents.simengine.engine import NodeIdentity, SimNode
 from node_agents.simengine.faults import Faults
-from node_agents.simengine.links import MasterLink
+from node_agents.simengine.links import LinkSet
 from node_agents.simengine.normal import NormalNode, normal_router
 from node_agents.simengine.prefill import PrefillNode
 from node_agents.simengine.timing import TimingModel
@@ -45,28 +47,51 @@ def build_node(
     return DecodeNode(identity, codec, tokenizer, timing, faults, dp=dp)
 
 
-def create_app(node: SimNode, masters: list[MasterAddress], reconnect_s: float) -> FastAPI:
+def create_app(
+    node: SimNode,
+    masters: list[MasterAddress],
+    reconnect_s: float,
+    config_server: str | None = None,
+    config_poll_s: float = 10.0,
+) -> FastAPI:
+    """With ``config_server``, the masters come from its ``/registered_objects`` (polled
+    every ``config_poll_s``), as a LightLLM node in multi-master mode finds them."""
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         tasks = await node.start()
-        for master in masters:
-            link = MasterLink(
-                master.master_id,
-                master.address,
-                node.identity.registration(),
-                node.on_frame,
-                node.on_link_lost,
-                wants_kv_status=node.identity.mode == "decode",
-                reconnect_s=reconnect_s,
-            )
-            node.links[master.master_id] = link
-            tasks.append(asyncio.create_task(link.run(), name=f"link-{master.address}"))
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        links = LinkSet(
+            node.links,
+            node.identity.registration(),
+            node.on_frame,
+            node.on_link_lost,
+            wants_kv_status=node.identity.mode == "decode",
+            reconnect_s=reconnect_s,
+        )
+        await links.update({m.master_id: m.address for m in masters})
+        async with contextlib.AsyncExitStack() as stack:
+            if config_server is not None:
+                client = await stack.enter_async_context(httpx.AsyncClient())
+
+                async def on_change(found: MasterSet) -> None:
+                    await links.update({i: m.host_ip_port for i, m in found.items()})
+
+                def connected(master_id: int) -> bool:
+                    link = node.links.get(master_id)
+                    return link is not None and link.connected.is_set()
+
+                discovery = MasterDiscovery(
+                    client, config_server, on_change, interval_s=config_poll_s,
+                    is_connected=connected,
+                )  # fmt: skip
+                await stack.enter_async_context(discovery)
+            try:
+                yield
+            finally:
+                await links.close()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     app = FastAPI(title="pdctl simulated engine", lifespan=lifespan, docs_url=None, redoc_url=None)
     if isinstance(node, NormalNode):
@@ -106,6 +131,10 @@ def create_app(node: SimNode, masters: list[MasterAddress], reconnect_s: float) 
             "cached_prompt_tokens": cache.cached_tokens if cache else 0,
             "kv_used_tokens": node.kv.used,
             "masters_connected": sum(link.connected.is_set() for link in node.links.values()),
+            "masters": {
+                str(i): {"address": link.address, "connected": link.connected.is_set()}
+                for i, link in node.links.items()
+            },
         }
 
     return app

@@ -40,7 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pd_node_id", type=int, default=None, help="128-bit node id (default: random)")
     p.add_argument("--pd_decode_rpyc_port", type=int, default=42000)
     p.add_argument("--config_server_host", default=None)
-    p.add_argument("--config_server_port", type=int, default=None)
+    p.add_argument("--config_server_port", type=int, default=60088)
+    p.add_argument(
+        "--config_server_poll_s",
+        type=float,
+        default=10.0,
+        help="seconds between reads of the config server's master list",
+    )
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--dp", type=int, default=1)
     p.add_argument("--lightllm_version", default="v1.1.0", choices=sorted(LAYOUTS))
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
     if ignored:
         logging.getLogger(__name__).info(
             "ignoring LightLLM flags the simulation does not use: %s", ignored
@@ -124,12 +131,14 @@ def main(argv: list[str] | None = None) -> None:
         prefix_cache_tokens=args.prefix_cache_tokens,
     )
     node.stamp_tokens = args.text_mode == "timestamp"
-    masters = (
-        []
-        if args.run_mode == "normal"
-        else [MasterAddress(0, f"{args.pd_master_ip}:{args.pd_master_port}")]
-    )
-    app = create_app(node, masters, args.pd_reconnect_s)
+    config_server = None
+    masters = []
+    if args.run_mode != "normal":
+        if args.config_server_host:  # LightLLM: a config server replaces --pd_master_ip
+            config_server = f"{args.config_server_host}:{args.config_server_port}"
+        else:
+            masters = [MasterAddress(0, f"{args.pd_master_ip}:{args.pd_master_port}")]
+    app = create_app(node, masters, args.pd_reconnect_s, config_server, args.config_server_poll_s)
     uvicorn.run(
         app,
         host=args.host,

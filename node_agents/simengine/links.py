@@ -8,9 +8,10 @@ The link reconnects after ``reconnect_s`` when the master goes away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -100,3 +101,62 @@ class MasterLink:
         for ws in (self._ws, self._kv_ws):
             if ws is not None:
                 await ws.close()
+
+
+class LinkSet:
+    """One ``MasterLink`` per master in the current set, as a LightLLM node keeps them.
+
+    ``update(masters)`` opens links to masters that joined and closes those to masters
+    that left (by id; a master whose address changed is a new one).
+    """
+
+    def __init__(
+        self,
+        links: dict[int, MasterLink],
+        registration: dict[str, Any],
+        on_frame: FrameHandler,
+        on_lost: Callable[[MasterLink], None],
+        wants_kv_status: bool,
+        reconnect_s: float,
+    ) -> None:
+        self.links = links  # shared with the node, which answers through them
+        self._registration = registration
+        self._on_frame = on_frame
+        self._on_lost = on_lost
+        self._wants_kv_status = wants_kv_status
+        self._reconnect_s = reconnect_s
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+
+    async def update(self, masters: Mapping[int, str]) -> None:
+        """``masters``: master id -> ``host:port``."""
+        for master_id in list(self.links):
+            if masters.get(master_id) != self.links[master_id].address:
+                await self._drop(master_id)
+        for master_id, address in masters.items():
+            if master_id not in self.links:
+                link = MasterLink(
+                    master_id,
+                    address,
+                    self._registration,
+                    self._on_frame,
+                    self._on_lost,
+                    self._wants_kv_status,
+                    self._reconnect_s,
+                )
+                self.links[master_id] = link
+                self._tasks[master_id] = asyncio.create_task(link.run(), name=f"link-{address}")
+                log.info("master %s (id %d) joined the set", address, master_id)
+
+    async def _drop(self, master_id: int) -> None:
+        link = self.links.pop(master_id)
+        task = self._tasks.pop(master_id)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(WebSocketException, OSError):
+            await link.close()
+        log.info("master %s (id %d) left the set; link closed", link.address, master_id)
+
+    async def close(self) -> None:
+        for master_id in list(self.links):
+            await self._drop(master_id)

@@ -45,10 +45,14 @@ class Masters:
         return httpx.Response(200, json={})
 
 
-def drainer(masters: Masters, clock: FakeClock, pd_master: str | None = None) -> Drainer:
+def drainer(
+    masters: Masters, clock: FakeClock, pd_master: str | None = None, directly: bool = True
+) -> Drainer:
     client = httpx.AsyncClient(transport=httpx.MockTransport(masters))
     directory = MasterDirectory(client, pd_master, "10.0.0.9:60088")
-    return Drainer(client, directory, ME, "prefill", None, 30.0, clock, poll_s=0.01)
+    return Drainer(
+        client, directory, ME, "prefill", None, 30.0, clock, poll_s=0.01, mark_directly=directly
+    )
 
 
 def test_marks_the_node_on_every_master_the_config_server_lists() -> None:
@@ -56,11 +60,35 @@ def test_marks_the_node_on_every_master_the_config_server_lists() -> None:
     result = asyncio.run(drainer(masters, FakeClock()).mark())
     assert masters.posts == ["10.0.0.1:60011/7", "10.0.0.2:60011/7"]
     assert result == {
-        "10.0.0.1:60011": {"nodes": 1, "in_flight": 2},
-        "10.0.0.2:60011": {"nodes": 1, "in_flight": 1},
+        "10.0.0.1:60011": {"nodes": 1, "draining": True, "in_flight": 2},
+        "10.0.0.2:60011": {"nodes": 1, "draining": True, "in_flight": 1},
     }
     asyncio.run(drainer(masters, FakeClock()).mark())
     assert len(masters.posts) == 2  # already draining: not marked again
+
+
+def test_through_the_config_server_it_waits_for_every_master_to_show_the_drain() -> None:
+    masters, clock, done = Masters(), FakeClock(), []
+    d = drainer(masters, clock, directly=False)
+    for nodes in masters.nodes.values():
+        for node in nodes:
+            node["in_flight_requests"] = 0
+
+    async def go() -> None:
+        marked = asyncio.Event()
+        task = asyncio.create_task(d.run(lambda: done.append(d.status), marked))
+        await asyncio.sleep(0.05)
+        assert masters.posts == [] and not marked.is_set() and d.status == "draining"
+        masters.nodes["10.0.0.1:60011"][0]["draining"] = True  # the config server's watch
+        await asyncio.sleep(0.05)
+        assert not marked.is_set() and done == []  # one master still selects the node
+        masters.nodes["10.0.0.2:60011"][0]["draining"] = True
+        await asyncio.sleep(0.05)
+        assert marked.is_set()
+        task.cancel()
+
+    asyncio.run(go())
+    assert masters.posts == [] and done == ["drained"]
 
 
 def test_single_master_is_asked_alone() -> None:

@@ -56,7 +56,9 @@ def test_drain_then_drain_with_stop_stops_the_drained_engine() -> None:
 
     async def go() -> None:
         first = await agent.drain(stop=False)
-        assert first["drain"]["masters"] == {"127.0.0.1:60011": {"nodes": 1, "in_flight": 0}}
+        assert first["drain"]["masters"] == {
+            "127.0.0.1:60011": {"nodes": 1, "draining": True, "in_flight": 0}
+        }
         await asyncio.sleep(0.05)
         assert agent.state == "DRAINED" and agent.process.state is State.RUNNING
         await agent.drain(stop=True)

@@ -1,0 +1,112 @@
+"""A config server, several masters and simulated nodes that find the masters through it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+
+from benchmark_client.localcluster import (
+    FAST_TIMING,
+    Proc,
+    ProcGroup,
+    SimNodeProc,
+    free_port,
+    http_ok,
+    wait_until,
+)
+from config_server.localrun import ConfigServer, start_config_server
+
+
+@dataclass
+class MasterProc:
+    port: int
+    proc: Proc
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def readiness(self) -> dict:
+        try:
+            return httpx.get(f"{self.url}/readiness", timeout=1).json()
+        except (httpx.HTTPError, ValueError):
+            return {}
+
+
+@dataclass
+class MultiMasterCluster:
+    group: ProcGroup
+    config: ConfigServer | None = None
+    masters: list[MasterProc] = field(default_factory=list)
+    nodes: list[SimNodeProc] = field(default_factory=list)
+
+    def start_config_server(self, *args: str, port: int | None = None) -> ConfigServer:
+        self.config = start_config_server(self.group, *args, port=port)
+        return self.config
+
+    def start_master(self, *extra: str, port: int | None = None) -> MasterProc:
+        assert self.config is not None
+        port = port or free_port()
+        proc = self.group.python(
+            f"master{len(self.masters)}",
+            "-m",
+            "pdmaster",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--config_server_host",
+            "127.0.0.1",
+            "--config_server_port",
+            str(self.config.port),
+            "--lease_ttl",
+            "3",
+            "--kv_move_timeout",
+            "5",
+            *extra,
+        )
+        master = MasterProc(port, proc)
+        wait_until(lambda: http_ok(f"{master.url}/health"), 20, "a master to answer /health")
+        self.masters.append(master)
+        return master
+
+    def add_node(self, mode: str, index: int, *extra: str) -> SimNodeProc:
+        assert self.config is not None
+        host = f"127.0.0.{110 + index + (0 if mode == 'prefill' else 50)}"
+        port = free_port(host)
+        args = [
+            "-m",
+            "node_agents.simengine",
+            "--run_mode",
+            mode,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--config_server_host",
+            "127.0.0.1",
+            "--config_server_port",
+            str(self.config.port),
+            "--config_server_poll_s",
+            "0.5",
+            "--pd_reconnect_s",
+            "0.5",
+            *FAST_TIMING,
+            *extra,
+        ]
+        if mode == "decode":
+            args += ["--pd_decode_rpyc_port", str(free_port(host))]
+        node = SimNodeProc(mode, host, port, self.group.python(f"{mode}{index}", *args))
+        self.nodes.append(node)
+        return node
+
+    def wait_joined(self, masters: list[MasterProc], prefill: int, decode: int) -> None:
+        def joined() -> bool:
+            for master in masters:
+                body = master.readiness()
+                if (body.get("prefill_nodes"), body.get("decode_nodes")) != (prefill, decode):
+                    return False
+            return True
+
+        wait_until(joined, 30, f"{prefill}P+{decode}D nodes on {len(masters)} master(s)")

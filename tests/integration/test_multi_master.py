@@ -1,0 +1,195 @@
+"""Multi-master mode: a config server, two masters and 2P/2D simulated nodes that find the
+masters through it (real processes, memory store)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+import httpx
+import pytest
+
+from benchmark_client.localcluster import ProcGroup, wait_until
+from pdmaster.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
+from pdwire.lightllm import LightLLMCodec
+from tests.integration.echo_model import expected
+from tests.integration.load import Outcome, run_load
+from tests.integration.multimaster import MasterProc, MultiMasterCluster
+
+LEASE_S = 3.0  # the masters' --lease_ttl
+
+
+@pytest.fixture
+def mm(procs: ProcGroup) -> MultiMasterCluster:
+    c = MultiMasterCluster(procs)
+    c.start_config_server()
+    for _ in range(2):
+        c.start_master()
+    for i in range(2):
+        c.add_node("prefill", i)
+        c.add_node("decode", i)
+    c.wait_joined(c.masters, 2, 2)
+    return c
+
+
+def registered_ids(url: str) -> set[int]:
+    data = httpx.get(f"{url}/registered_objects", timeout=5).json()["data"]
+    return set(LightLLMCodec().decode_registered_objects(base64.b64decode(data)))
+
+
+def v1(url: str, plural: str) -> list[dict]:
+    return httpx.get(f"{url}/v1/{plural}", timeout=5).json()["items"]
+
+
+def master_ids(mm: MultiMasterCluster) -> list[str]:
+    """Each master's id, as the config server lists it (matched by address)."""
+    assert mm.config is not None
+    by_address = {r["address"]: r["id"] for r in v1(mm.config.url, "masters")}
+    return [by_address[f"127.0.0.1:{m.port}"] for m in mm.masters]
+
+
+def generate(master: MasterProc, prompt: str, tokens: int = 12) -> httpx.Response:
+    body = {"inputs": prompt, "parameters": {"max_new_tokens": tokens, "ignore_eos": True}}
+    return httpx.post(f"{master.url}/generate", json=body, timeout=30)
+
+
+def connected_masters(mm: MultiMasterCluster) -> list[set[str]]:
+    """Per node: addresses of the masters it has a live connection to."""
+    return [
+        {m["address"] for m in node.stats()["masters"].values() if m["connected"]}
+        for node in mm.nodes
+    ]
+
+
+def test_nodes_join_both_masters_and_either_master_serves(mm: MultiMasterCluster) -> None:
+    assert mm.config is not None
+    tok = ModelTokenizer.from_model_dir(DEFAULT_MODEL_DIR)
+    for i, master in enumerate(mm.masters * 3):
+        prompt = f"Question {i}: what does a config server do?"
+        reply = generate(master, prompt)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["generated_text"][0] == expected(tok, prompt, 12, ignore_eos=True)[0]
+    ids = master_ids(mm)
+    assert {str(i) for i in registered_ids(mm.config.url)} == set(ids)
+    assert all(int(i) >= 1 << 64 or int(i) > 0 for i in ids)  # uuid4().int, not LightLLM's 0
+
+    def listed() -> bool:  # the masters' leases carry their node lists (renewed every 1 s)
+        nodes = v1(mm.config.url, "nodes")
+        return len(nodes) == 4 and all(n["info"]["connected_masters"] == sorted(ids) for n in nodes)
+
+    wait_until(listed, 10, "the admin listing to show every node on both masters")
+    nodes = {n["address"]: n for n in v1(mm.config.url, "nodes")}
+    assert {(n["role"], n["registered_via"]) for n in nodes.values()} == {
+        ("prefill", "master_report"),
+        ("decode", "master_report"),
+    }
+    assert set(nodes) == {f"{n.host}:{n.port}" for n in mm.nodes}
+
+
+def prompts(master: MasterProc, n: int) -> list[str]:
+    return [f"Request {i} through the master on port {master.port}." for i in range(n)]
+
+
+async def both_masters(mm: MultiMasterCluster, n: int, concurrency: int) -> list[list[Outcome]]:
+    loads = [run_load(m.url, prompts(m, n), 24, concurrency) for m in mm.masters]
+    return await asyncio.wait_for(asyncio.gather(*loads), 90)
+
+
+def assert_exact(mm: MultiMasterCluster, results: list[list[Outcome]]) -> None:
+    tok = ModelTokenizer.from_model_dir(DEFAULT_MODEL_DIR)
+    for master, outcomes in zip(mm.masters, results, strict=True):
+        for prompt, outcome in zip(prompts(master, len(outcomes)), outcomes, strict=True):
+            assert outcome.ok, outcome
+            assert outcome.text == expected(tok, prompt, 24, ignore_eos=True)[0]
+
+
+def test_group_ids_of_two_masters_never_collide(mm: MultiMasterCluster) -> None:
+    """Both masters' requests land on the same nodes at once; a shared group id would mix
+    their tokens or end one of them early."""
+    assert_exact(mm, asyncio.run(both_masters(mm, 60, 30)))
+
+
+def test_a_dead_master_leaves_the_registry_and_the_nodes(mm: MultiMasterCluster) -> None:
+    assert mm.config is not None
+    dead, alive = mm.masters[1], mm.masters[0]
+    dead_id, alive_id = master_ids(mm)[1], master_ids(mm)[0]
+    dead.proc.kill()
+    killed_at = time.monotonic()
+
+    def gone() -> bool:
+        in_v1 = {r["id"] for r in v1(mm.config.url, "masters")}
+        return dead_id not in in_v1 and int(dead_id) not in registered_ids(mm.config.url)
+
+    wait_until(gone, LEASE_S + 5, "the dead master to leave the registry")
+    assert time.monotonic() - killed_at <= LEASE_S + 2
+    assert {r["id"] for r in v1(mm.config.url, "masters")} == {alive_id}
+    wait_until(
+        lambda: all(len(node.stats()["masters"]) == 1 for node in mm.nodes),
+        10,
+        "every node to drop the dead master",
+    )
+    assert connected_masters(mm) == [{f"127.0.0.1:{alive.port}"}] * 4
+    assert generate(alive, "Still there?").status_code == 200
+
+
+def test_config_server_restart_keeps_traffic_flowing(mm: MultiMasterCluster) -> None:
+    """Memory store: the restarted config server is empty; masters and nodes re-register,
+    and requests through both masters keep succeeding all along."""
+    assert mm.config is not None
+    ids = set(master_ids(mm))
+    port = mm.config.port
+
+    async def restart_during_traffic() -> list[list[Outcome]]:
+        load = asyncio.create_task(both_masters(mm, 80, 4))
+        await asyncio.sleep(0.5)
+        assert mm.config is not None
+        mm.config.proc.kill()
+        await asyncio.sleep(2.0)  # masters and nodes carry on without it
+        await asyncio.to_thread(mm.start_config_server, port=port)
+        return await asyncio.wait_for(load, 60)
+
+    assert_exact(mm, asyncio.run(restart_during_traffic()))
+
+    def re_registered() -> bool:
+        in_v1 = {r["id"] for r in v1(mm.config.url, "masters")}
+        return in_v1 == ids and {str(i) for i in registered_ids(mm.config.url)} == ids
+
+    wait_until(re_registered, 10, "both masters to register again")
+    addresses = {f"127.0.0.1:{m.port}" for m in mm.masters}
+    assert connected_masters(mm) == [addresses] * 4  # no node dropped a master meanwhile
+    for master in mm.masters:
+        assert generate(master, "After the restart").status_code == 200
+
+
+def test_a_drain_in_the_config_server_reaches_every_master(mm: MultiMasterCluster) -> None:
+    """What a node agent's drain does: its registration turns DRAINING in the config server;
+    both masters stop selecting the node; back to RUNNING, both select it again."""
+    assert mm.config is not None
+    node = mm.nodes[0]  # prefill0
+    address = f"{node.host}:{node.port}"
+
+    def put(state: str) -> None:
+        body = {"address": address, "role": "prefill", "state": state, "ttl_s": 30}
+        reply = httpx.put(f"{mm.config.url}/v1/nodes/agent-prefill0", json=body, timeout=5)
+        assert reply.status_code == 200, reply.text
+
+    def drained_by(master: MasterProc) -> str | None:
+        items = httpx.get(f"{master.url}/v1/nodes", timeout=5).json()["items"]
+        return next(n["drained_by"] for n in items if n["address"] == address)
+
+    put("DRAINING")
+    wait_until(
+        lambda: all(drained_by(m) == "config_server" for m in mm.masters),
+        5,
+        "both masters to drain the node",
+    )
+    before = node.stats()["requests"]
+    for i in range(8):
+        assert generate(mm.masters[i % 2], f"drained {i}", 4).status_code == 200
+    assert node.stats()["requests"] == before
+    put("RUNNING")
+    wait_until(lambda: all(drained_by(m) is None for m in mm.masters), 5, "the undrain")
+    for i in range(8):
+        assert generate(mm.masters[i % 2], f"back {i}", 4).status_code == 200
+    assert node.stats()["requests"] > before
