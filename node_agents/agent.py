@@ -131,7 +131,10 @@ class NodeAgent:
             log.error("engine still %s after the SIGKILL; giving up on it", self.process.state)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=5.0)
+            if stuck:  # the agent still exits; its engine is already stopped
+                log.error("tasks ignored cancellation: %s", [t.get_name() for t in stuck])
         if self.mps is not None:
             try:
                 await asyncio.to_thread(self.mps.stop)

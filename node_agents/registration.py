@@ -83,8 +83,11 @@ class Registrar:
         while True:
             ok = await self.register()
             wait = self._ttl_s / 3 if ok else min(self._retry_s, self._ttl_s / 3)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that arrives as
+            # the event is set (a state change at shutdown), and this loop never ends
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._changed.wait()
 
     async def deregister(self) -> None:
         try:

@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# One-machine PD cluster on the simulated engine: 1 master + 2 prefill + 2 decode nodes on
-# loopback (LightLLM nodes refuse 127.0.0.1 as their host, so nodes use 127.0.0.2-5).
-# Waits until the master is ready, sends one real request, prints a curl line to try, and
-# stops everything on Ctrl-C. With --once it exits after the first answer.
+# One-machine PD cluster on the simulated engine, laid out as a real one: a config server,
+# 2 PD masters, and 2 prefill + 2 decode nodes, each under its node agent (LightLLM nodes
+# refuse 127.0.0.1 as their host, so nodes use 127.0.0.2-5). Every role is started with its
+# own script (config_server.sh, pd_master.sh, pd_prefill.sh, pd_decode.sh with ENGINE=sim).
+# Waits until both masters see all 4 nodes, sends one real request through each master,
+# prints what to try, and stops everything on Ctrl-C. With --once it exits after the answers.
 #
-# Environment: PYTHON (python3), MASTER_PORT (60011), LOG_DIR (./logs/local_cluster),
-#              SIM_ARGS (extra flags for every simulated node, e.g. "--time_scale 0.5").
+# Environment: PYTHON (python3), CONFIG_SERVER_PORT (60088), MASTER_PORTS ("60011 60012"),
+#              LOG_DIR (./logs/local_cluster), SIM_ARGS (extra flags for every simulated
+#              engine, e.g. "--time_scale 0.5"), PDCTL_STORE / PDCTL_ETCD_ENDPOINTS (the
+#              config server's store; default memory).
 set -euo pipefail
 
 once=0
 [[ "${1:-}" == "--once" ]] && once=1
 
-PYTHON=${PYTHON:-python3}
-MASTER_PORT=${MASTER_PORT:-60011}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+export PYTHON=${PYTHON:-python3}
+export CONFIG_SERVER_PORT=${CONFIG_SERVER_PORT:-60088}
+read -r -a MASTER_PORTS <<< "${MASTER_PORTS:-60011 60012}"
 LOG_DIR=${LOG_DIR:-logs/local_cluster}
 read -r -a SIM_ARGS <<< "${SIM_ARGS:-}"
 mkdir -p "$LOG_DIR"
@@ -21,62 +27,92 @@ pids=()
 cleanup() {
   trap - INT TERM EXIT
   if ((${#pids[@]})); then
-    kill -TERM "${pids[@]}" 2>/dev/null || true
+    kill -TERM "${pids[@]}" 2>/dev/null || true  # agents stop their engines first
     wait "${pids[@]}" 2>/dev/null || true
   fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-start() {  # start NAME ARGS...: run one role in the background, logging to LOG_DIR/NAME.log
+start() {  # start NAME COMMAND...: run one role in the background, logging to LOG_DIR/NAME.log
   local name=$1
   shift
-  "$PYTHON" "$@" >"$LOG_DIR/$name.log" 2>&1 &
+  "$@" >"$LOG_DIR/$name.log" 2>&1 &
   pids+=($!)
 }
 
-start master -m pdmaster --host 127.0.0.1 --port "$MASTER_PORT"
-for i in 0 1; do
-  start "prefill$i" -m node_agents.simengine --run_mode prefill --host "127.0.0.$((2 + i))" \
-    --port 8019 --pd_master_ip 127.0.0.1 --pd_master_port "$MASTER_PORT" --pd_reconnect_s 1 \
-    "${SIM_ARGS[@]}"
-  start "decode$i" -m node_agents.simengine --run_mode decode --host "127.0.0.$((4 + i))" \
-    --port 8121 --pd_decode_rpyc_port 42000 --pd_master_ip 127.0.0.1 \
-    --pd_master_port "$MASTER_PORT" --pd_reconnect_s 1 "${SIM_ARGS[@]}"
+wait_for() {  # wait_for WHAT SECONDS COMMAND...: until COMMAND succeeds, or fail with logs
+  local what=$1 seconds=$2
+  shift 2
+  local tries=$((seconds * 5))
+  for ((i = 0; i < tries; i++)); do
+    if "$@" >/dev/null 2>&1; then
+      return 0
+    fi
+    for pid in "${pids[@]}"; do
+      if ! kill -0 "$pid" 2>/dev/null; then
+        echo "a cluster process exited early; logs in $LOG_DIR:" >&2
+        tail -n 20 "$LOG_DIR"/*.log >&2
+        exit 1
+      fi
+    done
+    sleep 0.2
+  done
+  echo "timed out after ${seconds} s waiting for $what; logs in $LOG_DIR:" >&2
+  tail -n 20 "$LOG_DIR"/*.log >&2
+  exit 1
+}
+
+all_nodes_joined() {  # all_nodes_joined URL: the master at URL sees 2 prefill + 2 decode
+  curl -fsS "$1/readiness" | grep -q '"prefill_nodes":2,"decode_nodes":2'
+}
+
+config_url="http://127.0.0.1:$CONFIG_SERVER_PORT"
+start config_server bash "$here/config_server.sh" 127.0.0.1
+wait_for "the config server" 30 curl -fsS "$config_url/readiness"
+
+for i in "${!MASTER_PORTS[@]}"; do
+  start "master$i" env PD_MASTER_PORT="${MASTER_PORTS[$i]}" \
+    bash "$here/pd_master.sh" 127.0.0.1 127.0.0.1
+done
+for port in "${MASTER_PORTS[@]}"; do
+  wait_for "the master on port $port" 30 curl -fsS "http://127.0.0.1:$port/health"
 done
 
-url="http://127.0.0.1:$MASTER_PORT"
-for _ in $(seq 1 150); do
-  if curl -fsS "$url/readiness" 2>/dev/null | grep -q '"prefill_nodes":2,"decode_nodes":2'; then
-    break
-  fi
-  for pid in "${pids[@]}"; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "a cluster process exited early; logs in $LOG_DIR:" >&2
-      tail -n 20 "$LOG_DIR"/*.log >&2
-      exit 1
-    fi
-  done
-  sleep 0.2
+for i in 0 1; do
+  prefill_host="127.0.0.$((2 + i))"
+  decode_host="127.0.0.$((4 + i))"
+  start "agent-prefill$i" env ENGINE=sim LOG_DIR="$LOG_DIR/prefill$i" \
+    bash "$here/pd_prefill.sh" "$prefill_host" 127.0.0.1 --api-host "$prefill_host" \
+    --startsecs 1 -- --config_server_poll_s 2 "${SIM_ARGS[@]}"
+  start "agent-decode$i" env ENGINE=sim LOG_DIR="$LOG_DIR/decode$i" \
+    bash "$here/pd_decode.sh" "$decode_host" 127.0.0.1 --api-host "$decode_host" \
+    --startsecs 1 -- --config_server_poll_s 2 "${SIM_ARGS[@]}"
 done
-if ! curl -fsS "$url/readiness"; then
-  echo "cluster not ready after 30 s; logs in $LOG_DIR" >&2
-  exit 1
-fi
-echo
+for port in "${MASTER_PORTS[@]}"; do
+  wait_for "4 nodes on the master on port $port" 60 all_nodes_joined "http://127.0.0.1:$port"
+done
 
 request='{"inputs": "What is AI?", "parameters": {"max_new_tokens": 16}}'
-echo "cluster ready: master $url, prefill 127.0.0.2-3:8019, decode 127.0.0.4-5:8121"
+echo "cluster ready: config server $config_url, masters on 127.0.0.1:${MASTER_PORTS[*]},"
+echo "  prefill agents 127.0.0.2-3 (engine :8019, agent :9019),"
+echo "  decode agents 127.0.0.4-5 (engine :8121, agent :9121)"
 echo "request: $request"
-echo -n "answer:  "
-curl -fsS "$url/generate" -H 'Content-Type: application/json' -d "$request"
-echo
+for port in "${MASTER_PORTS[@]}"; do
+  echo -n "answer from the master on port $port:  "
+  curl -fsS "http://127.0.0.1:$port/generate" -H 'Content-Type: application/json' -d "$request"
+  echo
+done
 ((once)) && exit 0
 
 cat <<EOT
 
 Try it:
-  curl $url/generate_stream -H 'Content-Type: application/json' -d '$request'
+  curl http://127.0.0.1:${MASTER_PORTS[0]}/generate_stream -H 'Content-Type: application/json' -d '$request'
+  curl $config_url/v1/nodes          # every node: role, state, masters it is connected to
+  curl $config_url/v1/masters
+  curl http://127.0.0.2:9019/status   # a node agent
+  curl -X POST http://127.0.0.2:9019/drain
 Logs in $LOG_DIR. Press Ctrl-C to stop the cluster.
 EOT
 wait -n "${pids[@]}" || true

@@ -88,7 +88,8 @@ class View:
             if remaining <= 0:
                 return False
             try:
-                await asyncio.wait_for(self._moved.wait(), remaining)
+                async with asyncio.timeout(remaining):  # wait_for may lose a cancel on 3.11
+                    await self._moved.wait()
             except TimeoutError:
                 return False
         return self.head > revision
