@@ -14,6 +14,7 @@ import httpx
 from benchmark_client.localcluster import FAST_TIMING, Cluster, ProcGroup
 from config_server.localrun import start_config_server
 from tests.integration.load import Outcome, stream_one
+from tests.integration.multimaster import MultiMasterCluster
 from tests.node_agents.agentproc import AgentProc, sim_node_config, start_agent
 from tests.node_agents.procutil import alive, wait_for
 
@@ -145,3 +146,55 @@ def test_drain_lets_running_streams_finish_and_new_requests_go_elsewhere(
     assert not alive(pid)
     wait_for(lambda: agent.address not in master_nodes(cluster), 5, "the master to drop it")
     print(f"\ndrain: {on_node} stream(s) finished on the drained node; {len(new)} went elsewhere")
+
+
+def test_drain_goes_through_the_config_server_to_every_master(
+    procs: ProcGroup, agents: list[AgentProc], tmp_path: Path
+) -> None:
+    """Two masters, nodes finding them through the config server: an agent's drain turns its
+    registration DRAINING, both masters stop selecting the node (the agent never calls
+    them), and its running streams on both masters finish."""
+    mm = MultiMasterCluster(procs)
+    mm.start_config_server()
+    masters = [mm.start_master(*MASTER_FLAGS) for _ in range(2)]
+    assert mm.config is not None
+    mm.add_node("prefill", 0)
+    other = mm.add_node("decode", 1)
+    config = sim_node_config(
+        tmp_path, "d0", "decode", "127.0.0.42", config_server=mm.config.address,
+        timing=[*SLOW_DECODE, "--config_server_poll_s", "0.5"],
+    )  # fmt: skip
+    agent = launch(procs, agents, "d0", config)
+    agent.wait_state("RUNNING")
+    mm.wait_joined(masters, 1, 2)
+
+    def on_masters() -> list[dict]:
+        return [
+            next(n for n in httpx.get(f"{m.url}/v1/nodes", timeout=5).json()["items"]
+                 if n["address"] == agent.address)
+            for m in masters
+        ]  # fmt: skip
+
+    async def scenario() -> tuple[list[Outcome], list[Outcome]]:
+        running = [t for m in masters for t in await streams(m.url, 4, 150)]
+        wait = time.monotonic() + 10
+        while not all(n["in_flight_requests"] for n in on_masters()):
+            assert time.monotonic() < wait, "no stream reached the node on both masters"
+            await asyncio.sleep(0.02)
+        reply = await asyncio.to_thread(agent.call, "POST", "/drain", json={})
+        assert reply.status_code == 202, reply.text
+        assert [n["drained_by"] for n in on_masters()] == ["config_server"] * 2
+        before = httpx.get(f"{agent.engine_url}/sim/stats", timeout=5).json()["requests"]
+        new = [o for m in masters for o in await _gather_streams(m.url)]
+        after = httpx.get(f"{agent.engine_url}/sim/stats", timeout=5).json()["requests"]
+        assert after == before, "a new request reached the drained node"
+        return list(await asyncio.gather(*running)), new
+
+    finished, new = asyncio.run(asyncio.wait_for(scenario(), 40))
+    assert all(o.ok for o in finished) and all(o.ok for o in new), (finished, new)
+    assert other.stats()["requests"] >= len(new)
+    status = agent.wait_state("DRAINED", timeout=10)
+    assert status["drain"]["in_flight"] == 0
+    assert all(not r.get("error") for r in status["drain"]["masters"].values())
+    record = httpx.get(f"{mm.config.url}/v1/nodes/{config['registration']['node_id']}").json()
+    assert record["state"] == "DRAINED"
