@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from benchmark_client.localcluster import ProcGroup, wait_until
+from config_server.localrun import start_config_server
 from pdmaster.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from pdwire.lightllm import LightLLMCodec
 from tests.integration.echo_model import expected
@@ -193,3 +194,30 @@ def test_a_drain_in_the_config_server_reaches_every_master(mm: MultiMasterCluste
     for i in range(8):
         assert generate(mm.masters[i % 2], f"back {i}", 4).status_code == 200
     assert node.stats()["requests"] > before
+
+
+def test_a_master_registers_with_the_register_token(procs: ProcGroup) -> None:
+    """With PDCTL_REGISTER_TOKEN on the config server, a master holding it gets its /v1
+    lease (and its watch); one with a wrong token
+    is refused the lease and is known only through LightLLM's token-less websocket."""
+    c = MultiMasterCluster(procs)
+    c.config = start_config_server(
+        procs, env={"PDCTL_REGISTER_TOKEN": "reg-s3cret", "PDCTL_ADMIN_TOKEN": "adm-s3cret"}
+    )
+    good = c.start_master("--register-token", "reg-s3cret")
+    bad = c.start_master("--register-token", "wrong")
+    admin = {"Authorization": "Bearer adm-s3cret"}
+
+    def via() -> dict[str, str]:
+        items = httpx.get(f"{c.config.url}/v1/masters", headers=admin, timeout=5).json()["items"]
+        return {r["address"]: r["registered_via"] for r in items}
+
+    expected_via = {
+        f"127.0.0.1:{good.port}": "v1",
+        f"127.0.0.1:{bad.port}": "lightllm_websocket",
+    }
+    wait_until(lambda: via() == expected_via, 10, "both masters to be listed")
+    assert httpx.get(f"{c.config.url}/v1/masters", timeout=5).status_code == 401
+    assert "master lease refused (403)" in bad.proc.log()
+    assert "config server watch" in bad.proc.log()  # the watch is refused too
+    assert "refused" not in good.proc.log() and "config server watch" not in good.proc.log()
