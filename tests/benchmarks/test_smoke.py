@@ -11,7 +11,7 @@ import pytest
 from benchmarks.common import RESULTS
 
 
-@pytest.mark.parametrize("name", ["master_cost", "relay_overhead", "scale", "routing_quality"])
+@pytest.mark.parametrize("name", ["master_cost", "relay_overhead", "scale", "routing_quality", "node_agent"])
 def test_benchmark_smoke_run(name: str) -> None:
     r = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{name}", "--smoke"],
