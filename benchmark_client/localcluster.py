@@ -7,6 +7,7 @@ process group, logging to a file) and stops every one of them; ``cpu_seconds`` a
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -150,6 +151,17 @@ class SimNodeProc:
         return httpx.get(f"{self.url}/sim/stats", timeout=2).json()
 
 
+def start_sim_node(group: ProcGroup, mode: str, index: int, host: str, *args: str) -> SimNodeProc:
+    """A simulated node on ``host`` (free ports; decode nodes get a KV hand-off port);
+    ``args`` say where its masters are, its timing and anything else."""
+    port = free_port(host)
+    argv = ["-m", "node_agents.simengine", "--run_mode", mode, "--host", host, "--port", str(port)]
+    argv += ["--pd_reconnect_s", "0.5", *args]
+    if mode == "decode":
+        argv += ["--pd_decode_rpyc_port", str(free_port(host))]
+    return SimNodeProc(mode, host, port, group.python(f"{mode}{index}", *argv))
+
+
 @dataclass
 class Cluster:
     group: ProcGroup
@@ -179,28 +191,8 @@ class Cluster:
         self, mode: str, index: int, *extra: str, timing: list[str] = FAST_TIMING
     ) -> SimNodeProc:
         host = f"127.0.0.{10 + index + (0 if mode == 'prefill' else 50)}"
-        port = free_port(host)
-        args = [
-            "-m",
-            "node_agents.simengine",
-            "--run_mode",
-            mode,
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--pd_master_ip",
-            "127.0.0.1",
-            "--pd_master_port",
-            str(self.master_port),
-            "--pd_reconnect_s",
-            "0.5",
-            *timing,
-            *extra,
-        ]
-        if mode == "decode":
-            args += ["--pd_decode_rpyc_port", str(free_port(host))]
-        node = SimNodeProc(mode, host, port, self.group.python(f"{mode}{index}", *args))
+        masters = ["--pd_master_ip", "127.0.0.1", "--pd_master_port", str(self.master_port)]
+        node = start_sim_node(self.group, mode, index, host, *masters, *timing, *extra)
         self.nodes.append(node)
         return node
 
@@ -216,3 +208,18 @@ class Cluster:
 
     def node(self, mode: str, index: int = 0) -> SimNodeProc:
         return [n for n in self.nodes if n.mode == mode][index]
+
+
+async def until_serving(url: str, started: float, timeout: float, poll_s: float = 0.05) -> float:
+    """Seconds from ``started`` (``time.monotonic()``) until a ``/generate`` through the
+    master at ``url`` succeeds."""
+    body = {"inputs": "Are you back?", "parameters": {"max_new_tokens": 4}}
+    async with httpx.AsyncClient(timeout=5) as client:
+        while time.monotonic() - started < timeout:
+            try:
+                if (await client.post(f"{url}/generate", json=body)).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(poll_s)
+    raise AssertionError(f"not serving {timeout} s after {url} was asked")

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import httpx
 
-from benchmark_client.localcluster import Cluster, cpu_seconds, free_port, rss_bytes, wait_until
+from benchmark_client.localcluster import (
+    Cluster,
+    cpu_seconds,
+    free_port,
+    rss_bytes,
+    until_serving,
+    wait_until,
+)
 from benchmarks.common import QUIET, parser, print_table, workdir, write_json
 from config_server.localrun import start_config_server
 
@@ -65,20 +72,6 @@ dir = "{path.parent / "agent-logs"}"
     return path, api_port, f"{host}:{port}"
 
 
-async def until_serving(url: str, timeout: float) -> float:
-    started = time.monotonic()
-    body = {"inputs": "Are you back?", "parameters": {"max_new_tokens": 4}}
-    async with httpx.AsyncClient(timeout=5) as client:
-        while time.monotonic() - started < timeout:
-            try:
-                if (await client.post(f"{url}/generate", json=body)).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.01)
-    raise RuntimeError(f"not serving {timeout} s after the kill")
-
-
 def engine_pid(api: str) -> int | None:
     status = httpx.get(f"{api}/status", timeout=5).json()
     return status["engine"]["pid"] if status["state"] == "RUNNING" else None
@@ -106,7 +99,7 @@ def main() -> None:
             pid = engine_pid(api)
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
-            seconds = asyncio.run(until_serving(c.url, 30))
+            seconds = asyncio.run(until_serving(c.url, time.monotonic(), 30, poll_s=0.01))
             rows.append([f"kill #{trial + 1}", seconds])
             results.append({"trial": trial + 1, "kill_to_serving_s": seconds})
             wait_until(lambda: _quiet(engine_pid, api) is not None, 30, "RUNNING again")

@@ -1,57 +1,24 @@
-"""Errors the config server answers with, each one HTTP status and one error body.
-
-ApiError               {"error": {"type", "code", "message"}} with an HTTP status
-+-- BadRequest         400 invalid input (the message names the field)
-+-- Unauthorized       401 no bearer token where one is configured
-+-- Forbidden          403 wrong token, or a peer outside the allowlist
-+-- NotFound           404 unknown registration or route
-+-- PayloadTooLarge    413 body over the limit
-+-- ServiceUnavailable 503 the store cannot be reached (retry later)
-"""
+"""Errors the config server answers with: the shared API errors (``pdwire.api_errors``);
+503 ``ServiceUnavailable`` when the store cannot be reached."""
 
 from __future__ import annotations
 
-from typing import Any
+from pdwire.api_errors import (
+    ApiError,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+)
 
-
-class ApiError(Exception):
-    status = 500
-    type = "internal_error"
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code or self.type
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"type": self.type, "code": self.code, "message": self.message}}
-
-
-class BadRequest(ApiError):
-    status = 400
-    type = "invalid_request_error"
-
-
-class Unauthorized(ApiError):
-    status = 401
-    type = "unauthorized"
-
-
-class Forbidden(ApiError):
-    status = 403
-    type = "forbidden"
-
-
-class NotFound(ApiError):
-    status = 404
-    type = "not_found"
-
-
-class PayloadTooLarge(ApiError):
-    status = 413
-    type = "payload_too_large"
-
-
-class ServiceUnavailable(ApiError):
-    status = 503
-    type = "service_unavailable"
+__all__ = [
+    "ApiError",
+    "BadRequest",
+    "Forbidden",
+    "NotFound",
+    "PayloadTooLarge",
+    "ServiceUnavailable",
+    "Unauthorized",
+]

@@ -1,8 +1,8 @@
-"""Errors a master answers a client with, each mapped to one HTTP status and error body.
+"""Errors a master answers a client with, each mapped to one HTTP status and error body:
+the shared ones (``pdwire.api_errors``: 400, 401, 403, 404, 413) and the master's own.
 
 ApiError                  {"error": {"type", "code", "message"}} with an HTTP status
-+-- BadRequest            400 invalid input (names the field)
-+-- PayloadTooLarge       413 body over the configured limit
++-- Overloaded            429 admission queue full (with Retry-After)
 +-- NoNodeAvailable       503 no connected node of a role can take the request
 +-- NodeFailed            502 a node failed or vanished while serving the request
 +-- DeadlineExceeded      504 a wait ran past its deadline
@@ -10,30 +10,27 @@ ApiError                  {"error": {"type", "code", "message"}} with an HTTP st
 
 from __future__ import annotations
 
-from typing import Any
+from pdwire.api_errors import (
+    ApiError,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+)
 
-
-class ApiError(Exception):
-    status = 500
-    type = "internal_error"
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code or self.type
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"type": self.type, "code": self.code, "message": self.message}}
-
-
-class BadRequest(ApiError):
-    status = 400
-    type = "invalid_request_error"
-
-
-class PayloadTooLarge(ApiError):
-    status = 413
-    type = "payload_too_large"
+__all__ = [
+    "ApiError",
+    "BadRequest",
+    "DeadlineExceeded",
+    "Forbidden",
+    "NoNodeAvailable",
+    "NodeFailed",
+    "NotFound",
+    "Overloaded",
+    "PayloadTooLarge",
+    "Unauthorized",
+]
 
 
 class NoNodeAvailable(ApiError):
@@ -62,18 +59,3 @@ class Overloaded(ApiError):
     def __init__(self, message: str, retry_after_s: int, code: str | None = None) -> None:
         super().__init__(message, code)
         self.retry_after_s = retry_after_s
-
-
-class Unauthorized(ApiError):
-    status = 401
-    type = "unauthorized"
-
-
-class Forbidden(ApiError):
-    status = 403
-    type = "forbidden"
-
-
-class NotFound(ApiError):
-    status = 404
-    type = "not_found"

@@ -10,8 +10,10 @@ import pytest
 
 from benchmarks.common import RESULTS
 
+BENCHMARKS = ["master_cost", "relay_overhead", "scale", "routing_quality", "node_agent"]
 
-@pytest.mark.parametrize("name", ["master_cost", "relay_overhead", "scale", "routing_quality", "node_agent"])
+
+@pytest.mark.parametrize("name", BENCHMARKS)
 def test_benchmark_smoke_run(name: str) -> None:
     r = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{name}", "--smoke"],

@@ -13,6 +13,7 @@ from benchmark_client.localcluster import (
     SimNodeProc,
     free_port,
     http_ok,
+    start_sim_node,
     wait_until,
 )
 from config_server.localrun import ConfigServer, start_config_server
@@ -74,30 +75,14 @@ class MultiMasterCluster:
     def add_node(self, mode: str, index: int, *extra: str) -> SimNodeProc:
         assert self.config is not None
         host = f"127.0.0.{110 + index + (0 if mode == 'prefill' else 50)}"
-        port = free_port(host)
-        args = [
-            "-m",
-            "node_agents.simengine",
-            "--run_mode",
-            mode,
-            "--host",
-            host,
-            "--port",
-            str(port),
+        config = [
             "--config_server_host",
             "127.0.0.1",
             "--config_server_port",
             str(self.config.port),
-            "--config_server_poll_s",
-            "0.5",
-            "--pd_reconnect_s",
-            "0.5",
-            *FAST_TIMING,
-            *extra,
         ]
-        if mode == "decode":
-            args += ["--pd_decode_rpyc_port", str(free_port(host))]
-        node = SimNodeProc(mode, host, port, self.group.python(f"{mode}{index}", *args))
+        args = [*config, "--config_server_poll_s", "0.5", *FAST_TIMING, *extra]
+        node = start_sim_node(self.group, mode, index, host, *args)
         self.nodes.append(node)
         return node
 

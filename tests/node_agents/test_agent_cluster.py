@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmark_client.localcluster import FAST_TIMING, Cluster, ProcGroup
+from benchmark_client.localcluster import FAST_TIMING, Cluster, ProcGroup, until_serving
 from config_server.localrun import start_config_server
 from tests.integration.load import Outcome, stream_one
 from tests.integration.multimaster import MultiMasterCluster
@@ -40,20 +40,6 @@ async def streams(url: str, n: int, tokens: int, timeout: float = 30) -> list[as
     return [
         asyncio.create_task(stream_one(client, url, p, tokens, timeout), name=p) for p in prompts
     ]
-
-
-async def until_serving(url: str, started: float, timeout: float) -> float:
-    """Seconds from ``started`` until a /generate succeeds (polling every 50 ms)."""
-    body = {"inputs": "Are you back?", "parameters": {"max_new_tokens": 4}}
-    async with httpx.AsyncClient(timeout=5) as client:
-        while time.monotonic() - started < timeout:
-            try:
-                if (await client.post(f"{url}/generate", json=body)).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"not serving {timeout} s after the kill")
 
 
 def test_engine_sigkilled_during_traffic_is_restarted_and_serves_again(
