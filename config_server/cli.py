@@ -8,6 +8,7 @@ PDCTL_ALLOW_CIDR.
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import logging
 import os
@@ -21,6 +22,8 @@ from config_server.registry import Registry
 from config_server.settings import ConfigServerSettings
 from config_server.store import open_store
 from pdwire.structs import LAYOUTS
+
+GC_GEN0_THRESHOLD = 50_000
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -129,6 +132,11 @@ def main(argv: list[str] | None = None) -> None:
         log_level=args.log_level,
         access_log=False,
     )
+    # The listings build a dict per record; at the default gen-0 threshold (700) every
+    # listing of 1,000 nodes set off collections whose full passes over the store's records
+    # put 30 ms into the listing's p99. The registry makes almost no reference cycles.
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     ConfigServerProcess(config, registry).run()
 
 
