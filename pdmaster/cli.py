@@ -17,6 +17,7 @@ from pdmaster.settings import MasterSettings
 from pdmaster.tokenizer import DEFAULT_MODEL_DIR
 from pdwire.structs import LAYOUTS
 
+WILDCARDS = ("0.0.0.0", "::", "")
 LIGHTLLM_STRATEGIES = {
     "random": "random",
     "round_robin": "round_robin",
@@ -201,6 +202,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
     settings = settings_from_args(args)
+    if settings.config_server and not settings.advertise_address and args.host in WILDCARDS:
+        logging.getLogger(__name__).warning(
+            "registering as %s, which nodes cannot dial: set --advertise_address host:port",
+            settings.public_address,
+        )
     app = create_app(settings)
     uvicorn.run(
         app,
