@@ -46,8 +46,11 @@ class MultiMasterCluster:
         self.config = start_config_server(self.group, *args, port=port)
         return self.config
 
-    def start_master(self, *extra: str, port: int | None = None) -> MasterProc:
-        assert self.config is not None
+    def start_master(
+        self, *extra: str, port: int | None = None, config: ConfigServer | None = None
+    ) -> MasterProc:
+        config = config or self.config
+        assert config is not None
         port = port or free_port()
         proc = self.group.python(
             f"master{len(self.masters)}",
@@ -60,7 +63,7 @@ class MultiMasterCluster:
             "--config_server_host",
             "127.0.0.1",
             "--config_server_port",
-            str(self.config.port),
+            str(config.port),
             "--lease_ttl",
             "3",
             "--kv_move_timeout",
@@ -72,16 +75,14 @@ class MultiMasterCluster:
         self.masters.append(master)
         return master
 
-    def add_node(self, mode: str, index: int, *extra: str) -> SimNodeProc:
-        assert self.config is not None
+    def add_node(
+        self, mode: str, index: int, *extra: str, config: ConfigServer | None = None
+    ) -> SimNodeProc:
+        server = config or self.config
+        assert server is not None
         host = f"127.0.0.{110 + index + (0 if mode == 'prefill' else 50)}"
-        config = [
-            "--config_server_host",
-            "127.0.0.1",
-            "--config_server_port",
-            str(self.config.port),
-        ]
-        args = [*config, "--config_server_poll_s", "0.5", *FAST_TIMING, *extra]
+        where = ["--config_server_host", "127.0.0.1", "--config_server_port", str(server.port)]
+        args = [*where, "--config_server_poll_s", "0.5", *FAST_TIMING, *extra]
         node = start_sim_node(self.group, mode, index, host, *args)
         self.nodes.append(node)
         return node

@@ -1,5 +1,5 @@
 """Multi-master mode: a config server, two masters and 2P/2D simulated nodes that find the
-masters through it (real processes, memory store)."""
+masters through it (real processes; memory store, and replicas on etcd)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from benchmark_client.localcluster import ProcGroup, wait_until
-from config_server.localrun import start_config_server
+from config_server.localrun import EtcdServer, start_config_server
 from pdmaster.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from pdwire.lightllm import LightLLMCodec
 from tests.integration.echo_model import expected
@@ -221,3 +221,25 @@ def test_a_master_registers_with_the_register_token(procs: ProcGroup) -> None:
     assert "master lease refused (403)" in bad.proc.log()
     assert "config server watch" in bad.proc.log()  # the watch is refused too
     assert "refused" not in good.proc.log() and "config server watch" not in good.proc.log()
+
+
+def test_replicas_on_etcd_serve_one_cluster(procs: ProcGroup, etcd: EtcdServer) -> None:
+    """Two config server replicas on one etcd: each master registers with a different
+    replica, each node polls one of them, and every node still finds both masters."""
+    c = MultiMasterCluster(procs)
+    replicas = [
+        start_config_server(
+            procs, "--store", "etcd", "--etcd-endpoints", etcd.endpoint, name=f"replica{i}"
+        )
+        for i in range(2)
+    ]
+    c.config = replicas[0]
+    for replica in replicas:
+        c.start_master(config=replica)
+    for i in range(2):
+        c.add_node("prefill", i, config=replicas[i])
+        c.add_node("decode", i, config=replicas[1 - i])
+    c.wait_joined(c.masters, 2, 2)
+    assert registered_ids(replicas[0].url) == registered_ids(replicas[1].url)
+    assert len(registered_ids(replicas[0].url)) == 2
+    assert_exact(c, asyncio.run(both_masters(c, 12, 6)))
