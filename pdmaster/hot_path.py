@@ -2,8 +2,10 @@
 
 A stream sends one chunk per decode step for as long as it runs; through FastAPI each chunk
 would pass every middleware's ``send`` wrapper and a task group per response. Here a stream
-costs one disconnect watcher and one ``send`` per chunk. Everything else (and every error
-before the first chunk, with the same JSON bodies) is the same as the FastAPI routes.
+costs one disconnect watcher and one ``send`` per chunk, and that ``send`` is made by the
+node's reader as the tokens arrive (``ChunkWriter``), not by a task woken for each token.
+Everything else (and every error before the first chunk, with the same JSON bodies) is the
+same as the FastAPI routes.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -104,6 +107,7 @@ async def _stream(
         task.cancel()
 
     watcher = asyncio.ensure_future(watch())
+    writer = ChunkWriter(endpoint.chunk, send)
     status = "client_closed"
     headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
     try:
@@ -117,9 +121,10 @@ async def _stream(
         await send({"type": "http.response.body", "body": endpoint.chunk(first), "more_body": True})
         while not run.finished:
             try:
-                entries = await run.next()
+                entries = await run.next(writer)
             except ApiError as exc:
                 status = f"stream_{exc.status}"
+                await writer.drain()
                 await send(
                     {
                         "type": "http.response.body",
@@ -128,11 +133,13 @@ async def _stream(
                     }
                 )
                 break
+            await writer.drain()
             await send(
                 {"type": "http.response.body", "body": endpoint.chunk(entries), "more_body": True}
             )
         else:
             status = "200"
+        await writer.drain()
         await send({"type": "http.response.body", "body": endpoint.trailer})
     except asyncio.CancelledError:
         if not gone.is_set():
@@ -142,4 +149,80 @@ async def _stream(
         pass  # the connection broke while writing
     finally:
         watcher.cancel()
+        writer.cancel()
         await run.end(status)
+
+
+class ChunkWriter:
+    """The sink of a stream: writes tokens as one chunk from the node reader, in its call.
+
+    ``send`` is driven by hand as far as it goes without waiting; when it must wait (the
+    client is not reading), the rest runs in a task and the writer declines tokens until it
+    is done, so they queue for the stream's task, which ``drain``s before it sends.
+    """
+
+    __slots__ = ("_chunk", "_send", "_pending")
+
+    def __init__(self, chunk: Callable[[list[TokenEntry]], bytes], send: Send) -> None:
+        self._chunk = chunk
+        self._send = send
+        self._pending: asyncio.Future[None] | None = None
+
+    def __call__(self, entries: list[TokenEntry]) -> bool:
+        pending = self._pending
+        if pending is not None:
+            if not pending.done() or pending.cancelled() or pending.exception() is not None:
+                return False
+            self._pending = None
+        message = {"type": "http.response.body", "body": self._chunk(entries), "more_body": True}
+        self._pending = send_now(self._send(message))
+        return True
+
+    async def drain(self) -> None:
+        """Wait for a write this writer left to a task (and raise what it raised)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+
+    def cancel(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+
+
+def send_now(sending: Awaitable[None]) -> asyncio.Future[None] | None:
+    """Run ``sending`` here until it first waits; None if it finished, else a task for the rest.
+
+    A failure before that is returned as a failed future, for the stream's task to meet.
+    """
+    if not asyncio.iscoroutine(sending):
+        return asyncio.ensure_future(sending)
+    coro = sending
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return None
+    except Exception as exc:
+        failed = asyncio.get_running_loop().create_future()
+        failed.set_exception(exc)
+        return failed
+    return asyncio.ensure_future(_resume(coro, waiting))
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Go on with a coroutine started outside any task, stepping it as a task would.
+
+    Each time what it waits for is done, it is sent None and reads the outcome itself.
+    """
+    try:
+        while True:
+            if asyncio.isfuture(waiting):
+                waiting._asyncio_future_blocking = False
+                await asyncio.wait((waiting,))
+            else:  # a bare yield: asyncio.sleep(0)
+                await asyncio.sleep(0)
+            waiting = coro.send(None)
+    except StopIteration:
+        return
+    except asyncio.CancelledError:
+        coro.close()
+        raise
