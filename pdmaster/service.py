@@ -80,13 +80,18 @@ class RequestRun:
     def finished(self) -> bool:
         return self._session.finished
 
-    async def start(self, request: Request) -> list[TokenEntry]:
-        """Queue for a slot and get the first token; any failure ends the run."""
+    async def start(self, request: Request | None = None) -> list[TokenEntry]:
+        """Queue for a slot and get the first token; any failure ends the run.
+
+        With ``request``, a client that leaves meanwhile raises ClientDisconnected; without,
+        the caller watches for that itself (and cancels this).
+        """
         started = self._s.clock()
         try:
             await self._s.admission.acquire()
             self._admitted = True
-            first = await until_disconnect(request, self._session.first())
+            work = self._session.first()
+            first = await (until_disconnect(request, work) if request else work)
         except ApiError as exc:
             await self.end(str(exc.status))
             raise

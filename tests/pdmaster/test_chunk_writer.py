@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from pdmaster.hot_path import ChunkWriter, send_now
+from pdmaster.chunk_writer import ChunkWriter, send_now
 from pdwire.lightllm import TokenEntry
 from pdwire.structs import FinishStatus
 
