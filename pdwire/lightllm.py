@@ -160,6 +160,9 @@ class LightLLMCodec:
             MultimodalParams: MultimodalParams.__lightllm_name__,
             _ctypes._unpickle: ("_ctypes", "_unpickle"),
         }
+        self._req_pickler = fastpickle.ReqPickler(
+            self._fast_names, ObjType.REQ, self.layout.SamplingParams, MultimodalParams
+        )
 
     # -- encoding ---------------------------------------------------------------------------
     def encode_req(
@@ -168,6 +171,9 @@ class LightLLMCodec:
         params: SamplingParamsBase,
         multimodal: MultimodalParams | None = None,
     ) -> bytes:
+        fast = self._req_pickler.dumps(prompt, params, multimodal)
+        if fast is not None:
+            return fast
         return self._dumps((ObjType.REQ, (prompt, params, multimodal or MultimodalParams())))
 
     def encode_abort(self, group_request_id: int) -> bytes:
