@@ -91,7 +91,7 @@ class RequestRun:
             await self._s.admission.acquire()
             self._admitted = True
             work = self._session.first()
-            first = await (until_disconnect(request, work) if request else work)
+            first = await (work if request is None else until_disconnect(request, work))
         except ApiError as exc:
             await self.end(str(exc.status))
             raise
