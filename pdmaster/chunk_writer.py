@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
+from types import CoroutineType
 from typing import Any
 
 from starlette.types import Send
@@ -57,9 +58,9 @@ def send_now(sending: Awaitable[None]) -> asyncio.Future[None] | None:
 
     A failure before that is returned as a failed future, for the stream's task to meet.
     """
-    if not asyncio.iscoroutine(sending):
+    if type(sending) is not CoroutineType:  # not an ``async def``: let a task run it
         return asyncio.ensure_future(sending)
-    coro = sending
+    coro: Coroutine[Any, Any, None] = sending
     try:
         waiting = coro.send(None)
     except StopIteration:
