@@ -49,7 +49,7 @@ def create_app(
 ) -> HotPathApp:
     """The master's ASGI app: FastAPI for every route, with the streaming hot path in front."""
     tokenizer = tokenizer or ModelTokenizer.from_model_dir(settings.model_dir)
-    codec = LightLLMCodec(settings.lightllm_version)
+    codec = LightLLMCodec(settings.lightllm_version, share_statuses=True)
     pool = NodePool(
         clock,
         lambda: CircuitBreaker(clock, settings.breaker_failures, settings.breaker_open_s),

@@ -19,7 +19,6 @@ from pdmaster.schemas import GenerateRequest
 from pdmaster.service import ClientDisconnected, GenerateService, RequestRun
 from pdmaster.settings import MasterSettings
 from pdmaster.tokenizer import ModelTokenizer
-from pdwire.lightllm import TokenEntry
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -87,10 +86,9 @@ def generate_stream_endpoint(
 ) -> SseEndpoint:
     """LightLLM's POST /generate_stream, served on the hot path (see hot_path.py)."""
 
-    async def open_run(request: Request) -> tuple[RequestRun, list[TokenEntry]]:
+    async def open_run(request: Request) -> RequestRun:
         body = await read_json(request, GenerateRequest, settings.max_body_bytes)
-        run = service.run("generate_stream", prepare(body, tokenizer, settings))
-        return run, await run.start(request)
+        return service.run("generate_stream", prepare(body, tokenizer, settings))
 
     return SseEndpoint(open_run, sse_events, sse_error)
 

@@ -21,7 +21,7 @@ from pdmaster.node_pool import NodeConnection
 from pdmaster.policies import RequestView
 from pdmaster.schemas import GenerateParameters
 from pdmaster.selection import PairSelector
-from pdmaster.tracking import RequestState, RequestTable
+from pdmaster.tracking import RequestState, RequestTable, Sink
 from pdwire.lightllm import LightLLMCodec, TokenEntry, UpKVStatus
 from pdwire.structs import SamplingParamsBase
 
@@ -93,6 +93,7 @@ class PDSession:
         self._state: RequestState | None = None
         self._prefill: NodeConnection | None = None
         self._decode: NodeConnection | None = None
+        self._sink: Sink | None = None
         self.finished = False
         self.closed = False
 
@@ -124,13 +125,22 @@ class PDSession:
                 await self.close()
                 raise
 
-    async def next(self) -> list[TokenEntry]:
-        """The next tokens from the decode node."""
+    async def next(self, sink: Sink | None = None) -> list[TokenEntry]:
+        """The next tokens from the decode node.
+
+        Meanwhile ``sink`` gets the tokens that end nothing as they arrive (see ``tracking``);
+        what it takes counts as delivered, and is not returned.
+        """
         state, decode = self._state, self._decode
         assert state is not None and decode is not None and not self.finished
+        self._sink = sink
         try:
             entries = self._after(
-                await state.take(*self._until(self._d.settings.token_idle_timeout_s), "token")
+                await state.take(
+                    *self._until(self._d.settings.token_idle_timeout_s),
+                    "token",
+                    self._push if sink is not None else None,
+                )
             )
         except ApiError as exc:
             self._record_failure(decode, exc)
@@ -142,6 +152,20 @@ class PDSession:
         if self.finished:
             decode.breaker.record(True)
         return entries
+
+    def _push(self, entries: list[TokenEntry]) -> bool:
+        """Offer tokens to the sink; a last token or a bad status goes the way of ``next``."""
+        for entry in entries:
+            if entry[3].status:
+                return False
+        state, sink = self._state, self._sink
+        now = self._d.clock()
+        left = self._deadline - now
+        if state is None or sink is None or left <= 0 or not sink(entries):
+            return False
+        seconds = min(self._d.settings.token_idle_timeout_s, left)
+        state.extend_wait(now + seconds, seconds)
+        return True
 
     @property
     def group_id(self) -> int | None:

@@ -2,8 +2,10 @@
 
 A stream sends one chunk per decode step for as long as it runs; through FastAPI each chunk
 would pass every middleware's ``send`` wrapper and a task group per response. Here a stream
-costs one disconnect watcher and one ``send`` per chunk. Everything else (and every error
-before the first chunk, with the same JSON bodies) is the same as the FastAPI routes.
+costs one disconnect watcher and one ``send`` per chunk, and that ``send`` is made by the
+node's reader as the tokens arrive (``chunk_writer``), not by a task woken for each token.
+Everything else (and every error before the first chunk, with the same JSON bodies) is the
+same as the FastAPI routes.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import orjson
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pdmaster.chunk_writer import ChunkWriter
 from pdmaster.errors import ApiError, Overloaded
 from pdmaster.request_id import HEADER, client_request_id
-from pdmaster.service import ClientDisconnected, RequestRun
+from pdmaster.service import RequestRun
 from pdwire.lightllm import TokenEntry
 
 log = logging.getLogger(__name__)
@@ -28,9 +31,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SseEndpoint:
-    """How one streaming endpoint opens a run and formats its chunks."""
+    """How one streaming endpoint opens a run (reads and checks the request) and formats it."""
 
-    open: Callable[[Request], Awaitable[tuple[RequestRun, list[TokenEntry]]]]
+    open: Callable[[Request], Awaitable[RequestRun]]
     chunk: Callable[[list[TokenEntry]], bytes]
     error_chunk: Callable[[ApiError], bytes]
     trailer: bytes = b""
@@ -58,23 +61,19 @@ class HotPathApp:
         request_id = client_request_id(scope["headers"]) or uuid.uuid4().hex.encode()
         scope.setdefault("state", {})["request_id"] = request_id.decode("latin-1")
         try:
-            run, first = await endpoint.open(Request(scope, receive))
-        except ClientDisconnected:
+            run = await endpoint.open(Request(scope, receive))
+        except Exception as exc:
+            await _respond_error(send, exc, request_id)
             return
-        except ApiError as exc:
-            await _respond(send, *error_response(exc), request_id)
-            return
-        except Exception as exc:  # same answer as the app's catch-all handler
-            log.exception("request %s: unexpected error", request_id.decode("latin-1"))
-            error = ApiError(f"{type(exc).__name__}: {exc}", code="internal_error")
-            await _respond(send, *error_response(error), request_id)
-            return
-        await _stream(endpoint, run, first, receive, send, request_id)
+        await _serve(endpoint, run, receive, send, request_id)
 
 
-async def _respond(
-    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes, request_id: bytes
-) -> None:
+async def _respond_error(send: Send, exc: Exception, request_id: bytes) -> None:
+    """The JSON error answer; anything but an ApiError is logged, as the app's catch-all does."""
+    if not isinstance(exc, ApiError):
+        log.exception("request %s: unexpected error", request_id.decode("latin-1"))
+        exc = ApiError(f"{type(exc).__name__}: {exc}", code="internal_error")
+    status, headers, body = error_response(exc)
     await send(
         {
             "type": "http.response.start",
@@ -85,28 +84,34 @@ async def _respond(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _stream(
-    endpoint: SseEndpoint,
-    run: RequestRun,
-    first: list[TokenEntry],
-    receive: Receive,
-    send: Send,
-    request_id: bytes,
+async def _serve(
+    endpoint: SseEndpoint, run: RequestRun, receive: Receive, send: Send, request_id: bytes
 ) -> None:
+    """Start the run, then stream it; a client that leaves cancels this task, wherever it is.
+
+    A stream's last chunk and the end of the body go out in one write.
+    """
     task = asyncio.current_task()
     assert task is not None
-    gone = asyncio.Event()
+    gone = False
 
     async def watch() -> None:
+        nonlocal gone
         while (await receive())["type"] != "http.disconnect":
             pass
-        gone.set()
+        gone = True
         task.cancel()
 
     watcher = asyncio.ensure_future(watch())
+    writer = ChunkWriter(endpoint.chunk, send)
     status = "client_closed"
-    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
     try:
+        try:
+            first = await run.start()
+        except Exception as exc:  # the run has ended itself
+            await _respond_error(send, exc, request_id)
+            return
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         await send(
             {
                 "type": "http.response.start",
@@ -114,32 +119,28 @@ async def _stream(
                 "headers": [*headers, (HEADER, request_id)],
             }
         )
-        await send({"type": "http.response.body", "body": endpoint.chunk(first), "more_body": True})
+        body = endpoint.chunk(first)
         while not run.finished:
+            await send({"type": "http.response.body", "body": body, "more_body": True})
             try:
-                entries = await run.next()
+                entries = await run.next(writer)
             except ApiError as exc:
                 status = f"stream_{exc.status}"
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": endpoint.error_chunk(exc),
-                        "more_body": True,
-                    }
-                )
+                await writer.drain()
+                body = endpoint.error_chunk(exc)
                 break
-            await send(
-                {"type": "http.response.body", "body": endpoint.chunk(entries), "more_body": True}
-            )
+            await writer.drain()
+            body = endpoint.chunk(entries)
         else:
             status = "200"
-        await send({"type": "http.response.body", "body": endpoint.trailer})
+        await send({"type": "http.response.body", "body": body + endpoint.trailer})
     except asyncio.CancelledError:
-        if not gone.is_set():
+        if not gone:
             raise
         task.uncancel()  # the client left: end quietly, the ABORTs go out below
     except OSError:
         pass  # the connection broke while writing
     finally:
         watcher.cancel()
+        writer.cancel()
         await run.end(status)

@@ -17,6 +17,7 @@ from pdmaster.admission import Admission
 from pdmaster.dispatch import PDDispatcher, PDSession, PreparedRequest
 from pdmaster.errors import ApiError
 from pdmaster.metrics import MasterMetrics
+from pdmaster.tracking import Sink
 from pdwire.lightllm import TokenEntry
 
 T = TypeVar("T")
@@ -73,18 +74,24 @@ class RequestRun:
         self._admitted = False
         self._ended = False
         self._last = 0.0
+        self._sink: Sink | None = None
 
     @property
     def finished(self) -> bool:
         return self._session.finished
 
-    async def start(self, request: Request) -> list[TokenEntry]:
-        """Queue for a slot and get the first token; any failure ends the run."""
+    async def start(self, request: Request | None = None) -> list[TokenEntry]:
+        """Queue for a slot and get the first token; any failure ends the run.
+
+        With ``request``, a client that leaves meanwhile raises ClientDisconnected; without,
+        the caller watches for that itself (and cancels this).
+        """
         started = self._s.clock()
         try:
             await self._s.admission.acquire()
             self._admitted = True
-            first = await until_disconnect(request, self._session.first())
+            work = self._session.first()
+            first = await (work if request is None else until_disconnect(request, work))
         except ApiError as exc:
             await self.end(str(exc.status))
             raise
@@ -98,12 +105,23 @@ class RequestRun:
         self._s.metrics.ttft.observe(self._last - started)
         return first
 
-    async def next(self) -> list[TokenEntry]:
-        entries = await self._session.next()
+    async def next(self, sink: Sink | None = None) -> list[TokenEntry]:
+        """The next tokens; meanwhile ``sink`` may take those that end nothing, as they come."""
+        self._sink = sink
+        entries = await self._session.next(self._push if sink is not None else None)
+        self._delivered()
+        return entries
+
+    def _push(self, entries: list[TokenEntry]) -> bool:
+        if self._sink is None or not self._sink(entries):
+            return False
+        self._delivered()
+        return True
+
+    def _delivered(self) -> None:
         now = self._s.clock()
         self._s.metrics.itl.observe(now - self._last)
         self._last = now
-        return entries
 
     async def run_to_end(
         self,

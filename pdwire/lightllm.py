@@ -133,7 +133,12 @@ def dumps(obj: Any) -> bytes:
 class LightLLMCodec:
     """Encoder and restricted decoder for one LightLLM version's PD messages."""
 
-    def __init__(self, version: str = "v1.1.0") -> None:
+    def __init__(self, version: str = "v1.1.0", *, share_statuses: bool = False) -> None:
+        """``share_statuses``: decode every FinishStatus of a value to one shared instance.
+
+        Saves an object per token for a reader that never changes or re-encodes them (a
+        re-encoded frame would hold memo references where LightLLM's has copies).
+        """
         self.layout: Layout = layout_for(version)
         self.version = version
         self.token_packs_carry_load = version != "fc72ffa"
@@ -146,6 +151,8 @@ class LightLLMCodec:
             ("_ctypes", "_unpickle"): self._restore_struct,
         }
         self._structs = {self.layout.SamplingParams, FinishStatus}
+        self._share_statuses = share_statuses
+        self._statuses: dict[bytes, FinishStatus] = {}  # raw bytes -> the shared instance
         self._fast_names: dict[Any, tuple[str, str]] = {
             ObjType: ObjType.__lightllm_name__,  # type: ignore[attr-defined]
             FinishStatus: FinishStatus.__lightllm_name__,  # type: ignore[attr-defined]
@@ -153,6 +160,9 @@ class LightLLMCodec:
             MultimodalParams: MultimodalParams.__lightllm_name__,
             _ctypes._unpickle: ("_ctypes", "_unpickle"),
         }
+        self._req_pickler = fastpickle.ReqPickler(
+            self._fast_names, ObjType.REQ, self.layout.SamplingParams, MultimodalParams
+        )
 
     # -- encoding ---------------------------------------------------------------------------
     def encode_req(
@@ -161,6 +171,9 @@ class LightLLMCodec:
         params: SamplingParamsBase,
         multimodal: MultimodalParams | None = None,
     ) -> bytes:
+        fast = self._req_pickler.dumps(prompt, params, multimodal)
+        if fast is not None:
+            return fast
         return self._dumps((ObjType.REQ, (prompt, params, multimodal or MultimodalParams())))
 
     def encode_abort(self, group_request_id: int) -> bytes:
@@ -253,6 +266,10 @@ class LightLLMCodec:
         return objs
 
     def _restore_struct(self, cls: Any, state: Any) -> ctypes.Structure:
+        if cls is FinishStatus and type(state) is tuple and len(state) == 2:
+            shared = self._statuses.get(state[1]) if type(state[1]) is bytes else None
+            if shared is not None:
+                return shared
         if cls not in self._structs:
             raise ForbiddenGlobalError("_ctypes", f"_unpickle({cls!r})")
         if not (isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], bytes)):
@@ -264,7 +281,10 @@ class LightLLMCodec:
                 f"{cls.__name__} is {len(raw)} bytes but the LightLLM {self.version} layout has "
                 f"{expected}: does the peer run another LightLLM version (--lightllm_version)?"
             )
-        return cls.from_buffer_copy(raw)
+        obj = cls.from_buffer_copy(raw)
+        if self._share_statuses and cls is FinishStatus and len(self._statuses) < 16:  # 0, 1, 2
+            self._statuses[raw] = obj
+        return obj
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from pdwire.lightllm import LightLLMCodec, ObjType, dumps
+from pdwire.lightllm import LightLLMCodec, MultimodalParams, ObjType, dumps
 from pdwire.structs import FinishStatus
 
 TEXTS = ["", " is", "é", "✓ unicode", "x" * 255, "y" * 256, "long " * 100, "\ud800"[:0]]
@@ -77,3 +77,40 @@ def test_messages_past_one_frame_fall_back_to_the_general_pickler() -> None:
     assert len(raw) > 64 * 1024
     assert raw == dumps((ObjType.TOKEN_PACKS, entries, {}))
     assert codec.decode_token_packs(codec.decode_node_message(raw)[1])[1999][0] == 8 * 1999
+
+
+def random_req(rng: random.Random, codec: LightLLMCodec) -> tuple:
+    prompt: str | list[int] = (
+        rng.choice(TEXTS) + str(rng.random())
+        if rng.random() < 0.5
+        else [rng.choice(INTS[:10]) for _ in range(rng.choice([0, 1, 2, 5, 1001, 3000]))]
+    )
+    params = codec.layout.new_sampling_params()
+    params.max_new_tokens = rng.randint(1, 4096)
+    params.group_request_id = rng.randrange(2**40)
+    params.temperature = rng.random()
+    if rng.random() < 0.5:
+        params.set_stop_sequences([[13, 13]], ["\n\n"])
+    if rng.random() < 0.1:
+        params.note = "an instance attribute"  # type: ignore[attr-defined]
+    multimodal = rng.choice([None, MultimodalParams(), MultimodalParams(images=[{"x": 1}])])
+    return prompt, params, multimodal
+
+
+@pytest.mark.parametrize("version", ["v1.1.0", "fc72ffa"])
+def test_req_frames_equal_the_general_pickler(version: str) -> None:
+    codec = LightLLMCodec(version)
+    rng = random.Random(99)
+    for _ in range(200):
+        prompt, params, multimodal = random_req(rng, codec)
+        message = (ObjType.REQ, (prompt, params, multimodal or MultimodalParams()))
+        assert codec.encode_req(prompt, params, multimodal) == dumps(message)
+
+
+def test_req_frames_past_one_frame_fall_back_to_the_general_pickler() -> None:
+    codec = LightLLMCodec()
+    prompt = list(range(70_000, 90_000))
+    params = codec.layout.new_sampling_params()
+    raw = codec.encode_req(prompt, params)
+    assert len(raw) > 64 * 1024
+    assert raw == dumps((ObjType.REQ, (prompt, params, MultimodalParams())))

@@ -133,6 +133,21 @@ def test_token_packs_decode_to_entries_and_load(golden_root: Path, version: str)
         assert load is None
 
 
+def test_decoded_statuses_are_shared_per_value_and_still_checked() -> None:
+    codec = LightLLMCodec(share_statuses=True)
+    entries = [(8 * i, "t", {"id": i}, FinishStatus(i % 3)) for i in range(6)]
+    for _ in range(2):  # the second frame is served from the shared instances
+        _, payload, _ = codec.decode_node_message(codec.encode_token_packs(entries, None))
+        decoded = codec.decode_token_packs(payload)
+        assert [e[3].status for e in decoded] == [0, 1, 2, 0, 1, 2]
+        assert decoded[0][3] is decoded[3][3]
+    wrong_size = dumps((ObjType.TOKEN_PACKS, [(8, "t", {}, FinishStatus(0))], {})).replace(
+        b"C\x04\x00\x00\x00\x00", b"C\x05\x00\x00\x00\x00\x00"
+    )
+    with pytest.raises(MalformedMessageError, match="FinishStatus is 5 bytes"):
+        codec.loads(wrong_size)
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_token_packs_built_from_scratch_equal_lightllm_bytes(
     golden_root: Path, version: str

@@ -1,0 +1,92 @@
+"""Writing a stream's chunks from the node reader, in its call (see ``tracking``'s sinks).
+
+ASGI's ``send`` is a coroutine; when the client keeps up it never waits (the server writes
+to the socket and returns), so the reader can drive it by hand instead of waking the
+stream's task. When it must wait, a task finishes it and the stream's task takes over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from types import CoroutineType
+from typing import Any
+
+from starlette.types import Send
+
+from pdwire.lightllm import TokenEntry
+
+
+class ChunkWriter:
+    """The sink of a stream: writes tokens as one chunk from the node reader, in its call.
+
+    ``send`` is driven by hand as far as it goes without waiting; when it must wait (the
+    client is not reading), the rest runs in a task and the writer declines tokens until it
+    is done, so they queue for the stream's task, which ``drain``s before it sends.
+    """
+
+    __slots__ = ("_chunk", "_send", "_pending")
+
+    def __init__(self, chunk: Callable[[list[TokenEntry]], bytes], send: Send) -> None:
+        self._chunk = chunk
+        self._send = send
+        self._pending: asyncio.Future[None] | None = None
+
+    def __call__(self, entries: list[TokenEntry]) -> bool:
+        pending = self._pending
+        if pending is not None:
+            if not pending.done() or pending.cancelled() or pending.exception() is not None:
+                return False
+            self._pending = None
+        message = {"type": "http.response.body", "body": self._chunk(entries), "more_body": True}
+        self._pending = send_now(self._send(message))
+        return True
+
+    async def drain(self) -> None:
+        """Wait for a write this writer left to a task (and raise what it raised)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+
+    def cancel(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+
+
+def send_now(sending: Awaitable[None]) -> asyncio.Future[None] | None:
+    """Run ``sending`` here until it first waits; None if it finished, else a task for the rest.
+
+    A failure before that is returned as a failed future, for the stream's task to meet.
+    """
+    if type(sending) is not CoroutineType:  # not an ``async def``: let a task run it
+        return asyncio.ensure_future(sending)
+    coro: Coroutine[Any, Any, None] = sending
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return None
+    except Exception as exc:
+        failed = asyncio.get_running_loop().create_future()
+        failed.set_exception(exc)
+        return failed
+    return asyncio.ensure_future(_resume(coro, waiting))
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Go on with a coroutine started outside any task, stepping it as a task would.
+
+    Each time what it waits for is done, it is sent None and reads the outcome itself.
+    """
+    try:
+        while True:
+            if asyncio.isfuture(waiting):
+                waiting._asyncio_future_blocking = False
+                await asyncio.wait((waiting,))
+            else:  # a bare yield: asyncio.sleep(0)
+                await asyncio.sleep(0)
+            waiting = coro.send(None)
+    except StopIteration:
+        return
+    except asyncio.CancelledError:
+        coro.close()
+        raise
