@@ -101,6 +101,7 @@ async def run_request(
             pending = b""
             async for chunk in response.chunks():
                 now = clock()
+                wall = time.time() if stamped else 0.0  # on arrival, before parsing
                 pending += chunk
                 complete, _, pending = pending.rpartition(b"\n\n")
                 if not complete:
@@ -109,7 +110,6 @@ async def run_request(
                 record.token_times.extend([now] * n)
                 record.output_tokens += n
                 if stamped:
-                    wall = time.time()
                     record.delivery_s.extend(wall - sent for sent in _stamps(texts))
                 if error:
                     record.error = error
