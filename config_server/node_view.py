@@ -4,7 +4,8 @@ A master's lease carries ``info.nodes``: the prefill/decode nodes connected to i
 role, address, in-flight requests, draining). The listing uses it twice:
 
 - every node record gets ``info.connected_masters``: the ids of the masters that report a
-  connection from its address (plus any the agent itself put there);
+  connection from its address (plus any the agent itself put there), and
+  ``info.in_flight_requests``, the sum of what those masters have running on it;
 - a node connected to a master but run without an agent (a LightLLM node started by hand,
   or a simulated engine) still appears, as a record ``registered_via: "master_report"``
   with state CONNECTED (DRAINING when a master drains it), living as long as the
@@ -34,6 +35,8 @@ def joined_nodes(
         own = info.get("connected_masters")
         ids = {str(m) for m in own} if isinstance(own, list) else set()
         info["connected_masters"] = sorted(ids | {master["id"] for master, _ in found})
+        if found:  # the node's load as its masters count it
+            info["in_flight_requests"] = _in_flight(found)
         out.append({**record, "info": info})
     for address, found in reports.items():
         out.append(_reported_node(address, found))
@@ -55,10 +58,18 @@ def _reported_node(
         "ttl_s": first_master["ttl_s"],
         "info": {
             "connected_masters": sorted(master["id"] for master, _ in found),
-            "in_flight_requests": sum(int(r.get("in_flight_requests") or 0) for _, r in found),
+            "in_flight_requests": _in_flight(found),
         },
         "registered_at": min(m["registered_at"] for m, _ in found),
         "last_heartbeat": max(m["last_heartbeat"] for m, _ in found),
         "lease_expires_at": max(m["lease_expires_at"] for m, _ in found),
         "registered_via": "master_report",
     }
+
+
+def _in_flight(found: list[tuple[dict[str, Any], dict[str, Any]]]) -> int:
+    total = 0
+    for _, report in found:
+        value = report.get("in_flight_requests")
+        total += value if isinstance(value, int) else 0
+    return total

@@ -24,9 +24,14 @@ def report(address: str, role: str = "prefill", **extra: object) -> dict:
 def test_agent_records_learn_which_masters_report_them() -> None:
     agent = {"id": "p0", "kind": "node", "address": "10.0.0.2:8019", "info": {"pid": 5}}
     out = joined_nodes(
-        [agent], [master("m1", report("10.0.0.2:8019")), master("m22", report("10.0.0.2:8019"))]
+        [agent],
+        [
+            master("m1", report("10.0.0.2:8019", in_flight_requests=4)),
+            master("m22", report("10.0.0.2:8019", in_flight_requests="x")),
+        ],
     )
-    assert out == [{**agent, "info": {"pid": 5, "connected_masters": ["m1", "m22"]}}]
+    info = {"pid": 5, "connected_masters": ["m1", "m22"], "in_flight_requests": 4}
+    assert out == [{**agent, "info": info}]
     assert agent["info"] == {"pid": 5}  # the stored record is not changed
 
 
