@@ -63,20 +63,31 @@ wait_for() {  # wait_for WHAT SECONDS COMMAND...: until COMMAND succeeds, or fai
   exit 1
 }
 
+http() {  # http URL [JSON_BODY]: GET (or POST the body), print the answer; fail unless 2xx
+  # Python rather than curl, which a fresh machine may not have.
+  "$PYTHON" -c '
+import sys, urllib.request
+data = sys.argv[2].encode() if len(sys.argv) > 2 else None
+request = urllib.request.Request(sys.argv[1], data, {"Content-Type": "application/json"})
+with urllib.request.urlopen(request, timeout=30) as reply:
+    sys.stdout.write(reply.read().decode())
+' "$@"
+}
+
 all_nodes_joined() {  # all_nodes_joined URL: the master at URL sees 2 prefill + 2 decode
-  curl -fsS "$1/readiness" | grep -q '"prefill_nodes":2,"decode_nodes":2'
+  http "$1/readiness" | grep -q '"prefill_nodes":2,"decode_nodes":2'
 }
 
 config_url="http://127.0.0.1:$CONFIG_SERVER_PORT"
 start config_server bash "$here/config_server.sh" 127.0.0.1
-wait_for "the config server" 30 curl -fsS "$config_url/readiness"
+wait_for "the config server" 30 http "$config_url/readiness"
 
 for i in "${!MASTER_PORTS[@]}"; do
   start "master$i" env PD_MASTER_PORT="${MASTER_PORTS[$i]}" \
     bash "$here/pd_master.sh" 127.0.0.1 127.0.0.1
 done
 for port in "${MASTER_PORTS[@]}"; do
-  wait_for "the master on port $port" 30 curl -fsS "http://127.0.0.1:$port/health"
+  wait_for "the master on port $port" 30 http "http://127.0.0.1:$port/health"
 done
 
 for i in 0 1; do
@@ -100,7 +111,7 @@ echo "  decode agents 127.0.0.4-5 (engine :8121, agent :9121)"
 echo "request: $request"
 for port in "${MASTER_PORTS[@]}"; do
   echo -n "answer from the master on port $port:  "
-  curl -fsS "http://127.0.0.1:$port/generate" -H 'Content-Type: application/json' -d "$request"
+  http "http://127.0.0.1:$port/generate" "$request"
   echo
 done
 ((once)) && exit 0
