@@ -4,7 +4,8 @@
     its text (``--text_mode timestamp``); the client subtracts it from the arrival time.
     Same host, same clock. 64-token streams at 1, 64, 512 and 2048 concurrent streams,
     through the master (decode node -> master -> client) and from a normal-mode engine
-    straight to the client; the master's share is the difference.
+    straight to the client; the master's share is the difference. ``--rounds`` (3)
+    alternating rounds per level are pooled, so drift and one noisy round weigh less.
 (b) The same workload (64 streams, 128 prompt / 64 output tokens) through the PD master and
     against the simulated engine serving /generate_stream itself (``--run_mode normal``):
     TTFT and inter-token latency, and their ratio.
@@ -37,17 +38,20 @@ def normal_engine(group: ProcGroup, name: str, *extra: str) -> tuple[str, int]:
     return host, port
 
 
-def delivery(group: ProcGroup, levels: list[int], tokens: int) -> list[dict]:
+def delivery(group: ProcGroup, levels: list[int], tokens: int, rounds: int) -> list[dict]:
+    """Per level, ``rounds`` alternating rounds through the master and straight from the
+    engine; each side's percentiles come from all its rounds' tokens together."""
     c = cluster(group, decode=[["--text_mode", "timestamp"]])
     host, port = normal_engine(group, "normal-stamped", "--text_mode", "timestamp")
+    urls = {"pd": f"{c.url}/generate_stream", "direct": f"http://{host}:{port}/generate_stream"}
     out = []
     for streams in levels:
-        row: dict = {"streams": streams}
-        for name, url in (
-            ("pd", f"{c.url}/generate_stream"),
-            ("direct", f"http://{host}:{port}/generate_stream"),
-        ):
-            records, _ = load(url, streams, streams, 16, tokens, stamped=True)
+        row: dict = {"streams": streams, "rounds": rounds}
+        pooled: dict[str, list] = {"pd": [], "direct": []}
+        for _ in range(rounds):
+            for name, url in urls.items():
+                pooled[name] += load(url, streams, streams, 16, tokens, stamped=True)[0]
+        for name, records in pooled.items():
             d = summarize(records, 1.0)["delivery_s"]
             row[name] = {
                 "p50_ms": d["p50"] * 1e3,
@@ -70,11 +74,13 @@ def pd_vs_direct(group: ProcGroup, requests: int, streams: int) -> dict:
 
 
 def main() -> None:
-    args = parser(__doc__ or "").parse_args()
+    p = parser(__doc__ or "")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per level")
+    args = p.parse_args()
     levels = [1, 64] if args.smoke else [1, 64, 512, 2048]
     group = workdir()
     try:
-        added = delivery(group, levels, 16 if args.smoke else 64)
+        added = delivery(group, levels, 16 if args.smoke else 64, 1 if args.smoke else args.rounds)
         group.stop_all()
         group.procs.clear()
         compare = pd_vs_direct(group, 64 if args.smoke else 256, 16 if args.smoke else 64)
