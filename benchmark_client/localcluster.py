@@ -151,6 +151,15 @@ class SimNodeProc:
         return httpx.get(f"{self.url}/sim/stats", timeout=2).json()
 
 
+def start_master_proc(group: ProcGroup, name: str, port: int, *args: str) -> Proc:
+    """``python -m pdmaster`` on 127.0.0.1:``port``, waiting until it answers /health."""
+    argv = ["-m", "pdmaster", "--host", "127.0.0.1", "--port", str(port), *args]
+    proc = group.python(name, *argv)
+    url = f"http://127.0.0.1:{port}/health"
+    wait_until(lambda: http_ok(url), 20, f"{name} to answer /health")
+    return proc
+
+
 def start_sim_node(group: ProcGroup, mode: str, index: int, host: str, *args: str) -> SimNodeProc:
     """A simulated node on ``host`` (free ports; decode nodes get a KV hand-off port);
     ``args`` say where its masters are, its timing and anything else."""
@@ -175,17 +184,7 @@ class Cluster:
 
     def start_master(self, *extra: str) -> None:
         self.master_port = free_port()
-        self.master = self.group.python(
-            "master",
-            "-m",
-            "pdmaster",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.master_port),
-            *extra,
-        )
-        wait_until(lambda: http_ok(f"{self.url}/health"), 20, "the master to answer /health")
+        self.master = start_master_proc(self.group, "master", self.master_port, *extra)
 
     def add_node(
         self, mode: str, index: int, *extra: str, timing: list[str] = FAST_TIMING

@@ -16,15 +16,13 @@ shows it draining and when its ``in_flight_requests`` are done.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 
-from node_agents.registration import base_url
+from pdwire.api import base_url
 from pdwire.errors import WireError
 from pdwire.lightllm import LightLLMCodec
 
@@ -56,9 +54,8 @@ class MasterDirectory:
         reply = await self._client.get(url, timeout=self._timeout_s)
         reply.raise_for_status()
         try:
-            data = base64.b64decode(reply.json()["data"])
-            masters = self._codec.decode_registered_objects(data)
-        except (KeyError, TypeError, ValueError, binascii.Error, WireError) as exc:
+            masters = self._codec.decode_registered_objects_answer(reply.json())
+        except (ValueError, WireError) as exc:
             raise ValueError(f"unreadable /registered_objects answer: {exc}") from None
         return sorted(m.host_ip_port for m in masters.values())
 

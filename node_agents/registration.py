@@ -17,11 +17,9 @@ from typing import Any
 
 import httpx
 
+from pdwire.api import base_url
+
 log = logging.getLogger(__name__)
-
-
-def base_url(address: str) -> str:
-    return (address if "://" in address else f"http://{address}").rstrip("/")
 
 
 class Registrar:

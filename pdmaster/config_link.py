@@ -26,7 +26,8 @@ import httpx
 from pdmaster.admission import Admission
 from pdmaster.id_ranges import IdRangeSource
 from pdmaster.node_pool import NodePool
-from pdmaster.registration import MasterRegistration, base_url
+from pdmaster.registration import MasterRegistration
+from pdwire.api import base_url
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
+from pdwire.api import base_url
 from pdwire.lightllm import MAX_BEST_OF
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,7 @@ class IdRangeSource:
         retry_max_s: float = 5.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        url = config_server if "://" in config_server else f"http://{config_server}"
-        self._url = url.rstrip("/") + path
+        self._url = base_url(config_server) + path
         self._client = client
         self._step = step
         self._prefetch_at = prefetch_at

@@ -27,15 +27,10 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
+from pdwire.api import base_url
 from pdwire.lightllm import LightLLMCodec, PD_Master_Obj
 
 log = logging.getLogger(__name__)
-
-
-def base_url(config_server: str) -> str:
-    """``host:port`` or a URL -> ``http://host:port`` without a trailing slash."""
-    url = config_server if "://" in config_server else f"http://{config_server}"
-    return url.rstrip("/")
 
 
 class MasterRegistration:

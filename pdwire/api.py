@@ -40,6 +40,11 @@ def is_valid_id(value: str) -> bool:
     return bool(ID_PATTERN.match(value))
 
 
+def base_url(address: str) -> str:
+    """``host:port`` or a URL -> ``http://host:port`` (or the URL) without a trailing slash."""
+    return (address if "://" in address else f"http://{address}").rstrip("/")
+
+
 def check_address(value: str) -> str:
     """``host:port`` with an IPv4 address, a bracketed IPv6 address or a DNS name."""
     host, sep, port = value.rpartition(":")

@@ -8,6 +8,8 @@ Decoding never runs code from the network: only the allowlisted globals resolve.
 from __future__ import annotations
 
 import _ctypes
+import base64
+import binascii
 import ctypes
 import enum
 import io
@@ -264,6 +266,17 @@ class LightLLMCodec:
         ):
             raise MalformedMessageError("expected a pickled dict of node_id -> PD_Master_Obj")
         return objs
+
+    def decode_registered_objects_answer(self, answer: Any) -> dict[int, PD_Master_Obj]:
+        """``GET /registered_objects``'s JSON: ``{"data": base64 of the pickled dict}``."""
+        data = answer.get("data") if isinstance(answer, dict) else None
+        if not isinstance(data, str):
+            raise MalformedMessageError('expected {"data": "<base64 pickle>"}')
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except binascii.Error as exc:
+            raise MalformedMessageError(f"data is not base64: {exc}") from None
+        return self.decode_registered_objects(raw)
 
     def _restore_struct(self, cls: Any, state: Any) -> ctypes.Structure:
         if cls is FinishStatus and type(state) is tuple and len(state) == 2:

@@ -17,8 +17,6 @@ its connection. Usage::
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
 import time
@@ -26,6 +24,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
+from pdwire.api import base_url
 from pdwire.errors import WireError
 from pdwire.lightllm import LightLLMCodec, PD_Master_Obj
 
@@ -50,8 +49,7 @@ class MasterDiscovery:
         codec: LightLLMCodec | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        url = config_server if "://" in config_server else f"http://{config_server}"
-        self._url = url.rstrip("/") + "/registered_objects"
+        self._url = base_url(config_server) + "/registered_objects"
         self._client = client
         self._on_change = on_change
         self._interval_s = interval_s
@@ -129,9 +127,8 @@ class MasterDiscovery:
         try:
             reply = await self._client.get(self._url, timeout=10.0)
             reply.raise_for_status()
-            data = base64.b64decode(reply.json()["data"], validate=True)
-            return self._codec.decode_registered_objects(data)
-        except (httpx.HTTPError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+            return self._codec.decode_registered_objects_answer(reply.json())
+        except (httpx.HTTPError, ValueError) as exc:
             log.warning("cannot read masters from %s: %r", self._url, exc)
         except WireError as exc:
             log.error("refusing the master list from %s: %s", self._url, exc)

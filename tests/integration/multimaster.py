@@ -12,7 +12,7 @@ from benchmark_client.localcluster import (
     ProcGroup,
     SimNodeProc,
     free_port,
-    http_ok,
+    start_master_proc,
     start_sim_node,
     wait_until,
 )
@@ -52,26 +52,11 @@ class MultiMasterCluster:
         config = config or self.config
         assert config is not None
         port = port or free_port()
-        proc = self.group.python(
-            f"master{len(self.masters)}",
-            "-m",
-            "pdmaster",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--config_server_host",
-            "127.0.0.1",
-            "--config_server_port",
-            str(config.port),
-            "--lease_ttl",
-            "3",
-            "--kv_move_timeout",
-            "5",
-            *extra,
+        where = ["--config_server_host", "127.0.0.1", "--config_server_port", str(config.port)]
+        args = [*where, "--lease_ttl", "3", "--kv_move_timeout", "5", *extra]
+        master = MasterProc(
+            port, start_master_proc(self.group, f"master{len(self.masters)}", port, *args)
         )
-        master = MasterProc(port, proc)
-        wait_until(lambda: http_ok(f"{master.url}/health"), 20, "a master to answer /health")
         self.masters.append(master)
         return master
 
