@@ -21,28 +21,5 @@
 #   PDCTL_ADMIN_TOKEN     bearer token for the masters' admin API (drain)
 set -euo pipefail
 
-if (($# < 2)); then
-  echo "usage: $0 <host> <config_server_host> [agent flags...] [-- engine flags...]" >&2
-  exit 2
-fi
-host=$1
-config_server_host=$2
-shift 2
-engine=${ENGINE:-lightllm}
-
-args=(--role prefill --engine "$engine" --host "$host"
-  --port "${PREFILL_PORT:-8019}" --nccl_port "${NCCL_PORT:-2732}"
-  --tp "${TP:-8}" --dp "${DP:-8}"
-  --config_server "$config_server_host:${CONFIG_SERVER_PORT:-60088}"
-  --log_dir "${LOG_DIR:-logs/prefill}")
-if [[ -n "${MODEL_DIR:-}" ]]; then
-  args+=(--model_dir "$MODEL_DIR")
-elif [[ "$engine" == lightllm ]]; then
-  echo "$0: set MODEL_DIR to the model directory (or ENGINE=sim)" >&2
-  exit 2
-fi
-if [[ -n "${PD_MASTER:-}" ]]; then
-  args+=(--pd_master "$PD_MASTER")
-fi
-
-exec "${PYTHON:-python3}" -m node_agents "${args[@]}" "$@"
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+exec bash "$here/pd_node_agent.sh" prefill "$0" "${PREFILL_PORT:-8019}" 2732 "$@"
