@@ -1,5 +1,5 @@
-"""start_scripts/pd_{prefill,decode}.sh: shell-clean, and they start the agent LightLLM's
-scripts describe (checked through the agent's --dry-run)."""
+"""Every start_scripts/*.sh is shell-clean, and pd_{prefill,decode}.sh start the agent
+LightLLM's scripts describe (checked through the agent's --dry-run)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,16 @@ def run(role: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("role", SCRIPTS)
-def test_script_passes_bash_n_and_shellcheck(role: str) -> None:
-    subprocess.run(["bash", "-n", script(role)], check=True, timeout=10)
+ALL_SCRIPTS = sorted(p.name for p in (REPO_ROOT / "start_scripts").glob("*.sh"))
+
+
+@pytest.mark.parametrize("name", ALL_SCRIPTS)
+def test_script_passes_bash_n_and_shellcheck(name: str) -> None:
+    path = str(REPO_ROOT / "start_scripts" / name)
+    subprocess.run(["bash", "-n", path], check=True, timeout=10)
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed")
-    done = subprocess.run(["shellcheck", script(role)], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(["shellcheck", path], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stdout
 
 
