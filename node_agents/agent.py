@@ -162,7 +162,8 @@ class NodeAgent:
         elif stop and self.drainer.status in ("drained", "timed_out"):
             self.process.stop("drained")
         with contextlib.suppress(TimeoutError):  # each master call has its own 5 s deadline
-            await asyncio.wait_for(self._marked.wait(), 15.0)
+            async with asyncio.timeout(15.0):  # not wait_for: it can lose a cancel on 3.11
+                await self._marked.wait()
         return {"drain": self.drainer.snapshot(), "stop_when_drained": self._stop_when_drained}
 
     def _drained(self) -> None:
