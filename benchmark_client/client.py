@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from benchmark_client.http import HttpError, Target, post
+from benchmark_client.http import HttpError, Target, stream_post
 
 
 @dataclass
@@ -84,43 +84,59 @@ def parse_events(data: bytes, api: str) -> tuple[int, str | None, list[str]]:
     return tokens, error, texts
 
 
+class _EventSink:
+    """Turns a streamed response into a request's record, in the read that brought it."""
+
+    __slots__ = ("record", "api", "stamped", "status", "_pending", "_error_body")
+
+    def __init__(self, record: RequestRecord, api: str, stamped: bool) -> None:
+        self.record = record
+        self.api = api
+        self.stamped = stamped
+        self.status = 0
+        self._pending = b""
+        self._error_body: list[bytes] = []
+
+    def head(self, status: int, headers: dict[str, str]) -> None:
+        self.status = status
+
+    def data(self, body: bytes, now: float, wall: float) -> None:
+        if self.status != 200:
+            self._error_body.append(body)
+            return
+        complete, _, self._pending = (self._pending + body).rpartition(b"\n\n")
+        if not complete:
+            return
+        n, error, texts = parse_events(complete, self.api)
+        record = self.record
+        record.token_times.extend([now] * n)
+        record.output_tokens += n
+        if self.stamped:
+            record.delivery_s.extend(wall - sent for sent in _stamps(texts))
+        if error:
+            record.error = error
+
+    def finish(self) -> None:
+        if self.status != 200:
+            kind = _error_type(b"".join(self._error_body))
+            self.record.error = f"http_{self.status}" + (f":{kind}" if kind else "")
+
+
 async def run_request(
     target: Target, body: bytes, record: RequestRecord, api: str, timeout: float, stamped: bool
 ) -> None:
-    clock = time.perf_counter
-    record.start = clock()
-    writer = None
+    record.start = time.perf_counter()
+    sink = _EventSink(record, api, stamped)
     try:
         async with asyncio.timeout(timeout):
-            response, writer = await post(target, body)
-            if response.status != 200:
-                raw = await response.read()
-                kind = _error_type(raw)
-                record.error = f"http_{response.status}" + (f":{kind}" if kind else "")
-                return
-            pending = b""
-            async for chunk in response.chunks():
-                now = clock()
-                wall = time.time() if stamped else 0.0  # on arrival, before parsing
-                pending += chunk
-                complete, _, pending = pending.rpartition(b"\n\n")
-                if not complete:
-                    continue
-                n, error, texts = parse_events(complete, api)
-                record.token_times.extend([now] * n)
-                record.output_tokens += n
-                if stamped:
-                    record.delivery_s.extend(wall - sent for sent in _stamps(texts))
-                if error:
-                    record.error = error
+            await stream_post(target, body, sink)
+        sink.finish()
     except TimeoutError:
         record.error = "timeout"
-    except (OSError, HttpError, asyncio.IncompleteReadError, ValueError):
+    except (OSError, HttpError):
         record.error = "connection"
     finally:
-        record.end = clock()
-        if writer is not None:
-            writer.close()
+        record.end = time.perf_counter()
 
 
 def _error_type(raw: bytes) -> str | None:
