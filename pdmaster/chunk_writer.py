@@ -3,6 +3,12 @@
 ASGI's ``send`` is a coroutine; when the client keeps up it never waits (the server writes
 to the socket and returns), so the reader can drive it by hand instead of waking the
 stream's task. When it must wait, a task finishes it and the stream's task takes over.
+
+Under uvicorn's httptools server, a chunk of a started chunked body is all ``send`` would
+write, so it is written to the connection's transport here, in uvicorn's framing, while the
+connection is open and not paused (``direct_body``); anything else goes through ``send``.
+On a node's step every stream gets a chunk, so the writes are back to back, and that is
+about a fifth of each write's cost.
 """
 
 from __future__ import annotations
@@ -13,8 +19,34 @@ from types import CoroutineType
 from typing import Any
 
 from starlette.types import Send
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from pdwire.lightllm import TokenEntry
+
+_CYCLE_FIELDS = (
+    "transport",
+    "flow",
+    "chunked_encoding",
+    "response_started",
+    "response_complete",
+    "disconnected",
+)
+
+
+def direct_body(send: Send) -> RequestResponseCycle | None:
+    """The uvicorn httptools exchange behind ``send``, if its body may be written directly.
+
+    None for any other server (or a uvicorn whose exchange lacks the fields relied on):
+    then every chunk goes through ``send``.
+    """
+    cycle = getattr(send, "__self__", None)
+    if type(cycle) is not RequestResponseCycle or send != cycle.send:
+        return None
+    if not all(hasattr(cycle, name) for name in _CYCLE_FIELDS):
+        return None
+    if not hasattr(cycle.flow, "write_paused"):
+        return None
+    return cycle
 
 
 class ChunkWriter:
@@ -25,15 +57,34 @@ class ChunkWriter:
     is done, so they queue for the stream's task, which ``drain``s before it sends.
     """
 
-    __slots__ = ("_chunk", "_send", "_pending")
+    __slots__ = ("_chunk", "_send", "_pending", "_cycle")
 
     def __init__(self, chunk: Callable[[list[TokenEntry]], bytes], send: Send) -> None:
         self._chunk = chunk
         self._send = send
         self._pending: asyncio.Future[None] | None = None
+        self._cycle = direct_body(send)
+
+    @property
+    def direct(self) -> bool:
+        """Whether chunks may skip ``send`` (uvicorn's httptools server)."""
+        return self._cycle is not None
 
     def __call__(self, entries: list[TokenEntry]) -> bool:
         pending = self._pending
+        c = self._cycle
+        if (
+            pending is None
+            and c is not None
+            and c.chunked_encoding
+            and c.response_started
+            and not c.response_complete
+            and not c.disconnected
+            and not c.flow.write_paused
+        ):  # what uvicorn's send would do for this message: frame it as a chunk and write
+            body = self._chunk(entries)
+            c.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+            return True
         if pending is not None:
             if not pending.done() or pending.cancelled() or pending.exception() is not None:
                 return False

@@ -125,3 +125,51 @@ def test_send_now_runs_a_coroutine_to_its_first_wait() -> None:
         assert steps[-1] == "after the future"
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(("http", "direct"), [("httptools", True), ("h11", False)])
+def test_under_uvicorn_chunks_reach_the_client_framed_as_send_would(
+    http: str, direct: bool
+) -> None:
+    """A real uvicorn server on 127.0.0.1: with httptools chunks skip ``send``; with h11
+    they go through it; the client reads the same chunked body either way."""
+    import uvicorn
+
+    from benchmark_client.http import Target, stream_post
+
+    seen: list[bool] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        writer = ChunkWriter(chunk, send)
+        seen.append(writer.direct)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        assert writer([token("a"), token("b")]) and writer([token("c")])
+        await writer.drain()
+        await send({"type": "http.response.body", "body": b"end"})
+
+    class Sink:
+        body = b""
+
+        def head(self, status: int, headers: dict[str, str]) -> None:
+            assert (status, headers["transfer-encoding"]) == (200, "chunked")
+
+        def data(self, body: bytes, now: float, wall: float) -> None:
+            self.body += body
+
+    async def run() -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, http=http, log_level="warning")
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        sink = Sink()
+        async with asyncio.timeout(10):
+            await stream_post(Target("127.0.0.1", port, "/"), b"{}", sink)
+        server.should_exit = True
+        await serving
+        assert sink.body == b"abcend"
+
+    asyncio.run(run())
+    assert seen == [direct]
