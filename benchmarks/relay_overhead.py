@@ -4,8 +4,9 @@
     its text (``--text_mode timestamp``); the client subtracts it from the arrival time.
     Same host, same clock. 64-token streams at 1, 64, 512 and 2048 concurrent streams,
     through the master (decode node -> master -> client) and from a normal-mode engine
-    straight to the client; the master's share is the difference. ``--rounds`` (3)
-    alternating rounds per level are pooled, so drift and one noisy round weigh less.
+    straight to the client; the master's share is the difference. ``--rounds`` (5)
+    alternating rounds per level are pooled, so drift and one noisy round weigh less; the
+    range of the rounds' own differences is printed beside the pooled one.
 (b) The same workload (64 streams, 128 prompt / 64 output tokens) through the PD master and
     against the simulated engine serving /generate_stream itself (``--run_mode normal``):
     TTFT and inter-token latency, and their ratio.
@@ -40,7 +41,8 @@ def normal_engine(group: ProcGroup, name: str, *extra: str) -> tuple[str, int]:
 
 def delivery(group: ProcGroup, levels: list[int], tokens: int, rounds: int) -> list[dict]:
     """Per level, ``rounds`` alternating rounds through the master and straight from the
-    engine; each side's percentiles come from all its rounds' tokens together."""
+    engine; each side's percentiles come from all its rounds' tokens together, and each
+    round's own p50 difference is kept too, to show how far one round can swing."""
     c = cluster(group, decode=[["--text_mode", "timestamp"]])
     host, port = normal_engine(group, "normal-stamped", "--text_mode", "timestamp")
     urls = {"pd": f"{c.url}/generate_stream", "direct": f"http://{host}:{port}/generate_stream"}
@@ -48,9 +50,14 @@ def delivery(group: ProcGroup, levels: list[int], tokens: int, rounds: int) -> l
     for streams in levels:
         row: dict = {"streams": streams, "rounds": rounds}
         pooled: dict[str, list] = {"pd": [], "direct": []}
+        per_round = []
         for _ in range(rounds):
+            p50 = {}
             for name, url in urls.items():
-                pooled[name] += load(url, streams, streams, 16, tokens, stamped=True)[0]
+                records = load(url, streams, streams, 16, tokens, stamped=True)[0]
+                p50[name] = summarize(records, 1.0)["delivery_s"]["p50"] * 1e3
+                pooled[name] += records
+            per_round.append(p50["pd"] - p50["direct"])
         for name, records in pooled.items():
             d = summarize(records, 1.0)["delivery_s"]
             row[name] = {
@@ -61,6 +68,7 @@ def delivery(group: ProcGroup, levels: list[int], tokens: int, rounds: int) -> l
             }
         row["added_p50_ms"] = row["pd"]["p50_ms"] - row["direct"]["p50_ms"]
         row["added_p99_ms"] = row["pd"]["p99_ms"] - row["direct"]["p99_ms"]
+        row["added_p50_ms_by_round"] = per_round
         out.append(row)
     return out
 
@@ -75,7 +83,7 @@ def pd_vs_direct(group: ProcGroup, requests: int, streams: int) -> dict:
 
 def main() -> None:
     p = parser(__doc__ or "")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per level")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds per level")
     args = p.parse_args()
     levels = [1, 64] if args.smoke else [1, 64, 512, 2048]
     group = workdir()
@@ -97,6 +105,7 @@ def main() -> None:
             "direct p99",
             "added p50",
             "added p99",
+            "rounds' added p50",
         ],
         [
             [
@@ -108,6 +117,7 @@ def main() -> None:
                 a["direct"]["p99_ms"],
                 a["added_p50_ms"],
                 a["added_p99_ms"],
+                _span(a["added_p50_ms_by_round"]),
             ]
             for a in added
         ],
@@ -128,6 +138,11 @@ def main() -> None:
         "relay_overhead" + ("_smoke" if args.smoke else ""),
         {"delivery": added, "pd_vs_direct": compare},
     )
+
+
+def _span(values: list[float]) -> str:
+    """Lowest to highest, e.g. ``-1.10..+0.80``."""
+    return f"{min(values):+.2f}..{max(values):+.2f}" if values else ""
 
 
 if __name__ == "__main__":
