@@ -19,9 +19,13 @@ from types import CoroutineType
 from typing import Any
 
 from starlette.types import Send
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from pdwire.lightllm import TokenEntry
+
+try:  # httptools is optional for uvicorn; without it every chunk goes through send
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+except ImportError:  # pragma: no cover - the project installs uvicorn[standard]
+    RequestResponseCycle = None  # type: ignore[assignment,misc]
 
 _CYCLE_FIELDS = (
     "transport",
@@ -39,6 +43,8 @@ def direct_body(send: Send) -> RequestResponseCycle | None:
     None for any other server (or a uvicorn whose exchange lacks the fields relied on):
     then every chunk goes through ``send``.
     """
+    if RequestResponseCycle is None:
+        return None
     cycle = getattr(send, "__self__", None)
     if type(cycle) is not RequestResponseCycle or send != cycle.send:
         return None
@@ -83,7 +89,8 @@ class ChunkWriter:
             and not c.flow.write_paused
         ):  # what uvicorn's send would do for this message: frame it as a chunk and write
             body = self._chunk(entries)
-            c.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+            if body:  # an empty chunk would end the body; uvicorn's send skips it too
+                c.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
             return True
         if pending is not None:
             if not pending.done() or pending.cancelled() or pending.exception() is not None:

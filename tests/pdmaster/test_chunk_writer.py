@@ -132,7 +132,8 @@ def test_under_uvicorn_chunks_reach_the_client_framed_as_send_would(
     http: str, direct: bool
 ) -> None:
     """A real uvicorn server on 127.0.0.1: with httptools chunks skip ``send``; with h11
-    they go through it; the client reads the same chunked body either way."""
+    they go through it; the client reads the same chunked body either way, and an empty
+    chunk does not end it."""
     import uvicorn
 
     from benchmark_client.http import Target, stream_post
@@ -145,6 +146,7 @@ def test_under_uvicorn_chunks_reach_the_client_framed_as_send_would(
         seen.append(writer.direct)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         assert writer([token("a"), token("b")]) and writer([token("c")])
+        assert writer([])  # an empty chunk must not end the body
         await writer.drain()
         await send({"type": "http.response.body", "body": b"end"})
 
