@@ -34,7 +34,11 @@ OPTIONS: list[tuple[str, str, str]] = [
     ("nccl_port", "nccl_port", "NCCL port (scripts: 2732 prefill, 12322 decode)"),
     ("pd_master", "pd_master", "ip:port of a single PD master"),
     ("config_server", "config_server", "ip:port of the config server (masters, registration)"),
-    ("moe_mode", "moe_mode", "MOE_MODE: EP (default) or TP"),
+    ("lightllm_version", "lightllm_version", "v1.1.0 (default), fc72ffa or v1.2.0"),
+    ("moe_mode", "moe_mode", "MOE_MODE: EP (default) or TP (v1.2.0: EP is --enable_ep_moe)"),
+    ("pd_trans_mode", "pd_trans_mode", "v1.2.0: nccl (default) or nixl"),
+    ("pd_kv_page_num", "pd_kv_page_num", "v1.2.0: KV move buffer pages (LightLLM: 16)"),
+    ("pd_kv_page_size", "pd_kv_page_size", "v1.2.0: tokens per KV page (LightLLM: 1024)"),
     ("loadworker", "loadworker", "LOADWORKER (18)"),
     ("python", "python", "the engine's Python interpreter (default: the agent's)"),
     ("restart.startsecs", "startsecs", "seconds up and healthy before RUNNING (5)"),
@@ -57,8 +61,8 @@ OPTIONS: list[tuple[str, str, str]] = [
     ("logs.backups", "log_backups", "rotated files kept (5)"),
 ]
 SWITCHES: list[tuple[str, str, str]] = [
-    ("kv_trans_use_p2p", "kv_trans_use_p2p", "set KV_TRANS_USE_P2P=1 (default on)"),
-    ("enable_fa3", "enable_fa3", "pass --enable_fa3 (default on)"),
+    ("kv_trans_use_p2p", "kv_trans_use_p2p", "set KV_TRANS_USE_P2P=1 (default on; not v1.2.0)"),
+    ("enable_fa3", "enable_fa3", "pass --enable_fa3 (default on; v1.2.0 picks fa3 itself)"),
     ("disable_cudagraph", "disable_cudagraph", "pass --disable_cudagraph (default: prefill)"),
     ("microbatch_overlap", "microbatch_overlap", "--enable_{prefill,decode}_microbatch_overlap"),
     ("mps", "mps", "start nvidia-cuda-mps-control -d first (default: lightllm only)"),

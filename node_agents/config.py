@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 Role = Literal["prefill", "decode"]
 Engine = Literal["lightllm", "sim"]
+LightLLMVersion = Literal["v1.1.0", "fc72ffa", "v1.2.0"]
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -124,10 +125,18 @@ class NodeConfig(_Section):
     nccl_port: int = Field(ge=1, le=65535)
     pd_master: str | None = Field(default=None, description="ip:port of a single master")
     config_server: str | None = Field(default=None, description="ip:port: masters and registration")
+    lightllm_version: LightLLMVersion = Field(
+        default="v1.1.0", description="the engine's LightLLM release: its flags and protocol"
+    )
     moe_mode: Literal["EP", "TP"] = "EP"
     kv_trans_use_p2p: bool = True
     loadworker: int = Field(default=18, ge=1)
     enable_fa3: bool = True
+    pd_trans_mode: Literal["nccl", "nixl"] = Field(
+        default="nccl", description="v1.2.0: KV transport, the same on P and D"
+    )
+    pd_kv_page_num: int | None = Field(default=None, ge=1, description="v1.2.0 (LightLLM: 16)")
+    pd_kv_page_size: int | None = Field(default=None, ge=1, description="v1.2.0 (LightLLM: 1024)")
     disable_cudagraph: bool | None = Field(default=None, description="default: on for prefill only")
     microbatch_overlap: bool = False
     mps: bool | None = Field(default=None, description="default: on for lightllm, off for sim")
@@ -166,6 +175,12 @@ class NodeConfig(_Section):
     def _consistent(self) -> NodeConfig:
         if self.pd_master is None and self.config_server is None:
             raise _KeyError("pd_master", None, "set pd_master or config_server (or both)")
+        if self.lightllm_version != "v1.2.0":
+            for key in ("pd_kv_page_num", "pd_kv_page_size"):
+                if getattr(self, key) is not None:
+                    raise _KeyError(key, getattr(self, key), "is a LightLLM v1.2.0 flag")
+            if self.pd_trans_mode != "nccl":
+                raise _KeyError("pd_trans_mode", self.pd_trans_mode, "is a LightLLM v1.2.0 flag")
         if self.tp % self.dp:
             raise _KeyError("dp", self.dp, f"must divide tp ({self.tp})")
         if self.engine == "lightllm":

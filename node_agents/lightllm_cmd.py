@@ -11,6 +11,13 @@ and the decode script the same with its own port, nccl port and CUDA graphs on. 
 single-master scripts add ``KV_TRANS_USE_P2P=1`` and name the master with
 ``--pd_master_ip/--pd_master_port`` instead of the config server. The simulated engine
 takes the same flags, so ``engine = "sim"`` only swaps the module.
+
+LightLLM v1.2.0 (``lightllm_version = "v1.2.0"``) reads neither ``MOE_MODE`` (its flag is
+``--enable_ep_moe``) nor ``KV_TRANS_USE_P2P`` (P2P is always on) and has no ``--enable_fa3``
+(the attention backend is ``auto``: fa3 first). Its scripts add ``--pd_trans_mode nccl``;
+the page flags (``--pd_kv_page_num``, ``--pd_kv_page_size``) are passed when set, and NIXL
+gets the UCX settings the scripts export. The decode node keeps CUDA graphs on and, as
+LightLLM's deployment doc has it, also takes ``--enable_ep_moe``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from node_agents.config import NodeConfig, split_address
 
 ENGINE_MODULES = {"lightllm": "lightllm.server.api_server", "sim": "node_agents.simengine"}
 MPS_START = ("nvidia-cuda-mps-control", "-d")
+# v1.2.0's scripts export these for NIXL (and UCX_NET_DEVICES, which is the machine's own)
+UCX_ENV = {"UCX_LOG_LEVEL": "info", "UCX_TLS": "rc,cuda,gdr_copy"}
 
 
 @dataclass(frozen=True)
@@ -58,9 +67,14 @@ def engine_command(config: NodeConfig) -> EngineCommand:
 
 
 def engine_env(config: NodeConfig) -> dict[str, str]:
-    env: dict[str, str] = {"MOE_MODE": config.moe_mode}
-    if config.kv_trans_use_p2p:
-        env["KV_TRANS_USE_P2P"] = "1"
+    env: dict[str, str] = {}
+    if config.lightllm_version == "v1.2.0":
+        if config.pd_trans_mode == "nixl":
+            env.update(UCX_ENV)
+    else:
+        env["MOE_MODE"] = config.moe_mode
+        if config.kv_trans_use_p2p:
+            env["KV_TRANS_USE_P2P"] = "1"
     env["LOADWORKER"] = str(config.loadworker)
     env.update(config.env)
     return env
@@ -85,14 +99,29 @@ def engine_args(config: NodeConfig) -> list[str]:
     ]
     if not config.model_dir:  # the simulated engine has a default model
         args = args[2:]
-    if config.enable_fa3:
+    if config.lightllm_version == "v1.2.0":
+        args += v12_args(config)
+    elif config.enable_fa3:
         args.append("--enable_fa3")
     if config.cudagraph_disabled:
         args.append("--disable_cudagraph")
     args += master_args(config)
     if config.microbatch_overlap:
         args.append(f"--enable_{config.role}_microbatch_overlap")
+    if config.engine == "sim":  # LightLLM's release is what is installed; the sim is told
+        args += ["--lightllm_version", config.lightllm_version]
     return args + list(config.extra_args)
+
+
+def v12_args(config: NodeConfig) -> list[str]:
+    args = ["--pd_trans_mode", config.pd_trans_mode]
+    if config.pd_kv_page_num is not None:
+        args += ["--pd_kv_page_num", str(config.pd_kv_page_num)]
+    if config.pd_kv_page_size is not None:
+        args += ["--pd_kv_page_size", str(config.pd_kv_page_size)]
+    if config.moe_mode == "EP":
+        args.append("--enable_ep_moe")
+    return args
 
 
 def master_args(config: NodeConfig) -> list[str]:

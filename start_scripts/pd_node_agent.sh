@@ -31,6 +31,12 @@ elif [[ "$engine" == lightllm ]]; then
   echo "$script: set MODEL_DIR to the model directory (or ENGINE=sim)" >&2
   exit 2
 fi
+if [[ -n "${LIGHTLLM_VERSION:-}" ]]; then
+  args+=(--lightllm_version "$LIGHTLLM_VERSION")
+fi
+if [[ -n "${PD_TRANS_MODE:-}" ]]; then
+  args+=(--pd_trans_mode "$PD_TRANS_MODE")
+fi
 if [[ -n "${PD_MASTER:-}" ]]; then
   args+=(--pd_master "$PD_MASTER")
 fi

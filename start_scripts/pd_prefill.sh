@@ -10,6 +10,8 @@
 #   PYTHON                python3
 #   ENGINE                lightllm (default) or sim (the simulated engine, no GPU, no MPS)
 #   MODEL_DIR             the model directory (required for lightllm)
+#   LIGHTLLM_VERSION      v1.1.0 (default), fc72ffa or v1.2.0: the engine's flags and protocol
+#   PD_TRANS_MODE         v1.2.0: nccl (default) or nixl, the same on every node
 #   PREFILL_PORT          8019
 #   NCCL_PORT             2732
 #   TP, DP                8, 8

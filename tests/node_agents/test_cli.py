@@ -92,3 +92,12 @@ def test_start_refuses_a_python_that_is_not_there(
         main([*PREFILL, "--model_dir", str(tmp_path), "--python", "/nonexistent/python3"])
     assert info.value.code == 2
     assert "python = '/nonexistent/python3': no such executable" in capsys.readouterr().err
+
+
+def test_dry_run_shows_the_v12_command(capsys: pytest.CaptureFixture[str]) -> None:
+    got = words(
+        dry_run(capsys, *PREFILL, "--lightllm_version", "v1.2.0", "--pd_trans_mode", "nixl")
+    )
+    assert got[:2] == ["nvidia-cuda-mps-control", "-d"]
+    assert "MOE_MODE=EP" not in got and "--enable_fa3" not in got
+    assert "--enable_ep_moe" in got and got[got.index("--pd_trans_mode") + 1] == "nixl"

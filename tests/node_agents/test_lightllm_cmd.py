@@ -120,7 +120,7 @@ def test_simulated_engine_takes_the_same_flags() -> None:
     real, real_env = command(**PREFILL, **MULTI)
     sim, sim_env = command(**PREFILL, **MULTI, engine="sim")
     assert sim[:3] == ["python", "-m", "node_agents.simengine"]
-    assert sim[3:] == real[3:] and sim_env == real_env
+    assert sim[3:] == [*real[3:], "--lightllm_version", "v1.1.0"] and sim_env == real_env
 
 
 def test_shell_form_round_trips_through_a_shell_parser() -> None:
@@ -169,3 +169,85 @@ def test_decode_matches_the_protocol_doc_field_by_field() -> None:
     assert flags(argv[3:]) == expected
     overlap, _ = command(**keys, microbatch_overlap=True)
     assert [f"[{overlap[-1]}]"] == [s for s in doc["spans"] if "decode_microbatch" in s]
+
+
+V12 = {"lightllm_version": "v1.2.0"}
+
+
+def v12_doc_commands() -> dict[str, list[str]]:
+    """The v1.2.0 doc's multi-master scripts, one shell word list per `# pd_*.sh` block."""
+    doc = shared_dir() / "lightllm_protocol_v1.2.md"
+    if not doc.is_file():
+        pytest.skip(f"{doc} is absent")
+    section = doc.read_text().split("## Node start-up in v1.2.0", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    scripts: dict[str, list[str]] = {}
+    for part in re.split(r"^# (pd_\w+)\.sh.*$", block, flags=re.M)[1:]:
+        if part.startswith("pd_"):
+            name = part
+            continue
+        lines = [ln for ln in part.replace("\\\n", " ").splitlines() if "api_server" in ln]
+        scripts[name] = shlex.split(lines[0])
+    return scripts
+
+
+def split_env(words: list[str]) -> tuple[dict[str, str], list[str]]:
+    env = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
+    return env, [w for w in words if "=" not in w or w.startswith("-")]
+
+
+def doc_keys(role: dict[str, Any]) -> dict[str, Any]:
+    return {**role, "model_dir": "M", "host": "H", "config_server": "C:60088", **V12}
+
+
+def normalise(argv: list[str]) -> dict[str, str | None]:
+    got = flags(argv)
+    for name in ("--model_dir", "--host", "--config_server_host"):
+        got[name] = "X"
+    return got
+
+
+def test_v12_prefill_matches_the_doc_field_by_field() -> None:
+    env, argv = split_env(v12_doc_commands()["pd_prefill"])
+    got, got_env = command(**doc_keys(PREFILL))
+    assert got_env == env == {"LOADWORKER": "18"}
+    assert got[:3] == ["python", *argv[1:3]]
+    assert normalise(got[3:]) == normalise(argv[3:])
+
+
+def test_v12_decode_follows_the_deployment_doc() -> None:
+    env, argv = split_env(v12_doc_commands()["pd_decode"])
+    assert env.pop("MOE_MODE") == "EP"  # the script's leftover; v1.2.0 never reads it
+    got, got_env = command(**doc_keys(DECODE))
+    assert got_env == env
+    expected = normalise(argv[3:]) | {"--enable_ep_moe": None}
+    assert normalise(got[3:]) == expected
+    assert "--disable_cudagraph" not in expected
+
+
+def test_v12_drops_v110_flags_and_passes_page_flags() -> None:
+    argv, env = command(
+        **PREFILL, **SINGLE, **V12, pd_trans_mode="nixl", pd_kv_page_num=32, pd_kv_page_size=512
+    )
+    got = flags(argv[3:])
+    assert "--enable_fa3" not in got and "MOE_MODE" not in env and "KV_TRANS_USE_P2P" not in env
+    assert (got["--pd_trans_mode"], got["--pd_kv_page_num"], got["--pd_kv_page_size"]) == (
+        "nixl",
+        "32",
+        "512",
+    )
+    assert env["UCX_TLS"] == "rc,cuda,gdr_copy"
+    tp_moe, _ = command(**PREFILL, **SINGLE, **V12, moe_mode="TP")
+    assert "--enable_ep_moe" not in tp_moe
+
+
+def test_v12_flags_are_refused_for_older_versions() -> None:
+    from node_agents.config import ConfigError
+
+    with pytest.raises(ConfigError, match="pd_kv_page_num = 32: is a LightLLM v1.2.0 flag"):
+        parse_config({**PREFILL, **SINGLE, "pd_kv_page_num": 32})
+
+
+def test_the_simulated_engine_is_told_its_version() -> None:
+    argv, _ = command(**PREFILL, **SINGLE, **V12, engine="sim")
+    assert flags(argv[3:])["--lightllm_version"] == "v1.2.0"

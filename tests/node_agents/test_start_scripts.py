@@ -69,3 +69,13 @@ def test_lightllm_needs_a_model_dir_and_both_hosts() -> None:
     assert done.returncode == 2 and "set MODEL_DIR" in done.stderr
     done = run("decode", "10.0.0.2")
     assert done.returncode == 2 and "usage:" in done.stderr
+
+
+@pytest.mark.parametrize("role", SCRIPTS)
+def test_lightllm_version_picks_the_release_flags(role: str) -> None:
+    done = run(role, "10.0.0.2", "10.0.0.1", "--dry-run", MODEL_DIR="/m", LIGHTLLM_VERSION="v1.2.0")
+    assert done.returncode == 0, done.stderr
+    words = done.stdout.replace("\\\n", " ").split()
+    assert "--enable_ep_moe" in words and "--enable_fa3" not in words
+    assert words[words.index("--pd_trans_mode") + 1] == "nccl"
+    assert not any(w.startswith(("MOE_MODE=", "KV_TRANS_USE_P2P=")) for w in words)
