@@ -4,8 +4,10 @@ A master's lease carries ``info.nodes``: the prefill/decode nodes connected to i
 role, address, in-flight requests, draining). The listing uses it twice:
 
 - every node record gets ``info.connected_masters``: the ids of the masters that report a
-  connection from its address (plus any the agent itself put there), and
-  ``info.in_flight_requests``, the sum of what those masters have running on it;
+  connection from its address (plus any the agent itself put there),
+  ``info.in_flight_requests``, the sum of what those masters have running on it, and
+  ``info.lightllm_version`` (with ``info.pd_trans_mode`` for v1.2.0), as a master
+  recognised it from the node's registration;
 - a node connected to a master but run without an agent (a LightLLM node started by hand,
   or a simulated engine) still appears, as a record ``registered_via: "master_report"``
   with state CONNECTED (DRAINING when a master drains it), living as long as the
@@ -37,6 +39,7 @@ def joined_nodes(
         info["connected_masters"] = sorted(ids | {master["id"] for master, _ in found})
         if found:  # the node's load as its masters count it
             info["in_flight_requests"] = _in_flight(found)
+            info.update(_version(found))
         out.append({**record, "info": info})
     for address, found in reports.items():
         out.append(_reported_node(address, found))
@@ -59,6 +62,7 @@ def _reported_node(
         "info": {
             "connected_masters": sorted(master["id"] for master, _ in found),
             "in_flight_requests": _in_flight(found),
+            **_version(found),
         },
         "registered_at": min(m["registered_at"] for m, _ in found),
         "last_heartbeat": max(m["last_heartbeat"] for m, _ in found),
@@ -73,3 +77,15 @@ def _in_flight(found: list[tuple[dict[str, Any], dict[str, Any]]]) -> int:
         value = report.get("in_flight_requests")
         total += value if isinstance(value, int) else 0
     return total
+
+
+def _version(found: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """The LightLLM version (and v1.2.0 transport) the node's masters recognised."""
+    for _, report in found:
+        version = report.get("lightllm_version")
+        if isinstance(version, str):
+            out: dict[str, Any] = {"lightllm_version": version}
+            if isinstance(report.get("pd_trans_mode"), str):
+                out["pd_trans_mode"] = report["pd_trans_mode"]
+            return out
+    return {}

@@ -49,7 +49,7 @@ def create_app(
 ) -> HotPathApp:
     """The master's ASGI app: FastAPI for every route, with the streaming hot path in front."""
     tokenizer = tokenizer or ModelTokenizer.from_model_dir(settings.model_dir)
-    codec = LightLLMCodec(settings.lightllm_version, share_statuses=True)
+    codecs = {v: LightLLMCodec(v, share_statuses=True) for v in sorted(settings.lightllm_versions)}
     pool = NodePool(
         clock,
         lambda: CircuitBreaker(clock, settings.breaker_failures, settings.breaker_open_s),
@@ -72,7 +72,7 @@ def create_app(
     if next_group_id is None:
         next_group_id = link.ids.next if link else LocalIdSource().next
     dispatcher = PDDispatcher(
-        codec,
+        codecs,
         selector,
         table,
         next_group_id,
@@ -104,7 +104,7 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     app.include_router(client_router(service, pool, tokenizer, settings))
     app.include_router(openai_router(service, tokenizer, settings))
-    app.include_router(node_router(pool, table, codec, settings.registration_timeout_s))
+    app.include_router(node_router(pool, table, codecs, settings))
     app.include_router(admin_router(pool, settings.admin_token))
 
     @app.get("/metrics")

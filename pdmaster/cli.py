@@ -50,7 +50,31 @@ def build_parser() -> argparse.ArgumentParser:
         dest="served_model_name",
         help="model name of the OpenAI-compatible API (default: the --model_dir's name)",
     )
-    p.add_argument("--lightllm_version", default="v1.1.0", choices=sorted(LAYOUTS))
+    p.add_argument(
+        "--lightllm_version",
+        type=versions_arg,
+        default=",".join(sorted(LAYOUTS)),
+        help="LightLLM releases whose nodes may register, comma-separated "
+        f"(default: all of {', '.join(sorted(LAYOUTS))}); nodes pair within one release",
+    )
+    p.add_argument(
+        "--heartbeat_timeout",
+        type=float,
+        default=30.0,
+        help="seconds without a frame after which a v1.2.0 node is dropped (LightLLM: 30)",
+    )
+    p.add_argument(
+        "--prompt_ids_timeout",
+        type=float,
+        default=10.0,
+        help="v1.2.0: seconds to wait for the prefill node's prompt ids (LightLLM: 60)",
+    )
+    p.add_argument(
+        "--pd_split_max_new_tokens",
+        type=int,
+        default=2048,
+        help="v1.2.0: outputs run in blocks of this many tokens (LIGHTLLM_PD_SPLIT_MAX_NEW_TOKENS)",
+    )
     p.add_argument(
         "--max_new_tokens",
         type=int,
@@ -161,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def versions_arg(value: str) -> frozenset[str]:
+    versions = frozenset(v.strip() for v in value.split(",") if v.strip())
+    unknown = sorted(versions - set(LAYOUTS))
+    if unknown or not versions:
+        known = ", ".join(sorted(LAYOUTS))
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(unknown) or 'nothing'}: expected versions among {known}"
+        )
+    return versions
+
+
 def settings_from_args(args: argparse.Namespace) -> MasterSettings:
     config_server = (
         f"{args.config_server_host}:{args.config_server_port}" if args.config_server_host else None
@@ -170,7 +205,8 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
         port=args.port,
         model_dir=args.model_dir,
         served_model_name=args.served_model_name,
-        lightllm_version=args.lightllm_version,
+        lightllm_versions=args.lightllm_version,
+        heartbeat_timeout_s=args.heartbeat_timeout,
         max_new_tokens=args.max_new_tokens,
         max_req_total_len=args.max_req_total_len,
         max_body_bytes=args.max_body_bytes,
@@ -180,6 +216,8 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
             token_idle_timeout_s=args.token_idle_timeout,
             request_timeout_s=args.request_timeout,
             max_attempts=args.max_attempts,
+            prompt_ids_timeout_s=args.prompt_ids_timeout,
+            block_tokens=args.pd_split_max_new_tokens,
         ),
         prefill_policy=args.prefill_policy or LIGHTLLM_STRATEGIES[args.select_p_d_node_strategy],
         decode_policy=args.decode_policy or LIGHTLLM_STRATEGIES[args.select_p_d_node_strategy],

@@ -152,6 +152,8 @@ class ConfigServerLink:
                     "address": n.info.client_ip_port,
                     "in_flight_requests": n.in_flight,
                     "draining": n.draining,
+                    "lightllm_version": n.info.version,
+                    "pd_trans_mode": n.info.pd_trans_mode,
                 }
                 for n in self._pool.nodes()
             ],

@@ -1,7 +1,17 @@
 """LightLLM's two-phase PD dispatch, one ``PDSession`` per client request.
 
+v1.1.0 and fc72ffa nodes:
 prefill node P: REQ(max_new_tokens=1, move_kv_to_decode_node=D) -> first token + prompt_ids
 decode node D:  kv_move_status -> REQ(prompt_ids + [first token], suggested_dp_index) -> tokens
+
+v1.2.0 nodes (decode first):
+P: REQ(prompt, max_new_tokens=1) -> PD_UPLOAD_PREFILL_PROMPT_IDS
+D: REQ(prompt_ids, the block's budget) -> PDUpKVStatus on /kv_move_status (KV slots reserved)
+P: PD_REQ_DECODE_NODE_INFO -> prefill, KV written to D -> tokens from P and from D
+Only D's tokens are relayed: D's first token (the same as P's) is the sign that the KV cache
+arrived. Outputs past ``block_tokens`` run as LightLLM's master runs them, in blocks with
+fresh group ids on the same pair (prompt = the prompt + the text so far), and reach the
+client as one stream: counts go on, only the last block's finish status shows.
 
 The first token reaches the client only once the decode node holds the KV cache, so a
 failed prefill or a hand-off past its deadline can still be retried, once, on another
@@ -13,21 +23,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from pdmaster.errors import ApiError, DeadlineExceeded, NodeFailed
-from pdmaster.node_pool import NodeConnection
+from pdmaster.node_pool import V12, NodeConnection
 from pdmaster.policies import RequestView
 from pdmaster.schemas import GenerateParameters
 from pdmaster.selection import PairSelector
 from pdmaster.tracking import RequestState, RequestTable, Sink
 from pdwire.lightllm import LightLLMCodec, TokenEntry, UpKVStatus
-from pdwire.structs import SamplingParamsBase
+from pdwire.structs import FinishStatus, SamplingParamsBase
 
 log = logging.getLogger(__name__)
 
-RETRYABLE_TIMEOUTS = {"first_token_timeout": "prefill", "kv_move_timeout": "decode"}
+RETRYABLE_TIMEOUTS = {
+    "first_token_timeout": "prefill",
+    "kv_move_timeout": "decode",
+    "prompt_ids_timeout": "prefill",
+}
+FINISH_ERRORS = {3: "node_aborted", 4: "node_error"}  # v1.2.0's FINISHED_ABORTED, _ERROR
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,8 @@ class DispatchSettings:
     token_idle_timeout_s: float = 60.0
     request_timeout_s: float = 600.0
     max_attempts: int = 2
+    prompt_ids_timeout_s: float = 10.0  # v1.2.0: P's prompt-id upload (LightLLM: 60)
+    block_tokens: int = 2048  # v1.2.0: LightLLM's LIGHTLLM_PD_SPLIT_MAX_NEW_TOKENS
 
 
 @dataclass(frozen=True)
@@ -60,7 +77,7 @@ class PDDispatcher:
 
     def __init__(
         self,
-        codec: LightLLMCodec,
+        codecs: Mapping[str, LightLLMCodec],
         selector: PairSelector,
         table: RequestTable,
         next_group_id: Callable[[], Awaitable[int]],
@@ -69,7 +86,7 @@ class PDDispatcher:
         clock: Callable[[], float],
         observer: DispatchObserver | None = None,
     ) -> None:
-        self.codec = codec
+        self.codecs = codecs
         self.selector = selector
         self.table = table
         self.next_group_id = next_group_id
@@ -80,6 +97,9 @@ class PDDispatcher:
 
     def session(self, request: PreparedRequest) -> PDSession:
         return PDSession(self, request)
+
+    def codec_for(self, node: NodeConnection) -> LightLLMCodec:
+        return self.codecs[node.info.version]
 
 
 class PDSession:
@@ -96,10 +116,17 @@ class PDSession:
         self._sink: Sink | None = None
         self.finished = False
         self.closed = False
+        # v1.2.0
+        self._v12 = False
+        self._prefill_pending = False  # P counts this block until D's first token
+        self._left = request.parameters.max_new_tokens  # tokens still to generate
+        self._offset = 0  # tokens of the blocks before this one
+        self._block_ended = False  # a block ended by length with tokens left: start the next
+        self._text: list[str] | None = None  # the text so far, kept when blocks may follow
 
     @property
     def wants_decode(self) -> bool:
-        return self._req.parameters.max_new_tokens > 1
+        return self._v12 or self._req.parameters.max_new_tokens > 1
 
     @property
     def decode_tokens(self) -> int:
@@ -142,6 +169,8 @@ class PDSession:
                     self._push if sink is not None else None,
                 )
             )
+            if self._block_ended:
+                await self._next_block()
         except ApiError as exc:
             self._record_failure(decode, exc)
             await self.close()
@@ -155,6 +184,8 @@ class PDSession:
 
     def _push(self, entries: list[TokenEntry]) -> bool:
         """Offer tokens to the sink; a last token or a bad status goes the way of ``next``."""
+        if self._text is not None or self._prefill_pending:
+            return False  # counts to rewrite, or a block's P to release: the way of ``next``
         for entry in entries:
             if entry[3].status:
                 return False
@@ -180,9 +211,13 @@ class PDSession:
 
     async def _attempt(self, tried: list[NodeConnection]) -> list[TokenEntry]:
         d = self._d
-        prefill = d.selector.pick("prefill", self._view, exclude=tried)
-        decode = d.selector.pick("decode", self._view, exclude=tried) if self.wants_decode else None
+        self._v12 = False
+        prefill, decode = d.selector.pick_pair(self._view, tried, self.decode_tokens)
         tried += [n for n in (prefill, decode) if n is not None]
+        if prefill.info.version == V12:
+            assert decode is not None
+            return await self._attempt_v12(prefill, decode)
+        codec = d.codec_for(prefill)
         state = RequestState(await d.next_group_id())
         self._state, self._prefill, self._decode = state, prefill, decode
         d.table.add(state)
@@ -191,7 +226,7 @@ class PDSession:
             decode.attach(state, self.decode_tokens)
         state.source = prefill
         await prefill.send(
-            lambda: d.codec.encode_req(self._req.prompt, self._prefill_params(state, decode))
+            lambda: codec.encode_req(self._req.prompt, self._prefill_params(state, decode))
         )
         first = self._after(
             await state.take(*self._until(d.settings.first_token_timeout_s), "first token")
@@ -210,9 +245,95 @@ class PDSession:
         return first
 
     def _decode_req(self, state: RequestState, prompt_ids: list[int], status: UpKVStatus) -> bytes:
-        params = self._params(self._req.parameters.max_new_tokens - 1, state.group_id)
+        assert self._decode is not None
+        codec = self._d.codec_for(self._decode)
+        params = self._params(codec, self._req.parameters.max_new_tokens - 1, state.group_id)
         params.suggested_dp_index = status.dp_index
-        return self._d.codec.encode_req(prompt_ids, params)
+        return codec.encode_req(prompt_ids, params)
+
+    # -- v1.2.0 --------------------------------------------------------------------------
+    async def _attempt_v12(
+        self, prefill: NodeConnection, decode: NodeConnection
+    ) -> list[TokenEntry]:
+        d = self._d
+        self._v12 = True
+        self._prefill, self._decode = prefill, decode
+        self._left = self._req.parameters.max_new_tokens
+        self._offset = 0
+        self._text = [] if self._left > d.settings.block_tokens else None
+        await self._start_block(self._req.prompt)
+        state = self._state
+        assert state is not None
+        return self._after(
+            await state.take(*self._until(d.settings.first_token_timeout_s), "first token")
+        )
+
+    async def _start_block(self, prompt: str) -> None:
+        """REQ to P, its prompt ids, REQ to D, D's KV reservation, D's descriptor to P."""
+        d = self._d
+        prefill, decode = self._prefill, self._decode
+        assert prefill is not None and decode is not None
+        codec = d.codec_for(prefill)
+        budget = min(self._left, d.settings.block_tokens)
+        state = RequestState(await d.next_group_id())
+        self._state = state
+        d.table.add(state)
+        prefill.attach(state, self._req.prompt_tokens)
+        decode.attach(state, self.decode_tokens)
+        self._prefill_pending = True
+        state.source, state.uploader = decode, prefill
+        group_id = state.group_id
+        await prefill.send(lambda: codec.encode_req(prompt, self._params_v12(codec, 1, group_id)))
+        prompt_ids = await state.prompt_ids(*self._until(d.settings.prompt_ids_timeout_s))
+        await decode.send(
+            lambda: codec.encode_req(prompt_ids, self._params_v12(codec, budget, group_id))
+        )
+        info = await state.kv_status(*self._until(d.settings.kv_move_timeout_s))
+        await prefill.send(lambda: codec.encode_decode_node_info(group_id, info))
+
+    async def _next_block(self) -> None:
+        """The last block ended by length with tokens left: go on with a fresh group id."""
+        self._block_ended = False
+        old = self._state
+        assert old is not None and self._text is not None
+        self._d.table.remove(old)
+        for node in (self._prefill, self._decode):
+            if node is not None:
+                node.detach(
+                    old, self.decode_tokens if node is self._decode else self._req.prompt_tokens
+                )
+        await self._start_block(self._req.prompt + "".join(self._text))
+
+    def _params_v12(
+        self, codec: LightLLMCodec, max_new_tokens: int, group_id: int
+    ) -> SamplingParamsBase:
+        params = self._params(codec, max_new_tokens, group_id)
+        params.pd_master_node_id.node_id = self._d.master_node_id()  # type: ignore[attr-defined]
+        return params
+
+    def _after_v12(self, entries: list[TokenEntry]) -> list[TokenEntry]:
+        """Release P at D's first token; stitch blocks into one stream."""
+        if self._prefill_pending and self._prefill is not None and self._state is not None:
+            self._prefill_pending = False
+            self._prefill.breaker.record(True)
+            self._prefill.detach(self._state, self._req.prompt_tokens)
+        if self._text is None:
+            return entries
+        offset, out = self._offset, []
+        for sub_id, text, meta, status in entries:
+            count = meta.get("count_output_tokens")
+            if not isinstance(count, int):
+                raise NodeFailed("a token carries no count_output_tokens", code="bad_node_reply")
+            meta["count_output_tokens"] = count + offset
+            meta["prompt_tokens"] = self._req.prompt_tokens
+            self._text.append(text)
+            if status.status == 2 and self._left - count > 0:
+                self._left -= count
+                self._offset += count
+                self._block_ended = True
+                status = FinishStatus(0)
+            out.append((sub_id, text, meta, status))
+        return out
 
     def _blame(self, exc: ApiError) -> NodeConnection | None:
         """The node at fault for a retryable failure, with its breaker told; None: don't retry."""
@@ -244,8 +365,8 @@ class PDSession:
             # Finished at the prefill token: the decode node may hold the moved KV cache.
             targets = [n for n in targets if n is self._decode and state.source is not n]
         if targets:
-            message = self._d.codec.encode_abort(state.group_id)
             for node in targets:
+                message = self._d.codec_for(node).encode_abort(state.group_id)
                 try:
                     await asyncio.shield(node.send(message))
                 except (NodeFailed, asyncio.CancelledError):
@@ -254,8 +375,18 @@ class PDSession:
 
     def _after(self, entries: list[TokenEntry]) -> list[TokenEntry]:
         status = entries[-1][3].status
+        if status in FINISH_ERRORS and self._v12:
+            what = "aborted" if status == 3 else "failed (KV hand-off)"
+            raise NodeFailed(
+                f"the decode node {what} the request",
+                code=FINISH_ERRORS[status],
+                node=self._prefill if status == 4 and self._prefill_pending else self._decode,
+            )
         if status not in (0, 1, 2):
             raise NodeFailed(f"node sent unknown finish status {status}", code="bad_node_reply")
+        if self._v12:
+            entries = self._after_v12(entries)
+            status = entries[-1][3].status
         if status != 0 or not self.wants_decode:
             self.finished = True
         return entries
@@ -272,7 +403,8 @@ class PDSession:
     def _prefill_params(
         self, state: RequestState, decode: NodeConnection | None
     ) -> SamplingParamsBase:
-        params = self._params(1, state.group_id)
+        assert self._prefill is not None
+        params = self._params(self._d.codec_for(self._prefill), 1, state.group_id)
         if decode is not None:
             params.move_kv_to_decode_node.fill(
                 node_id=decode.node_id,
@@ -283,9 +415,11 @@ class PDSession:
             )
         return params
 
-    def _params(self, max_new_tokens: int, group_id: int) -> SamplingParamsBase:
+    def _params(
+        self, codec: LightLLMCodec, max_new_tokens: int, group_id: int
+    ) -> SamplingParamsBase:
         p = self._req.parameters
-        params = self._d.codec.layout.new_sampling_params()
+        params = codec.layout.new_sampling_params()
         params.do_sample = p.do_sample
         params.presence_penalty = p.presence_penalty
         params.frequency_penalty = p.frequency_penalty

@@ -38,14 +38,21 @@ class _PoolCollector(Collector):
         breaker = GaugeMetricFamily(
             "pd_node_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", labels=labels
         )
+        info = GaugeMetricFamily(
+            "pd_node_info",
+            "1 per connected node, labelled with its LightLLM version (and v1.2.0 transport)",
+            labels=[*labels, "lightllm_version", "pd_trans_mode"],
+        )
         for node in self._pool.nodes():
             key = [str(node.node_id), node.info.mode, node.info.client_ip_port]
             inflight.add_metric(key, node.in_flight)
             tokens.add_metric(key, node.in_flight_tokens)
             breaker.add_metric(key, BREAKER_VALUE[node.breaker.state])
+            info.add_metric([*key, node.info.version, node.info.pd_trans_mode or ""], 1)
         yield inflight
         yield tokens
         yield breaker
+        yield info
         queue = GaugeMetricFamily("pd_queue_depth", "Requests waiting for a dispatch slot")
         queue.add_metric([], self._admission.queued)
         yield queue

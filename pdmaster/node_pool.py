@@ -27,6 +27,34 @@ class RegistrationError(ValueError):
     """A node's registration frame does not say what LightLLM nodes say."""
 
 
+V12 = "v1.2.0"
+
+
+def registration_version(start_args: dict[str, Any], accepted: frozenset[str]) -> str:
+    """The LightLLM release a node runs, from the start arguments it registers with.
+
+    v1.2.0 dropped ``pd_decode_rpyc_port`` and added ``pd_trans_mode``; v1.1.0 added
+    ``select_p_d_node_strategy`` (and ``dp_balancer``) to fc72ffa's arguments. A node
+    whose arguments name neither (a trimmed registration) is taken as the one v1.1.0-family
+    version the master accepts, v1.1.0 when it accepts both.
+    """
+    if "pd_trans_mode" in start_args and "pd_decode_rpyc_port" not in start_args:
+        version = V12
+    elif "select_p_d_node_strategy" in start_args or "dp_balancer" in start_args:
+        version = "v1.1.0"
+    elif "cache_reserved_ratio" in start_args:
+        version = "fc72ffa"
+    else:
+        older = sorted(v for v in accepted if v != V12)
+        version = "v1.1.0" if "v1.1.0" in older or not older else older[0]
+    if version not in accepted:
+        raise RegistrationError(
+            f"node runs LightLLM {version}; this master accepts {', '.join(sorted(accepted))} "
+            "(--lightllm_version)"
+        )
+    return version
+
+
 @dataclass(frozen=True)
 class NodeInfo:
     node_id: int
@@ -35,9 +63,19 @@ class NodeInfo:
     host: str
     rpyc_port: int | None
     start_args: dict[str, Any]
+    version: str = "v1.1.0"
+    pd_trans_mode: str | None = None  # v1.2.0: P and D must use the same KV transport
+    max_req_total_len: int | None = None  # v1.2.0: the node refuses longer requests silently
+
+    @property
+    def group(self) -> tuple[str, str | None]:
+        """Nodes pair only within a group: one protocol version (and v1.2.0 transport)."""
+        return self.version, self.pd_trans_mode
 
     @classmethod
-    def from_registration(cls, frame: Any) -> NodeInfo:
+    def from_registration(
+        cls, frame: Any, accepted: frozenset[str] = frozenset({"v1.1.0"})
+    ) -> NodeInfo:
         if not isinstance(frame, dict):
             raise RegistrationError("registration must be a JSON object")
         for key, kind in (
@@ -61,15 +99,46 @@ class NodeInfo:
             raise RegistrationError(
                 f"start_args.host must be an IPv4 address, got {host!r}"
             ) from None
+        version = registration_version(args, accepted)
         rpyc_port = args.get("pd_decode_rpyc_port")
-        if mode == "decode" and (not isinstance(rpyc_port, int) or not 0 < rpyc_port < 65536):
+        if (
+            version != V12
+            and mode == "decode"
+            and (not isinstance(rpyc_port, int) or not 0 < rpyc_port < 65536)
+        ):
             raise RegistrationError(
                 f"start_args.pd_decode_rpyc_port must be a port, got {rpyc_port!r}"
             )
         pd_node_id = args.get("pd_node_id", frame["node_id"])
         if not isinstance(pd_node_id, int) or not 0 <= pd_node_id < 1 << 128:
             raise RegistrationError("start_args.pd_node_id must be a 128-bit integer")
-        return cls(pd_node_id, mode, frame["client_ip_port"], host, rpyc_port, args)
+        trans_mode, max_len = None, None
+        if version == V12:
+            trans_mode = args.get("pd_trans_mode")
+            if trans_mode not in ("nccl", "nixl"):
+                raise RegistrationError(
+                    f"start_args.pd_trans_mode must be nccl or nixl, got {trans_mode!r}"
+                )
+            max_len = args.get("max_req_total_len")
+            if (
+                isinstance(max_len, bool)
+                or not isinstance(max_len, int)
+                or not 0 < max_len < 1 << 40
+            ):
+                raise RegistrationError(
+                    f"start_args.max_req_total_len must be a positive integer, got {max_len!r}"
+                )
+        return cls(
+            pd_node_id,
+            mode,
+            frame["client_ip_port"],
+            host,
+            None if version == V12 else rpyc_port,
+            args,
+            version,
+            trans_mode,
+            max_len,
+        )
 
 
 @dataclass(eq=False)

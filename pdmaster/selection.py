@@ -1,11 +1,15 @@
-"""Pair selection: filter each pool (connected, not draining, breaker allows), ask its policy."""
+"""Pair selection: filter each pool (connected, not draining, breaker allows), ask its policy.
+
+A prefill node pairs only with decode nodes of its group (one LightLLM protocol version
+and, for v1.2.0, one ``pd_trans_mode``): a master may serve several groups at once.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 
-from pdmaster.errors import NoNodeAvailable
-from pdmaster.node_pool import NodeConnection, NodePool, Role
+from pdmaster.errors import BadRequest, NoNodeAvailable
+from pdmaster.node_pool import V12, NodeConnection, NodePool, Role
 from pdmaster.policies import NodeView, Policy, RequestView
 
 
@@ -14,9 +18,63 @@ class PairSelector:
         self._pool = pool
         self._policies: dict[Role, Policy] = {"prefill": prefill_policy, "decode": decode_policy}
 
-    def pick(
-        self, role: Role, request: RequestView, exclude: Collection[NodeConnection] = ()
-    ) -> NodeConnection:
+    def pick_pair(
+        self,
+        request: RequestView,
+        exclude: Collection[NodeConnection] = (),
+        total_len: int = 0,
+    ) -> tuple[NodeConnection, NodeConnection | None]:
+        """A prefill node and a decode node of its group (None: a v1.1.0 one-token request).
+
+        ``total_len`` (prompt + max_new_tokens) must fit a v1.2.0 node's max_req_total_len.
+        """
+        prefills = self._healthy("prefill")
+        decodes = self._pool.candidates("decode")
+        healthy_decodes = [n for n in decodes if n.breaker.allows()]
+        groups = {n.info.group for n in healthy_decodes}
+        one_token = request.max_new_tokens <= 1
+
+        def pairs(node: NodeConnection) -> bool:
+            return node.info.group in groups or (one_token and node.info.version != V12)
+
+        paired = [n for n in prefills if pairs(n)]
+        fitting = [n for n in paired if fits(n, total_len)]
+        if not fitting:
+            if paired:
+                longest = max(n.info.max_req_total_len or 0 for n in paired)
+                raise BadRequest(
+                    f"inputs: {total_len} prompt + new tokens exceed max_req_total_len "
+                    f"{longest} of the nodes that could serve it",
+                    code="invalid_field",
+                )
+            if not decodes:
+                raise NoNodeAvailable(
+                    "no decode node is connected to this master", code="no_decode_node"
+                )
+            if not healthy_decodes:
+                raise NoNodeAvailable(
+                    "every decode node is failing (circuit breakers open)",
+                    code="no_healthy_decode_node",
+                )
+            raise NoNodeAvailable(
+                "no decode node pairs with a prefill node: they run different LightLLM "
+                "versions or pd_trans_modes",
+                code="no_decode_node",
+            )
+        prefill = self._choose("prefill", fitting, request, exclude)
+        group = prefill.info.group
+        if one_token and prefill.info.version != V12:
+            return prefill, None
+        mates = [n for n in healthy_decodes if n.info.group == group and fits(n, total_len)]
+        if not mates:
+            raise BadRequest(
+                f"inputs: {total_len} prompt + new tokens exceed max_req_total_len of every "
+                "decode node",
+                code="invalid_field",
+            )
+        return prefill, self._choose("decode", mates, request, exclude)
+
+    def _healthy(self, role: Role) -> list[NodeConnection]:
         connected = self._pool.candidates(role)
         if not connected:
             raise NoNodeAvailable(
@@ -28,6 +86,15 @@ class PairSelector:
                 f"every {role} node is failing (circuit breakers open)",
                 code=f"no_healthy_{role}_node",
             )
+        return healthy
+
+    def _choose(
+        self,
+        role: Role,
+        healthy: list[NodeConnection],
+        request: RequestView,
+        exclude: Collection[NodeConnection],
+    ) -> NodeConnection:
         fresh = [n for n in healthy if n not in exclude] or healthy
         by_id = {n.node_id: n for n in fresh}
         views = [
@@ -43,3 +110,8 @@ class PairSelector:
         return any(
             n is not node and n.breaker.allows() for n in self._pool.candidates(node.info.mode)
         )
+
+
+def fits(node: NodeConnection, total_len: int) -> bool:
+    limit = node.info.max_req_total_len
+    return limit is None or total_len <= limit

@@ -15,7 +15,9 @@ class MasterSettings:
     port: int = 60011
     model_dir: Path = DEFAULT_MODEL_DIR
     served_model_name: str | None = None  # the OpenAI API's model name; None: model_dir's name
-    lightllm_version: str = "v1.1.0"
+    # the LightLLM releases whose nodes may register; each pairs only with its own kind
+    lightllm_versions: frozenset[str] = frozenset({"v1.1.0", "fc72ffa", "v1.2.0"})
+    heartbeat_timeout_s: float = 30.0  # v1.2.0 nodes: silent this long -> gone (LightLLM: 30)
     node_id: int = 0  # LightLLM's single master is id 0; nodes route kv_move_status by it
     max_new_tokens: int = 16384
     max_req_total_len: int = 16384 + 8192

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from pdmaster.errors import DeadlineExceeded
 from pdmaster.node_pool import NodeConnection
@@ -20,6 +21,7 @@ from pdwire.lightllm import MAX_BEST_OF, TokenEntry, UpKVStatus
 log = logging.getLogger(__name__)
 
 KV_WAIT = ("KV cache hand-off confirmation", "kv_move_timeout")
+PROMPT_IDS_WAIT = ("prompt ids from the prefill node", "prompt_ids_timeout")
 
 Sink = Callable[[list[TokenEntry]], bool]
 """Takes tokens while a wait is parked; False leaves them to the waiting task."""
@@ -31,6 +33,8 @@ class RequestState:
     __slots__ = (
         "group_id",
         "source",
+        "uploader",
+        "_prompt_ids",
         "_items",
         "_error",
         "_kv_status",
@@ -44,6 +48,8 @@ class RequestState:
     def __init__(self, group_id: int) -> None:
         self.group_id = group_id
         self.source: NodeConnection | None = None
+        self.uploader: NodeConnection | None = None  # v1.2.0: the P whose prompt ids count
+        self._prompt_ids: list[int] | None = None
         self._items: list[TokenEntry] = []
         self._error: Exception | None = None
         self._kv_status: UpKVStatus | None = None
@@ -81,9 +87,14 @@ class RequestState:
         self._deadline = deadline
         self._seconds = seconds
 
-    def kv_arrived(self, status: UpKVStatus) -> None:
+    def kv_arrived(self, status: Any) -> None:
         self._kv_status = status
         self._wake()
+
+    def prompt_ids_arrived(self, node: NodeConnection, prompt_ids: list[int]) -> None:
+        if node is self.uploader and self._prompt_ids is None:
+            self._prompt_ids = prompt_ids
+            self._wake()
 
     def fail(self, error: Exception) -> None:
         if self._error is None:
@@ -130,13 +141,22 @@ class RequestState:
         assert self._error is not None
         raise self._error
 
-    async def kv_status(self, deadline: float, seconds: float) -> UpKVStatus:
+    async def kv_status(self, deadline: float, seconds: float) -> Any:
+        """v1.1.0: an ``UpKVStatus``; v1.2.0: a ``PDUpKVStatus``."""
         while self._kv_status is None and self._error is None:
             await self._wait(deadline, seconds, *KV_WAIT)
         if self._error is not None:
             raise self._error
         assert self._kv_status is not None
         return self._kv_status
+
+    async def prompt_ids(self, deadline: float, seconds: float) -> list[int]:
+        while self._prompt_ids is None and self._error is None:
+            await self._wait(deadline, seconds, *PROMPT_IDS_WAIT)
+        if self._error is not None:
+            raise self._error
+        assert self._prompt_ids is not None
+        return self._prompt_ids
 
 
 class RequestTable:
@@ -180,6 +200,17 @@ class RequestTable:
         state = self._by_group.get(status.group_request_id)
         if state is not None:
             state.kv_arrived(status)
+
+    def kv_reserved(self, group_request_id: int, status: Any) -> None:
+        """v1.2.0: D admitted the request and says where P must write its KV cache."""
+        state = self._by_group.get(group_request_id // MAX_BEST_OF * MAX_BEST_OF)
+        if state is not None:
+            state.kv_arrived(status)
+
+    def prompt_ids_arrived(self, node: NodeConnection, group_id: int, ids: list[int]) -> None:
+        state = self._by_group.get(group_id // MAX_BEST_OF * MAX_BEST_OF)
+        if state is not None:
+            state.prompt_ids_arrived(node, ids)
 
     def expire(self, now: float) -> None:
         """Fail every wait whose deadline has passed."""

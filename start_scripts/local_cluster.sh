@@ -6,6 +6,10 @@
 # Waits until both masters see all 4 nodes, sends one real request through each master,
 # prints what to try, and stops everything on Ctrl-C. With --once it exits after the answers.
 #
+# LIGHTLLM_VERSIONS (default v1.1.0) runs 2 prefill + 2 decode nodes per LightLLM version,
+# e.g. LIGHTLLM_VERSIONS=v1.1.0,v1.2.0 for a mixed cluster (the masters pair nodes within one
+# version; hosts 127.0.0.2-5 for the first version, 127.0.0.6-9 for the second, ...).
+#
 # Environment: PYTHON (python3), CONFIG_SERVER_PORT (60088), MASTER_PORTS ("60011 60012"),
 #              LOG_DIR (./logs/local_cluster), SIM_ARGS (extra flags for every simulated
 #              engine, e.g. "--time_scale 0.5"), PDCTL_STORE / PDCTL_ETCD_ENDPOINTS (the
@@ -21,7 +25,9 @@ export CONFIG_SERVER_PORT=${CONFIG_SERVER_PORT:-60088}
 read -r -a MASTER_PORTS <<< "${MASTER_PORTS:-60011 60012}"
 LOG_DIR=${LOG_DIR:-logs/local_cluster}
 read -r -a SIM_ARGS <<< "${SIM_ARGS:-}"
+IFS=, read -r -a VERSIONS <<< "${LIGHTLLM_VERSIONS:-v1.1.0}"
 mkdir -p "$LOG_DIR"
+per_role=$((2 * ${#VERSIONS[@]}))
 
 pids=()
 cleanup() {
@@ -74,8 +80,8 @@ with urllib.request.urlopen(request, timeout=30) as reply:
 ' "$@"
 }
 
-all_nodes_joined() {  # all_nodes_joined URL: the master at URL sees 2 prefill + 2 decode
-  http "$1/readiness" | grep -q '"prefill_nodes":2,"decode_nodes":2'
+all_nodes_joined() {  # all_nodes_joined URL: the master at URL sees every node
+  http "$1/readiness" | grep -q "\"prefill_nodes\":$per_role,\"decode_nodes\":$per_role"
 }
 
 config_url="http://127.0.0.1:$CONFIG_SERVER_PORT"
@@ -90,24 +96,34 @@ for port in "${MASTER_PORTS[@]}"; do
   wait_for "the master on port $port" 30 http "http://127.0.0.1:$port/health"
 done
 
-for i in 0 1; do
-  prefill_host="127.0.0.$((2 + i))"
-  decode_host="127.0.0.$((4 + i))"
-  start "agent-prefill$i" env ENGINE=sim LOG_DIR="$LOG_DIR/prefill$i" \
-    bash "$here/pd_prefill.sh" "$prefill_host" 127.0.0.1 --api-host "$prefill_host" \
-    --startsecs 1 -- --config_server_poll_s 2 "${SIM_ARGS[@]}"
-  start "agent-decode$i" env ENGINE=sim LOG_DIR="$LOG_DIR/decode$i" \
-    bash "$here/pd_decode.sh" "$decode_host" 127.0.0.1 --api-host "$decode_host" \
-    --startsecs 1 -- --config_server_poll_s 2 "${SIM_ARGS[@]}"
+for k in "${!VERSIONS[@]}"; do
+  version=${VERSIONS[$k]}
+  for i in 0 1; do
+    n=$((2 * k + i))
+    prefill_host="127.0.0.$((2 + 4 * k + i))"
+    decode_host="127.0.0.$((4 + 4 * k + i))"
+    start "agent-prefill$n" env ENGINE=sim LIGHTLLM_VERSION="$version" \
+      LOG_DIR="$LOG_DIR/prefill$n" \
+      bash "$here/pd_prefill.sh" "$prefill_host" 127.0.0.1 --api-host "$prefill_host" \
+      --startsecs 1 -- --config_server_poll_s 2 "${SIM_ARGS[@]}"
+    start "agent-decode$n" env ENGINE=sim LIGHTLLM_VERSION="$version" \
+      LOG_DIR="$LOG_DIR/decode$n" \
+      bash "$here/pd_decode.sh" "$decode_host" 127.0.0.1 --api-host "$decode_host" \
+      --startsecs 1 -- --config_server_poll_s 2 "${SIM_ARGS[@]}"
+  done
 done
 for port in "${MASTER_PORTS[@]}"; do
-  wait_for "4 nodes on the master on port $port" 60 all_nodes_joined "http://127.0.0.1:$port"
+  wait_for "$((2 * per_role)) nodes on the master on port $port" 60 all_nodes_joined \
+    "http://127.0.0.1:$port"
 done
 
 request='{"inputs": "What is AI?", "parameters": {"max_new_tokens": 16}}'
 echo "cluster ready: config server $config_url, masters on 127.0.0.1:${MASTER_PORTS[*]},"
-echo "  prefill agents 127.0.0.2-3 (engine :8019, agent :9019),"
-echo "  decode agents 127.0.0.4-5 (engine :8121, agent :9121)"
+for k in "${!VERSIONS[@]}"; do
+  echo "  LightLLM ${VERSIONS[$k]}: prefill agents 127.0.0.$((2 + 4 * k))-$((3 + 4 * k))" \
+    "(engine :8019, agent :9019), decode agents 127.0.0.$((4 + 4 * k))-$((5 + 4 * k))" \
+    "(engine :8121, agent :9121)"
+done
 echo "request: $request"
 for port in "${MASTER_PORTS[@]}"; do
   echo -n "answer from the master on port $port:  "

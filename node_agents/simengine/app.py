@@ -12,12 +12,14 @@ from fastapi import Body, FastAPI
 from fastapi.responses import JSONResponse
 
 from node_agents.simengine.decode import DecodeNode
+from node_agents.simengine.decode_v12 import DecodeNodeV12
 from node_agents.simengine.discovery import MasterDiscovery, MasterSet
 from node_agents.simengine.engine import NodeIdentity, SimNode
 from node_agents.simengine.faults import Faults
 from node_agents.simengine.links import LinkSet
 from node_agents.simengine.normal import NormalNode, normal_router
 from node_agents.simengine.prefill import PrefillNode
+from node_agents.simengine.prefill_v12 import PrefillNodeV12
 from node_agents.simengine.timing import TimingModel
 from pdmaster.tokenizer import ModelTokenizer
 from pdwire.lightllm import LightLLMCodec
@@ -37,7 +39,12 @@ def build_node(
     faults: Faults,
     dp: int = 1,
     prefix_cache_tokens: int = 0,
+    v12_timeouts: tuple[float, float] = (180.0, 180.0),
 ) -> SimNode:
+    if codec.version == "v1.2.0" and identity.mode != "normal":
+        return build_node_v12(
+            identity, codec, tokenizer, timing, faults, prefix_cache_tokens, v12_timeouts
+        )
     if identity.mode == "prefill":
         return PrefillNode(
             identity, codec, tokenizer, timing, faults, prefix_cache_tokens=prefix_cache_tokens
@@ -47,12 +54,39 @@ def build_node(
     return DecodeNode(identity, codec, tokenizer, timing, faults, dp=dp)
 
 
+def build_node_v12(
+    identity: NodeIdentity,
+    codec: LightLLMCodec,
+    tokenizer: ModelTokenizer,
+    timing: TimingModel,
+    faults: Faults,
+    prefix_cache_tokens: int,
+    timeouts: tuple[float, float],
+) -> SimNode:
+    max_len = int(identity.start_args.get("max_req_total_len", 16384 + 8192))
+    node: PrefillNodeV12 | DecodeNodeV12
+    if identity.mode == "prefill":
+        node = PrefillNodeV12(
+            identity, codec, tokenizer, timing, faults,
+            prefix_cache_tokens=prefix_cache_tokens, max_req_total_len=max_len,
+        )  # fmt: skip
+        node.info_timeout_s = timeouts[0]
+    else:
+        node = DecodeNodeV12(
+            identity, codec, tokenizer, timing, faults,
+            prefix_cache_tokens=prefix_cache_tokens, max_req_total_len=max_len,
+        )  # fmt: skip
+        node.trans_timeout_s = timeouts[1]
+    return node
+
+
 def create_app(
     node: SimNode,
     masters: list[MasterAddress],
     reconnect_s: float,
     config_server: str | None = None,
     config_poll_s: float = 10.0,
+    heartbeat_s: float = 15.0,
 ) -> FastAPI:
     """With ``config_server``, the masters come from its ``/registered_objects`` (polled
     every ``config_poll_s``), as a LightLLM node in multi-master mode finds them."""
@@ -67,6 +101,8 @@ def create_app(
             node.on_link_lost,
             wants_kv_status=node.identity.mode == "decode",
             reconnect_s=reconnect_s,
+            heartbeat=node.heartbeat if node.codec.version == "v1.2.0" else None,
+            heartbeat_s=heartbeat_s,
         )
         await links.update({m.master_id: m.address for m in masters})
         async with contextlib.AsyncExitStack() as stack:

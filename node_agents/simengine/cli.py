@@ -50,6 +50,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--dp", type=int, default=1)
     p.add_argument("--lightllm_version", default="v1.1.0", choices=sorted(LAYOUTS))
+    v = p.add_argument_group("LightLLM v1.2.0 nodes")
+    v.add_argument("--pd_trans_mode", default="nccl", choices=["nccl", "nixl"])
+    v.add_argument("--max_req_total_len", type=int, default=16384 + 8192)
+    v.add_argument("--pd_kv_page_num", type=int, default=16)
+    v.add_argument("--pd_kv_page_size", type=int, default=1024)
+    v.add_argument(
+        "--pd_heartbeat_s", type=float, default=15.0, help="HEARTBEAT frame period (LightLLM: 15)"
+    )
+    v.add_argument(
+        "--pd_info_timeout_s",
+        type=float,
+        default=180.0,
+        help="prefill: longest wait for the decode node info (LightLLM: 180)",
+    )
+    v.add_argument(
+        "--pd_trans_timeout_s",
+        type=float,
+        default=180.0,
+        help="decode: longest wait for the prefill node's KV write (LightLLM: 180)",
+    )
     p.add_argument(
         "--pd_reconnect_s",
         type=float,
@@ -84,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--fault_drop_kv_rate", type=float, default=0.0)
     f.add_argument("--fault_hang", action="store_true")
     f.add_argument("--fault_crash_after_tokens", type=int, default=0)
+    f.add_argument("--fault_no_heartbeat", action="store_true")
     p.add_argument("--log_level", default="info")
     return p
 
@@ -102,9 +123,33 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
             "drop_kv_rate": args.fault_drop_kv_rate,
             "hang": args.fault_hang,
             "crash_after_tokens": args.fault_crash_after_tokens,
+            "no_heartbeat": args.fault_no_heartbeat,
         }
     )
     return faults
+
+
+V12_ONLY = ("pd_trans_mode", "max_req_total_len", "pd_kv_page_num", "pd_kv_page_size")
+
+
+def registration_args(args: argparse.Namespace) -> dict[str, object]:
+    """``start_args`` as the node's LightLLM release registers them.
+
+    Masters tell the release from these: v1.2.0 has ``pd_trans_mode`` and no
+    ``pd_decode_rpyc_port``; v1.1.0 has ``select_p_d_node_strategy``; fc72ffa has
+    ``cache_reserved_ratio`` without it.
+    """
+    start_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    if args.lightllm_version == "v1.2.0":
+        del start_args["pd_decode_rpyc_port"]
+        return start_args
+    for key in V12_ONLY:
+        del start_args[key]
+    if args.lightllm_version == "v1.1.0":
+        start_args["select_p_d_node_strategy"] = "round_robin"
+    else:
+        start_args["cache_reserved_ratio"] = 0.5
+    return start_args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.pd_node_id is None:
         args.pd_node_id = uuid.uuid4().int
-    start_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    start_args = registration_args(args)
     identity = NodeIdentity(args.pd_node_id, args.run_mode, args.host, args.port, start_args)
     node = build_node(
         identity,
@@ -129,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         faults_from_args(args),
         dp=args.dp,
         prefix_cache_tokens=args.prefix_cache_tokens,
+        v12_timeouts=(args.pd_info_timeout_s, args.pd_trans_timeout_s),
     )
     node.stamp_tokens = args.text_mode == "timestamp"
     config_server = None
@@ -138,7 +184,14 @@ def main(argv: list[str] | None = None) -> None:
             config_server = f"{args.config_server_host}:{args.config_server_port}"
         else:
             masters = [MasterAddress(0, f"{args.pd_master_ip}:{args.pd_master_port}")]
-    app = create_app(node, masters, args.pd_reconnect_s, config_server, args.config_server_poll_s)
+    app = create_app(
+        node,
+        masters,
+        args.pd_reconnect_s,
+        config_server,
+        args.config_server_poll_s,
+        heartbeat_s=args.pd_heartbeat_s,
+    )
     uvicorn.run(
         app,
         host=args.host,

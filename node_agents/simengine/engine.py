@@ -71,6 +71,8 @@ class Running:
     prompt_tokens: int
     kv_tokens: int = 0
     skip_special_tokens: bool = True
+    meta: dict[str, Any] | None = None  # added to every token's metadata (v1.2.0: node_mode)
+    first_meta: dict[str, Any] | None = None  # ... and to the first token's (input_usage)
 
     def step(
         self, tokenizer: ModelTokenizer, extra: dict[str, Any] | None = None
@@ -88,6 +90,10 @@ class Running:
             "mtp_accepted_token_num": 0,
             "prompt_tokens": self.prompt_tokens,
         }
+        if self.meta:
+            meta.update(self.meta)
+        if self.first_meta and len(self.gen.output_ids) == 1:
+            meta.update(self.first_meta)
         if extra:
             meta.update(extra)
         return (self.group_id, text, meta, FinishStatus(status)), status
@@ -119,7 +125,7 @@ class SimNode:
         if self.faults.hang:
             return
         try:
-            kind, payload, _ = self.codec.decode_node_message(frame)
+            kind, payload, extra = self.codec.decode_node_message(frame)
             if kind is ObjType.REQ:
                 prompt, params, _ = self.codec.decode_req(payload)
                 self.stats.requests += 1
@@ -129,12 +135,21 @@ class SimNode:
                     raise WireError("ABORT payload must be a group request id")
                 self.stats.aborts += 1
                 await self.on_abort(payload)
+            else:
+                await self.on_message(link, kind, payload, extra)
         except WireError as exc:
             log.error("bad frame from master %s: %s", link.address, exc)
             await link.close()
 
+    async def on_message(self, link: MasterLink, kind: ObjType, payload: Any, extra: Any) -> None:
+        """A frame other than REQ and ABORT (v1.2.0: PD_REQ_DECODE_NODE_INFO)."""
+
     def on_link_lost(self, link: MasterLink) -> None:
         log.warning("lost master %s", link.address)
+
+    def heartbeat(self) -> bytes | None:
+        """v1.2.0's ``(HEARTBEAT,)`` frame, unless a fault knob silences it."""
+        return None if self.faults.no_heartbeat else self.codec.encode_heartbeat()
 
     def load(self) -> dict[str, Any]:
         return {

@@ -1,10 +1,13 @@
 """Fault knobs of the simulated engine, set by flag or at run time through /sim/faults.
 
-fail_rate           fraction of requests a node silently drops (no token ever comes back)
+fail_rate           fraction of requests a node silently drops (no token ever comes back;
+                    v1.2.0: a P that never uploads the prompt ids, a D that never reserves)
 extra_latency_ms    added to every prefill batch and decode step
 drop_kv_rate        fraction of KV hand-offs a decode node takes but never reports
+                    (v1.2.0: fails, ending the request with FINISHED_ERROR as LightLLM's D does)
 hang                the node stops working: frames ignored, no tokens, /health never answers
 crash_after_tokens  the process exits once it has sent this many tokens (0 = never)
+no_heartbeat        v1.2.0: the node stops sending its HEARTBEAT frames
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ class Faults:
     drop_kv_rate: float = 0.0
     hang: bool = False
     crash_after_tokens: int = 0
+    no_heartbeat: bool = False
     rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
 
     def roll(self, rate: float) -> bool:

@@ -1,7 +1,10 @@
 """A node's connections to one PD master, as a LightLLM node keeps them.
 
 ``/pd_register``: a text registration frame, then pickled frames both ways.
-``/kv_move_status`` (decode nodes): text JSON frames announcing finished KV hand-offs.
+``/kv_move_status`` (decode nodes): text JSON frames announcing finished KV hand-offs
+(v1.2.0: binary frames, a pickled ``PDUpKVStatus``, announcing reserved KV slots).
+With ``heartbeat`` (v1.2.0 nodes), the link sends its frame every ``heartbeat_s`` from
+connect; ``heartbeat()`` returning None skips a beat (a fault knob).
 The link reconnects after ``reconnect_s`` when the master goes away.
 """
 
@@ -32,8 +35,12 @@ class MasterLink:
         on_lost: Callable[[MasterLink], None],
         wants_kv_status: bool,
         reconnect_s: float,
+        heartbeat: Callable[[], bytes | None] | None = None,
+        heartbeat_s: float = 15.0,
     ) -> None:
         self.master_id = master_id
+        self._heartbeat = heartbeat
+        self._heartbeat_s = heartbeat_s
         self.address = address
         self._registration = json.dumps(registration)
         self._on_frame = on_frame
@@ -73,9 +80,23 @@ class MasterLink:
         self._ws, self._kv_ws = ws, kv
         self.connected.set()
         log.info("connected to master %s (id %d)", self.address, self.master_id)
-        async for frame in ws:
-            if isinstance(frame, bytes):
-                await self._on_frame(self, frame)
+        beats = asyncio.create_task(self._beat(ws)) if self._heartbeat is not None else None
+        try:
+            async for frame in ws:
+                if isinstance(frame, bytes):
+                    await self._on_frame(self, frame)
+        finally:
+            if beats is not None:
+                beats.cancel()
+
+    async def _beat(self, ws: ClientConnection) -> None:
+        assert self._heartbeat is not None
+        with contextlib.suppress(WebSocketException, OSError):
+            while True:
+                frame = self._heartbeat()
+                if frame is not None:
+                    await ws.send(frame)
+                await asyncio.sleep(self._heartbeat_s)
 
     async def send(self, data: bytes) -> bool:
         ws = self._ws
@@ -87,12 +108,12 @@ class MasterLink:
             return False
         return True
 
-    async def send_kv_status(self, status: dict[str, Any]) -> bool:
+    async def send_kv_status(self, status: dict[str, Any] | bytes) -> bool:
         ws = self._kv_ws
         if ws is None:
             return False
         try:
-            await ws.send(json.dumps(status))
+            await ws.send(status if isinstance(status, bytes) else json.dumps(status))
         except (WebSocketException, OSError):
             return False
         return True
@@ -118,8 +139,12 @@ class LinkSet:
         on_lost: Callable[[MasterLink], None],
         wants_kv_status: bool,
         reconnect_s: float,
+        heartbeat: Callable[[], bytes | None] | None = None,
+        heartbeat_s: float = 15.0,
     ) -> None:
-        self.links = links  # shared with the node, which answers through them
+        self.links = links
+        self._heartbeat = heartbeat
+        self._heartbeat_s = heartbeat_s  # shared with the node, which answers through them
         self._registration = registration
         self._on_frame = on_frame
         self._on_lost = on_lost
@@ -142,6 +167,8 @@ class LinkSet:
                     self._on_lost,
                     self._wants_kv_status,
                     self._reconnect_s,
+                    self._heartbeat,
+                    self._heartbeat_s,
                 )
                 self.links[master_id] = link
                 self._tasks[master_id] = asyncio.create_task(link.run(), name=f"link-{address}")

@@ -1,0 +1,132 @@
+"""LightLLM v1.2.0 nodes end to end: one master and simulated v1.2.0 nodes (real processes).
+
+The decode-first flow (prompt-id upload, D's KV reservation, the descriptor relayed to P,
+tokens from both nodes) gives the same answers as the older protocol; outputs past a block
+are one stream; a master serves v1.1.0 and v1.2.0 pools at once, pairing within a version.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from benchmark_client.localcluster import Cluster, ProcGroup
+from pdmaster.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
+from tests.integration.echo_model import expected, sse_events
+
+V12 = ["--lightllm_version", "v1.2.0"]
+
+
+@pytest.fixture(scope="module")
+def tok() -> ModelTokenizer:
+    return ModelTokenizer.from_model_dir(DEFAULT_MODEL_DIR)
+
+
+def generate(url: str, prompt: str, **params: object) -> httpx.Response:
+    return httpx.post(f"{url}/generate", json={"inputs": prompt, "parameters": params}, timeout=30)
+
+
+def stream(url: str, prompt: str, **params: object) -> list[dict]:
+    body = {"inputs": prompt, "parameters": params}
+    with httpx.stream("POST", f"{url}/generate_stream", json=body, timeout=30) as r:
+        assert r.status_code == 200, r.read()
+        return sse_events(r.read().decode())
+
+
+def nodes(url: str) -> list[dict]:
+    return httpx.get(f"{url}/v1/nodes", timeout=5).json()["items"]
+
+
+def test_v12_pool_answers_exactly_on_every_endpoint(procs: ProcGroup, tok: ModelTokenizer) -> None:
+    c = Cluster(procs)
+    c.start_master("--kv_move_timeout", "5", "--token_idle_timeout", "10")
+    for i in range(2):
+        c.add_node("prefill", i, *V12, "--max_req_total_len", "256")
+        c.add_node("decode", i, *V12, "--max_req_total_len", "256")
+    c.wait_ready(2, 2)
+
+    r = generate(c.url, "What is AI?", max_new_tokens=12)
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "generated_text": ["What is AI?What is AI?"],
+        "count_output_tokens": 9,
+        "finish_reason": "stop",
+        "prompt_tokens": 4,
+    }
+    prompt = "Tell me a joke about computers."
+    text, count, _ = expected(tok, prompt, 40, ignore_eos=True)
+    r = generate(c.url, prompt, max_new_tokens=40, ignore_eos=True)
+    assert (r.json()["generated_text"][0], r.json()["count_output_tokens"]) == (text, count)
+
+    events = stream(c.url, "What is AI?", max_new_tokens=5)
+    assert [e["token"]["text"] for e in events] == ["What", " is", " AI", "?", "What"]
+    assert [e["token"]["count_output_tokens"] for e in events] == [1, 2, 3, 4, 5]
+    assert [e["finished"] for e in events] == [False] * 4 + [True]
+
+    completion = httpx.post(
+        f"{c.url}/v1/completions",
+        json={"model": "m", "prompt": "What is AI?", "max_tokens": 12},
+        timeout=30,
+    ).json()
+    assert completion["choices"][0]["text"] == "What is AI?What is AI?"
+    chat = httpx.post(
+        f"{c.url}/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6},
+        timeout=30,
+    )
+    assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"]
+
+    decode_requests = sum(n.stats()["requests"] for n in c.nodes if n.mode == "decode")
+    for _ in range(4):  # one token: P and D both take part, as in LightLLM v1.2.0
+        r = generate(c.url, "What is AI?", max_new_tokens=1)
+        assert r.json()["generated_text"] == ["What"] and r.json()["finish_reason"] == "length"
+    assert sum(n.stats()["requests"] for n in c.nodes if n.mode == "decode") == decode_requests + 4
+
+    too_long = generate(c.url, "What is AI?", max_new_tokens=300)  # nodes: 256 at most
+    assert too_long.status_code == 400 and "max_req_total_len" in too_long.text
+
+    listed = nodes(c.url)
+    assert {(n["lightllm_version"], n["pd_trans_mode"]) for n in listed} == {("v1.2.0", "nccl")}
+    assert all(n["max_req_total_len"] == 256 for n in listed)
+    metrics = httpx.get(f"{c.url}/metrics", timeout=5).text
+    assert metrics.count('lightllm_version="v1.2.0"') >= 4
+    assert all(n.stats()["kv_used_tokens"] == 0 for n in c.nodes)
+
+
+def test_long_output_runs_in_blocks_and_streams_as_one(procs: ProcGroup) -> None:
+    c = Cluster(procs)
+    c.start_master("--pd_split_max_new_tokens", "4")
+    c.add_node("prefill", 0, *V12)
+    c.add_node("decode", 0, *V12)
+    c.wait_ready(1, 1)
+    events = stream(c.url, "What is AI?", max_new_tokens=10, ignore_eos=True)
+    assert [e["token"]["count_output_tokens"] for e in events] == list(range(1, 11))
+    assert [e["finished"] for e in events] == [False] * 9 + [True]
+    assert events[-1]["finish_reason"] == "length"
+    assert {e["token"]["prompt_tokens"] for e in events} == {4}
+    # the echo model repeats its prompt, and each block's prompt is the text so far
+    assert "".join(e["token"]["text"] for e in events) == "What is AI?What is AI?What is"
+    assert c.node("decode").stats()["requests"] == 3  # blocks of 4 + 4 + 2
+
+
+def test_mixed_pools_pair_within_one_version(procs: ProcGroup, tok: ModelTokenizer) -> None:
+    c = Cluster(procs)
+    c.start_master()
+    c.add_node("prefill", 0, "--lightllm_version", "v1.1.0")
+    c.add_node("decode", 0, "--lightllm_version", "v1.1.0")
+    c.add_node("prefill", 1, "--lightllm_version", "fc72ffa")
+    c.add_node("decode", 1, "--lightllm_version", "fc72ffa")
+    c.add_node("prefill", 2, *V12)
+    c.add_node("decode", 2, *V12)
+    c.wait_ready(3, 3)
+    versions = {n["address"]: n["lightllm_version"] for n in nodes(c.url)}
+    assert sorted(versions.values()) == ["fc72ffa"] * 2 + ["v1.1.0"] * 2 + ["v1.2.0"] * 2
+    prompts = [f"Mixed cluster request {i}" for i in range(9)]
+    for prompt in prompts:
+        r = generate(c.url, prompt, max_new_tokens=6, ignore_eos=True)
+        assert r.status_code == 200, r.text
+        assert r.json()["generated_text"][0] == expected(tok, prompt, 6, ignore_eos=True)[0]
+    for i in range(3):  # each pair served its share, and only with its own partner
+        p, d = c.node("prefill", i).stats(), c.node("decode", i).stats()
+        assert p["requests"] == d["requests"] == 3
+        assert p["kv_handoffs"] == 3
