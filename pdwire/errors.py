@@ -3,6 +3,7 @@
 WireError                  anything wrong with a message on the wire
 +-- ForbiddenGlobalError   a pickle names a class or function outside the allowlist
 +-- MalformedMessageError  the message decodes but is not what the protocol says
+    +-- FrameLimitError    the message would cost more than the decoder's limits allow
 """
 
 from __future__ import annotations
@@ -23,3 +24,7 @@ class ForbiddenGlobalError(WireError):
 
 class MalformedMessageError(WireError):
     """A message decoded but its shape or content breaks the protocol."""
+
+
+class FrameLimitError(MalformedMessageError):
+    """A message exceeds a bound on size, nesting, values or memo entries."""

@@ -1,8 +1,9 @@
-"""LightLLM's PD wire objects: mirror classes, a byte-compatible encoder, a restricted decoder.
+"""LightLLM's PD wire objects: mirror classes, a byte-compatible encoder, a safe decoder.
 
 Pickles made here load into LightLLM's own classes (same module paths, same ctypes bytes),
 and pickles made by LightLLM decode here into the mirrors, without importing LightLLM.
-Decoding never runs code from the network: only the allowlisted globals resolve.
+Each protocol version's messages are data (``MESSAGE_SETS``); decoding goes through
+``pdwire.safepickle``, which runs no code, builds only fresh objects and bounds its work.
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ from __future__ import annotations
 import _ctypes
 import base64
 import binascii
-import ctypes
 import enum
 import io
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pdwire import fastpickle
-from pdwire.errors import ForbiddenGlobalError, MalformedMessageError, WireError
+from pdwire.errors import MalformedMessageError
+from pdwire.safepickle import Limits, ObjectSpec, SafeUnpickler, StructSpec, WireSchema
 from pdwire.structs import FinishStatus, Layout, SamplingParamsBase, layout_for
 
 PD_IO_MODULE = "lightllm.server.pd_io_struct"
@@ -31,6 +33,9 @@ class ObjType(enum.Enum):
     ABORT = 1
     REQ = 2
     TOKEN_PACKS = 3
+    PD_UPLOAD_PREFILL_PROMPT_IDS = 4  # v1.2.0 on
+    PD_REQ_DECODE_NODE_INFO = 5  # v1.2.0 on
+    HEARTBEAT = 6  # v1.2.0 on
 
 
 ObjType.__lightllm_name__ = (PD_IO_MODULE, "ObjType")  # type: ignore[attr-defined]
@@ -94,6 +99,40 @@ class UpKVStatus:
             raise MalformedMessageError(f"kv_move_status frame lacks {exc.args[0]}") from None
 
 
+@dataclass
+class PDDecodeNodeInfo:
+    """v1.2.0: where P must write a request's KV cache (D's transporter), relayed by the master.
+
+    ``agent_metadata`` and ``page_reg_desc`` are pickles of D's transporter; they travel as
+    bytes, never unpickled here.
+    """
+
+    decode_node_id: int
+    pd_master_node_id: int
+    agent_name: str
+    agent_metadata: bytes
+    num_pages: int
+    page_reg_desc: bytes
+    request_id: int
+    ready_kv_len: int
+
+    __lightllm_name__ = (PD_IO_MODULE, "PDDecodeNodeInfo")
+
+
+@dataclass
+class PDUpKVStatus:
+    """v1.2.0's binary ``/kv_move_status`` frame: D has reserved KV slots for a request.
+
+    ``pd_kv_trans_params`` is a pickled PDDecodeNodeInfo (``LightLLMCodec.decode_trans_params``).
+    """
+
+    group_request_id: int
+    pd_master_node_id: int
+    pd_kv_trans_params: bytes
+
+    __lightllm_name__ = (PD_IO_MODULE, "PDUpKVStatus")
+
+
 def _as_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise MalformedMessageError(f"{name} must be an integer, got {value!r}")
@@ -105,6 +144,103 @@ def group_request_id(sub_request_id: int) -> int:
 
 
 TokenEntry = tuple[int, str, dict[str, Any], FinishStatus]
+
+
+@dataclass(frozen=True)
+class MessageSet:
+    """What one LightLLM version puts on the wire, as data for the codec and its decoder."""
+
+    version: str
+    obj_types: frozenset[ObjType]
+    finish_statuses: frozenset[int]
+    token_packs_carry_load: bool  # (TOKEN_PACKS, entries, load) rather than a 2-tuple
+    kv_status_pickled: bool  # /kv_move_status: pickled PDUpKVStatus, else JSON UpKVStatus
+    objects: tuple[type, ...]  # plain wire classes (NEWOBJ + BUILD)
+    tuple_lengths: Mapping[ObjType, tuple[int, ...]]  # node frames: len of each kind's tuple
+
+
+_V11_KINDS = {ObjType.ABORT: (2,), ObjType.REQ: (2,), ObjType.TOKEN_PACKS: (3,)}
+MESSAGE_SETS: dict[str, MessageSet] = {
+    "v1.1.0": MessageSet(
+        "v1.1.0",
+        frozenset(_V11_KINDS),
+        frozenset({0, 1, 2}),
+        token_packs_carry_load=True,
+        kv_status_pickled=False,
+        objects=(PD_Master_Obj, MultimodalParams),
+        tuple_lengths=_V11_KINDS,
+    ),
+    "fc72ffa": MessageSet(
+        "fc72ffa",
+        frozenset(_V11_KINDS),
+        frozenset({0, 1, 2}),
+        token_packs_carry_load=False,
+        kv_status_pickled=False,
+        objects=(PD_Master_Obj, MultimodalParams),
+        tuple_lengths={**_V11_KINDS, ObjType.TOKEN_PACKS: (2,)},
+    ),
+    "v1.2.0": MessageSet(
+        "v1.2.0",
+        frozenset(ObjType),
+        frozenset({0, 1, 2, 3, 4}),
+        token_packs_carry_load=True,
+        kv_status_pickled=True,
+        objects=(PD_Master_Obj, MultimodalParams, PDUpKVStatus, PDDecodeNodeInfo),
+        tuple_lengths={
+            **_V11_KINDS,
+            ObjType.PD_UPLOAD_PREFILL_PROMPT_IDS: (3,),
+            ObjType.PD_REQ_DECODE_NODE_INFO: (3,),
+            ObjType.HEARTBEAT: (1,),
+        },
+    ),
+}
+VERSIONS = tuple(MESSAGE_SETS)
+
+# The fields of each plain wire class, in LightLLM's order, with the types they may hold.
+_OBJECT_FIELDS: dict[type, dict[str, tuple[type, ...]]] = {
+    PD_Master_Obj: {"node_id": (int,), "host_ip_port": (str,)},
+    MultimodalParams: {"images": (list,), "audios": (list,)},
+    PDUpKVStatus: {
+        "group_request_id": (int,),
+        "pd_master_node_id": (int,),
+        "pd_kv_trans_params": (bytes,),
+    },
+    PDDecodeNodeInfo: {
+        "decode_node_id": (int,),
+        "pd_master_node_id": (int,),
+        "agent_name": (str,),
+        "agent_metadata": (bytes,),
+        "num_pages": (int,),
+        "page_reg_desc": (bytes,),
+        "request_id": (int,),
+        "ready_kv_len": (int,),
+    },
+}
+
+
+def detect_version(registration: Any) -> str | None:
+    """A node's LightLLM version from its ``/pd_register`` registration frame, or None.
+
+    v1.2.0 dropped ``start_args.pd_decode_rpyc_port`` and added ``pd_trans_mode`` (its KV
+    transporter). v1.1.0 and fc72ffa speak the same frames and differ in arguments only
+    fc72ffa has (``cache_reserved_ratio``) or only v1.1.0 has (``select_p_d_node_strategy``,
+    ``dp_balancer``, ...); None when the arguments show neither (the caller's default).
+    """
+    args = registration.get("start_args") if isinstance(registration, dict) else None
+    if not isinstance(args, dict):
+        raise MalformedMessageError("registration has no start_args object")
+    if "pd_decode_rpyc_port" not in args:
+        if "pd_trans_mode" in args:
+            return "v1.2.0"
+        raise MalformedMessageError(
+            "start_args has neither pd_decode_rpyc_port (v1.1.0, fc72ffa) "
+            "nor pd_trans_mode (v1.2.0)"
+        )
+    if "cache_reserved_ratio" in args:
+        return "fc72ffa"
+    if "select_p_d_node_strategy" in args or "dp_balancer" in args:
+        return "v1.1.0"
+    return None
 
 
 class _MirrorPickler(pickle._Pickler):  # type: ignore[name-defined,misc]
@@ -133,28 +269,28 @@ def dumps(obj: Any) -> bytes:
 
 
 class LightLLMCodec:
-    """Encoder and restricted decoder for one LightLLM version's PD messages."""
+    """Encoder and safe decoder for one LightLLM version's PD messages."""
 
-    def __init__(self, version: str = "v1.1.0", *, share_statuses: bool = False) -> None:
+    def __init__(
+        self, version: str = "v1.1.0", *, share_statuses: bool = False, limits: Limits | None = None
+    ) -> None:
         """``share_statuses``: decode every FinishStatus of a value to one shared instance.
 
         Saves an object per token for a reader that never changes or re-encodes them (a
         re-encoded frame would hold memo references where LightLLM's has copies).
         """
+        try:
+            self.messages = MESSAGE_SETS[version]
+        except KeyError:
+            raise ValueError(
+                f"unknown LightLLM version {version!r}; known: {', '.join(VERSIONS)}"
+            ) from None
         self.layout: Layout = layout_for(version)
         self.version = version
-        self.token_packs_carry_load = version != "fc72ffa"
-        self._classes: dict[tuple[str, str], Any] = {
-            (PD_IO_MODULE, "ObjType"): ObjType,
-            (PD_IO_MODULE, "PD_Master_Obj"): PD_Master_Obj,
-            (MULTIMODAL_MODULE, "MultimodalParams"): MultimodalParams,
-            self.layout.SamplingParams.__lightllm_name__: self.layout.SamplingParams,  # type: ignore[attr-defined]
-            FinishStatus.__lightllm_name__: FinishStatus,  # type: ignore[attr-defined]
-            ("_ctypes", "_unpickle"): self._restore_struct,
-        }
-        self._structs = {self.layout.SamplingParams, FinishStatus}
+        self.token_packs_carry_load = self.messages.token_packs_carry_load
         self._share_statuses = share_statuses
-        self._statuses: dict[bytes, FinishStatus] = {}  # raw bytes -> the shared instance
+        self._statuses: dict[int, FinishStatus] = {}
+        self._decoder = SafeUnpickler(self._schema(), limits)
         self._fast_names: dict[Any, tuple[str, str]] = {
             ObjType: ObjType.__lightllm_name__,  # type: ignore[attr-defined]
             FinishStatus: FinishStatus.__lightllm_name__,  # type: ignore[attr-defined]
@@ -165,6 +301,31 @@ class LightLLMCodec:
         self._req_pickler = fastpickle.ReqPickler(
             self._fast_names, ObjType.REQ, self.layout.SamplingParams, MultimodalParams
         )
+
+    def _schema(self) -> WireSchema:
+        params = self.layout.SamplingParams
+        name = _lightllm_name
+        return WireSchema(
+            enums={name(ObjType): {t.value: t for t in self.messages.obj_types}},
+            structs={
+                name(params): StructSpec(params),
+                name(FinishStatus): StructSpec(FinishStatus, self._check_status),
+            },
+            objects={
+                name(cls): ObjectSpec(cls, _OBJECT_FIELDS[cls]) for cls in self.messages.objects
+            },
+        )
+
+    def _check_status(self, status: FinishStatus) -> FinishStatus:
+        value = status.status
+        if value not in self.messages.finish_statuses:
+            raise MalformedMessageError(
+                f"FinishStatus {value} is not one of LightLLM {self.version}'s "
+                f"{sorted(self.messages.finish_statuses)}"
+            )
+        if not self._share_statuses:
+            return status
+        return self._statuses.setdefault(value, status)
 
     # -- encoding ---------------------------------------------------------------------------
     def encode_req(
@@ -180,6 +341,28 @@ class LightLLMCodec:
 
     def encode_abort(self, group_request_id: int) -> bytes:
         return self._dumps((ObjType.ABORT, group_request_id))
+
+    def encode_heartbeat(self) -> bytes:
+        """v1.2.0: ``(HEARTBEAT,)``, every 15 s from each node."""
+        return self._dumps((ObjType.HEARTBEAT,))
+
+    def encode_prompt_ids(self, group_request_id: int, prompt_ids: list[int]) -> bytes:
+        """v1.2.0, P -> master: the tokenized prompt, before any compute."""
+        return self._dumps((ObjType.PD_UPLOAD_PREFILL_PROMPT_IDS, group_request_id, prompt_ids))
+
+    def encode_decode_node_info(self, group_request_id: int, info: PDDecodeNodeInfo) -> bytes:
+        """v1.2.0, master -> P: D's transporter, re-pickled, its bytes fields as D sent them."""
+        return dumps((ObjType.PD_REQ_DECODE_NODE_INFO, group_request_id, info))
+
+    @staticmethod
+    def encode_kv_status(status: PDUpKVStatus) -> bytes:
+        """v1.2.0, D -> master on ``/kv_move_status``."""
+        return dumps(status)
+
+    @staticmethod
+    def encode_trans_params(info: PDDecodeNodeInfo) -> bytes:
+        """The ``pd_kv_trans_params`` bytes of a PDUpKVStatus."""
+        return dumps(info)
 
     def encode_token_packs(self, entries: list[TokenEntry], load: dict[str, Any] | None) -> bytes:
         if self.token_packs_carry_load:
@@ -200,25 +383,45 @@ class LightLLMCodec:
 
     # -- decoding ---------------------------------------------------------------------------
     def loads(self, data: bytes) -> Any:
-        """Unpickle with only LightLLM's wire classes resolvable; raise WireError otherwise."""
-        try:
-            return _RestrictedUnpickler(io.BytesIO(data), self._classes).load()
-        except WireError:
-            raise
-        except Exception as exc:  # any malformed pickle: truncated, bad opcode, wrong args
-            raise MalformedMessageError(
-                f"undecodable pickle: {type(exc).__name__}: {exc}"
-            ) from None
+        """Decode one of this version's messages; raise WireError for anything else."""
+        return self._decoder.loads(data)
 
-    def decode_node_message(self, data: bytes) -> tuple[ObjType, Any, dict[str, Any] | None]:
-        """A node's binary frame: (ObjType, payload, load report or None)."""
+    def decode_node_message(self, data: bytes) -> tuple[ObjType, Any, Any]:
+        """A binary ``/pd_register`` frame: (ObjType, payload, extra).
+
+        ``(ABORT, gid)``, ``(REQ, payload)``: payload, None. ``(TOKEN_PACKS, entries[, load])``:
+        entries, the load dict (None without one). ``(HEARTBEAT,)``: None, None. The v1.2.0
+        3-tuples ``(PD_UPLOAD_PREFILL_PROMPT_IDS, gid, ids)`` and
+        ``(PD_REQ_DECODE_NODE_INFO, gid, info)``: gid, then ids or info, both checked.
+        """
         msg = self.loads(data)
-        if not isinstance(msg, tuple) or len(msg) not in (2, 3) or not isinstance(msg[0], ObjType):
-            raise MalformedMessageError("frame is not a (ObjType, payload[, load]) tuple")
-        load = msg[2] if len(msg) == 3 else None
-        if load is not None and not isinstance(load, dict):
-            raise MalformedMessageError("load report must be a dict")
-        return msg[0], msg[1], load
+        if type(msg) is not tuple or not msg or type(msg[0]) is not ObjType:
+            raise MalformedMessageError("frame is not a (ObjType, ...) tuple")
+        kind = msg[0]
+        if len(msg) not in self.messages.tuple_lengths[kind]:
+            raise MalformedMessageError(
+                f"a {kind.name} frame of {len(msg)} items; LightLLM {self.version} sends "
+                f"{' or '.join(map(str, self.messages.tuple_lengths[kind]))}"
+            )
+        if kind is ObjType.TOKEN_PACKS:
+            load = msg[2] if len(msg) == 3 else None
+            if load is not None and type(load) is not dict:
+                raise MalformedMessageError("load report must be a dict")
+            return kind, msg[1], load
+        if kind is ObjType.HEARTBEAT:
+            return kind, None, None
+        if kind is ObjType.PD_UPLOAD_PREFILL_PROMPT_IDS:
+            ids = msg[2]
+            if type(ids) is not list or not all(type(i) is int for i in ids):
+                raise MalformedMessageError("prompt ids must be a list of ints")
+            return kind, _group_id(msg[1]), ids
+        if kind is ObjType.PD_REQ_DECODE_NODE_INFO:
+            if type(msg[2]) is not PDDecodeNodeInfo:
+                raise MalformedMessageError("PD_REQ_DECODE_NODE_INFO must carry a PDDecodeNodeInfo")
+            return kind, _group_id(msg[1]), msg[2]
+        if kind is ObjType.ABORT:
+            return kind, _group_id(msg[1]), None
+        return kind, msg[1], None
 
     def decode_token_packs(self, payload: Any) -> list[TokenEntry]:
         if not isinstance(payload, list):
@@ -244,7 +447,10 @@ class LightLLMCodec:
             not isinstance(payload, tuple)
             or len(payload) != 3
             or not isinstance(payload[0], str | list)
-            or not isinstance(payload[1], self.layout.SamplingParams)
+            or type(payload[1]) is not self.layout.SamplingParams
+            or type(payload[2]) is not MultimodalParams
+            or type(payload[0]) is list
+            and not all(type(i) is int for i in payload[0])
         ):
             raise MalformedMessageError(
                 "REQ payload must be (prompt, SamplingParams, MultimodalParams)"
@@ -253,16 +459,32 @@ class LightLLMCodec:
 
     def decode_pd_master_obj(self, data: bytes) -> PD_Master_Obj:
         obj = self.loads(data)
-        if not isinstance(obj, PD_Master_Obj):
+        if type(obj) is not PD_Master_Obj:
             raise MalformedMessageError("expected a pickled PD_Master_Obj")
-        if not isinstance(obj.node_id, int) or not isinstance(obj.host_ip_port, str):
-            raise MalformedMessageError("PD_Master_Obj needs an int node_id and a str host_ip_port")
         return obj
+
+    def decode_kv_status(self, data: bytes) -> PDUpKVStatus:
+        """v1.2.0's binary ``/kv_move_status`` frame."""
+        if not self.messages.kv_status_pickled:
+            raise MalformedMessageError(
+                f"LightLLM {self.version} sends kv_move_status as JSON text, not binary"
+            )
+        status = self.loads(data)
+        if type(status) is not PDUpKVStatus:
+            raise MalformedMessageError("expected a pickled PDUpKVStatus")
+        return status
+
+    def decode_trans_params(self, status: PDUpKVStatus) -> PDDecodeNodeInfo:
+        """The PDDecodeNodeInfo pickled in a PDUpKVStatus (its own bytes fields stay opaque)."""
+        info = self.loads(status.pd_kv_trans_params)
+        if type(info) is not PDDecodeNodeInfo:
+            raise MalformedMessageError("pd_kv_trans_params must be a pickled PDDecodeNodeInfo")
+        return info
 
     def decode_registered_objects(self, data: bytes) -> dict[int, PD_Master_Obj]:
         objs = self.loads(data)
-        if not isinstance(objs, dict) or not all(
-            isinstance(k, int) and isinstance(v, PD_Master_Obj) for k, v in objs.items()
+        if type(objs) is not dict or not all(
+            type(k) is int and type(v) is PD_Master_Obj for k, v in objs.items()
         ):
             raise MalformedMessageError("expected a pickled dict of node_id -> PD_Master_Obj")
         return objs
@@ -278,35 +500,12 @@ class LightLLMCodec:
             raise MalformedMessageError(f"data is not base64: {exc}") from None
         return self.decode_registered_objects(raw)
 
-    def _restore_struct(self, cls: Any, state: Any) -> ctypes.Structure:
-        if cls is FinishStatus and type(state) is tuple and len(state) == 2:
-            shared = self._statuses.get(state[1]) if type(state[1]) is bytes else None
-            if shared is not None:
-                return shared
-        if cls not in self._structs:
-            raise ForbiddenGlobalError("_ctypes", f"_unpickle({cls!r})")
-        if not (isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], bytes)):
-            raise MalformedMessageError(f"{cls.__name__} state must be (dict, bytes)")
-        raw = state[1]
-        expected = ctypes.sizeof(cls)
-        if len(raw) != expected:
-            raise MalformedMessageError(
-                f"{cls.__name__} is {len(raw)} bytes but the LightLLM {self.version} layout has "
-                f"{expected}: does the peer run another LightLLM version (--lightllm_version)?"
-            )
-        obj = cls.from_buffer_copy(raw)
-        if self._share_statuses and cls is FinishStatus and len(self._statuses) < 16:  # 0, 1, 2
-            self._statuses[raw] = obj
-        return obj
+
+def _lightllm_name(cls: type) -> tuple[str, str]:
+    return cls.__lightllm_name__  # type: ignore[attr-defined,no-any-return]
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, classes: dict[tuple[str, str], Any]) -> None:
-        super().__init__(file)
-        self._allowed = classes
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise ForbiddenGlobalError(module, name) from None
+def _group_id(value: Any) -> int:
+    if type(value) is not int:
+        raise MalformedMessageError(f"group request id must be an int, got {type(value).__name__}")
+    return value

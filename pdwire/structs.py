@@ -20,10 +20,16 @@ STOP_SEQUENCE_MAX_LENGTH = 256
 STOP_SEQUENCE_STR_MAX_LENGTH = 256
 REGULAR_CONSTRAINT_MAX_LENGTH = 2048
 ALLOWED_TOKEN_IDS_MAX_LENGTH = 256
+INVALID_TOKEN_IDS_MAX_LENGTH = 10  # v1.2.0
+PD_KV_TRANS_PARAM_OBJ_MAX_BYTES = 8192  # v1.2.0
+PD_KV_TRANS_PARAMS_MODULE = "lightllm.server.core.objs.pd_kv_trans_params"
 
 
 class FinishStatus(ctypes.Structure):
-    """One int32: 0 not finished, 1 stopped (eos or stop sequence), 2 length limit."""
+    """One int32: 0 not finished, 1 stopped (eos or stop sequence), 2 length limit.
+
+    From LightLLM v1.2.0 also 3 aborted and 4 error (D's forced end after a failed KV move).
+    """
 
     _pack_ = 4
     _fields_ = [("status", ctypes.c_int)]
@@ -32,12 +38,17 @@ class FinishStatus(ctypes.Structure):
     NO_FINISH = 0
     FINISHED_STOP = 1
     FINISHED_LENGTH = 2
+    FINISHED_ABORTED = 3
+    FINISHED_ERROR = 4
 
     def is_finished(self) -> bool:
-        return self.status in (self.FINISHED_STOP, self.FINISHED_LENGTH)
+        return self.status in _FINISH_REASONS
 
     def finish_reason(self) -> str | None:
-        return {1: "stop", 2: "length"}.get(self.status)
+        return _FINISH_REASONS.get(self.status)
+
+
+_FINISH_REASONS = {1: "stop", 2: "length", 3: "abort", 4: "error"}
 
 
 def _named(cls: type, name: str) -> type:
@@ -68,6 +79,38 @@ class GuidedJsonSchema(_ByteConstraint):
 class AllowedTokenIds(ctypes.Structure):
     _pack_ = 4
     _fields_ = [("ids", ctypes.c_int * ALLOWED_TOKEN_IDS_MAX_LENGTH), ("size", ctypes.c_int)]
+
+
+class InvalidTokenIds(ctypes.Structure):
+    """v1.2.0: token ids the sampler must never pick (``logit_bias`` keys)."""
+
+    _pack_ = 4
+    _fields_ = [("ids", ctypes.c_int * INVALID_TOKEN_IDS_MAX_LENGTH), ("size", ctypes.c_int)]
+
+
+class NodeUUId(ctypes.Structure):
+    """v1.2.0: a 128-bit id as two uint64."""
+
+    _pack_ = 4
+    _fields_ = [("node_id_high", ctypes.c_uint64), ("node_id_low", ctypes.c_uint64)]
+
+    @property
+    def node_id(self) -> int:
+        return (self.node_id_high << 64) | self.node_id_low
+
+    @node_id.setter
+    def node_id(self, value: int) -> None:
+        self.node_id_high, self.node_id_low = split_u128(value)
+
+
+class PDKVTransParamObj(ctypes.Structure):
+    """v1.2.0: P's copy of the pickled PDDecodeNodeInfo; the master sends it empty."""
+
+    _pack_ = 4
+    _fields_ = [
+        ("data", ctypes.c_ubyte * PD_KV_TRANS_PARAM_OBJ_MAX_BYTES),
+        ("data_len", ctypes.c_int),
+    ]
 
 
 class ExponentialDecayLengthPenalty(ctypes.Structure):
@@ -120,8 +163,14 @@ for _cls, _name in [
     (AllowedTokenIds, "AllowedTokenIds"),
     (ExponentialDecayLengthPenalty, "ExponentialDecayLengthPenalty"),
     (DecodeNode, "DecodeNode"),
+    (InvalidTokenIds, "InvalidTokenIds"),
+    (NodeUUId, "NodeUUId"),
 ]:
     _named(_cls, _name)
+PDKVTransParamObj.__lightllm_name__ = (  # type: ignore[attr-defined]
+    PD_KV_TRANS_PARAMS_MODULE,
+    "PDKVTransParamObj",
+)
 
 
 def split_u128(value: int) -> tuple[int, int]:
@@ -169,7 +218,9 @@ class SamplingParamsBase(ctypes.Structure):
         return out
 
 
-def _sampling_params_fields(stop_groups: type) -> list[tuple[str, Any]]:
+def _sampling_params_fields(stop_groups: type, version: str) -> list[tuple[str, Any]]:
+    if version == "v1.2.0":
+        return _sampling_params_fields_v120(stop_groups)
     return [
         ("best_of", ctypes.c_int),
         ("n", ctypes.c_int),
@@ -201,6 +252,28 @@ def _sampling_params_fields(stop_groups: type) -> list[tuple[str, Any]]:
     ]
 
 
+def _sampling_params_fields_v120(stop_groups: type) -> list[tuple[str, Any]]:
+    """v1.2.0: invalid_token_ids; the decode node's address gives way to the master id and
+    D's transfer descriptor; disable_prompt_cache, seed and prompt_logprobs at the end."""
+    older = _sampling_params_fields(stop_groups, "v1.1.0")
+    names = [name for name, _ in older]
+    head = older[: names.index("allowed_token_ids") + 1]
+    middle = older[names.index("stop_sequences") : names.index("suggested_dp_index") + 1]
+    bools = older[names.index("skip_special_tokens") :]
+    return (
+        head
+        + [("invalid_token_ids", InvalidTokenIds)]
+        + middle
+        + [("pd_master_node_id", NodeUUId), ("pd_kv_trans_params", PDKVTransParamObj)]
+        + bools
+        + [
+            ("disable_prompt_cache", ctypes.c_bool),
+            ("seed", ctypes.c_int64),
+            ("prompt_logprobs", ctypes.c_int),
+        ]
+    )
+
+
 def _build_layout(version: str, stop_sequence_fields: list[tuple[str, Any]]) -> Layout:
     stop_sequence = type(
         "StopSequence", (ctypes.Structure,), {"_pack_": 4, "_fields_": stop_sequence_fields}
@@ -219,7 +292,7 @@ def _build_layout(version: str, stop_sequence_fields: list[tuple[str, Any]]) -> 
     sampling_params = type(
         "SamplingParams",
         (SamplingParamsBase,),
-        {"_pack_": 4, "_fields_": _sampling_params_fields(stop_groups)},
+        {"_pack_": 4, "_fields_": _sampling_params_fields(stop_groups, version)},
     )
     for cls in (stop_sequence, stop_groups, sampling_params):
         _named(cls, cls.__name__)
@@ -253,6 +326,11 @@ class Layout:
         params.skip_special_tokens = True
         params.add_special_tokens = True
         params.add_spaces_between_special_tokens = True
+        if self.version == "v1.2.0":  # its defaults: no special-token skipping, random seed
+            params.skip_special_tokens = False
+            params.max_new_tokens = 65535
+            params.seed = -1  # type: ignore[attr-defined]
+            params.prompt_logprobs = -1  # type: ignore[attr-defined]
         return params
 
 
@@ -268,6 +346,7 @@ _STOP_SEQUENCE_V110 = _STOP_SEQUENCE_FC72FFA + [
 LAYOUTS: dict[str, Layout] = {
     "v1.1.0": _build_layout("v1.1.0", _STOP_SEQUENCE_V110),
     "fc72ffa": _build_layout("fc72ffa", _STOP_SEQUENCE_FC72FFA),
+    "v1.2.0": _build_layout("v1.2.0", _STOP_SEQUENCE_V110),
 }
 DEFAULT_VERSION = "v1.1.0"
 
