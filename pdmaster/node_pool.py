@@ -11,6 +11,8 @@ from typing import Any, Literal, Protocol
 
 from pdmaster.breaker import CircuitBreaker
 from pdmaster.errors import NodeFailed
+from pdwire.errors import MalformedMessageError
+from pdwire.lightllm import detect_version
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +32,17 @@ class RegistrationError(ValueError):
 V12 = "v1.2.0"
 
 
-def registration_version(start_args: dict[str, Any], accepted: frozenset[str]) -> str:
-    """The LightLLM release a node runs, from the start arguments it registers with.
+def registration_version(frame: dict[str, Any], accepted: frozenset[str]) -> str:
+    """The LightLLM release a node runs, from its registration (``pdwire``'s rule).
 
-    v1.2.0 dropped ``pd_decode_rpyc_port`` and added ``pd_trans_mode``; v1.1.0 added
-    ``select_p_d_node_strategy`` (and ``dp_balancer``) to fc72ffa's arguments. A node
-    whose arguments name neither (a trimmed registration) is taken as the one v1.1.0-family
-    version the master accepts, v1.1.0 when it accepts both.
+    A node whose start arguments name neither v1.1.0's nor fc72ffa's own (a trimmed
+    registration) is taken as the one older release the master accepts, v1.1.0 when both.
     """
-    if "pd_trans_mode" in start_args and "pd_decode_rpyc_port" not in start_args:
-        version = V12
-    elif "select_p_d_node_strategy" in start_args or "dp_balancer" in start_args:
-        version = "v1.1.0"
-    elif "cache_reserved_ratio" in start_args:
-        version = "fc72ffa"
-    else:
+    try:
+        version = detect_version(frame)
+    except MalformedMessageError as exc:
+        raise RegistrationError(str(exc)) from None
+    if version is None:
         older = sorted(v for v in accepted if v != V12)
         version = "v1.1.0" if "v1.1.0" in older or not older else older[0]
     if version not in accepted:
@@ -99,7 +97,7 @@ class NodeInfo:
             raise RegistrationError(
                 f"start_args.host must be an IPv4 address, got {host!r}"
             ) from None
-        version = registration_version(args, accepted)
+        version = registration_version(frame, accepted)
         rpyc_port = args.get("pd_decode_rpyc_port")
         if (
             version != V12
