@@ -10,9 +10,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from benchmark_client.localcluster import Cluster, ProcGroup
+from benchmark_client.localcluster import Cluster, ProcGroup, wait_until
 from pdmaster.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from tests.integration.echo_model import expected, sse_events
+from tests.integration.multimaster import MultiMasterCluster
 
 V12 = ["--lightllm_version", "v1.2.0"]
 
@@ -130,3 +131,31 @@ def test_mixed_pools_pair_within_one_version(procs: ProcGroup, tok: ModelTokeniz
         p, d = c.node("prefill", i).stats(), c.node("decode", i).stats()
         assert p["requests"] == d["requests"] == 3
         assert p["kv_handoffs"] == 3
+
+
+def test_mixed_pools_through_the_config_server_and_two_masters(
+    procs: ProcGroup, tok: ModelTokenizer
+) -> None:
+    mm = MultiMasterCluster(procs)
+    config = mm.start_config_server()
+    masters = [mm.start_master(), mm.start_master()]
+    for i, version in enumerate(["v1.1.0", "v1.2.0"]):
+        mm.add_node("prefill", i, "--lightllm_version", version)
+        mm.add_node("decode", i, "--lightllm_version", version)
+    mm.wait_joined(masters, 2, 2)
+    for i, master in enumerate(masters * 4):
+        prompt = f"Question {i} to a mixed cluster"
+        r = generate(master.url, prompt, max_new_tokens=8, ignore_eos=True)
+        assert r.status_code == 200, r.text
+        assert r.json()["generated_text"][0] == expected(tok, prompt, 8, ignore_eos=True)[0]
+    stats = [n.stats() for n in mm.nodes]  # prefill0, decode0 (v1.1.0), prefill1, decode1
+    assert stats[0]["requests"] == stats[1]["requests"] == 4
+    assert stats[2]["requests"] == stats[3]["requests"] == 4
+
+    def listed() -> bool:  # the masters' leases carry each node's version
+        items = httpx.get(f"{config.url}/v1/nodes", timeout=5).json()["items"]
+        return sorted(n["info"].get("lightllm_version", "") for n in items) == [
+            "v1.1.0", "v1.1.0", "v1.2.0", "v1.2.0",
+        ]  # fmt: skip
+
+    wait_until(listed, 10, "the config server to list every node's version")
