@@ -36,7 +36,19 @@ QUIET = ["--log_level", "warning"]
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--smoke", action="store_true", help="a ~10 s run with small numbers (CI)")
+    p.add_argument(
+        "--lightllm_version",
+        default="v1.1.0",
+        choices=["v1.1.0", "fc72ffa", "v1.2.0"],
+        help="the protocol the simulated nodes speak (results get a _<version> suffix)",
+    )
     return p
+
+
+def result_name(name: str, args: argparse.Namespace) -> str:
+    """``name``, ``_<version>`` unless v1.1.0, ``_smoke`` for a smoke run."""
+    version = "" if args.lightllm_version == "v1.1.0" else f"_{args.lightllm_version}"
+    return name + version + ("_smoke" if args.smoke else "")
 
 
 def cluster(
@@ -44,13 +56,15 @@ def cluster(
     master: Sequence[str] = (),
     prefill: Sequence[Sequence[str]] = ((),),
     decode: Sequence[Sequence[str]] = ((),),
+    version: str = "v1.1.0",
 ) -> Cluster:
     c = Cluster(group)
+    nodes = [*QUIET, "--kv_capacity_tokens", "4000000", "--lightllm_version", version]
     c.start_master(*QUIET, "--max_inflight", "20000", "--max_queue", "1000", *master)
     for i, extra in enumerate(prefill):
-        c.add_node("prefill", i, *QUIET, "--kv_capacity_tokens", "4000000", *extra, timing=[])
+        c.add_node("prefill", i, *nodes, *extra, timing=[])
     for i, extra in enumerate(decode):
-        c.add_node("decode", i, *QUIET, "--kv_capacity_tokens", "4000000", *extra, timing=[])
+        c.add_node("decode", i, *nodes, *extra, timing=[])
     c.wait_ready(len(prefill), len(decode), timeout=60)
     return c
 

@@ -9,7 +9,16 @@ is the master process's user + system CPU over the run divided by the tokens del
 from __future__ import annotations
 
 from benchmark_client.localcluster import cpu_seconds
-from benchmarks.common import INSTANT, cluster, load, parser, print_table, workdir, write_json
+from benchmarks.common import (
+    INSTANT,
+    cluster,
+    load,
+    parser,
+    print_table,
+    result_name,
+    workdir,
+    write_json,
+)
 
 
 def main() -> None:
@@ -18,7 +27,7 @@ def main() -> None:
     rows, results = [], []
     group = workdir()
     try:
-        c = cluster(group, prefill=[INSTANT], decode=[INSTANT])
+        c = cluster(group, prefill=[INSTANT], decode=[INSTANT], version=args.lightllm_version)
         assert c.master is not None and c.master.popen is not None
         pid = c.master.popen.pid
         load(f"{c.url}/generate_stream", 16, 8, 16, 16)  # warm up
@@ -43,11 +52,14 @@ def main() -> None:
     finally:
         group.stop_all()
     print_table(
-        "master cost (128-token streams, 0 ms decode steps)",
+        f"master cost (128-token streams, 0 ms decode steps, LightLLM {args.lightllm_version})",
         ["streams", "tokens", "errors", "CPU us/token", "tokens/s"],
         rows,
     )
-    write_json("master_cost" + ("_smoke" if args.smoke else ""), {"results": results})
+    write_json(
+        result_name("master_cost", args),
+        {"lightllm_version": args.lightllm_version, "results": results},
+    )
 
 
 if __name__ == "__main__":

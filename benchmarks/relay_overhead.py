@@ -16,7 +16,16 @@ from __future__ import annotations
 
 from benchmark_client.localcluster import ProcGroup, free_port, http_ok, wait_until
 from benchmark_client.report import summarize
-from benchmarks.common import QUIET, cluster, load, parser, print_table, workdir, write_json
+from benchmarks.common import (
+    QUIET,
+    cluster,
+    load,
+    parser,
+    print_table,
+    result_name,
+    workdir,
+    write_json,
+)
 
 
 def normal_engine(group: ProcGroup, name: str, *extra: str) -> tuple[str, int]:
@@ -39,11 +48,13 @@ def normal_engine(group: ProcGroup, name: str, *extra: str) -> tuple[str, int]:
     return host, port
 
 
-def delivery(group: ProcGroup, levels: list[int], tokens: int, rounds: int) -> list[dict]:
+def delivery(
+    group: ProcGroup, levels: list[int], tokens: int, rounds: int, version: str
+) -> list[dict]:
     """Per level, ``rounds`` alternating rounds through the master and straight from the
     engine; each side's percentiles come from all its rounds' tokens together, and each
     round's own p50 difference is kept too, to show how far one round can swing."""
-    c = cluster(group, decode=[["--text_mode", "timestamp"]])
+    c = cluster(group, decode=[["--text_mode", "timestamp"]], version=version)
     host, port = normal_engine(group, "normal-stamped", "--text_mode", "timestamp")
     urls = {"pd": f"{c.url}/generate_stream", "direct": f"http://{host}:{port}/generate_stream"}
     out = []
@@ -73,8 +84,8 @@ def delivery(group: ProcGroup, levels: list[int], tokens: int, rounds: int) -> l
     return out
 
 
-def pd_vs_direct(group: ProcGroup, requests: int, streams: int) -> dict:
-    c = cluster(group)
+def pd_vs_direct(group: ProcGroup, requests: int, streams: int, version: str) -> dict:
+    c = cluster(group, version=version)
     pd = summarize(*load(f"{c.url}/generate_stream", requests, streams, 128, 64))
     host, port = normal_engine(group, "normal")
     direct = summarize(*load(f"http://{host}:{port}/generate_stream", requests, streams, 128, 64))
@@ -88,10 +99,13 @@ def main() -> None:
     levels = [1, 64] if args.smoke else [1, 64, 512, 2048]
     group = workdir()
     try:
-        added = delivery(group, levels, 16 if args.smoke else 64, 1 if args.smoke else args.rounds)
+        rounds = 1 if args.smoke else args.rounds
+        added = delivery(group, levels, 16 if args.smoke else 64, rounds, args.lightllm_version)
         group.stop_all()
         group.procs.clear()
-        compare = pd_vs_direct(group, 64 if args.smoke else 256, 16 if args.smoke else 64)
+        compare = pd_vs_direct(
+            group, 64 if args.smoke else 256, 16 if args.smoke else 64, args.lightllm_version
+        )
     finally:
         group.stop_all()
     print_table(
@@ -135,8 +149,8 @@ def main() -> None:
         rows,
     )
     write_json(
-        "relay_overhead" + ("_smoke" if args.smoke else ""),
-        {"delivery": added, "pd_vs_direct": compare},
+        result_name("relay_overhead", args),
+        {"lightllm_version": args.lightllm_version, "delivery": added, "pd_vs_direct": compare},
     )
 
 
