@@ -83,6 +83,17 @@ def test_v12_pool_answers_exactly_on_every_endpoint(procs: ProcGroup, tok: Model
         assert r.json()["generated_text"] == ["What"] and r.json()["finish_reason"] == "length"
     assert sum(n.stats()["requests"] for n in c.nodes if n.mode == "decode") == decode_requests + 4
 
+    # D's prefix cache holds all but the last token of a repeated 17-token prompt: D then
+    # computes the first token itself and P sends none (LightLLM's PDPrefillNodeStopGenToken)
+    text = "Once upon a time there was a prefix cache on a decode node. " * 2
+    repeated = next(text[:n] for n in range(len(text)) if len(tok.encode(text[:n])) == 17)
+    first = generate(c.url, repeated, max_new_tokens=4).json()
+    prefill_tokens = sum(n.stats()["tokens"] for n in c.nodes if n.mode == "prefill")
+    decodes = [n for n in c.nodes if n.mode == "decode"]
+    for _ in range(len(decodes)):  # round robin: each decode node sees it once more
+        assert generate(c.url, repeated, max_new_tokens=4).json() == first
+    assert sum(n.stats()["tokens"] for n in c.nodes if n.mode == "prefill") < prefill_tokens + 2
+
     too_long = generate(c.url, "What is AI?", max_new_tokens=300)  # nodes: 256 at most
     assert too_long.status_code == 400 and "max_req_total_len" in too_long.text
 
