@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
-from benchmark_client.localcluster import ProcGroup, free_port, http_ok, wait_until
+from typing import Any
+
+from benchmark_client.client import RequestRecord
 from benchmark_client.report import summarize
 from benchmarks.common import (
     QUIET,
@@ -26,6 +28,7 @@ from benchmarks.common import (
     workdir,
     write_json,
 )
+from pdlocal.cluster import ProcGroup, free_port, http_ok, wait_until
 
 
 def normal_engine(group: ProcGroup, name: str, *extra: str) -> tuple[str, int]:
@@ -50,7 +53,7 @@ def normal_engine(group: ProcGroup, name: str, *extra: str) -> tuple[str, int]:
 
 def delivery(
     group: ProcGroup, levels: list[int], tokens: int, rounds: int, version: str
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Per level, ``rounds`` alternating rounds through the master and straight from the
     engine; each side's percentiles come from all its rounds' tokens together, and each
     round's own p50 difference is kept too, to show how far one round can swing."""
@@ -59,8 +62,8 @@ def delivery(
     urls = {"pd": f"{c.url}/generate_stream", "direct": f"http://{host}:{port}/generate_stream"}
     out = []
     for streams in levels:
-        row: dict = {"streams": streams, "rounds": rounds}
-        pooled: dict[str, list] = {"pd": [], "direct": []}
+        row: dict[str, Any] = {"streams": streams, "rounds": rounds}
+        pooled: dict[str, list[RequestRecord]] = {"pd": [], "direct": []}
         per_round = []
         for _ in range(rounds):
             p50 = {}
@@ -84,7 +87,7 @@ def delivery(
     return out
 
 
-def pd_vs_direct(group: ProcGroup, requests: int, streams: int, version: str) -> dict:
+def pd_vs_direct(group: ProcGroup, requests: int, streams: int, version: str) -> dict[str, Any]:
     c = cluster(group, version=version)
     pd = summarize(*load(f"{c.url}/generate_stream", requests, streams, 128, 64))
     host, port = normal_engine(group, "normal")
@@ -138,10 +141,10 @@ def main() -> None:
     )
     rows = []
     for metric in ("ttft_s", "itl_s"):
-        for p in ("p50", "p99"):
-            pd, direct = compare["pd"][metric][p], compare["direct"][metric][p]
+        for pct in ("p50", "p99"):
+            pd, direct = compare["pd"][metric][pct], compare["direct"][metric][pct]
             rows.append(
-                [f"{metric[:-2]} {p}", pd * 1e3, direct * 1e3, pd / direct if direct else 0.0]
+                [f"{metric[:-2]} {pct}", pd * 1e3, direct * 1e3, pd / direct if direct else 0.0]
             )
     print_table(
         "PD master vs the engine directly (same workload)",

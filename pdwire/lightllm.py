@@ -21,7 +21,7 @@ from typing import Any
 from pdwire import fastpickle
 from pdwire.errors import MalformedMessageError
 from pdwire.safepickle import Limits, ObjectSpec, SafeUnpickler, StructSpec, WireSchema
-from pdwire.structs import FinishStatus, Layout, SamplingParamsBase, layout_for
+from pdwire.structs import FinishStatus, Layout, SamplingParamsBase, layout_for, lightllm_name
 
 PD_IO_MODULE = "lightllm.server.pd_io_struct"
 MULTIMODAL_MODULE = "lightllm.server.multimodal_params"
@@ -243,7 +243,7 @@ def detect_version(registration: Any) -> str | None:
     return None
 
 
-class _MirrorPickler(pickle._Pickler):  # type: ignore[name-defined,misc]
+class _MirrorPickler(pickle._Pickler):
     """The pure-Python pickler, writing LightLLM's module paths for our mirror classes.
 
     The C pickler insists that a class be importable under the name it is pickled as;
@@ -251,15 +251,16 @@ class _MirrorPickler(pickle._Pickler):  # type: ignore[name-defined,misc]
     """
 
     def save_global(self, obj: Any, name: str | None = None) -> None:
-        lightllm_name = obj.__dict__.get("__lightllm_name__") if isinstance(obj, type) else None
-        if lightllm_name is None:
-            super().save_global(obj, name)
+        wire_name = obj.__dict__.get("__lightllm_name__") if isinstance(obj, type) else None
+        if wire_name is None:
+            super().save_global(obj, name)  # type: ignore[misc]
             return
-        module_name, qualname = lightllm_name
-        self.save(module_name)
-        self.save(qualname)
-        self.write(pickle.STACK_GLOBAL)
-        self.memoize(obj)
+        module_name, qualname = wire_name
+        pickler: Any = self  # the pure-Python pickler's helpers are not in typeshed
+        pickler.save(module_name)
+        pickler.save(qualname)
+        pickler.write(pickle.STACK_GLOBAL)
+        pickler.memoize(obj)
 
 
 def dumps(obj: Any) -> bytes:
@@ -292,11 +293,11 @@ class LightLLMCodec:
         self._statuses: dict[int, FinishStatus] = {}
         self._decoder = SafeUnpickler(self._schema(), limits)
         self._fast_names: dict[Any, tuple[str, str]] = {
-            ObjType: ObjType.__lightllm_name__,  # type: ignore[attr-defined]
-            FinishStatus: FinishStatus.__lightllm_name__,  # type: ignore[attr-defined]
-            self.layout.SamplingParams: self.layout.SamplingParams.__lightllm_name__,  # type: ignore[attr-defined]
+            ObjType: lightllm_name(ObjType),
+            FinishStatus: lightllm_name(FinishStatus),
+            self.layout.SamplingParams: lightllm_name(self.layout.SamplingParams),
             MultimodalParams: MultimodalParams.__lightllm_name__,
-            _ctypes._unpickle: ("_ctypes", "_unpickle"),
+            _ctypes._unpickle: ("_ctypes", "_unpickle"),  # type: ignore[attr-defined]
         }
         self._req_pickler = fastpickle.ReqPickler(
             self._fast_names, ObjType.REQ, self.layout.SamplingParams, MultimodalParams

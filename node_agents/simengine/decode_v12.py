@@ -67,7 +67,7 @@ class DecodeNodeV12(DecodeNode):
         if not ids or len(ids) + budget > self.max_req_total_len:
             log.warning("group %d: over max_req_total_len; dropped", group_id)
             return
-        master_id = params.pd_master_node_id.node_id  # type: ignore[attr-defined]
+        master_id = params.pd_master_node_id.node_id
         kv_link = self.links.get(master_id)
         if kv_link is None:
             log.warning("group %d: no connection to master %d", group_id, master_id)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from benchmark_client.localcluster import Cluster, ProcGroup, wait_until
-from pdmaster.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
+from pdlocal.cluster import Cluster, ProcGroup, wait_until
+from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from tests.integration.echo_model import expected, sse_events
 from tests.integration.multimaster import MultiMasterCluster
 

@@ -1,0 +1,117 @@
+"""Pair selection: filter each pool (connected, not draining, breaker allows), ask its policy.
+
+A prefill node pairs only with decode nodes of its group (one LightLLM protocol version
+and, for v1.2.0, one ``pd_trans_mode``): a master may serve several groups at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from pdmaster.errors import BadRequest, NoNodeAvailable
+from pdmaster.nodes.pool import V12, NodeConnection, NodePool, Role
+from pdmaster.routing.policies import NodeView, Policy, RequestView
+
+
+class PairSelector:
+    def __init__(self, pool: NodePool, prefill_policy: Policy, decode_policy: Policy) -> None:
+        self._pool = pool
+        self._policies: dict[Role, Policy] = {"prefill": prefill_policy, "decode": decode_policy}
+
+    def pick_pair(
+        self,
+        request: RequestView,
+        exclude: Collection[NodeConnection] = (),
+        total_len: int = 0,
+    ) -> tuple[NodeConnection, NodeConnection | None]:
+        """A prefill node and a decode node of its group (None: a v1.1.0 one-token request).
+
+        ``total_len`` (prompt + max_new_tokens) must fit a v1.2.0 node's max_req_total_len.
+        """
+        prefills = self._healthy("prefill")
+        decodes = self._pool.candidates("decode")
+        healthy_decodes = [n for n in decodes if n.breaker.allows()]
+        groups = {n.info.group for n in healthy_decodes}
+        one_token = request.max_new_tokens <= 1
+
+        def pairs(node: NodeConnection) -> bool:
+            return node.info.group in groups or (one_token and node.info.version != V12)
+
+        paired = [n for n in prefills if pairs(n)]
+        fitting = [n for n in paired if fits(n, total_len)]
+        if not fitting:
+            if paired:
+                longest = max(n.info.max_req_total_len or 0 for n in paired)
+                raise BadRequest(
+                    f"inputs: {total_len} prompt + new tokens exceed max_req_total_len "
+                    f"{longest} of the nodes that could serve it",
+                    code="invalid_field",
+                )
+            if not decodes:
+                raise NoNodeAvailable(
+                    "no decode node is connected to this master", code="no_decode_node"
+                )
+            if not healthy_decodes:
+                raise NoNodeAvailable(
+                    "every decode node is failing (circuit breakers open)",
+                    code="no_healthy_decode_node",
+                )
+            raise NoNodeAvailable(
+                "no decode node pairs with a prefill node: they run different LightLLM "
+                "versions or pd_trans_modes",
+                code="no_decode_node",
+            )
+        prefill = self._choose("prefill", fitting, request, exclude)
+        group = prefill.info.group
+        if one_token and prefill.info.version != V12:
+            return prefill, None
+        mates = [n for n in healthy_decodes if n.info.group == group and fits(n, total_len)]
+        if not mates:
+            raise BadRequest(
+                f"inputs: {total_len} prompt + new tokens exceed max_req_total_len of every "
+                "decode node",
+                code="invalid_field",
+            )
+        return prefill, self._choose("decode", mates, request, exclude)
+
+    def _healthy(self, role: Role) -> list[NodeConnection]:
+        connected = self._pool.candidates(role)
+        if not connected:
+            raise NoNodeAvailable(
+                f"no {role} node is connected to this master", code=f"no_{role}_node"
+            )
+        healthy = [n for n in connected if n.breaker.allows()]
+        if not healthy:
+            raise NoNodeAvailable(
+                f"every {role} node is failing (circuit breakers open)",
+                code=f"no_healthy_{role}_node",
+            )
+        return healthy
+
+    def _choose(
+        self,
+        role: Role,
+        healthy: list[NodeConnection],
+        request: RequestView,
+        exclude: Collection[NodeConnection],
+    ) -> NodeConnection:
+        fresh = [n for n in healthy if n not in exclude] or healthy
+        by_id = {n.node_id: n for n in fresh}
+        views = [
+            NodeView(n.node_id, n.in_flight, n.in_flight_tokens, self._pool.reported_usage(n))
+            for n in fresh
+        ]
+        chosen = by_id[self._policies[role].select(views, request).node_id]
+        chosen.breaker.on_dispatch()
+        return chosen
+
+    def may_open_breaker(self, node: NodeConnection) -> bool:
+        """A timeout may open a breaker only if another node of the pool still takes traffic."""
+        return any(
+            n is not node and n.breaker.allows() for n in self._pool.candidates(node.info.mode)
+        )
+
+
+def fits(node: NodeConnection, total_len: int) -> bool:
+    limit = node.info.max_req_total_len
+    return limit is None or total_len <= limit
