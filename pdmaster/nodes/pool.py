@@ -35,13 +35,14 @@ V12 = "v1.2.0"
 def registration_version(frame: dict[str, Any], accepted: frozenset[str]) -> str:
     """The LightLLM release a node runs, from its registration (``pdwire``'s rule).
 
-    A node whose start arguments name neither v1.1.0's nor fc72ffa's own (a trimmed
-    registration) is taken as the one older release the master accepts, v1.1.0 when both.
+    A node whose start arguments name none of the releases' own (a trimmed registration:
+    LightLLM's nodes send them all) is taken as the one older release the master accepts,
+    v1.1.0 when it accepts both.
     """
     try:
         version = detect_version(frame)
-    except MalformedMessageError as exc:
-        raise RegistrationError(str(exc)) from None
+    except MalformedMessageError:
+        version = None
     if version is None:
         older = sorted(v for v in accepted if v != V12)
         version = "v1.1.0" if "v1.1.0" in older or not older else older[0]
