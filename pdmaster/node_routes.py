@@ -56,7 +56,7 @@ def node_router(
                 if load is not None:
                     pool.record_load(conn, load)
                 if kind is ObjType.TOKEN_PACKS:
-                    table.deliver(conn, codec.decode_token_packs(payload))
+                    table.deliver(conn, payload)  # checked by decode_node_message
         except WireError as exc:
             reason = f"protocol error: {exc}"
             await ws.close(POLICY_VIOLATION, reason[:120])
