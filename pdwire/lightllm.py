@@ -20,6 +20,7 @@ from typing import Any
 
 from pdwire import fastpickle
 from pdwire.errors import MalformedMessageError
+from pdwire.fastdecode import TokenPacksDecoder, plain_entries
 from pdwire.safepickle import Limits, ObjectSpec, SafeUnpickler, StructSpec, WireSchema
 from pdwire.structs import FinishStatus, Layout, SamplingParamsBase, layout_for, lightllm_name
 
@@ -290,8 +291,15 @@ class LightLLMCodec:
         self.version = version
         self.token_packs_carry_load = self.messages.token_packs_carry_load
         self._share_statuses = share_statuses
-        self._statuses: dict[int, FinishStatus] = {}
+        self._statuses: dict[bytes, FinishStatus] = {}  # raw bytes -> the shared instance
+        self._obj_types = {t.value: t for t in self.messages.obj_types}
         self._decoder = SafeUnpickler(self._schema(), limits)
+        self._token_packs = TokenPacksDecoder(
+            _lightllm_name(ObjType),
+            self._obj_types,
+            _lightllm_name(FinishStatus),
+            self._status_from_bytes,
+        )
         self._fast_names: dict[Any, tuple[str, str]] = {
             ObjType: lightllm_name(ObjType),
             FinishStatus: lightllm_name(FinishStatus),
@@ -307,7 +315,7 @@ class LightLLMCodec:
         params = self.layout.SamplingParams
         name = _lightllm_name
         return WireSchema(
-            enums={name(ObjType): {t.value: t for t in self.messages.obj_types}},
+            enums={name(ObjType): self._obj_types},
             structs={
                 name(params): StructSpec(params),
                 name(FinishStatus): StructSpec(FinishStatus, self._check_status),
@@ -317,6 +325,12 @@ class LightLLMCodec:
             },
         )
 
+    def _status_from_bytes(self, raw: bytes) -> FinishStatus:
+        shared = self._statuses.get(raw)
+        if shared is not None:
+            return shared
+        return self._check_status(FinishStatus.from_buffer_copy(raw))
+
     def _check_status(self, status: FinishStatus) -> FinishStatus:
         value = status.status
         if value not in self.messages.finish_statuses:
@@ -324,9 +338,9 @@ class LightLLMCodec:
                 f"FinishStatus {value} is not one of LightLLM {self.version}'s "
                 f"{sorted(self.messages.finish_statuses)}"
             )
-        if not self._share_statuses:
-            return status
-        return self._statuses.setdefault(value, status)
+        if self._share_statuses:
+            return self._statuses.setdefault(bytes(status), status)
+        return status
 
     # -- encoding ---------------------------------------------------------------------------
     def encode_req(
@@ -395,6 +409,11 @@ class LightLLMCodec:
         3-tuples ``(PD_UPLOAD_PREFILL_PROMPT_IDS, gid, ids)`` and
         ``(PD_REQ_DECODE_NODE_INFO, gid, info)``: gid, then ids or info, both checked.
         """
+        fast = self._token_packs.decode(data)  # the per-token path; None: not covered
+        if fast is not None and fast[0] is ObjType.TOKEN_PACKS:
+            length = 2 if fast[2] is None else 3
+            if length in self.messages.tuple_lengths[ObjType.TOKEN_PACKS]:
+                return fast
         msg = self.loads(data)
         if type(msg) is not tuple or not msg or type(msg[0]) is not ObjType:
             raise MalformedMessageError("frame is not a (ObjType, ...) tuple")
@@ -408,7 +427,7 @@ class LightLLMCodec:
             load = msg[2] if len(msg) == 3 else None
             if load is not None and type(load) is not dict:
                 raise MalformedMessageError("load report must be a dict")
-            return kind, msg[1], load
+            return kind, self.decode_token_packs(msg[1]), load
         if kind is ObjType.HEARTBEAT:
             return kind, None, None
         if kind is ObjType.PD_UPLOAD_PREFILL_PROMPT_IDS:
@@ -425,20 +444,23 @@ class LightLLMCodec:
         return kind, msg[1], None
 
     def decode_token_packs(self, payload: Any) -> list[TokenEntry]:
-        if not isinstance(payload, list):
-            raise MalformedMessageError("TOKEN_PACKS payload must be a list")
-        for entry in payload:
-            if (
-                not isinstance(entry, tuple)
-                or len(entry) != 4
-                or not isinstance(entry[0], int)
-                or not isinstance(entry[1], str)
-                or not isinstance(entry[2], dict)
-                or not isinstance(entry[3], FinishStatus)
-            ):
-                raise MalformedMessageError(
-                    "TOKEN_PACKS entry must be (sub_req_id, text, metadata, FinishStatus)"
-                )
+        """Check a TOKEN_PACKS payload (``decode_node_message`` already has)."""
+        if type(payload) is not list or not all(
+            type(entry) is tuple
+            and len(entry) == 4
+            and type(entry[0]) is int
+            and type(entry[2]) is dict
+            and type(entry[3]) is FinishStatus
+            for entry in payload
+        ):
+            raise MalformedMessageError(
+                "TOKEN_PACKS entry must be (sub_req_id, text, metadata, FinishStatus)"
+            )
+        if not plain_entries(payload, None):
+            raise MalformedMessageError(
+                "TOKEN_PACKS text must be str and metadata plain data, str or int keys, "
+                "nested at most 3 deep"
+            )
         return payload
 
     def decode_req(

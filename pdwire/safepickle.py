@@ -39,6 +39,7 @@ _U16 = struct.Struct("<H").unpack_from
 _F64 = struct.Struct(">d").unpack_from
 _SHARED = frozenset({str, bytes, int, float})  # what a BINGET may push again
 _CONTAINERS = frozenset({list, dict, tuple})
+_KEYS = frozenset({str, int})  # hashing them costs their length, and they cannot collide at will
 _OPAQUE = object()  # memo slot of a value no BINGET may reach (args tuples, objects)
 
 
@@ -146,108 +147,81 @@ class SafeUnpickler:
                 remember(stack[-1])
                 if len(memo) > max_memo:
                     raise FrameLimitError(f"more than {max_memo} memo entries in one frame")
-            elif op == 0x8C:  # SHORT_BINUNICODE
-                end = pos + 1 + data[pos]
-                if end > size:
-                    raise IndexError("string past the end")
-                push(data[pos + 1 : end].decode("utf-8", "surrogatepass"))
-                pos = end
-                count += 1
-                if count > max_objects:
-                    raise FrameLimitError(f"more than {max_objects} values in one frame")
-            elif op == 0x68 or op == 0x6A:  # BINGET, LONG_BINGET
-                if op == 0x68:
-                    obj = memo[data[pos]]
-                    pos += 1
-                else:
-                    obj = memo[_U32(data, pos)[0]]
-                    pos += 4
-                kind = type(obj)
-                if kind in _SHARED:
+            elif op == 0x68:  # BINGET
+                obj = memo[data[pos]]
+                pos += 1
+                if type(obj) in _SHARED:
                     push(obj)
-                elif kind is _Global and not nested:
-                    value, pos, count = self._construct(obj, data, pos, memo, count, depths)
-                    push(value)
                 else:
-                    raise MalformedMessageError(
-                        "a memo reference to a container, class or object: LightLLM's "
-                        "messages share only strings and classes"
-                    )
+                    value, pos, count = self._shared(obj, data, pos, memo, count, depths, nested)
+                    push(value)
             elif op == 0x4B:  # BININT1
                 push(data[pos])
                 pos += 1
+            elif op == 0x8C:  # SHORT_BINUNICODE, most often followed by its MEMOIZE
+                end = pos + 1 + data[pos]
+                if end >= size:
+                    raise IndexError("string past the end")
+                text = data[pos + 1 : end].decode("utf-8", "surrogatepass")
+                push(text)
+                if data[end] == 0x94:
+                    remember(text)
+                    end += 1
+                pos = end
+                count += 1
+                if count > max_objects or len(memo) > max_memo:
+                    raise FrameLimitError(f"more than {max_objects} values in one frame")
+            elif op == 0x28:  # MARK
+                marks.append(len(stack))
+            elif op == 0x7D or op == 0x5D:  # EMPTY_DICT, EMPTY_LIST
+                push({} if op == 0x7D else [])
+                count += 1
+                if count > max_objects:
+                    raise FrameLimitError(f"more than {max_objects} values in one frame")
             elif op == 0x47:  # BINFLOAT
                 push(_F64(data, pos)[0])
                 pos += 8
                 count += 1
                 if count > max_objects:
                     raise FrameLimitError(f"more than {max_objects} values in one frame")
-            elif op == 0x28:  # MARK
-                marks.append(len(stack))
             elif op == 0x75 or op == 0x73:  # SETITEMS, SETITEM
                 start = marks.pop() if op == 0x75 else len(stack) - 2
                 if start < 1:
                     raise IndexError("SETITEM(S) without a dict")
                 items = stack[start:]
                 del stack[start:]
-                target = stack[-1] if stack else None
+                target = stack[-1]
                 if type(target) is not dict or len(items) % 2:
                     raise MalformedMessageError("SETITEM(S) on something not a fresh dict")
-                depth = depths.get(id(target), 1)
-                for i in range(0, len(items), 2):
-                    key = items[i]
-                    if type(key) is not str and type(key) is not int:
-                        raise MalformedMessageError(
-                            f"dict key of type {type(key).__name__}: only str and int keys"
-                        )
-                    value = items[i + 1]
-                    if type(value) in _CONTAINERS:
-                        depth = max(depth, depths.get(id(value), 1) + 1)
-                    target[key] = value
+                keys = items[0::2]
+                values = items[1::2]
+                if not _KEYS.issuperset(map(type, keys)):
+                    raise MalformedMessageError("a dict key that is not a str or an int")
+                if not _CONTAINERS.isdisjoint(map(type, values)):
+                    _nest(target, values, depths, limits.max_depth)
+                target.update(zip(keys, values, strict=True))
                 if len(target) > limits.max_dict_items:
                     raise FrameLimitError(f"a dict has more than {limits.max_dict_items} items")
-                if depth > 1:
-                    if depth > limits.max_depth:
-                        raise FrameLimitError(f"nested deeper than {limits.max_depth}")
-                    depths[id(target)] = depth
-            elif op == 0x7D:  # EMPTY_DICT
-                push({})
-                count += 1
-                if count > max_objects:
-                    raise FrameLimitError(f"more than {max_objects} values in one frame")
-            elif op == 0x74 or 0x85 <= op <= 0x87:  # TUPLE, TUPLE1-3
+            elif op == 0x86 or op == 0x74 or op == 0x85 or op == 0x87:  # TUPLE2, TUPLE, 1, 3
                 start = marks.pop() if op == 0x74 else len(stack) - (op - 0x84)
                 if start < 0:
-                    raise IndexError("tuple of more items than the stack holds")
+                    raise IndexError("a tuple of more items than the stack holds")
                 items = stack[start:]
                 del stack[start:]
-                depth = 1
-                for item in items:
-                    if type(item) in _CONTAINERS:
-                        depth = max(depth, depths.get(id(item), 1) + 1)
                 value = tuple(items)
-                if depth > 1:
-                    if depth > limits.max_depth:
-                        raise FrameLimitError(f"nested deeper than {limits.max_depth}")
-                    depths[id(value)] = depth
+                if not _CONTAINERS.isdisjoint(map(type, items)):
+                    _nest(value, items, depths, limits.max_depth)
                 push(value)
                 count += 1
                 if count > max_objects:
                     raise FrameLimitError(f"more than {max_objects} values in one frame")
-            elif op == 0x4A:  # BININT
-                push(_I32(data, pos)[0])
-                pos += 4
-                count += 1
-                if count > max_objects:
-                    raise FrameLimitError(f"more than {max_objects} values in one frame")
-            elif op == 0x4D:  # BININT2
-                push(_U16(data, pos)[0])
-                pos += 2
-                count += 1
-                if count > max_objects:
-                    raise FrameLimitError(f"more than {max_objects} values in one frame")
-            elif op == 0x5D:  # EMPTY_LIST
-                push([])
+            elif op == 0x4A or op == 0x4D:  # BININT, BININT2
+                if op == 0x4A:
+                    push(_I32(data, pos)[0])
+                    pos += 4
+                else:
+                    push(_U16(data, pos)[0])
+                    pos += 2
                 count += 1
                 if count > max_objects:
                     raise FrameLimitError(f"more than {max_objects} values in one frame")
@@ -257,18 +231,12 @@ class SafeUnpickler:
                     raise IndexError("APPEND(S) without a list")
                 items = stack[start:]
                 del stack[start:]
-                target = stack[-1] if stack else None
+                target = stack[-1]
                 if type(target) is not list:
                     raise MalformedMessageError("APPEND(S) on something not a fresh list")
-                depth = depths.get(id(target), 1)
-                for item in items:
-                    if type(item) in _CONTAINERS:
-                        depth = max(depth, depths.get(id(item), 1) + 1)
+                if not _CONTAINERS.isdisjoint(map(type, items)):
+                    _nest(target, items, depths, limits.max_depth)
                 target.extend(items)
-                if depth > 1:
-                    if depth > limits.max_depth:
-                        raise FrameLimitError(f"nested deeper than {limits.max_depth}")
-                    depths[id(target)] = depth
             elif op == 0x4E:  # NONE
                 push(None)
             elif op == 0x88:  # NEWTRUE
@@ -316,10 +284,18 @@ class SafeUnpickler:
                     raise FrameLimitError(f"more than {max_objects} values in one frame")
             elif op == 0x29:  # EMPTY_TUPLE
                 push(())
+            elif op == 0x6A:  # LONG_BINGET
+                obj = memo[_U32(data, pos)[0]]
+                pos += 4
+                if type(obj) in _SHARED:
+                    push(obj)
+                else:
+                    value, pos, count = self._shared(obj, data, pos, memo, count, depths, nested)
+                    push(value)
             elif op == 0x93:  # STACK_GLOBAL
                 if nested:
                     raise MalformedMessageError("a class inside a wire object's fields")
-                if len(stack) < 2:
+                if len(stack) - (marks[-1] if marks else 0) < 2:
                     raise IndexError("STACK_GLOBAL without a module and a name")
                 name = stack.pop()
                 module = stack.pop()
@@ -343,6 +319,24 @@ class SafeUnpickler:
                 raise MalformedMessageError(
                     f"opcode {bytes((op,))!r} at byte {pos - 1}: not used by LightLLM's messages"
                 )
+
+    def _shared(
+        self,
+        obj: Any,
+        data: bytes,
+        pos: int,
+        memo: list[Any],
+        count: int,
+        depths: dict[int, int],
+        nested: bool,
+    ) -> tuple[Any, int, int]:
+        """A memo reference to what is not a str, bytes or number: only a class may be one."""
+        if type(obj) is _Global and not nested:
+            return self._construct(obj, data, pos, memo, count, depths)
+        raise MalformedMessageError(
+            "a memo reference to a container, class or object: LightLLM's "
+            "messages share only strings and classes"
+        )
 
     def _resolve(self, module: Any, name: Any) -> _Global:
         if type(module) is not str or type(name) is not str:
@@ -474,3 +468,14 @@ def _build_object(spec: ObjectSpec, state: Any) -> Any:
                 f"got {type(value).__name__}"
             )
     return spec.cls(**state)
+
+
+def _nest(parent: Any, children: list[Any], depths: dict[int, int], max_depth: int) -> None:
+    """Record ``parent``'s nesting depth (1 + its deepest child) and refuse it past the limit."""
+    depth = depths.get(id(parent), 1)
+    for child in children:
+        if type(child) in _CONTAINERS:
+            depth = max(depth, depths.get(id(child), 1) + 1)
+    if depth > max_depth:
+        raise FrameLimitError(f"nested deeper than {max_depth}")
+    depths[id(parent)] = depth

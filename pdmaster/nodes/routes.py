@@ -116,7 +116,7 @@ async def _serve(
         if load is not None:
             pool.record_load(conn, load)
         if kind is ObjType.TOKEN_PACKS:
-            table.deliver(conn, codec.decode_token_packs(payload))
+            table.deliver(conn, payload)  # checked by decode_node_message
 
 
 async def _serve_v12(
@@ -143,7 +143,7 @@ async def _serve_v12(
                 if kind is ObjType.TOKEN_PACKS:
                     if extra is not None:
                         pool.record_load(conn, extra)
-                    table.deliver(conn, codec.decode_token_packs(payload))
+                    table.deliver(conn, payload)  # checked by decode_node_message
                 elif kind is ObjType.PD_UPLOAD_PREFILL_PROMPT_IDS:
                     table.prompt_ids_arrived(conn, payload, extra)
     except TimeoutError:
