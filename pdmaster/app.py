@@ -12,6 +12,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pdmaster.api.admin_routes import admin_router
 from pdmaster.api.hot_path import HotPathApp, error_response
@@ -140,6 +141,21 @@ def create_app(
             "error": {"type": "invalid_request_error", "code": "invalid_field", "message": message}
         }
         return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """An unknown route (404) or method (405), in our error body rather than FastAPI's."""
+        route = f"{request.method} {request.url.path}"
+        if exc.status_code == 404:
+            error = {"type": "not_found", "code": "no_route", "message": f"no route {route}"}
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("allow", "")
+            message = f"method not allowed: {route} (allowed: {allowed})"
+            error = {"type": "method_not_allowed", "code": "method_not_allowed", "message": message}
+        else:
+            message = str(exc.detail)
+            error = {"type": "http_error", "code": f"http_{exc.status_code}", "message": message}
+        return JSONResponse({"error": error}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
