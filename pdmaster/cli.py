@@ -16,6 +16,7 @@ from pdmaster.dispatch.session import DispatchSettings
 from pdmaster.routing.policies import POLICY_NAMES
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR
+from pdwire.peers import split_cidrs
 from pdwire.structs import LAYOUTS
 
 WILDCARDS = ("0.0.0.0", "::", "")
@@ -138,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("PDCTL_ADMIN_TOKEN"),
         help="bearer token for /v1 admin endpoints (env PDCTL_ADMIN_TOKEN)",
     )
+    p.add_argument(
+        "--allow-cidr",
+        "--allow_cidr",
+        dest="allow_cidr",
+        action="append",
+        default=None,
+        help="networks allowed on the node endpoints (/pd_register, /kv_move_status), "
+        "repeatable or comma-separated (env PDCTL_ALLOW_CIDR; default: every peer)",
+    )
     c = p.add_argument_group("config server (LightLLM's multi-PD-master mode)")
     c.add_argument("--config_server_host", default=None)
     c.add_argument("--config_server_port", type=int, default=60088)
@@ -194,6 +204,11 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
         max_queue=args.max_queue,
         queue_timeout_s=args.queue_timeout,
         admin_token=args.admin_token,
+        allow_cidrs=split_cidrs(
+            args.allow_cidr
+            if args.allow_cidr is not None
+            else [os.environ.get("PDCTL_ALLOW_CIDR", "")]
+        ),
         config_server=config_server,
         # LightLLM: a master with a config server is uuid4().int, alone it is 0
         node_id=uuid.uuid4().int if config_server else 0,
@@ -204,12 +219,16 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        parser.error(f"--allow-cidr: {exc}")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
-    settings = settings_from_args(args)
     if settings.config_server and not settings.advertise_address and args.host in WILDCARDS:
         logging.getLogger(__name__).warning(
             "registering as %s, which nodes cannot dial: set --advertise_address host:port",
