@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pdmaster.api.admin_routes import admin_router
 from pdmaster.api.hot_path import HotPathApp, error_response
 from pdmaster.api.lightllm_routes import client_router, generate_stream_endpoint
-from pdmaster.api.openai_routes import openai_router
+from pdmaster.api.openai_routes import openai_endpoints, openai_router
 from pdmaster.api.request_id import RequestIdMiddleware
 from pdmaster.api.service import GenerateService
 from pdmaster.cluster.link import ConfigServerLink
@@ -111,7 +111,7 @@ def create_app(
     app = FastAPI(title="pdctl master", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(client_router(service, pool, tokenizer, settings))
-    app.include_router(openai_router(service, tokenizer, settings))
+    app.include_router(openai_router(settings))
     app.include_router(
         node_router(pool, table, codec, settings.registration_timeout_s, allowlist.allows)
     )
@@ -174,7 +174,11 @@ def create_app(
         return JSONResponse(body, status_code=500)
 
     return HotPathApp(
-        app, {"/generate_stream": generate_stream_endpoint(service, tokenizer, settings)}
+        app,
+        {
+            "/generate_stream": generate_stream_endpoint(service, tokenizer, settings),
+            **openai_endpoints(service, tokenizer, settings),
+        },
     )
 
 
