@@ -224,6 +224,7 @@ class PDSession:
         prefill.attach(state, self._req.prompt_tokens)
         if decode is not None:
             decode.attach(state, self.decode_tokens)
+            state.kv_host = decode.peer_host
         state.source = prefill
         await prefill.send(
             lambda: codec.encode_req(self._req.prompt, self._prefill_params(state, decode))
@@ -281,7 +282,7 @@ class PDSession:
         prefill.attach(state, self._req.prompt_tokens)
         decode.attach(state, self.decode_tokens)
         self._prefill_pending = True
-        state.source, state.uploader = decode, prefill
+        state.source, state.uploader, state.kv_host = decode, prefill, decode.peer_host
         group_id = state.group_id
         await prefill.send(lambda: codec.encode_req(prompt, self._params_v12(codec, 1, group_id)))
         prompt_ids = await state.prompt_ids(*self._until(d.settings.prompt_ids_timeout_s))

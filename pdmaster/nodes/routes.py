@@ -5,23 +5,26 @@ version's codec. v1.2.0 nodes must send a frame (a token pack, a prompt-id uploa
 heartbeat) at least every ``heartbeat_timeout_s``, as LightLLM's master demands; a silent
 one is closed with 1011 and its requests fail at once.
 
-These frames carry 128-bit node ids, so they are parsed with the json module: orjson turns
-integers past 64 bits into floats.
+Their JSON frames are read with ``pdwire.jsonlimits`` (bounded size, depth and integers;
+128-bit node ids stay exact). Every peer is checked against ``--allow-cidr`` before the
+handshake; a node speaks only for itself: its id, while live, is held by the address it
+connected from, and a ``kv_move_status`` (v1.1.0's JSON text, v1.2.0's pickled
+``PDUpKVStatus``) counts only from the address of the decode node its request was sent to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from pdmaster.nodes.pool import V12, NodeConnection, NodeInfo, NodePool, RegistrationError
 from pdmaster.nodes.tracking import RequestTable
+from pdwire import jsonlimits
 from pdwire.errors import WireError
 from pdwire.lightllm import LightLLMCodec, ObjType, UpKVStatus
 
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 
 POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011  # LightLLM closes a silent v1.2.0 node with it
+MAX_REGISTRATION_BYTES = 256 * 1024  # LightLLM's are ~3-5 KB (its start_args)
+MAX_KV_STATUS_BYTES = 16 * 1024  # ~200 bytes; v1.2.0's ~1 KB (D's transporter descriptor)
 
 
 def node_router(
@@ -37,25 +42,30 @@ def node_router(
     codecs: Mapping[str, LightLLMCodec],
     registration_timeout_s: float,
     heartbeat_timeout_s: float,
+    allows: Callable[[str | None], bool] = lambda host: True,
 ) -> APIRouter:
     router = APIRouter()
     accepted = frozenset(codecs)
 
     @router.websocket("/pd_register")
     async def pd_register(ws: WebSocket) -> None:
-        await ws.accept()
+        host = await _accept(ws, allows, "/pd_register")
+        if host is None:
+            return
         try:
             async with asyncio.timeout(registration_timeout_s):
                 first = await ws.receive_text()
-            info = NodeInfo.from_registration(json.loads(first), accepted)
-        except (TimeoutError, RegistrationError, json.JSONDecodeError, KeyError) as exc:
+            frame = jsonlimits.loads(first, max_bytes=MAX_REGISTRATION_BYTES)
+            info = NodeInfo.from_registration(frame, accepted)
+            conn = pool.connect(info, ws.send_bytes, host)
+        except (TimeoutError, RegistrationError, jsonlimits.JsonRefused, KeyError) as exc:
             reason = str(exc) or "no registration frame in time"
-            log.warning("refused node registration from %s: %s", ws.client, reason)
-            await ws.close(POLICY_VIOLATION, reason[:120])
+            code = getattr(exc, "close_code", POLICY_VIOLATION)
+            log.warning("refused node registration from %s: %s", _peer(ws), reason)
+            await ws.close(code, reason[:120])
             return
         except WebSocketDisconnect:
             return
-        conn = pool.connect(info, ws.send_bytes)
         codec = codecs[info.version]
         reason = "socket closed"
         try:
@@ -73,7 +83,9 @@ def node_router(
 
     @router.websocket("/kv_move_status")
     async def kv_move_status(ws: WebSocket) -> None:
-        await ws.accept()
+        host = await _accept(ws, allows, "/kv_move_status")
+        if host is None:
+            return
         v12 = codecs.get(V12)
         try:
             while True:
@@ -82,15 +94,29 @@ def node_router(
                     break
                 data, text = message.get("bytes"), message.get("text")
                 if data is not None and v12 is not None:  # v1.2.0: a pickled PDUpKVStatus
+                    if len(data) > MAX_KV_STATUS_BYTES:
+                        raise WireError(f"a {len(data)}-byte kv_move_status frame")
                     status = v12.decode_kv_status(data)
-                    table.kv_reserved(status.group_request_id, v12.decode_trans_params(status))
+                    group_id = status.group_request_id
+                    accepted_here = table.kv_reserved(
+                        group_id, v12.decode_trans_params(status), host
+                    )
                 elif text is not None:
-                    table.kv_arrived(UpKVStatus.from_json_dict(json.loads(text)))
+                    frame = jsonlimits.loads(text, max_bytes=MAX_KV_STATUS_BYTES)
+                    kv_status = UpKVStatus.from_json_dict(frame)
+                    group_id = kv_status.group_request_id
+                    accepted_here = table.kv_arrived(kv_status, host)
                 else:
-                    raise WireError("kv_move_status frame of a version this master does not serve")
-        except (WireError, json.JSONDecodeError, KeyError) as exc:
-            log.warning("bad kv_move_status frame from %s: %s", ws.client, exc)
-            await ws.close(POLICY_VIOLATION, str(exc)[:120])
+                    raise WireError("a kv_move_status frame of a version not served here")
+                if not accepted_here:
+                    log.warning(
+                        "ignored kv_move_status for group %d from %s: not its decode node",
+                        group_id,
+                        _peer(ws),
+                    )
+        except (WireError, KeyError) as exc:
+            log.warning("bad kv_move_status frame from %s: %s", _peer(ws), exc)
+            await ws.close(getattr(exc, "close_code", POLICY_VIOLATION), str(exc)[:120])
         except WebSocketDisconnect:
             pass
 
@@ -153,3 +179,19 @@ async def _serve_v12(
         with contextlib.suppress(Exception):
             await ws.close(INTERNAL_ERROR, reason)
         return reason
+
+
+async def _accept(ws: WebSocket, allows: Callable[[str | None], bool], path: str) -> str | None:
+    """The peer's IP once the socket is accepted; None (handshake refused with 403) if the
+    peer is outside ``--allow-cidr``."""
+    host = ws.client.host if ws.client else None
+    if host is None or not allows(host):
+        log.warning("refused %s from %s: not in --allow-cidr", path, _peer(ws))
+        await ws.close(POLICY_VIOLATION)
+        return None
+    await ws.accept()
+    return host
+
+
+def _peer(ws: WebSocket) -> str:
+    return f"{ws.client.host}:{ws.client.port}" if ws.client else "unknown peer"

@@ -33,6 +33,7 @@ class RequestState:
     __slots__ = (
         "group_id",
         "source",
+        "kv_host",
         "uploader",
         "_prompt_ids",
         "_items",
@@ -48,6 +49,7 @@ class RequestState:
     def __init__(self, group_id: int) -> None:
         self.group_id = group_id
         self.source: NodeConnection | None = None
+        self.kv_host: str | None = None  # the decode node's address: the one that confirms KV
         self.uploader: NodeConnection | None = None  # v1.2.0: the P whose prompt ids count
         self._prompt_ids: list[int] | None = None
         self._items: list[TokenEntry] = []
@@ -196,16 +198,27 @@ class RequestTable:
         for state in ready:
             state.ready()
 
-    def kv_arrived(self, status: UpKVStatus) -> None:
+    def kv_arrived(self, status: UpKVStatus, peer_host: str) -> bool:
+        """Give a KV hand-off status to its request; False if ``peer_host`` is not the
+        address of the decode node the request was sent to (group ids are guessable)."""
         state = self._by_group.get(status.group_request_id)
-        if state is not None:
-            state.kv_arrived(status)
+        if state is None:
+            return True  # late: its request is gone
+        if state.kv_host != peer_host:
+            return False
+        state.kv_arrived(status)
+        return True
 
-    def kv_reserved(self, group_request_id: int, status: Any) -> None:
-        """v1.2.0: D admitted the request and says where P must write its KV cache."""
+    def kv_reserved(self, group_request_id: int, info: Any, peer_host: str) -> bool:
+        """v1.2.0: D admitted the request and says where P must write its KV cache (D's
+        ``PDDecodeNodeInfo``); False if ``peer_host`` is not that request's decode node."""
         state = self._by_group.get(group_request_id // MAX_BEST_OF * MAX_BEST_OF)
-        if state is not None:
-            state.kv_arrived(status)
+        if state is None:
+            return True  # late: its request is gone
+        if state.kv_host != peer_host:
+            return False
+        state.kv_arrived(info)
+        return True
 
     def prompt_ids_arrived(self, node: NodeConnection, group_id: int, ids: list[int]) -> None:
         state = self._by_group.get(group_id // MAX_BEST_OF * MAX_BEST_OF)

@@ -23,7 +23,7 @@ def node(
 ) -> NodeConnection:
     n = next(IDS)
     info = NodeInfo(n, mode, f"127.0.0.{n}:8000", f"127.0.0.{n}", None, {}, version, trans, max_len)  # type: ignore[arg-type]
-    return pool.connect(info, _send)
+    return pool.connect(info, _send, f"127.0.0.{n}")
 
 
 def selector(pool: NodePool) -> PairSelector:
