@@ -64,15 +64,16 @@ def test_v12_pool_answers_exactly_on_every_endpoint(procs: ProcGroup, tok: Model
     assert [e["token"]["count_output_tokens"] for e in events] == [1, 2, 3, 4, 5]
     assert [e["finished"] for e in events] == [False] * 4 + [True]
 
+    model = httpx.get(f"{c.url}/v1/models", timeout=5).json()["data"][0]["id"]
     completion = httpx.post(
         f"{c.url}/v1/completions",
-        json={"model": "m", "prompt": "What is AI?", "max_tokens": 12},
+        json={"model": model, "prompt": "What is AI?", "max_tokens": 12},
         timeout=30,
     ).json()
     assert completion["choices"][0]["text"] == "What is AI?What is AI?"
     chat = httpx.post(
         f"{c.url}/v1/chat/completions",
-        json={"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6},
+        json={"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6},
         timeout=30,
     )
     assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"]
