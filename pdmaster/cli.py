@@ -12,10 +12,11 @@ from pathlib import Path
 import uvicorn
 
 from pdmaster.app import create_app
-from pdmaster.dispatch import DispatchSettings
-from pdmaster.policies import POLICY_NAMES
+from pdmaster.dispatch.session import DispatchSettings
+from pdmaster.routing.policies import POLICY_NAMES
 from pdmaster.settings import MasterSettings
-from pdmaster.tokenizer import DEFAULT_MODEL_DIR
+from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
+from pdwire.cli import CommandParser, add_lightllm_flags, lightllm_flags_given, port_number
 from pdwire.structs import LAYOUTS
 
 WILDCARDS = ("0.0.0.0", "::", "")
@@ -33,11 +34,11 @@ LIGHTLLM_STRATEGIES = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pd-master", description=__doc__)
+def build_parser() -> CommandParser:
+    p = CommandParser("pd-master", __doc__)
     p.add_argument("--run_mode", default="pd_master", choices=["pd_master"])
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=60011)
+    p.add_argument("--port", type=port_number, default=60011)
     p.add_argument(
         "--model_dir",
         type=Path,
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c = p.add_argument_group("config server (LightLLM's multi-PD-master mode)")
     c.add_argument("--config_server_host", default=None)
-    c.add_argument("--config_server_port", type=int, default=60088)
+    c.add_argument("--config_server_port", type=port_number, default=60088)
     c.add_argument(
         "--register-token",
         "--register_token",
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout_keep_alive", type=float, default=30.0, help="idle seconds before closing"
     )
     p.add_argument("--log_level", default="info")
+    add_lightllm_flags(p)  # LightLLM's pd_master takes its node flags too, and ignores them
     return p
 
 
@@ -204,18 +206,28 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
+    ignored = lightllm_flags_given(args)
+    if ignored:
+        logging.getLogger(__name__).info("LightLLM node flags a master does not use: %s", ignored)
     settings = settings_from_args(args)
+    try:
+        tokenizer = ModelTokenizer.from_model_dir(settings.model_dir)
+    except FileNotFoundError as exc:
+        parser.fail(str(exc))
+    except Exception as exc:  # the tokenizers library raises bare Exceptions for a bad file
+        parser.fail(f"--model_dir {settings.model_dir}: cannot load tokenizer.json: {exc}")
     if settings.config_server and not settings.advertise_address and args.host in WILDCARDS:
         logging.getLogger(__name__).warning(
             "registering as %s, which nodes cannot dial: set --advertise_address host:port",
             settings.public_address,
         )
-    app = create_app(settings)
+    app = create_app(settings, tokenizer=tokenizer)
     tune_gc()
     uvicorn.run(
         app,

@@ -22,7 +22,7 @@ from pdwire import fastpickle
 from pdwire.errors import MalformedMessageError
 from pdwire.fastdecode import TokenPacksDecoder, plain_entries
 from pdwire.safepickle import Limits, ObjectSpec, SafeUnpickler, StructSpec, WireSchema
-from pdwire.structs import FinishStatus, Layout, SamplingParamsBase, layout_for
+from pdwire.structs import FinishStatus, Layout, SamplingParamsBase, layout_for, lightllm_name
 
 PD_IO_MODULE = "lightllm.server.pd_io_struct"
 MULTIMODAL_MODULE = "lightllm.server.multimodal_params"
@@ -244,7 +244,7 @@ def detect_version(registration: Any) -> str | None:
     return None
 
 
-class _MirrorPickler(pickle._Pickler):  # type: ignore[name-defined,misc]
+class _MirrorPickler(pickle._Pickler):
     """The pure-Python pickler, writing LightLLM's module paths for our mirror classes.
 
     The C pickler insists that a class be importable under the name it is pickled as;
@@ -252,15 +252,16 @@ class _MirrorPickler(pickle._Pickler):  # type: ignore[name-defined,misc]
     """
 
     def save_global(self, obj: Any, name: str | None = None) -> None:
-        lightllm_name = obj.__dict__.get("__lightllm_name__") if isinstance(obj, type) else None
-        if lightllm_name is None:
-            super().save_global(obj, name)
+        wire_name = obj.__dict__.get("__lightllm_name__") if isinstance(obj, type) else None
+        if wire_name is None:
+            super().save_global(obj, name)  # type: ignore[misc]
             return
-        module_name, qualname = lightllm_name
-        self.save(module_name)
-        self.save(qualname)
-        self.write(pickle.STACK_GLOBAL)
-        self.memoize(obj)
+        module_name, qualname = wire_name
+        pickler: Any = self  # the pure-Python pickler's helpers are not in typeshed
+        pickler.save(module_name)
+        pickler.save(qualname)
+        pickler.write(pickle.STACK_GLOBAL)
+        pickler.memoize(obj)
 
 
 def dumps(obj: Any) -> bytes:
@@ -294,17 +295,17 @@ class LightLLMCodec:
         self._obj_types = {t.value: t for t in self.messages.obj_types}
         self._decoder = SafeUnpickler(self._schema(), limits)
         self._token_packs = TokenPacksDecoder(
-            _lightllm_name(ObjType),
+            lightllm_name(ObjType),
             self._obj_types,
-            _lightllm_name(FinishStatus),
+            lightllm_name(FinishStatus),
             self._status_from_bytes,
         )
         self._fast_names: dict[Any, tuple[str, str]] = {
-            ObjType: ObjType.__lightllm_name__,  # type: ignore[attr-defined]
-            FinishStatus: FinishStatus.__lightllm_name__,  # type: ignore[attr-defined]
-            self.layout.SamplingParams: self.layout.SamplingParams.__lightllm_name__,  # type: ignore[attr-defined]
+            ObjType: lightllm_name(ObjType),
+            FinishStatus: lightllm_name(FinishStatus),
+            self.layout.SamplingParams: lightllm_name(self.layout.SamplingParams),
             MultimodalParams: MultimodalParams.__lightllm_name__,
-            _ctypes._unpickle: ("_ctypes", "_unpickle"),
+            _ctypes._unpickle: ("_ctypes", "_unpickle"),  # type: ignore[attr-defined]
         }
         self._req_pickler = fastpickle.ReqPickler(
             self._fast_names, ObjType.REQ, self.layout.SamplingParams, MultimodalParams
@@ -312,7 +313,7 @@ class LightLLMCodec:
 
     def _schema(self) -> WireSchema:
         params = self.layout.SamplingParams
-        name = _lightllm_name
+        name = lightllm_name
         return WireSchema(
             enums={name(ObjType): self._obj_types},
             structs={
@@ -521,10 +522,6 @@ class LightLLMCodec:
         except binascii.Error as exc:
             raise MalformedMessageError(f"data is not base64: {exc}") from None
         return self.decode_registered_objects(raw)
-
-
-def _lightllm_name(cls: type) -> tuple[str, str]:
-    return cls.__lightllm_name__  # type: ignore[attr-defined,no-any-return]
 
 
 def _group_id(value: Any) -> int:

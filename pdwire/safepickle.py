@@ -347,7 +347,7 @@ class SafeUnpickler:
         return g
 
     def _construct(
-        self, g: _Global, data: bytes, pos: int, memo: list[Any], count: int, depths: dict
+        self, g: _Global, data: bytes, pos: int, memo: list[Any], count: int, depths: dict[int, int]
     ) -> tuple[Any, int, int]:
         """The value a class reference heads, read in the one shape its class is pickled."""
         if g.kind == _ENUM:  # cls (int,) REDUCE

@@ -51,6 +51,12 @@ class FinishStatus(ctypes.Structure):
 _FINISH_REASONS = {1: "stop", 2: "length", 3: "abort", 4: "error"}
 
 
+def lightllm_name(cls: type) -> tuple[str, str]:
+    """The (module, qualname) a mirror class of ours travels as on LightLLM's wire."""
+    name: tuple[str, str] = getattr(cls, "__lightllm_name__")  # noqa: B009 - set by _named
+    return name
+
+
 def _named(cls: type, name: str) -> type:
     cls.__lightllm_name__ = (SAMPLING_PARAMS_MODULE, name)  # type: ignore[attr-defined]
     return cls
@@ -183,13 +189,13 @@ class SamplingParamsBase(ctypes.Structure):
     """Helpers shared by every version's SamplingParams layout."""
 
     def stop_token_sequences(self) -> list[list[int]]:
-        groups = self.stop_sequences  # type: ignore[attr-defined]
+        groups = self.stop_sequences
         return [
             list(groups.groups[i].sequence[: groups.groups[i].size]) for i in range(groups.size)
         ]
 
     def set_stop_sequences(self, sequences: list[list[int]], texts: list[str]) -> None:
-        groups = self.stop_sequences  # type: ignore[attr-defined]
+        groups = self.stop_sequences
         if len(sequences) > MAX_STOP_SEQUENCES:
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
         for i, (ids, text) in enumerate(zip(sequences, texts, strict=True)):
@@ -207,7 +213,7 @@ class SamplingParamsBase(ctypes.Structure):
         groups.size = len(sequences)
 
     def stop_strings(self) -> list[str]:
-        groups = self.stop_sequences  # type: ignore[attr-defined]
+        groups = self.stop_sequences
         out = []
         for i in range(groups.size):
             group = groups.groups[i]
@@ -284,7 +290,7 @@ def _build_layout(version: str, stop_sequence_fields: list[tuple[str, Any]]) -> 
         {
             "_pack_": 4,
             "_fields_": [
-                ("groups", stop_sequence * MAX_STOP_SEQUENCES),
+                ("groups", stop_sequence * MAX_STOP_SEQUENCES),  # type: ignore[operator]
                 ("size", ctypes.c_int),
             ],
         },
@@ -329,8 +335,8 @@ class Layout:
         if self.version == "v1.2.0":  # its defaults: no special-token skipping, random seed
             params.skip_special_tokens = False
             params.max_new_tokens = 65535
-            params.seed = -1  # type: ignore[attr-defined]
-            params.prompt_logprobs = -1  # type: ignore[attr-defined]
+            params.seed = -1
+            params.prompt_logprobs = -1
         return params
 
 
