@@ -28,6 +28,12 @@ PD_IO_MODULE = "lightllm.server.pd_io_struct"
 MULTIMODAL_MODULE = "lightllm.server.multimodal_params"
 PICKLE_PROTOCOL = 4
 MAX_BEST_OF = 8
+# The largest frame of the protocol is a REQ to the decode node for the longest prompt (or
+# the prefill node's prompt-id upload, or its first token carrying the prompt ids): up to 5
+# bytes per token id (BININT) plus the 28 KiB SamplingParams, 5.3 MB for a 1M-token context
+# (tests/pdwire/test_wire_fixtures.py builds it). A REQ to P carries the prompt's text, at
+# most the master's 4 MiB body. 16 MiB, LightLLM v1.1.0's own websocket limit, leaves 3x.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
 
 
 class ObjType(enum.Enum):

@@ -21,7 +21,7 @@ from node_agents.simengine.normal import NormalNode, normal_router
 from node_agents.simengine.prefill import PrefillNode
 from node_agents.simengine.timing import TimingModel
 from pdmodel.tokenizer import ModelTokenizer
-from pdwire.lightllm import LightLLMCodec
+from pdwire.lightllm import MAX_FRAME_BYTES, LightLLMCodec
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ def create_app(
     reconnect_s: float,
     config_server: str | None = None,
     config_poll_s: float = 10.0,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
 ) -> FastAPI:
     """With ``config_server``, the masters come from its ``/registered_objects`` (polled
     every ``config_poll_s``), as a LightLLM node in multi-master mode finds them."""
@@ -68,6 +69,7 @@ def create_app(
             node.on_link_lost,
             wants_kv_status=node.identity.mode == "decode",
             reconnect_s=reconnect_s,
+            max_frame_bytes=max_frame_bytes,
         )
         await links.update({m.master_id: m.address for m in masters})
         async with contextlib.AsyncExitStack() as stack:

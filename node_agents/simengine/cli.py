@@ -27,7 +27,7 @@ from pdwire.cli import (
     lightllm_flags_given,
     port_number,
 )
-from pdwire.lightllm import LightLLMCodec
+from pdwire.lightllm import MAX_FRAME_BYTES, LightLLMCodec
 from pdwire.structs import LAYOUTS
 
 
@@ -57,6 +57,13 @@ def build_parser() -> CommandParser:
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--dp", type=int, default=1)
     p.add_argument("--lightllm_version", default="v1.1.0", choices=sorted(LAYOUTS))
+    p.add_argument(
+        "--ws_max_size",
+        type=int,
+        default=MAX_FRAME_BYTES,
+        help="largest websocket frame a master may send, in bytes; a larger one closes the "
+        "link with 1009 (LightLLM: LIGHTLLM_WEBSOCKET_MAX_SIZE)",
+    )
     p.add_argument(
         "--pd_reconnect_s",
         type=float,
@@ -150,7 +157,14 @@ def main(argv: list[str] | None = None) -> None:
             config_server = f"{args.config_server_host}:{args.config_server_port}"
         else:
             masters = [MasterAddress(0, f"{args.pd_master_ip}:{args.pd_master_port}")]
-    app = create_app(node, masters, args.pd_reconnect_s, config_server, args.config_server_poll_s)
+    app = create_app(
+        node,
+        masters,
+        args.pd_reconnect_s,
+        config_server,
+        args.config_server_poll_s,
+        max_frame_bytes=args.ws_max_size,
+    )
     uvicorn.run(
         app,
         host=args.host,

@@ -15,7 +15,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.frames import CloseCode
+
+from pdwire.lightllm import MAX_FRAME_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,7 @@ class MasterLink:
         on_lost: Callable[[MasterLink], None],
         wants_kv_status: bool,
         reconnect_s: float,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
     ) -> None:
         self.master_id = master_id
         self.address = address
@@ -40,6 +44,7 @@ class MasterLink:
         self._on_lost = on_lost
         self._wants_kv_status = wants_kv_status
         self._reconnect_s = reconnect_s
+        self._max_frame_bytes = max_frame_bytes
         self._ws: ClientConnection | None = None
         self._kv_ws: ClientConnection | None = None
         self.connected = asyncio.Event()
@@ -48,6 +53,14 @@ class MasterLink:
         while True:
             try:
                 await self._session()
+            except ConnectionClosed as exc:
+                if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                    log.warning(
+                        "closed the link to master %s: a frame larger than --ws_max_size (1009)",
+                        self.address,
+                    )
+                else:
+                    log.info("master %s gone: %s", self.address, exc)
             except (OSError, WebSocketException, TimeoutError) as exc:
                 log.info("master %s unreachable or gone: %s", self.address, exc)
             finally:
@@ -60,7 +73,11 @@ class MasterLink:
 
     async def _session(self) -> None:
         base = f"ws://{self.address}"
-        options: dict[str, Any] = {"max_size": None, "ping_interval": 20.0, "compression": None}
+        options: dict[str, Any] = {
+            "max_size": self._max_frame_bytes,
+            "ping_interval": 20.0,
+            "compression": None,
+        }
         async with connect(f"{base}/pd_register", **options) as ws:
             await ws.send(self._registration)
             if self._wants_kv_status:
@@ -97,10 +114,10 @@ class MasterLink:
             return False
         return True
 
-    async def close(self) -> None:
+    async def close(self, code: int = 1000, reason: str = "") -> None:
         for ws in (self._ws, self._kv_ws):
             if ws is not None:
-                await ws.close()
+                await ws.close(code, reason)
 
 
 class LinkSet:
@@ -118,6 +135,7 @@ class LinkSet:
         on_lost: Callable[[MasterLink], None],
         wants_kv_status: bool,
         reconnect_s: float,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
     ) -> None:
         self.links = links  # shared with the node, which answers through them
         self._registration = registration
@@ -125,6 +143,7 @@ class LinkSet:
         self._on_lost = on_lost
         self._wants_kv_status = wants_kv_status
         self._reconnect_s = reconnect_s
+        self._max_frame_bytes = max_frame_bytes
         self._tasks: dict[int, asyncio.Task[None]] = {}
 
     async def update(self, masters: Mapping[int, str]) -> None:
@@ -142,6 +161,7 @@ class LinkSet:
                     self._on_lost,
                     self._wants_kv_status,
                     self._reconnect_s,
+                    self._max_frame_bytes,
                 )
                 self.links[master_id] = link
                 self._tasks[master_id] = asyncio.create_task(link.run(), name=f"link-{address}")

@@ -21,6 +21,19 @@ from pdwire.lightllm import LightLLMCodec, ObjType, UpKVStatus
 log = logging.getLogger(__name__)
 
 POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
+
+
+def _closed(ws: WebSocket, path: str, code: int | None) -> str:
+    """Why a node's socket closed; an oversized frame (the server's 1009) is logged."""
+    if code == MESSAGE_TOO_BIG:
+        log.warning("closed %s from %s: a frame larger than --ws_max_size (1009)", path, _peer(ws))
+        return "frame larger than --ws_max_size"
+    return "socket closed"
+
+
+def _peer(ws: WebSocket) -> str:
+    return f"{ws.client.host}:{ws.client.port}" if ws.client else "unknown"
 
 
 def node_router(
@@ -48,6 +61,7 @@ def node_router(
             while True:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
+                    reason = _closed(ws, "/pd_register", message.get("code"))
                     break
                 data = message.get("bytes")
                 if data is None:
@@ -59,9 +73,10 @@ def node_router(
                     table.deliver(conn, payload)  # checked by decode_node_message
         except WireError as exc:
             reason = f"protocol error: {exc}"
+            log.warning("closed /pd_register from %s: %s", _peer(ws), reason)
             await ws.close(POLICY_VIOLATION, reason[:120])
-        except WebSocketDisconnect:
-            pass
+        except WebSocketDisconnect as exc:
+            reason = _closed(ws, "/pd_register", exc.code)
         finally:
             pool.disconnect(conn, reason)
 
@@ -73,9 +88,9 @@ def node_router(
                 status = UpKVStatus.from_json_dict(json.loads(await ws.receive_text()))
                 table.kv_arrived(status)
         except (WireError, json.JSONDecodeError, KeyError) as exc:
-            log.warning("bad kv_move_status frame from %s: %s", ws.client, exc)
+            log.warning("bad kv_move_status frame from %s: %s", _peer(ws), exc)
             await ws.close(POLICY_VIOLATION, str(exc)[:120])
-        except WebSocketDisconnect:
-            pass
+        except WebSocketDisconnect as exc:
+            _closed(ws, "/kv_move_status", exc.code)
 
     return router
