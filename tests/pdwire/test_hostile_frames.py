@@ -175,23 +175,22 @@ def test_shapes_outside_the_messages_are_refused(
     assert time.process_time() - start < 0.5
 
 
-def test_value_and_memo_caps_are_checked_before_they_are_paid() -> None:
+@pytest.mark.parametrize(
+    ("body", "what"),
+    [
+        (b"]" + b"(" + b"G\x00\x00\x00\x00\x00\x00\x00\x00" * 1200 + b"e", "values"),
+        (b"N" * 1200, "values"),  # pushes allocate nothing but the stack's slots
+        (b"(" * 1200, "values"),  # marks
+        (b"}" * 200, "values"),  # empty dicts weigh 8
+        (b"N" + b"\x94" * 200, "memo"),
+    ],
+)
+def test_value_and_memo_caps_are_checked_before_they_are_paid(body: bytes, what: str) -> None:
     from pdwire.safepickle import Limits
 
     codec = LightLLMCodec(limits=Limits(max_objects=1000, max_memo=100))
-    with pytest.raises(FrameLimitError, match="values"):
-        codec.loads(
-            frame(
-                b"]"
-                + b"("
-                + b"G"
-                + b"\x00" * 8 * 1
-                + b"G\x00\x00\x00\x00\x00\x00\x00\x00" * 1200
-                + b"e"
-            )
-        )
-    with pytest.raises(FrameLimitError, match="memo"):
-        codec.loads(frame(b"N" + b"\x94" * 200))
+    with pytest.raises(FrameLimitError, match=what):
+        codec.loads(frame(body))
 
 
 def test_plain_objects_take_exactly_their_fields(codec: LightLLMCodec) -> None:
