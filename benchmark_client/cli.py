@@ -31,7 +31,9 @@ def build_parser() -> CommandParser:
     p.add_argument("--output_len", type=int, default=128, help="tokens to generate")
     p.add_argument("--tokenizer_path", default=None, help="dir or file with tokenizer.json")
     p.add_argument("--server_api", choices=["lightllm", "openai"], default="lightllm")
-    p.add_argument("--model", default="default", help="model name for --server_api openai")
+    p.add_argument(
+        "--model", default=None, help="model name for --server_api openai (default: the server's)"
+    )
     p.add_argument("--dump_file", type=Path, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import ipaddress
 import logging
 import os
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from config_server.registry import Registry
 from config_server.settings import ConfigServerSettings
 from config_server.store import open_store
 from pdwire.cli import CommandParser, port_number
+from pdwire.peers import split_cidrs
 from pdwire.structs import LAYOUTS
 
 GC_GEN0_THRESHOLD = 50_000
@@ -95,9 +95,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Conf
     cidr_args = (
         args.allow_cidr if args.allow_cidr is not None else [env.get("PDCTL_ALLOW_CIDR", "")]
     )
-    cidrs = tuple(c.strip() for arg in cidr_args for c in arg.split(",") if c.strip())
-    for cidr in cidrs:
-        ipaddress.ip_network(cidr, strict=False)  # fail at start, not on the first request
+    cidrs = split_cidrs(cidr_args)  # fail at start, not on the first request
     return ConfigServerSettings(
         host=args.host,
         port=args.port,

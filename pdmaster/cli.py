@@ -18,6 +18,7 @@ from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from pdwire.cli import CommandParser, add_lightllm_flags, lightllm_flags_given, port_number
 from pdwire.lightllm import MAX_FRAME_BYTES
+from pdwire.peers import split_cidrs
 from pdwire.structs import LAYOUTS
 
 WILDCARDS = ("0.0.0.0", "::", "")
@@ -147,6 +148,15 @@ def build_parser() -> CommandParser:
         default=os.environ.get("PDCTL_ADMIN_TOKEN"),
         help="bearer token for /v1 admin endpoints (env PDCTL_ADMIN_TOKEN)",
     )
+    p.add_argument(
+        "--allow-cidr",
+        "--allow_cidr",
+        dest="allow_cidr",
+        action="append",
+        default=None,
+        help="networks allowed on the node endpoints (/pd_register, /kv_move_status), "
+        "repeatable or comma-separated (env PDCTL_ALLOW_CIDR; default: every peer)",
+    )
     c = p.add_argument_group("config server (LightLLM's multi-PD-master mode)")
     c.add_argument("--config_server_host", default=None)
     c.add_argument("--config_server_port", type=port_number, default=60088)
@@ -205,6 +215,11 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
         max_queue=args.max_queue,
         queue_timeout_s=args.queue_timeout,
         admin_token=args.admin_token,
+        allow_cidrs=split_cidrs(
+            args.allow_cidr
+            if args.allow_cidr is not None
+            else [os.environ.get("PDCTL_ALLOW_CIDR", "")]
+        ),
         config_server=config_server,
         # LightLLM: a master with a config server is uuid4().int, alone it is 0
         node_id=uuid.uuid4().int if config_server else 0,
@@ -224,7 +239,10 @@ def main(argv: list[str] | None = None) -> None:
     ignored = lightllm_flags_given(args)
     if ignored:
         logging.getLogger(__name__).info("LightLLM node flags a master does not use: %s", ignored)
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        parser.error(f"--allow-cidr: {exc}")
     try:
         tokenizer = ModelTokenizer.from_model_dir(settings.model_dir)
     except FileNotFoundError as exc:
