@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from pdmaster.api.hot_path import SseEndpoint
-from pdmaster.api.relay import Collector, sse_error
-from pdmaster.api.service import ClientDisconnected, GenerateService, RequestRun
+from pdmaster.api.hot_path import Opened, SseEndpoint
+from pdmaster.api.relay import Collector, LightLLMStream
+from pdmaster.api.service import ClientDisconnected, GenerateService
 from pdmaster.dispatch.session import PreparedRequest
 from pdmaster.errors import ApiError, BadRequest, PayloadTooLarge
 from pdmaster.nodes.pool import NodePool
@@ -19,7 +19,6 @@ from pdmaster.routing.policies import RequestView, prefix_blocks
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.client import GenerateRequest
-from pdwire.sse import sse_events
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -87,11 +86,13 @@ def generate_stream_endpoint(
 ) -> SseEndpoint:
     """LightLLM's POST /generate_stream, served on the hot path (see hot_path.py)."""
 
-    async def open_run(request: Request) -> RequestRun:
-        body = await read_json(request, GenerateRequest, settings.max_body_bytes)
-        return service.run("generate_stream", prepare(body, tokenizer, settings))
+    events = LightLLMStream()
 
-    return SseEndpoint(open_run, sse_events, sse_error)
+    async def open_run(request: Request) -> Opened:
+        body = await read_json(request, GenerateRequest, settings.max_body_bytes)
+        return service.run("generate_stream", prepare(body, tokenizer, settings)), events
+
+    return SseEndpoint(open_run)
 
 
 def client_router(
