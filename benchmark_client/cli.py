@@ -17,12 +17,13 @@ from benchmark_client.client import RequestRecord, lightllm_body, openai_body, r
 from benchmark_client.http import Target
 from benchmark_client.report import dump, plot, render_table, summarize
 from benchmark_client.workload import PromptMaker, Workload, arrival_offsets, build_prompts
+from pdwire.cli import CommandParser
 
 EXIT_USAGE = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pd-bench", description=__doc__)
+def build_parser() -> CommandParser:
+    p = CommandParser("pd-bench", __doc__)
     p.add_argument("--url", required=True, help="e.g. http://127.0.0.1:60011/generate_stream")
     p.add_argument("--num_clients", type=int, default=100, help="requests in flight at most")
     p.add_argument("--input_num", type=int, default=2000, help="requests to send")
@@ -30,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_len", type=int, default=128, help="tokens to generate")
     p.add_argument("--tokenizer_path", default=None, help="dir or file with tokenizer.json")
     p.add_argument("--server_api", choices=["lightllm", "openai"], default="lightllm")
-    p.add_argument("--model", default="default", help="model name for --server_api openai")
+    p.add_argument(
+        "--model", default=None, help="model name for --server_api openai (default: the server's)"
+    )
     p.add_argument("--dump_file", type=Path, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

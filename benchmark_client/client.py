@@ -43,9 +43,9 @@ def lightllm_body(prompt: str, output_len: int) -> bytes:
     )
 
 
-def openai_body(prompt: str, output_len: int, model: str) -> bytes:
-    body = {
-        "model": model,
+def openai_body(prompt: str, output_len: int, model: str | None) -> bytes:
+    body: dict[str, object] = {} if model is None else {"model": model}
+    body |= {
         "prompt": prompt,
         "max_tokens": output_len,
         "stream": True,

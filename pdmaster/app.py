@@ -12,6 +12,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pdmaster.api.admin_routes import admin_router
 from pdmaster.api.anthropic_routes import anthropic_router, messages_endpoint
@@ -39,6 +40,7 @@ from pdmaster.settings import MasterSettings
 from pdmodel.chat_template import load_chat_template
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.lightllm import LightLLMCodec
+from pdwire.peers import NetworkAllowlist
 
 log = logging.getLogger(__name__)
 DEADLINE_SWEEP_S = 0.1  # how late a deadline may fire
@@ -86,9 +88,15 @@ def create_app(
         observer=metrics,
     )
     service = GenerateService(dispatcher, admission, metrics, clock)
+    allowlist = NetworkAllowlist(settings.allow_cidrs)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if allowlist.open:
+            log.warning(
+                "node endpoints (/pd_register, /kv_move_status) accept every peer; "
+                "restrict them with --allow-cidr"
+            )
         tasks = [asyncio.create_task(_expire_waits(table, clock), name="deadline-sweeper")]
         async with httpx.AsyncClient(timeout=settings.token_load_poll_s or 1.0) as client:
             if settings.token_load_poll_s > 0:
@@ -112,7 +120,9 @@ def create_app(
     app.include_router(info_router(tokenizer, settings, model_name))
     app.include_router(openai_router(service, tokenizer, settings, template))
     app.include_router(anthropic_router(tokenizer, settings, template))
-    app.include_router(node_router(pool, table, codec, settings.registration_timeout_s))
+    app.include_router(
+        node_router(pool, table, codec, settings.registration_timeout_s, allowlist.allows)
+    )
     app.include_router(admin_router(pool, settings.admin_token))
 
     @app.get("/metrics")
@@ -148,6 +158,21 @@ def create_app(
             "error": {"type": "invalid_request_error", "code": "invalid_field", "message": message}
         }
         return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """An unknown route (404) or method (405), in our error body rather than FastAPI's."""
+        route = f"{request.method} {request.url.path}"
+        if exc.status_code == 404:
+            error = {"type": "not_found", "code": "no_route", "message": f"no route {route}"}
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("allow", "")
+            message = f"method not allowed: {route} (allowed: {allowed})"
+            error = {"type": "method_not_allowed", "code": "method_not_allowed", "message": message}
+        else:
+            message = str(exc.detail)
+            error = {"type": "http_error", "code": f"http_{exc.status_code}", "message": message}
+        return JSONResponse({"error": error}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -16,6 +16,7 @@ from pdmaster.api.anthropic_relay import MessageEvents, error_body, message_body
 from pdmaster.api.anthropic_schemas import CountTokensRequest, MessagesRequest, PromptFields
 from pdmaster.api.hot_path import Opened, SseEndpoint
 from pdmaster.api.openai_relay import Generation
+from pdmaster.api.openai_routes import accepted_model_names, check_model, served_model_name
 from pdmaster.api.service import ClientDisconnected, GenerateService
 from pdmaster.api.text_request import prepare_text, read_body, render, sampling
 from pdmaster.errors import ApiError
@@ -32,7 +33,9 @@ NAMES = {
 }
 
 
-def _prompt(body: PromptFields, template: ChatTemplate) -> str:
+def _prompt(body: PromptFields, template: ChatTemplate, settings: MasterSettings) -> str:
+    """The prompt; 404 for another model than this master's (as its OpenAI API answers)."""
+    check_model(body.model, accepted_model_names(settings), served_model_name(settings))
     body.check_supported()
     return render(template, body.chat(), "messages")
 
@@ -56,7 +59,9 @@ def messages_endpoint(
             body.stop_sequences,
             template.add_special_tokens,
         )
-        prepared = prepare_text(_prompt(body, template), params, tokenizer, settings, NAMES)
+        prepared = prepare_text(
+            _prompt(body, template, settings), params, tokenizer, settings, NAMES
+        )
         gen = Generation(prepared.prompt_tokens, body.stop_sequences)
         run = service.run(ENDPOINT, prepared)
         if body.stream:
@@ -80,7 +85,7 @@ def anthropic_router(
     async def count_tokens(request: Request) -> Response:
         try:
             body = await read_body(request, CountTokensRequest, settings.max_body_bytes)
-            prompt = _prompt(body, template)
+            prompt = _prompt(body, template, settings)
         except ApiError as exc:
             return JSONResponse(error_body(exc), status_code=exc.status)
         return JSONResponse({"input_tokens": tokenizer.count(prompt)})

@@ -40,16 +40,28 @@ async def read_json(request: Request, model: type[M], limit: int) -> M:
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
-        data = orjson.loads(b"".join(chunks))
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+        raise BadRequest(
+            f"request body is not valid JSON: {json_problem(raw, exc)}", code="invalid_json"
+        ) from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
         raise Unprocessable(f"{field}: {first['msg']}", code="invalid_field") from None
+
+
+def json_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    """orjson's reason, except for bytes that are not UTF-8, which it calls "surrogates"."""
+    try:
+        raw.decode()
+    except UnicodeDecodeError as bad:
+        return f"byte {bad.start} (0x{raw[bad.start]:02x}) is not UTF-8"
+    return str(exc)
 
 
 def prepare(

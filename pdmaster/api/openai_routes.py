@@ -28,7 +28,7 @@ from pdmaster.api.openai_relay import (
 from pdmaster.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from pdmaster.api.service import ClientDisconnected, GenerateService
 from pdmaster.dispatch.session import PreparedRequest
-from pdmaster.errors import ApiError, BadRequest
+from pdmaster.errors import ApiError, BadRequest, NotFound
 from pdmaster.settings import MasterSettings
 from pdmodel.chat_template import ChatTemplate, ChatTemplateError, load_chat_template
 from pdmodel.tokenizer import ModelTokenizer
@@ -37,6 +37,24 @@ from pdwire.client import GenerateRequest
 
 def served_model_name(settings: MasterSettings) -> str:
     return settings.served_model_name or Path(settings.model_dir).resolve().name
+
+
+def accepted_model_names(settings: MasterSettings) -> set[str]:
+    """The served name, and the model directory as given or resolved: vLLM's default model
+    name is the path it loaded, and LightLLM's benchmark client sends its tokenizer path."""
+    names = {served_model_name(settings)}
+    for path in (str(settings.model_dir), str(Path(settings.model_dir).resolve())):
+        names |= {path, path.rstrip("/"), path.rstrip("/") + "/"}
+    return names
+
+
+def check_model(model: str | None, accepted: set[str], served: str) -> None:
+    """A request naming another model is a 404, as in vLLM; one naming none gets ours."""
+    if model is not None and model not in accepted:
+        raise NotFound(
+            f"model: the model {model!r} does not exist; this master serves {served!r}",
+            code="model_not_found",
+        )
 
 
 def in_openai_terms(exc: BadRequest, prompt_field: str, max_field: str) -> BadRequest:
@@ -61,6 +79,7 @@ def openai_router(
 ) -> APIRouter:
     template = chat_template or load_chat_template(settings.model_dir)
     model_name = served_model_name(settings)
+    model_names = accepted_model_names(settings)
     started = int(time.time())
     router = APIRouter()
 
@@ -112,6 +131,7 @@ def openai_router(
         try:
             body = await read_json(request, CompletionRequest, settings.max_body_bytes)
             body.check_supported()
+            check_model(body.model, model_names, model_name)
             req = prepared(
                 body,
                 body.prompt_text(),
@@ -130,6 +150,7 @@ def openai_router(
         try:
             body = await read_json(request, ChatCompletionRequest, settings.max_body_bytes)
             body.check_supported()
+            check_model(body.model, model_names, model_name)
             try:
                 prompt = template.render([m.for_template() for m in body.messages])
             except ChatTemplateError as exc:

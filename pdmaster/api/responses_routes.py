@@ -13,6 +13,7 @@ from fastapi.responses import Response
 
 from pdmaster.api.hot_path import Opened, SseEndpoint
 from pdmaster.api.openai_relay import Generation, error_body
+from pdmaster.api.openai_routes import accepted_model_names, check_model
 from pdmaster.api.responses_relay import ResponseEvents, ResponseState
 from pdmaster.api.responses_schemas import ResponsesRequest
 from pdmaster.api.service import ClientDisconnected, GenerateService
@@ -37,9 +38,11 @@ def responses_endpoint(
     model_name: str,
 ) -> SseEndpoint:
     """POST /v1/responses: a stream on the hot path, or (``"stream": false``) one object."""
+    model_names = accepted_model_names(settings)
 
     async def open_response(request: Request) -> Opened:
         body = await read_body(request, ResponsesRequest, settings.max_body_bytes)
+        check_model(body.model, model_names, model_name)
         body.check_supported()
         prompt = render(template, body.chat(), "input")
         limit = body.max_output_tokens or output_room(prompt, tokenizer, settings, "input")

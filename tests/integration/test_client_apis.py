@@ -70,7 +70,7 @@ def test_messages_answer_with_the_exact_text_stop_reason_and_usage(
 ) -> None:
     client = claude(pd)
     message = client.messages.create(
-        model="claude-x",
+        model="pd-sim",
         max_tokens=12,
         system="Be brief.",
         messages=BRIEF,
@@ -87,7 +87,7 @@ def test_messages_answer_with_the_exact_text_stop_reason_and_usage(
     assert (message.usage.input_tokens, message.usage.output_tokens) == (prompt_tokens, count)
 
     message = client.messages.create(
-        model="m",
+        model="pd-sim",
         max_tokens=200,
         messages=[{"role": "user", "content": "Hi!"}],
         extra_body={"top_k": 5, "top_p": 0.9},
@@ -97,7 +97,7 @@ def test_messages_answer_with_the_exact_text_stop_reason_and_usage(
     assert reason == "stop" and message.content[0].text == text
     assert (message.stop_reason, message.usage.output_tokens) == ("end_turn", count)
 
-    counted = client.messages.count_tokens(model="m", system="Be brief.", messages=BRIEF)
+    counted = client.messages.count_tokens(model="pd-sim", system="Be brief.", messages=BRIEF)
     assert counted.input_tokens == prompt_tokens
 
 
@@ -105,7 +105,7 @@ def test_messages_stream_sends_anthropics_event_sequence(pd: Cluster, tok: Model
     content = [{"type": "text", "text": "Hello"}, {"type": "text", "text": "there"}]
     prompt = "<|user|>\nHello\nthere\n<|assistant|>\n"
     with claude(pd).messages.stream(
-        model="m", max_tokens=15, messages=[{"role": "user", "content": content}]
+        model="pd-sim", max_tokens=15, messages=[{"role": "user", "content": content}]
     ) as stream:
         kinds = [event.type for event in stream if event.type != "text"]
         final = stream.get_final_message()
@@ -128,7 +128,11 @@ def test_stop_sequences_end_the_message_without_their_text(
     full, _, _ = expected(tok, prompt, 40)
     before = full[: full.index("world")]
     client = claude(pd)
-    ask = {"model": "m", "max_tokens": 40, "messages": [{"role": "user", "content": "Hello world"}]}
+    ask = {
+        "model": "pd-sim",
+        "max_tokens": 40,
+        "messages": [{"role": "user", "content": "Hello world"}],
+    }
     message = client.messages.create(**ask, stop_sequences=["nowhere", "world"])
     assert message.content[0].text == before
     assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "world")
@@ -143,14 +147,14 @@ def test_stop_sequences_end_the_message_without_their_text(
 
 def test_assistant_prefill_is_continued(pd: Cluster, tok: ModelTokenizer) -> None:
     turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Sure:"}]
-    message = claude(pd).messages.create(model="m", max_tokens=6, messages=turns)
+    message = claude(pd).messages.create(model="pd-sim", max_tokens=6, messages=turns)
     assert message.content[0].text == expected(tok, "<|user|>\nHi\n<|assistant|>\nSure:", 6)[0]
 
 
 def test_responses_answer_with_the_exact_text_and_usage(pd: Cluster, tok: ModelTokenizer) -> None:
     client = gpt(pd)
     response = client.responses.create(
-        model="gpt-x", input="What is AI?", instructions="Be brief.", max_output_tokens=10
+        model="pd-sim", input="What is AI?", instructions="Be brief.", max_output_tokens=10
     )
     text, count, _ = expected(tok, BRIEF_PROMPT, 10)
     assert response.id.startswith("resp_") and response.object == "response"
@@ -173,7 +177,7 @@ def test_responses_answer_with_the_exact_text_and_usage(pd: Cluster, tok: ModelT
         {"role": "developer", "content": "Be brief."},
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi!"}]},
     ]
-    response = client.responses.create(model="m", input=items, metadata={"k": "v"})
+    response = client.responses.create(model="pd-sim", input=items, metadata={"k": "v"})
     text, count, reason = expected(
         tok, "<|system|>\nBe brief.\n<|user|>\nHi!\n<|assistant|>\n", 500
     )
@@ -187,7 +191,7 @@ def test_responses_answer_with_the_exact_text_and_usage(pd: Cluster, tok: ModelT
 
 
 def test_responses_stream_sends_the_event_sequence(pd: Cluster, tok: ModelTokenizer) -> None:
-    events = list(gpt(pd).responses.create(model="m", input="Hi!", stream=True))
+    events = list(gpt(pd).responses.create(model="pd-sim", input="Hi!", stream=True))
     kinds = [e.type for e in events]
     deltas = kinds.count("response.output_text.delta")
     assert deltas >= 2
@@ -214,7 +218,7 @@ def test_sdk_errors_raise_the_right_exceptions(pd: Cluster) -> None:
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}
     with pytest.raises(anthropic.BadRequestError) as bad:
         claude(pd).messages.create(
-            model="m", max_tokens=5, messages=[{"role": "user", "content": [image]}]
+            model="pd-sim", max_tokens=5, messages=[{"role": "user", "content": [image]}]
         )
     assert bad.value.body == {
         "type": "error",
@@ -225,13 +229,18 @@ def test_sdk_errors_raise_the_right_exceptions(pd: Cluster) -> None:
         },
     }
     with pytest.raises(openai.BadRequestError) as refused:
-        gpt(pd).responses.create(model="m", input="x", previous_response_id="resp_1")
+        gpt(pd).responses.create(model="pd-sim", input="x", previous_response_id="resp_1")
     assert refused.value.param == "previous_response_id"
+    with pytest.raises(anthropic.NotFoundError) as unknown:
+        claude(pd).messages.create(model="claude-x", max_tokens=5, messages=BRIEF)
+    assert unknown.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        gpt(pd).responses.create(model="gpt-x", input="x")
 
 
 def test_overload_is_a_429_with_retry_after(pd: Cluster) -> None:
     """Long streams fill the master's two slots; the next request is refused at once."""
-    ask = {"model": "m", "max_tokens": 1000, "stream": True, "messages": LONG}
+    ask = {"model": "pd-sim", "max_tokens": 1000, "stream": True, "messages": LONG}
     with httpx.Client(base_url=pd.url, timeout=30) as client:
         held: list[tuple[httpx.Response, Iterator[bytes]]] = []
         try:
@@ -246,7 +255,7 @@ def test_overload_is_a_429_with_retry_after(pd: Cluster) -> None:
                 next(chunks)  # admitted and streaming
                 held.append((r, chunks))
             with pytest.raises(anthropic.RateLimitError) as refused:
-                claude(pd).messages.create(model="m", max_tokens=5, messages=BRIEF)
+                claude(pd).messages.create(model="pd-sim", max_tokens=5, messages=BRIEF)
         finally:
             for r, _ in held:
                 r.close()
@@ -261,7 +270,7 @@ def test_client_disconnect_aborts_on_both_nodes_and_metrics_name_the_endpoint(
         return tuple(n.stats()["aborts"] for n in pd.nodes)  # type: ignore[return-value]
 
     before = aborts()
-    message = {"model": "m", "max_tokens": 1000, "stream": True, "messages": LONG}
+    message = {"model": "pd-sim", "max_tokens": 1000, "stream": True, "messages": LONG}
     response = {"input": LONG, "stream": True}
     for path, body in (("/v1/messages", message), ("/v1/responses", response)):
         with httpx.stream("POST", f"{pd.url}{path}", json=body, timeout=30) as r:
@@ -323,7 +332,7 @@ BAD_INPUTS = [
 def test_bad_input_is_a_400_naming_the_field(
     pd: Cluster, path: str, body: dict[str, Any], field: str
 ) -> None:
-    body = {"model": "m", **body}
+    body = {"model": "pd-sim", **body}
     for stream_it in (False, True):
         r = httpx.post(f"{pd.url}{path}", json={**body, "stream": stream_it}, timeout=10)
         assert r.status_code == 400, r.text
@@ -363,7 +372,9 @@ def test_zz_a_node_killed_mid_stream_ends_the_message_with_an_error_event(pd: Cl
     seen = []
     with pytest.raises(anthropic.APIStatusError) as failed:
         with claude(pd).messages.stream(
-            model="m", max_tokens=500, messages=[{"role": "user", "content": "Hello world " * 20}]
+            model="pd-sim",
+            max_tokens=500,
+            messages=[{"role": "user", "content": "Hello world " * 20}],
         ) as stream:
             for event in stream:
                 seen.append(event.type)
@@ -373,9 +384,9 @@ def test_zz_a_node_killed_mid_stream_ends_the_message_with_an_error_event(pd: Cl
     assert "message_stop" not in seen
 
     with pytest.raises(anthropic.APIStatusError) as unavailable:  # no decode node is left
-        claude(pd).messages.create(model="m", max_tokens=5, messages=BRIEF)
+        claude(pd).messages.create(model="pd-sim", max_tokens=5, messages=BRIEF)
     assert unavailable.value.status_code == 503
     assert unavailable.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
     with pytest.raises(openai.InternalServerError) as no_node:
-        gpt(pd).responses.create(model="m", input="x", stream=True)
+        gpt(pd).responses.create(model="pd-sim", input="x", stream=True)
     assert no_node.value.status_code == 503
