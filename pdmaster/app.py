@@ -19,7 +19,7 @@ from pdmaster.api.anthropic_routes import anthropic_router, messages_endpoint
 from pdmaster.api.hot_path import HotPathApp, error_response
 from pdmaster.api.info_routes import info_router
 from pdmaster.api.lightllm_routes import client_router, generate_stream_endpoint
-from pdmaster.api.openai_routes import openai_router, served_model_name
+from pdmaster.api.openai_routes import openai_endpoints, openai_router, served_model_name
 from pdmaster.api.request_id import RequestIdMiddleware
 from pdmaster.api.responses_routes import responses_endpoint
 from pdmaster.api.service import GenerateService
@@ -118,7 +118,7 @@ def create_app(
     model_name = served_model_name(settings)
     app.include_router(client_router(service, pool, tokenizer, settings))
     app.include_router(info_router(tokenizer, settings, model_name))
-    app.include_router(openai_router(service, tokenizer, settings, template))
+    app.include_router(openai_router(settings))
     app.include_router(anthropic_router(tokenizer, settings, template))
     app.include_router(
         node_router(pool, table, codec, settings.registration_timeout_s, allowlist.allows)
@@ -186,6 +186,7 @@ def create_app(
         app,
         {
             "/generate_stream": generate_stream_endpoint(service, tokenizer, settings),
+            **openai_endpoints(service, tokenizer, settings, template),
             "/v1/messages": messages_endpoint(*text_api),
             "/v1/responses": responses_endpoint(*text_api),
         },

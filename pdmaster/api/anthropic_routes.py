@@ -62,7 +62,7 @@ def messages_endpoint(
         prepared = prepare_text(
             _prompt(body, template, settings), params, tokenizer, settings, NAMES
         )
-        gen = Generation(prepared.prompt_tokens, body.stop_sequences)
+        gen = Generation(prepared.prompt_tokens, body.stop_sequences, keep_text=not body.stream)
         run = service.run(ENDPOINT, prepared)
         if body.stream:
             return run, MessageEvents(model_name, gen)

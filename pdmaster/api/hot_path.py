@@ -48,12 +48,25 @@ class SseEndpoint:
     error_body: Callable[[ApiError], dict[str, Any]] = api_error_body
 
 
+class MethodNotAllowed(ApiError):
+    """A hot-path route asked with another method than POST, worded as the app's 405."""
+
+    status = 405
+    type = "method_not_allowed"
+
+    def __init__(self, scope: Scope) -> None:
+        route = f"{scope['method']} {scope['path']}"
+        super().__init__(f"method not allowed: {route} (allowed: POST)", "method_not_allowed")
+
+
 def error_response(
     exc: ApiError, body: Callable[[ApiError], dict[str, Any]] = api_error_body
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     headers = [(b"content-type", b"application/json")]
     if isinstance(exc, Overloaded):
         headers.append((b"retry-after", str(exc.retry_after_s).encode()))
+    if isinstance(exc, MethodNotAllowed):
+        headers.append((b"allow", b"POST"))
     return exc.status, headers, orjson.dumps(body(exc))
 
 
@@ -63,14 +76,15 @@ class HotPathApp:
         self.endpoints = endpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = None
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = self.endpoints.get(scope["path"])
+        endpoint = self.endpoints.get(scope["path"]) if scope["type"] == "http" else None
         if endpoint is None:
             await self.app(scope, receive, send)
             return
         request_id = client_request_id(scope["headers"]) or uuid.uuid4().hex.encode()
         scope.setdefault("state", {})["request_id"] = request_id.decode("latin-1")
+        if scope["method"] != "POST":
+            await _respond_error(send, MethodNotAllowed(scope), request_id)
+            return
         try:
             opened = await endpoint.open(Request(scope, receive))
         except Exception as exc:

@@ -78,6 +78,10 @@ def test_unknown_routes_methods_and_raw_bytes_get_our_error_body(lone_master: Cl
     assert r.status_code == 405 and "POST" in r.headers["allow"]
     assert r.json()["error"]["code"] == "method_not_allowed"
     assert "GET /generate" in r.json()["error"]["message"]
+    for path in ("/generate_stream", "/v1/completions", "/v1/chat/completions"):  # the hot path
+        r = httpx.get(f"{lone_master.url}{path}", timeout=10)
+        assert (r.status_code, r.headers["allow"]) == (405, "POST"), path
+        assert r.json()["error"]["message"] == f"method not allowed: GET {path} (allowed: POST)"
     for path in ("/generate", "/generate_stream", "/v1/completions"):
         r = httpx.post(f"{lone_master.url}{path}", content=b'{"inputs": "\xff"}', timeout=10)
         assert r.status_code == 400, path

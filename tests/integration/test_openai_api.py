@@ -141,6 +141,10 @@ def test_stop_strings_are_left_out_of_the_text(cluster: Cluster) -> None:
         "stop",
     )
     assert wait_for_aborts(cluster, 1, 1) == (1, 1)
+    events = stream(cluster, "/v1/completions", {**body, "stop": ["s A"]})
+    assert "".join(e["choices"][0]["text"] for e in events) == "What i"
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    assert wait_for_aborts(cluster, 2, 2) == (2, 2)
 
 
 def test_chat_with_the_simple_template(cluster: Cluster, tok: ModelTokenizer) -> None:
