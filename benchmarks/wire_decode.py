@@ -126,7 +126,7 @@ def main() -> None:
         }
         for entries in (1, 64, 512):
             frame = codec.encode_token_packs([make(i) for i in range(entries)], load)
-            row = {"shape": shape, "entries": entries, "frame_bytes": len(frame)}
+            row: dict[str, Any] = {"shape": shape, "entries": entries, "frame_bytes": len(frame)}
             for name, decode in decoders.items():
                 row[f"{name}_us_per_entry"] = per_entry_us(decode, frame, entries, args.smoke)
             results.append(row)

@@ -81,6 +81,12 @@ def build_parser(env: Mapping[str, str]) -> CommandParser:
         help="seconds a websocket-registered master outlives a replica that lost its socket",
     )
     p.add_argument("--lightllm_version", default="v1.1.0", choices=sorted(LAYOUTS))
+    p.add_argument(
+        "--ws_max_size",
+        type=int,
+        default=64 * 1024,
+        help="largest websocket frame a master may send, in bytes (a PD_Master_Obj is ~130)",
+    )
     p.add_argument("--log_level", default="info")
     return p
 
@@ -101,6 +107,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Conf
         allow_cidrs=cidrs,
         lightllm_ttl_s=args.lightllm_ttl_s,
         lightllm_version=args.lightllm_version,
+        ws_max_size=args.ws_max_size,
     )
 
 
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         loop="uvloop",
         http="httptools",
         ws="websockets-sansio",
-        ws_max_size=1024 * 1024,
+        ws_max_size=settings.ws_max_size,
         ws_per_message_deflate=False,
         ws_ping_interval=10.0,  # a master whose host vanished is dropped within ~20 s
         ws_ping_timeout=10.0,

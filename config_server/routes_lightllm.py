@@ -32,6 +32,7 @@ from pdwire.lightllm import LightLLMCodec
 log = logging.getLogger(__name__)
 
 POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013
 SERVICE_RESTART = 1012  # uvicorn closes sockets with this code when the server stops
 FIRST_FRAME_TIMEOUT_S = 10.0
@@ -115,6 +116,8 @@ async def _open_session(
         await ws.close(POLICY_VIOLATION, "no PD_Master_Obj within 10 s")
         return None
     if message["type"] == "websocket.disconnect":
+        if message.get("code") == MESSAGE_TOO_BIG:
+            log.warning("closed /pd_master_register from %s: a frame past --ws_max_size", peer)
         return None
     data = message.get("bytes")
     if data is None:

@@ -18,4 +18,6 @@ class ConfigServerSettings:
     lightllm_ttl_s: float = 10.0  # lease of a master registered over the websocket
     lightllm_version: str = "v1.1.0"
     max_body_bytes: int = 64 * 1024
+    # /pd_master_register frames: a pickled PD_Master_Obj (~130 bytes), then "heartbeat"
+    ws_max_size: int = 64 * 1024
     max_watch_timeout_s: float = 60.0

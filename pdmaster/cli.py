@@ -17,6 +17,7 @@ from pdmaster.routing.policies import POLICY_NAMES
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from pdwire.cli import CommandParser, add_lightllm_flags, lightllm_flags_given, port_number
+from pdwire.lightllm import MAX_FRAME_BYTES
 from pdwire.peers import split_cidrs
 from pdwire.structs import LAYOUTS
 
@@ -85,6 +86,13 @@ def build_parser() -> CommandParser:
     )
     p.add_argument("--max_req_total_len", type=int, default=16384 + 8192)
     p.add_argument("--max_body_bytes", type=int, default=4 * 1024 * 1024)
+    p.add_argument(
+        "--ws_max_size",
+        type=int,
+        default=MAX_FRAME_BYTES,
+        help="largest websocket frame a node may send, in bytes; a larger one closes its "
+        "socket with 1009 (the protocol's largest frame, a 1M-token prompt's ids, is 5.3 MB)",
+    )
     p.add_argument("--first_token_timeout", type=float, default=60.0)
     p.add_argument(
         "--kv_move_timeout",
@@ -222,6 +230,7 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
         max_new_tokens=args.max_new_tokens,
         max_req_total_len=args.max_req_total_len,
         max_body_bytes=args.max_body_bytes,
+        ws_max_size=args.ws_max_size,
         dispatch=DispatchSettings(
             first_token_timeout_s=args.first_token_timeout,
             kv_move_timeout_s=args.kv_move_timeout,
@@ -292,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         loop="uvloop",
         http="httptools",
         ws="websockets-sansio",
-        ws_max_size=64 * 1024 * 1024,
+        ws_max_size=settings.ws_max_size,
         ws_per_message_deflate=False,  # token frames are small; compression only costs CPU
         ws_ping_interval=20.0,  # a node whose host vanished (no FIN) is dropped within ~40 s
         ws_ping_timeout=20.0,

@@ -50,7 +50,7 @@ class _PoolCollector(Collector):
             labels=[*labels, "lightllm_version", "pd_trans_mode"],
         )
         for node in self._pool.nodes():
-            key = [str(node.node_id), node.info.mode, node.info.client_ip_port]
+            key = [self._pool.name_of(node), node.info.mode, node.info.client_ip_port]
             inflight.add_metric(key, node.in_flight)
             tokens.add_metric(key, node.in_flight_tokens)
             breaker.add_metric(key, BREAKER_VALUE[node.breaker.state])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pdmaster.dispatch.session import DispatchSettings
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR
+from pdwire.lightllm import MAX_FRAME_BYTES
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class MasterSettings:
     max_new_tokens: int = 16384
     max_req_total_len: int = 16384 + 8192
     max_body_bytes: int = 4 * 1024 * 1024
+    ws_max_size: int = MAX_FRAME_BYTES  # node websocket frames; larger ones close with 1009
     registration_timeout_s: float = 10.0
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     prefill_policy: str = "round_robin"

@@ -23,13 +23,13 @@ import operator
 import pickle
 import re
 from collections.abc import Callable, Mapping
-from itertools import chain
+from itertools import chain, compress
 from typing import Any
 
 MAX_FRAME_BYTES = 256 * 1024  # bounds the C unpickler's memo and values on this path
 _SCALARS = frozenset({int, float, str, bool, type(None)})
 _KEYS = frozenset({str, int})
-_CONTAINERS = frozenset({dict, list})
+_PLAIN = _SCALARS | {dict, list}
 
 
 def _counted(op: bytes, widths: range) -> bytes:
@@ -136,52 +136,42 @@ class TokenPacksDecoder:
 
 _TEXT = operator.itemgetter(1)
 _META = operator.itemgetter(2)
+_IS_DICT = functools.partial(operator.is_, dict)
+_IS_LIST = functools.partial(operator.is_, list)
+_IS_CONTAINER = functools.partial(operator.contains, frozenset({dict, list}))
 
 
 def plain_entries(entries: list[Any], load: Any) -> bool:
     """Token entries' texts are str, their metadata (and the load dict) plain data with str or
-    int keys, nested at most two levels below the metadata, no container reached twice.
+    int keys, containers at most two levels below the metadata, none reached twice.
 
-    The usual frame (scalar metadata) is checked in a few passes at C speed."""
-    metas = list(map(_META, entries))
-    if not _KEYS.issuperset(map(type, chain.from_iterable(metas))) or not {str}.issuperset(
-        map(type, map(_TEXT, entries))
-    ):
+    Checked level by level, each level in a few passes at C speed."""
+    if not {str}.issuperset(map(type, map(_TEXT, entries))):
         return False
-    seen: set[int] | None = None
-    if not _SCALARS.issuperset(map(type, chain.from_iterable(map(dict.values, metas)))):
-        seen = set(map(id, metas))
-        seen.add(id(load))
-        if not all(_plain_children(meta, seen, 2) for meta in metas):
-            return False
-    if load is None:
-        return True
-    if not _KEYS.issuperset(map(type, load)):
+    level = list(map(_META, entries))
+    if load is not None:
+        level.append(load)
+    seen = set(map(id, level))
+    if len(seen) != len(level):
         return False
-    if _SCALARS.issuperset(map(type, load.values())):
-        return True
-    if seen is None:
-        seen = set(map(id, metas))
-        seen.add(id(load))
-    return _plain_children(load, seen, 1)
-
-
-def _plain_children(container: Any, seen: set[int], depth: int) -> bool:
-    """The items of ``container`` are scalars or, ``depth`` levels down at most, containers
-    of them, each reached once (a memo reference to a container is refused)."""
-    for child in container.values() if type(container) is dict else container:
-        kind = type(child)
-        if kind in _CONTAINERS:
-            if depth == 0 or id(child) in seen:
-                return False
-            seen.add(id(child))
-            if kind is dict and not _KEYS.issuperset(map(type, child)):
-                return False
-            if not _plain_children(child, seen, depth - 1):
-                return False
-        elif kind not in _SCALARS:
+    for _ in range(3):
+        dicts = list(compress(level, map(_IS_DICT, map(type, level))))
+        if not _KEYS.issuperset(map(type, chain.from_iterable(dicts))):
             return False
-    return True
+        values = list(chain.from_iterable(map(dict.values, dicts)))
+        if len(dicts) != len(level):
+            values += chain.from_iterable(compress(level, map(_IS_LIST, map(type, level))))
+        types = set(map(type, values))
+        if _SCALARS.issuperset(types):
+            return True
+        if not _PLAIN.issuperset(types):
+            return False
+        level = list(compress(values, map(_IS_CONTAINER, map(type, values))))
+        ids = set(map(id, level))
+        if len(ids) != len(level) or not seen.isdisjoint(ids):
+            return False  # a container reached twice: a memo reference
+        seen |= ids
+    return False  # nested deeper than the grammar allows
 
 
 def _body(data: bytes) -> bytes | None:

@@ -28,6 +28,12 @@ PD_IO_MODULE = "lightllm.server.pd_io_struct"
 MULTIMODAL_MODULE = "lightllm.server.multimodal_params"
 PICKLE_PROTOCOL = 4
 MAX_BEST_OF = 8
+# The largest frame of the protocol is a REQ to the decode node for the longest prompt (or
+# the prefill node's prompt-id upload, or its first token carrying the prompt ids): up to 5
+# bytes per token id (BININT) plus the 28 KiB SamplingParams, 5.3 MB for a 1M-token context
+# (tests/pdwire/test_wire_fixtures.py builds it). A REQ to P carries the prompt's text, at
+# most the master's 4 MiB body. 16 MiB, LightLLM v1.1.0's own websocket limit, leaves 3x.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
 
 
 class ObjType(enum.Enum):
@@ -295,9 +301,9 @@ class LightLLMCodec:
         self._obj_types = {t.value: t for t in self.messages.obj_types}
         self._decoder = SafeUnpickler(self._schema(), limits)
         self._token_packs = TokenPacksDecoder(
-            _lightllm_name(ObjType),
+            lightllm_name(ObjType),
             self._obj_types,
-            _lightllm_name(FinishStatus),
+            lightllm_name(FinishStatus),
             self._status_from_bytes,
         )
         self._fast_names: dict[Any, tuple[str, str]] = {
@@ -313,7 +319,7 @@ class LightLLMCodec:
 
     def _schema(self) -> WireSchema:
         params = self.layout.SamplingParams
-        name = _lightllm_name
+        name = lightllm_name
         return WireSchema(
             enums={name(ObjType): self._obj_types},
             structs={
@@ -522,10 +528,6 @@ class LightLLMCodec:
         except binascii.Error as exc:
             raise MalformedMessageError(f"data is not base64: {exc}") from None
         return self.decode_registered_objects(raw)
-
-
-def _lightllm_name(cls: type) -> tuple[str, str]:
-    return cls.__lightllm_name__  # type: ignore[attr-defined,no-any-return]
 
 
 def _group_id(value: Any) -> int:

@@ -41,13 +41,14 @@ _SHARED = frozenset({str, bytes, int, float})  # what a BINGET may push again
 _CONTAINERS = frozenset({list, dict, tuple})
 _KEYS = frozenset({str, int})  # hashing them costs their length, and they cannot collide at will
 _OPAQUE = object()  # memo slot of a value no BINGET may reach (args tuples, objects)
+_CONTAINER_WEIGHT = 7  # an empty dict or list is ~8 pointers: counted as 8 values
 
 
 @dataclass(frozen=True)
 class Limits:
     """What one frame may cost the decoder."""
 
-    max_objects: int = 1 << 21  # values built: a 1M-token prompt's ids, with margin
+    max_objects: int = 1 << 21  # opcodes, containers weighing 8: a 1M-token prompt's ids fit
     max_memo: int = 1 << 20  # MEMOIZE entries (LightLLM memoizes each str, dict, tuple)
     max_depth: int = 32  # LightLLM's token packs nest 6 deep
     max_dict_items: int = 1024  # per dict: bounds the cost of int keys with equal hashes
@@ -143,6 +144,9 @@ class SafeUnpickler:
         while True:
             op = data[pos]
             pos += 1
+            count += 1  # every opcode pushes at most one value (or mark) and allocates it
+            if count > max_objects:
+                raise FrameLimitError(f"more than {max_objects} values in one frame")
             if op == 0x94:  # MEMOIZE
                 remember(stack[-1])
                 if len(memo) > max_memo:
@@ -167,23 +171,17 @@ class SafeUnpickler:
                 if data[end] == 0x94:
                     remember(text)
                     end += 1
+                    if len(memo) > max_memo:
+                        raise FrameLimitError(f"more than {max_memo} memo entries in one frame")
                 pos = end
-                count += 1
-                if count > max_objects or len(memo) > max_memo:
-                    raise FrameLimitError(f"more than {max_objects} values in one frame")
             elif op == 0x28:  # MARK
                 marks.append(len(stack))
             elif op == 0x7D or op == 0x5D:  # EMPTY_DICT, EMPTY_LIST
                 push({} if op == 0x7D else [])
-                count += 1
-                if count > max_objects:
-                    raise FrameLimitError(f"more than {max_objects} values in one frame")
+                count += _CONTAINER_WEIGHT
             elif op == 0x47:  # BINFLOAT
                 push(_F64(data, pos)[0])
                 pos += 8
-                count += 1
-                if count > max_objects:
-                    raise FrameLimitError(f"more than {max_objects} values in one frame")
             elif op == 0x75 or op == 0x73:  # SETITEMS, SETITEM
                 start = marks.pop() if op == 0x75 else len(stack) - 2
                 if start < 1:
@@ -212,9 +210,7 @@ class SafeUnpickler:
                 if not _CONTAINERS.isdisjoint(map(type, items)):
                     _nest(value, items, depths, limits.max_depth)
                 push(value)
-                count += 1
-                if count > max_objects:
-                    raise FrameLimitError(f"more than {max_objects} values in one frame")
+                count += _CONTAINER_WEIGHT
             elif op == 0x4A or op == 0x4D:  # BININT, BININT2
                 if op == 0x4A:
                     push(_I32(data, pos)[0])
@@ -222,9 +218,6 @@ class SafeUnpickler:
                 else:
                     push(_U16(data, pos)[0])
                     pos += 2
-                count += 1
-                if count > max_objects:
-                    raise FrameLimitError(f"more than {max_objects} values in one frame")
             elif op == 0x65 or op == 0x61:  # APPENDS, APPEND
                 start = marks.pop() if op == 0x65 else len(stack) - 1
                 if start < 1:
@@ -254,9 +247,6 @@ class SafeUnpickler:
                     raise IndexError("integer past the end")
                 push(int.from_bytes(data[pos + 1 : end], "little", signed=True))
                 pos = end
-                count += 1
-                if count > max_objects:
-                    raise FrameLimitError(f"more than {max_objects} values in one frame")
             elif op == 0x43 or op == 0x42:  # SHORT_BINBYTES, BINBYTES
                 if op == 0x43:
                     n = data[pos]
@@ -269,9 +259,6 @@ class SafeUnpickler:
                     raise IndexError("bytes past the end")
                 push(data[pos:end])
                 pos = end
-                count += 1
-                if count > max_objects:
-                    raise FrameLimitError(f"more than {max_objects} values in one frame")
             elif op == 0x58:  # BINUNICODE
                 n = _U32(data, pos)[0]
                 end = pos + 4 + n
@@ -279,9 +266,6 @@ class SafeUnpickler:
                     raise IndexError("string past the end")
                 push(data[pos + 4 : end].decode("utf-8", "surrogatepass"))
                 pos = end
-                count += 1
-                if count > max_objects:
-                    raise FrameLimitError(f"more than {max_objects} values in one frame")
             elif op == 0x29:  # EMPTY_TUPLE
                 push(())
             elif op == 0x6A:  # LONG_BINGET
@@ -347,7 +331,7 @@ class SafeUnpickler:
         return g
 
     def _construct(
-        self, g: _Global, data: bytes, pos: int, memo: list[Any], count: int, depths: dict
+        self, g: _Global, data: bytes, pos: int, memo: list[Any], count: int, depths: dict[int, int]
     ) -> tuple[Any, int, int]:
         """The value a class reference heads, read in the one shape its class is pickled."""
         if g.kind == _ENUM:  # cls (int,) REDUCE

@@ -335,8 +335,8 @@ class Layout:
         if self.version == "v1.2.0":  # its defaults: no special-token skipping, random seed
             params.skip_special_tokens = False
             params.max_new_tokens = 65535
-            params.seed = -1  # type: ignore[attr-defined]
-            params.prompt_logprobs = -1  # type: ignore[attr-defined]
+            params.seed = -1
+            params.prompt_logprobs = -1
         return params
 
 

@@ -23,7 +23,7 @@ from node_agents.simengine.prefill import PrefillNode
 from node_agents.simengine.prefill_v12 import PrefillNodeV12
 from node_agents.simengine.timing import TimingModel
 from pdmodel.tokenizer import ModelTokenizer
-from pdwire.lightllm import LightLLMCodec
+from pdwire.lightllm import MAX_FRAME_BYTES, LightLLMCodec
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,7 @@ def create_app(
     config_server: str | None = None,
     config_poll_s: float = 10.0,
     heartbeat_s: float = 15.0,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
 ) -> FastAPI:
     """With ``config_server``, the masters come from its ``/registered_objects`` (polled
     every ``config_poll_s``), as a LightLLM node in multi-master mode finds them."""
@@ -104,6 +105,7 @@ def create_app(
             reconnect_s=reconnect_s,
             heartbeat=node.heartbeat if node.codec.version == "v1.2.0" else None,
             heartbeat_s=heartbeat_s,
+            max_frame_bytes=max_frame_bytes,
         )
         await links.update({m.master_id: m.address for m in masters})
         async with contextlib.AsyncExitStack() as stack:

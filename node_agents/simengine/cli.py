@@ -27,7 +27,7 @@ from pdwire.cli import (
     lightllm_flags_given,
     port_number,
 )
-from pdwire.lightllm import LightLLMCodec
+from pdwire.lightllm import MAX_FRAME_BYTES, LightLLMCodec
 from pdwire.structs import LAYOUTS
 
 
@@ -76,6 +76,13 @@ def build_parser() -> CommandParser:
         type=float,
         default=180.0,
         help="decode: longest wait for the prefill node's KV write (LightLLM: 180)",
+    )
+    p.add_argument(
+        "--ws_max_size",
+        type=int,
+        default=MAX_FRAME_BYTES,
+        help="largest websocket frame a master may send, in bytes; a larger one closes the "
+        "link with 1009 (LightLLM: LIGHTLLM_WEBSOCKET_MAX_SIZE)",
     )
     p.add_argument(
         "--pd_reconnect_s",
@@ -212,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         config_server,
         args.config_server_poll_s,
         heartbeat_s=args.pd_heartbeat_s,
+        max_frame_bytes=args.ws_max_size,
     )
     uvicorn.run(
         app,

@@ -19,6 +19,7 @@ from pdwire.lightllm import LightLLMCodec, ObjType, TokenEntry
 from pdwire.structs import FinishStatus, SamplingParamsBase
 
 log = logging.getLogger(__name__)
+POLICY_VIOLATION = 1008
 LOGPROB = -0.25
 # ``--text_mode timestamp`` frames are encoded with this text, then it becomes the send time
 # (f"{time.time():.6f}", the same width): encoding a big frame takes this Python engine
@@ -139,7 +140,7 @@ class SimNode:
                 await self.on_message(link, kind, payload, extra)
         except WireError as exc:
             log.error("bad frame from master %s: %s", link.address, exc)
-            await link.close()
+            await link.close(POLICY_VIOLATION, str(exc)[:120])
 
     async def on_message(self, link: MasterLink, kind: ObjType, payload: Any, extra: Any) -> None:
         """A frame other than REQ and ABORT (v1.2.0: PD_REQ_DECODE_NODE_INFO)."""

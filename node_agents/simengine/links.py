@@ -19,7 +19,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.frames import CloseCode
+
+from pdwire.lightllm import MAX_FRAME_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class MasterLink:
         reconnect_s: float,
         heartbeat: Callable[[], bytes | None] | None = None,
         heartbeat_s: float = 15.0,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
     ) -> None:
         self.master_id = master_id
         self._heartbeat = heartbeat
@@ -49,6 +53,7 @@ class MasterLink:
         self._on_lost = on_lost
         self._wants_kv_status = wants_kv_status
         self._reconnect_s = reconnect_s
+        self._max_frame_bytes = max_frame_bytes
         self._ws: ClientConnection | None = None
         self._kv_ws: ClientConnection | None = None
         self.connected = asyncio.Event()
@@ -57,6 +62,14 @@ class MasterLink:
         while True:
             try:
                 await self._session()
+            except ConnectionClosed as exc:
+                if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                    log.warning(
+                        "closed the link to master %s: a frame larger than --ws_max_size (1009)",
+                        self.address,
+                    )
+                else:
+                    log.info("master %s gone: %s", self.address, exc)
             except (OSError, WebSocketException, TimeoutError) as exc:
                 log.info("master %s unreachable or gone: %s", self.address, exc)
             finally:
@@ -69,7 +82,11 @@ class MasterLink:
 
     async def _session(self) -> None:
         base = f"ws://{self.address}"
-        options: dict[str, Any] = {"max_size": None, "ping_interval": 20.0, "compression": None}
+        options: dict[str, Any] = {
+            "max_size": self._max_frame_bytes,
+            "ping_interval": 20.0,
+            "compression": None,
+        }
         if self._local_addr is not None:
             options["local_addr"] = self._local_addr
         async with connect(f"{base}/pd_register", **options) as ws:
@@ -122,10 +139,10 @@ class MasterLink:
             return False
         return True
 
-    async def close(self) -> None:
+    async def close(self, code: int = 1000, reason: str = "") -> None:
         for ws in (self._ws, self._kv_ws):
             if ws is not None:
-                await ws.close()
+                await ws.close(code, reason)
 
 
 def _loopback_source(registration: dict[str, Any]) -> tuple[str, int] | None:
@@ -156,15 +173,17 @@ class LinkSet:
         reconnect_s: float,
         heartbeat: Callable[[], bytes | None] | None = None,
         heartbeat_s: float = 15.0,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
     ) -> None:
-        self.links = links
+        self.links = links  # shared with the node, which answers through them
         self._heartbeat = heartbeat
-        self._heartbeat_s = heartbeat_s  # shared with the node, which answers through them
+        self._heartbeat_s = heartbeat_s
         self._registration = registration
         self._on_frame = on_frame
         self._on_lost = on_lost
         self._wants_kv_status = wants_kv_status
         self._reconnect_s = reconnect_s
+        self._max_frame_bytes = max_frame_bytes
         self._tasks: dict[int, asyncio.Task[None]] = {}
 
     async def update(self, masters: Mapping[int, str]) -> None:
@@ -184,6 +203,7 @@ class LinkSet:
                     self._reconnect_s,
                     self._heartbeat,
                     self._heartbeat_s,
+                    self._max_frame_bytes,
                 )
                 self.links[master_id] = link
                 self._tasks[master_id] = asyncio.create_task(link.run(), name=f"link-{address}")

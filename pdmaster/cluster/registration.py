@@ -31,6 +31,7 @@ from pdwire.api import base_url
 from pdwire.lightllm import LightLLMCodec, PD_Master_Obj
 
 log = logging.getLogger(__name__)
+CONFIG_SERVER_FRAME_BYTES = 64 * 1024  # the config server sends no frames on this socket
 
 
 class MasterRegistration:
@@ -117,7 +118,11 @@ class MasterRegistration:
         while True:
             try:
                 async with self._connect_ws(
-                    self._ws_url, open_timeout=5.0, close_timeout=2.0, compression=None
+                    self._ws_url,
+                    open_timeout=5.0,
+                    close_timeout=2.0,
+                    compression=None,
+                    max_size=CONFIG_SERVER_FRAME_BYTES,
                 ) as ws:
                     await ws.send(self._registration)
                     self.ws_connected.set()

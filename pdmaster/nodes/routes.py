@@ -34,6 +34,15 @@ POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011  # LightLLM closes a silent v1.2.0 node with it
 MAX_REGISTRATION_BYTES = 256 * 1024  # LightLLM's are ~3-5 KB (its start_args)
 MAX_KV_STATUS_BYTES = 16 * 1024  # ~200 bytes; v1.2.0's ~1 KB (D's transporter descriptor)
+MESSAGE_TOO_BIG = 1009
+
+
+def _closed(ws: WebSocket, path: str, code: int | None) -> str:
+    """Why a node's socket closed; an oversized frame (the server's 1009) is logged."""
+    if code == MESSAGE_TOO_BIG:
+        log.warning("closed %s from %s: a frame larger than --ws_max_size (1009)", path, _peer(ws))
+        return "frame larger than --ws_max_size"
+    return "socket closed"
 
 
 def node_router(
@@ -72,12 +81,13 @@ def node_router(
             if info.version == V12:
                 reason = await _serve_v12(ws, conn, codec, pool, table, heartbeat_timeout_s)
             else:
-                await _serve(ws, conn, codec, pool, table)
+                reason = await _serve(ws, conn, codec, pool, table)
         except WireError as exc:
             reason = f"protocol error: {exc}"
+            log.warning("closed /pd_register from %s: %s", _peer(ws), reason)
             await ws.close(POLICY_VIOLATION, reason[:120])
-        except WebSocketDisconnect:
-            pass
+        except WebSocketDisconnect as exc:
+            reason = _closed(ws, "/pd_register", exc.code)
         finally:
             pool.disconnect(conn, reason)
 
@@ -91,6 +101,7 @@ def node_router(
             while True:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
+                    _closed(ws, "/kv_move_status", message.get("code"))
                     break
                 data, text = message.get("bytes"), message.get("text")
                 if data is not None and v12 is not None:  # v1.2.0: a pickled PDUpKVStatus
@@ -117,8 +128,8 @@ def node_router(
         except (WireError, KeyError) as exc:
             log.warning("bad kv_move_status frame from %s: %s", _peer(ws), exc)
             await ws.close(getattr(exc, "close_code", POLICY_VIOLATION), str(exc)[:120])
-        except WebSocketDisconnect:
-            pass
+        except WebSocketDisconnect as exc:
+            _closed(ws, "/kv_move_status", exc.code)
 
     return router
 
@@ -129,12 +140,12 @@ async def _serve(
     codec: LightLLMCodec,
     pool: NodePool,
     table: RequestTable,
-) -> None:
-    """v1.1.0 and fc72ffa: token packs until the socket closes."""
+) -> str:
+    """v1.1.0 and fc72ffa: token packs until the socket closes (why it closed)."""
     while True:
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
-            return
+            return _closed(ws, "/pd_register", message.get("code"))
         data = message.get("bytes")
         if data is None:
             continue  # LightLLM nodes send only binary frames after registering
@@ -161,7 +172,7 @@ async def _serve_v12(
                 silence.reschedule(loop.time() + heartbeat_timeout_s)
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
-                    return "socket closed"
+                    return _closed(ws, "/pd_register", message.get("code"))
                 data = message.get("bytes")
                 if data is None:
                     raise WireError("a text frame after registration")

@@ -16,6 +16,7 @@ BENCHMARKS = [
     "scale",
     "routing_quality",
     "node_agent",
+    "wire_decode",
     "vs_gateways",
     "wire_decode",
 ]

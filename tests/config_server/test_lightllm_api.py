@@ -166,3 +166,64 @@ def test_a_frame_other_than_heartbeat_ends_the_registration(memory_server: Confi
 
     assert asyncio.run(scenario()) == 1008
     wait_until(lambda: registered_objects(memory_server.url) == {}, 5, "master 77 to be dropped")
+
+
+def test_build_frames_are_refused_and_what_is_served_is_rebuilt(
+    memory_server: ConfigServer, tmp_path: Path
+) -> None:
+    """Issue 13: a first frame that BUILDs on ObjType or PD_Master_Obj is refused; a master
+    registered afterwards is served as our own encoding of its id and address, not the
+    bytes it sent (here a protocol-2 pickle without FRAME, memo or the same order)."""
+    from tests.integration.test_hostile_peers import rce_frames
+    from tests.pdwire.test_hostile_frames import frame, g, s
+
+    marker = tmp_path / "pwned"
+
+    async def send_first(first: bytes) -> int | None:
+        async with connect(ws_url(memory_server)) as ws:
+            await ws.send(first)
+            return await close_code(ws)
+
+    for name, body in rce_frames(marker).items():
+        assert asyncio.run(send_first(frame(body))) == 1008, name
+    assert registered_objects(memory_server.url) == {}
+    odd = (
+        b"\x80\x02"
+        + g("lightllm.server.pd_io_struct", "PD_Master_Obj")
+        + b")\x81}("
+        + s("host_ip_port")
+        + s("10.0.0.9:60011")
+        + s("node_id")
+        + b"K\x09ub."
+    )
+
+    async def register() -> str:
+        async with connect(ws_url(memory_server)) as ws:
+            await ws.send(odd)
+            await wait_for(lambda: 9 in registered_objects(memory_server.url), "registration")
+            async with httpx.AsyncClient() as client:
+                data: str = (await client.get(f"{memory_server.url}/registered_objects")).json()[
+                    "data"
+                ]
+                return data
+
+    served = base64.b64decode(asyncio.run(register()))
+    assert served == CODEC.encode_registered_objects({9: PD_Master_Obj(9, "10.0.0.9:60011")})
+    assert odd not in served
+    assert not marker.exists()
+    wait_until(lambda: registered_objects(memory_server.url) == {}, 5, "master 9 to be dropped")
+
+
+def test_an_oversized_frame_closes_with_1009(memory_server: ConfigServer) -> None:
+    async def send() -> int | None:
+        async with connect(ws_url(memory_server)) as ws:
+            try:
+                await ws.send(b"\x80" * (65 * 1024))
+            except ConnectionClosed:
+                return ws.close_code
+            return await close_code(ws)
+
+    assert asyncio.run(send()) == 1009
+    assert registered_objects(memory_server.url) == {}
+    wait_until(lambda: "past --ws_max_size" in memory_server.proc.log(), 5, "the log line")
+    assert "Traceback" not in memory_server.proc.log()

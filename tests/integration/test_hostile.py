@@ -38,6 +38,14 @@ def run(attack: hp.Attack, target: hp.Target) -> hp.Outcome:
     return outcome
 
 
+def test_pickled_build_hash_and_memo_bombs_are_refused_at_no_cost(target: hp.Target) -> None:
+    outcome = run(hp.pickled_frame_bombs, target)
+    assert outcome.refused == outcome.attempts == len(hp.PICKLE_BOMBS) + 2
+    assert outcome.details["slowest_health_s"] < 1.0
+    assert outcome.details["rss_growth_mb"] < 100
+    assert "closed /pd_register from 127.0.0.2" in target.master_log()
+
+
 def test_json_bombs_on_pd_register_close_the_socket_with_a_code(target: hp.Target) -> None:
     outcome = run(hp.registration_json_bombs, target)
     assert outcome.refused == outcome.attempts == len(hp.JSON_BOMBS)
