@@ -230,6 +230,7 @@ class NodeAgent:
             "state": self.state,
             "info": {
                 "engine": c.engine,
+                "lightllm_version": c.lightllm_version,
                 "engine_state": self.process.state.value,
                 "pid": self.process.pid,
                 "agent_pid": os.getpid(),

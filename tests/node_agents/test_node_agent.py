@@ -49,6 +49,7 @@ def test_registration_reports_role_state_pid_ports_and_gpus() -> None:
     assert (info["pid"], info["restarts"], info["engine_state"]) == (100, 0, "RUNNING")
     assert info["gpus"] == ["0000:18:00.0"] and info["cuda_visible_devices"] == "0,1"
     assert info["ports"] == {"http": 8121, "nccl": 12322, "agent": 9121}
+    assert info["lightllm_version"] == "v1.1.0"  # the config's default release
 
 
 def test_drain_then_drain_with_stop_stops_the_drained_engine() -> None:
