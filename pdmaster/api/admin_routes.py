@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 
 from pdmaster.errors import Forbidden, NotFound, Unauthorized
 from pdmaster.nodes.pool import NodeConnection, NodePool
+from pdwire.api import decimal
 
 
 def check_bearer(request: Request, token: str | None) -> None:
@@ -43,7 +44,8 @@ def admin_router(pool: NodePool, admin_token: str | None) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
     def find(node_id: str) -> NodeConnection:
-        node = pool.get(int(node_id)) if node_id.isdigit() else None
+        number = decimal(node_id)
+        node = pool.get(number) if number is not None else None
         if node is None:
             raise NotFound(f"node {node_id!r} is not connected to this master", code="unknown_node")
         return node
