@@ -120,7 +120,7 @@ class ConfigServerLink:
         self.client = client
         self._pool = pool
         self._admission = admission
-        self.ids = IdRangeSource(client, config_server)
+        self.ids = IdRangeSource(client, config_server, token=register_token)
         self.registration = MasterRegistration(
             client,
             config_server,
