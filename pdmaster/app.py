@@ -12,12 +12,16 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pdmaster.api.admin_routes import admin_router
+from pdmaster.api.anthropic_routes import anthropic_router, messages_endpoint
 from pdmaster.api.hot_path import HotPathApp, error_response
+from pdmaster.api.info_routes import info_router
 from pdmaster.api.lightllm_routes import client_router, generate_stream_endpoint
-from pdmaster.api.openai_routes import openai_router
+from pdmaster.api.openai_routes import openai_endpoints, openai_router, served_model_name
 from pdmaster.api.request_id import RequestIdMiddleware
+from pdmaster.api.responses_routes import responses_endpoint
 from pdmaster.api.service import GenerateService
 from pdmaster.cluster.link import ConfigServerLink
 from pdmaster.dispatch.ids import LocalIdSource
@@ -33,6 +37,7 @@ from pdmaster.routing.admission import Admission
 from pdmaster.routing.policies import Policy, make_policy
 from pdmaster.routing.selection import PairSelector
 from pdmaster.settings import MasterSettings
+from pdmodel.chat_template import load_chat_template
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.lightllm import LightLLMCodec
 from pdwire.peers import NetworkAllowlist
@@ -109,8 +114,12 @@ def create_app(
 
     app = FastAPI(title="pdctl master", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(RequestIdMiddleware)
+    template = load_chat_template(settings.model_dir)
+    model_name = served_model_name(settings)
     app.include_router(client_router(service, pool, tokenizer, settings))
-    app.include_router(openai_router(service, tokenizer, settings))
+    app.include_router(info_router(tokenizer, settings, model_name))
+    app.include_router(openai_router(settings))
+    app.include_router(anthropic_router(tokenizer, settings, template))
     app.include_router(
         node_router(pool, table, codec, settings.registration_timeout_s, allowlist.allows)
     )
@@ -150,6 +159,21 @@ def create_app(
         }
         return JSONResponse(body, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """An unknown route (404) or method (405), in our error body rather than FastAPI's."""
+        route = f"{request.method} {request.url.path}"
+        if exc.status_code == 404:
+            error = {"type": "not_found", "code": "no_route", "message": f"no route {route}"}
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("allow", "")
+            message = f"method not allowed: {route} (allowed: {allowed})"
+            error = {"type": "method_not_allowed", "code": "method_not_allowed", "message": message}
+        else:
+            message = str(exc.detail)
+            error = {"type": "http_error", "code": f"http_{exc.status_code}", "message": message}
+        return JSONResponse({"error": error}, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("request %s: unexpected error", _request_id(request))
@@ -157,8 +181,15 @@ def create_app(
         body = {"error": {"type": "internal_error", "code": "internal_error", "message": message}}
         return JSONResponse(body, status_code=500)
 
+    text_api = (service, tokenizer, settings, template, model_name)
     return HotPathApp(
-        app, {"/generate_stream": generate_stream_endpoint(service, tokenizer, settings)}
+        app,
+        {
+            "/generate_stream": generate_stream_endpoint(service, tokenizer, settings),
+            **openai_endpoints(service, tokenizer, settings, template),
+            "/v1/messages": messages_endpoint(*text_api),
+            "/v1/responses": responses_endpoint(*text_api),
+        },
     )
 
 
