@@ -138,7 +138,7 @@ class ConfigServerLink:
         self.client = client
         self._pool = pool
         self._admission = admission
-        self.ids = IdRangeSource(client, config_server)
+        self.ids = IdRangeSource(client, config_server, token=register_token)
         self.status = ConfigServerStatus(config_server, time.monotonic)
         self.registration = MasterRegistration(
             client,

@@ -8,11 +8,13 @@ import pytest
 
 from pdmaster.api.anthropic_relay import MessageEvents, error_body
 from pdmaster.api.anthropic_schemas import MessagesRequest
+from pdmaster.api.info_routes import server_info
 from pdmaster.api.openai_relay import Generation
 from pdmaster.api.responses_relay import ResponseEvents, ResponseState
 from pdmaster.api.responses_schemas import ResponsesRequest
 from pdmaster.api.text_request import render
 from pdmaster.errors import BadRequest, DeadlineExceeded, NodeFailed, Overloaded
+from pdmaster.settings import MasterSettings
 from pdmodel.chat_template import SimpleChatTemplate
 from tests.pdmaster.api.test_openai_relay import entries
 
@@ -145,3 +147,11 @@ def test_response_events_are_numbered_and_end_incomplete_at_the_limit() -> None:
     assert final["usage"]["output_tokens"] == 2 and out[0][1]["response"]["usage"] is None
     failed = events(enc.error(NodeFailed("gone")))[0]
     assert failed[0] == "response.failed" and failed[1]["response"]["error"]["message"] == "gone"
+
+
+def test_server_info_leaves_out_every_secret() -> None:
+    settings = MasterSettings(admin_token="a-secret", register_token="r-secret")
+    info = server_info(settings, "pd-sim")
+    assert "a-secret" not in json.dumps(info) and "r-secret" not in json.dumps(info)
+    assert (info["model_name"], info["max_req_total_len"]) == ("pd-sim", 24576)
+    assert info["dispatch"]["kv_move_timeout_s"] == 10.0 and isinstance(info["model_dir"], str)
