@@ -155,3 +155,40 @@ def test_server_info_leaves_out_every_secret() -> None:
     assert "a-secret" not in json.dumps(info) and "r-secret" not in json.dumps(info)
     assert (info["model_name"], info["max_req_total_len"]) == ("pd-sim", 24576)
     assert info["dispatch"]["kv_move_timeout_s"] == 10.0 and isinstance(info["model_dir"], str)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"system": 7}, "system: must be a string or a list of content blocks"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content: must be a string"),
+        ({"messages": [{"role": "user", "content": ["x"]}]}, "messages.0.content.0: must be a"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "id": 1}]}]},
+            "messages.0.content.0.id: not supported",
+        ),
+    ],
+)
+def test_message_content_errors_name_the_part(body: dict, message: str) -> None:
+    request = MessagesRequest.model_validate(
+        {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], **body}
+    )
+    with pytest.raises(BadRequest) as refused:
+        request.chat()
+    assert refused.value.message.startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (5, "input: must be a string or a list of items"),
+        ([5], "input.0: must be an item object"),
+        ([{"role": "robot", "content": "x"}], "input.0.role: must be one of"),
+        ([{"role": "user", "content": 5}], "input.0.content: must be a string or a list"),
+        ([], "input: no messages"),
+    ],
+)
+def test_response_input_errors_name_the_item(value: object, message: str) -> None:
+    with pytest.raises(BadRequest) as refused:
+        ResponsesRequest.model_validate({"input": value}).chat()
+    assert refused.value.message.startswith(message)
