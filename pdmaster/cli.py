@@ -17,6 +17,7 @@ from pdmaster.routing.policies import POLICY_NAMES
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from pdwire.cli import CommandParser, add_lightllm_flags, lightllm_flags_given, port_number
+from pdwire.httpserver import header_timeout_protocol
 from pdwire.lightllm import MAX_FRAME_BYTES
 from pdwire.peers import split_cidrs
 from pdwire.structs import LAYOUTS
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=header_timeout_protocol(),
         ws="websockets-sansio",
         ws_max_size=settings.ws_max_size,
         ws_per_message_deflate=False,  # token frames are small; compression only costs CPU

@@ -218,7 +218,7 @@ class PDSession:
             assert decode is not None
             return await self._attempt_v12(prefill, decode)
         codec = d.codec_for(prefill)
-        state = RequestState(await d.next_group_id())
+        state = RequestState(await self._group_id())
         self._state, self._prefill, self._decode = state, prefill, decode
         d.table.add(state)
         prefill.attach(state, self._req.prompt_tokens)
@@ -244,6 +244,19 @@ class PDSession:
         state.source = decode
         await decode.send(lambda: self._decode_req(state, prompt_ids + [entry[2]["id"]], status))
         return first
+
+    async def _group_id(self) -> int:
+        """The next group request id, waiting (for the config server's id ranges) no longer
+        than the first token may take."""
+        _, seconds = self._until(self._d.settings.first_token_timeout_s)
+        try:
+            async with asyncio.timeout(seconds):
+                return await self._d.next_group_id()
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no group request id within {seconds:.1f} s (config server id ranges)",
+                code="id_range_timeout",
+            ) from None
 
     def _decode_req(self, state: RequestState, prompt_ids: list[int], status: UpKVStatus) -> bytes:
         assert self._decode is not None
@@ -276,7 +289,7 @@ class PDSession:
         assert prefill is not None and decode is not None
         codec = d.codec_for(prefill)
         budget = min(self._left, d.settings.block_tokens)
-        state = RequestState(await d.next_group_id())
+        state = RequestState(await self._group_id())
         self._state = state
         d.table.add(state)
         prefill.attach(state, self._req.prompt_tokens)
