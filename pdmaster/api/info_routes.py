@@ -32,11 +32,19 @@ def server_info(settings: MasterSettings, model_name: str) -> dict[str, Any]:
     """The master's settings as LightLLM answers its start arguments, without the secrets
     (any setting named like one, so that a new one is left out too)."""
     info = {
-        key: str(value) if isinstance(value, Path) else value
+        key: _json_value(value)
         for key, value in dataclasses.asdict(settings).items()
         if not key.endswith(SECRET_SUFFIXES)
     }
     return {**info, "model_name": model_name, "run_mode": "pd_master"}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, frozenset):  # lightllm_versions
+        return sorted(value)
+    return value
 
 
 def info_router(tokenizer: ModelTokenizer, settings: MasterSettings, model_name: str) -> APIRouter:
