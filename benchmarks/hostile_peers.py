@@ -234,9 +234,8 @@ async def forged_kv_status(target: Target) -> Outcome:
     )
 
 
-def poisoned_load_frames(codec: LightLLMCodec) -> list[bytes]:
+def poisoned_load_frames(codec: LightLLMCodec, rates: list[object]) -> list[bytes]:
     entry = (0, "", {"id": 0}, FinishStatus())
-    rates: list[object] = [10**400, float("inf"), float("nan"), -1.0, 1e300, "0.5"]
     return [codec.encode_token_packs([entry], {"total_token_usage_rate": r}) for r in rates]
 
 
@@ -250,7 +249,13 @@ async def metric(url: str, name: str) -> float:
 async def poisoned_load_report(target: Target) -> Outcome:
     """A node (drained, so it takes no requests) reports huge, infinite, NaN usage."""
     node_id = 0xBAD
-    frames = poisoned_load_frames(LightLLMCodec())
+    codec = LightLLMCodec()
+    frames = poisoned_load_frames(codec, [float("inf"), float("nan"), -1.0, 1e300, "0.5"])
+    # a 1329-bit integer is past the decoder's integer cap: the frame itself is refused
+    async with attacker_socket(f"{target.ws}/pd_register") as ws:
+        await ws.send(json.dumps(registration(node_id + 1, "prefill")))
+        await ws.send(poisoned_load_frames(codec, [10**400])[0])
+        huge_refused = await close_code(ws) in REFUSED_CODES
     before = await metric(target.url, "pd_node_load_reports_ignored_total")
     async with attacker_socket(f"{target.ws}/pd_register") as ws:
         await ws.send(json.dumps(registration(node_id, "prefill")))
@@ -266,8 +271,8 @@ async def poisoned_load_report(target: Target) -> Outcome:
     ok = all(r.status_code == 200 for r in pages + replies)
     return Outcome(
         "poisoned usage rate (10**400, inf, NaN, -1, 1e300, str)",
-        len(frames),
-        int(ignored),
+        len(frames) + 1,
+        int(ignored) + huge_refused,
         details={"pages_and_requests_ok": ok},
     )
 
