@@ -56,6 +56,7 @@ def create_app(
     """The master's ASGI app: FastAPI for every route, with the streaming hot path in front."""
     tokenizer = tokenizer or ModelTokenizer.from_model_dir(settings.model_dir)
     codec = LightLLMCodec(settings.lightllm_version, share_statuses=True)
+    codec.prepare_token_packs()  # ~1 s now rather than on the loop at the first token frame
     pool = NodePool(
         clock,
         lambda: CircuitBreaker(clock, settings.breaker_failures, settings.breaker_open_s),
