@@ -12,14 +12,14 @@ lease renewals and supervision ticks included; the engine's own CPU is not count
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
 import asyncio
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
