@@ -31,6 +31,7 @@ from node_agents.mps import MpsDaemon, MpsError
 from node_agents.process import LIVE, SETTLED, EngineProcess, State, Transition
 from node_agents.registration import Registrar
 from node_agents.spawner import Child, ProcessSpawner, Spawner
+from pdwire.httpserver import header_timeout_protocol
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,16 @@ class NodeAgent:
                 await self._marked.wait()
         return {"drain": self.drainer.snapshot(), "stop_when_drained": self._stop_when_drained}
 
+    async def undrain(self) -> dict[str, Any]:
+        """Masters select the node again: the registration turns back to RUNNING, and a
+        master the agent marked directly is told to undrain it."""
+        was = self.drainer.status
+        self._end_drain()
+        if self.registrar is not None:
+            self.registrar.changed()
+        masters = await self.drainer.unmark()
+        return {"was": was, "drain": self.drainer.snapshot(), "masters": masters}
+
     def _drained(self) -> None:
         if self.registrar is not None:
             self.registrar.changed()
@@ -314,6 +325,7 @@ async def serve(config: NodeConfig, env: Mapping[str, str]) -> int:
         server = AgentServer(
             uvicorn.Config(
                 create_app(agent, config.api.token),
+                http=header_timeout_protocol(),
                 log_level="warning",
                 access_log=False,
                 lifespan="off",

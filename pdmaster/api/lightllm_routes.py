@@ -18,6 +18,7 @@ from pdmaster.nodes.pool import NodePool
 from pdmaster.routing.policies import RequestView, prefix_blocks
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import ModelTokenizer
+from pdwire.api import decimal
 from pdwire.client import GenerateRequest
 from pdwire.structs import layout_for
 
@@ -32,7 +33,7 @@ class Unprocessable(ApiError):
 async def read_json(request: Request, model: type[M], limit: int) -> M:
     """The body as ``model``: 413 past ``limit`` bytes, 400 if not JSON, 422 naming the field."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and (decimal(declared) or 0) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
     chunks = []
     size = 0

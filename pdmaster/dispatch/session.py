@@ -191,7 +191,7 @@ class PDSession:
                 "whose requests have no field for it",
                 code="unsupported_field",
             )
-        state = RequestState(await d.next_group_id())
+        state = RequestState(await self._group_id())
         self._state, self._prefill, self._decode = state, prefill, decode
         d.table.add(state)
         prefill.attach(state, self._req.prompt_tokens)
@@ -217,6 +217,19 @@ class PDSession:
         state.source = decode
         await decode.send(lambda: self._decode_req(state, prompt_ids + [entry[2]["id"]], status))
         return first
+
+    async def _group_id(self) -> int:
+        """The next group request id, waiting (for the config server's id ranges) no longer
+        than the first token may take."""
+        _, seconds = self._until(self._d.settings.first_token_timeout_s)
+        try:
+            async with asyncio.timeout(seconds):
+                return await self._d.next_group_id()
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no group request id within {seconds:.1f} s (config server id ranges)",
+                code="id_range_timeout",
+            ) from None
 
     def _decode_req(self, state: RequestState, prompt_ids: list[int], status: UpKVStatus) -> bytes:
         params = self._params(self._req.parameters.max_new_tokens - 1, state.group_id)
