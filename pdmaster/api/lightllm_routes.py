@@ -21,6 +21,7 @@ from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.api import decimal
 from pdwire.client import GenerateRequest
+from pdwire.structs import layout_for
 
 M = TypeVar("M", bound=BaseModel)
 # Prompts longer than this (in characters, at least as many bytes) are tokenized off the
@@ -119,6 +120,24 @@ def prepare(
             f"exceed max_req_total_len {settings.max_req_total_len}",
             code="invalid_field",
         )
+    refused = params.not_carried_by(layout_for(settings.lightllm_version).SamplingParams)
+    if refused is not None:
+        raise BadRequest(
+            f"parameters.{refused}: LightLLM {settings.lightllm_version} nodes cannot take it "
+            "(their requests have no field for it)",
+            code="unsupported_field",
+        )
+    vocab = tokenizer.vocab_size
+    for name, ids in (
+        ("allowed_token_ids", params.allowed_token_ids),
+        ("logit_bias", [int(k) for k in params.logit_bias]),
+    ):
+        if any(i >= vocab for i in ids):
+            raise BadRequest(
+                f"parameters.{name}: token id {max(ids)} is not in the model's vocabulary "
+                f"of {vocab}",
+                code="invalid_field",
+            )
     stop_ids = [tokenizer.encode(s) for s in params.stop_sequences]
     if any(len(ids) > 256 for ids in stop_ids):
         raise BadRequest(
