@@ -17,6 +17,7 @@ from pdmaster.routing.policies import POLICY_NAMES
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from pdwire.cli import CommandParser, add_lightllm_flags, lightllm_flags_given, port_number
+from pdwire.httpserver import header_timeout_protocol
 from pdwire.lightllm import MAX_FRAME_BYTES
 from pdwire.peers import split_cidrs
 from pdwire.structs import LAYOUTS
@@ -68,6 +69,12 @@ def build_parser() -> CommandParser:
         default=MAX_FRAME_BYTES,
         help="largest websocket frame a node may send, in bytes; a larger one closes its "
         "socket with 1009 (the protocol's largest frame, a 1M-token prompt's ids, is 5.3 MB)",
+    )
+    p.add_argument(
+        "--max_prompt_bytes",
+        type=int,
+        default=None,
+        help="refuse longer prompts before tokenizing them (default: 8 x max_req_total_len)",
     )
     p.add_argument("--first_token_timeout", type=float, default=60.0)
     p.add_argument(
@@ -195,6 +202,7 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
         max_req_total_len=args.max_req_total_len,
         max_body_bytes=args.max_body_bytes,
         ws_max_size=args.ws_max_size,
+        max_prompt_bytes=args.max_prompt_bytes,
         dispatch=DispatchSettings(
             first_token_timeout_s=args.first_token_timeout,
             kv_move_timeout_s=args.kv_move_timeout,
@@ -261,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=header_timeout_protocol(),
         ws="websockets-sansio",
         ws_max_size=settings.ws_max_size,
         ws_per_message_deflate=False,  # token frames are small; compression only costs CPU
