@@ -56,6 +56,8 @@ def create_app(
     """The master's ASGI app: FastAPI for every route, with the streaming hot path in front."""
     tokenizer = tokenizer or ModelTokenizer.from_model_dir(settings.model_dir)
     codecs = {v: LightLLMCodec(v, share_statuses=True) for v in sorted(settings.lightllm_versions)}
+    for codec in codecs.values():
+        codec.prepare_token_packs()  # ~1 s now rather than on the loop at the first frame
     pool = NodePool(
         clock,
         lambda: CircuitBreaker(clock, settings.breaker_failures, settings.breaker_open_s),

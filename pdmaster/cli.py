@@ -94,6 +94,12 @@ def build_parser() -> CommandParser:
         help="largest websocket frame a node may send, in bytes; a larger one closes its "
         "socket with 1009 (the protocol's largest frame, a 1M-token prompt's ids, is 5.3 MB)",
     )
+    p.add_argument(
+        "--max_prompt_bytes",
+        type=int,
+        default=None,
+        help="refuse longer prompts before tokenizing them (default: 8 x max_req_total_len)",
+    )
     p.add_argument("--first_token_timeout", type=float, default=60.0)
     p.add_argument(
         "--kv_move_timeout",
@@ -232,6 +238,7 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
         max_req_total_len=args.max_req_total_len,
         max_body_bytes=args.max_body_bytes,
         ws_max_size=args.ws_max_size,
+        max_prompt_bytes=args.max_prompt_bytes,
         dispatch=DispatchSettings(
             first_token_timeout_s=args.first_token_timeout,
             kv_move_timeout_s=args.kv_move_timeout,

@@ -9,6 +9,8 @@ from pdmaster.dispatch.session import DispatchSettings
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR
 from pdwire.lightllm import MAX_FRAME_BYTES
 
+PROMPT_BYTES_PER_TOKEN = 8
+
 
 @dataclass(frozen=True)
 class MasterSettings:
@@ -24,6 +26,7 @@ class MasterSettings:
     max_req_total_len: int = 16384 + 8192
     max_body_bytes: int = 4 * 1024 * 1024
     ws_max_size: int = MAX_FRAME_BYTES  # node websocket frames; larger ones close with 1009
+    max_prompt_bytes: int | None = None  # None: PROMPT_BYTES_PER_TOKEN x max_req_total_len
     registration_timeout_s: float = 10.0
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     prefill_policy: str = "round_robin"
@@ -44,6 +47,15 @@ class MasterSettings:
     register_token: str | None = None  # bearer token for the config server's /v1 API
     advertise_address: str | None = None  # host:port nodes dial; None: host:port
     lease_ttl_s: float = 10.0  # the master's /v1 lease; it vanishes this long after death
+
+    @property
+    def prompt_byte_limit(self) -> int:
+        """Prompts over this many bytes are refused before tokenizing: past it a prompt
+        cannot fit in ``max_req_total_len`` tokens unless its tokens average more than
+        PROMPT_BYTES_PER_TOKEN bytes (English text averages about 4)."""
+        if self.max_prompt_bytes is not None:
+            return self.max_prompt_bytes
+        return PROMPT_BYTES_PER_TOKEN * self.max_req_total_len
 
     @property
     def public_address(self) -> str:

@@ -108,7 +108,6 @@ class TokenPacksDecoder:
                 raise pickle.UnpicklingError("_ctypes._unpickle of another class")
             return statuses(state[1])
 
-        self._grammar = grammar()
         self._globals: dict[tuple[str, str], Any] = {
             obj_type_name: obj_types.__getitem__,
             status_name: status_ref,
@@ -120,7 +119,7 @@ class TokenPacksDecoder:
         if len(data) > MAX_FRAME_BYTES:
             return None
         body = _body(data)
-        if body is None or self._grammar.fullmatch(body) is None:
+        if body is None or grammar().fullmatch(body) is None:  # compiled at first use (~1 s)
             return None
         if len(data) != len(body) + 11:  # not one frame: unpickle exactly what was proved
             data = b"\x80\x04\x95" + len(body).to_bytes(8, "little") + body

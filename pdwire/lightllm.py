@@ -21,6 +21,7 @@ from typing import Any
 from pdwire import fastpickle
 from pdwire.errors import MalformedMessageError
 from pdwire.fastdecode import TokenPacksDecoder, plain_entries
+from pdwire.fastdecode import grammar as fastdecode_grammar
 from pdwire.safepickle import Limits, ObjectSpec, SafeUnpickler, StructSpec, WireSchema
 from pdwire.structs import FinishStatus, Layout, SamplingParamsBase, layout_for, lightllm_name
 
@@ -403,6 +404,12 @@ class LightLLMCodec:
         return dumps(objs)
 
     # -- decoding ---------------------------------------------------------------------------
+    @staticmethod
+    def prepare_token_packs() -> None:
+        """Compile the token-pack fast path's grammar (~1 s) now, for a reader of token packs
+        (a master) that would otherwise pay it at its first token frame."""
+        fastdecode_grammar()
+
     def loads(self, data: bytes) -> Any:
         """Decode one of this version's messages; raise WireError for anything else."""
         return self._decoder.loads(data)

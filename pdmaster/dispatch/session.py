@@ -26,13 +26,14 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from pdmaster.errors import ApiError, DeadlineExceeded, NodeFailed
+from pdmaster.errors import ApiError, BadRequest, DeadlineExceeded, NodeFailed
 from pdmaster.nodes.pool import V12, NodeConnection
 from pdmaster.nodes.tracking import RequestState, RequestTable, Sink
 from pdmaster.routing.policies import RequestView
 from pdmaster.routing.selection import PairSelector
 from pdwire.client import GenerateParameters
 from pdwire.lightllm import LightLLMCodec, TokenEntry, UpKVStatus
+from pdwire.sampling import fill
 from pdwire.structs import FinishStatus, SamplingParamsBase
 
 log = logging.getLogger(__name__)
@@ -214,10 +215,17 @@ class PDSession:
         self._v12 = False
         prefill, decode = d.selector.pick_pair(self._view, tried, self.decode_tokens)
         tried += [n for n in (prefill, decode) if n is not None]
+        codec = d.codec_for(prefill)
+        refused = self._req.parameters.not_carried_by(codec.layout.SamplingParams)
+        if refused is not None:
+            raise BadRequest(
+                f"{refused}: the paired nodes run LightLLM {codec.version}, "
+                "whose requests have no field for it",
+                code="unsupported_field",
+            )
         if prefill.info.version == V12:
             assert decode is not None
             return await self._attempt_v12(prefill, decode)
-        codec = d.codec_for(prefill)
         state = RequestState(await self._group_id())
         self._state, self._prefill, self._decode = state, prefill, decode
         d.table.add(state)
@@ -434,20 +442,9 @@ class PDSession:
     ) -> SamplingParamsBase:
         p = self._req.parameters
         params = codec.layout.new_sampling_params()
-        params.do_sample = p.do_sample
-        params.presence_penalty = p.presence_penalty
-        params.frequency_penalty = p.frequency_penalty
-        params.repetition_penalty = p.repetition_penalty
-        params.temperature = p.temperature
-        params.top_p = p.top_p
-        params.top_k = p.top_k
-        params.ignore_eos = p.ignore_eos
+        fill(params, p.wire_values)
         params.max_new_tokens = max_new_tokens
         params.min_new_tokens = min(p.min_new_tokens, max_new_tokens)
-        params.skip_special_tokens = p.skip_special_tokens
-        params.add_special_tokens = p.add_special_tokens
-        params.add_spaces_between_special_tokens = p.add_spaces_between_special_tokens
-        params.print_eos_token = p.print_eos_token
         params.group_request_id = group_id
         params.set_stop_sequences(self._req.stop_token_ids, p.stop_sequences)
         return params
