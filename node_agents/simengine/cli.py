@@ -195,9 +195,14 @@ def main(argv: list[str] | None = None) -> None:
         args.pd_node_id = uuid.uuid4().int
     start_args = registration_args(args)
     identity = NodeIdentity(args.pd_node_id, args.run_mode, args.host, args.port, start_args)
+    codec = LightLLMCodec(args.lightllm_version)
+    # every frame from a master tries the token-pack fast path, whose grammar takes ~1 s to
+    # build: pay it before serving, not in the event loop at the first REQ (where it would
+    # hold back a v1.2.0 node's heartbeats past a short --heartbeat_timeout)
+    codec.prepare_token_packs()
     node = build_node(
         identity,
-        LightLLMCodec(args.lightllm_version),
+        codec,
         ModelTokenizer.from_model_dir(args.model_dir),
         timing_from_args(args),
         faults_from_args(args),
