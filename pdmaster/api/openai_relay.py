@@ -37,7 +37,7 @@ def error_body(exc: ApiError) -> dict[str, Any]:
 
 
 class StopScanner:
-    __slots__ = ("_stops", "_held", "stopped")
+    __slots__ = ("_stops", "_held", "stopped", "matched")
 
     def __init__(self, stops: list[str]) -> None:
         self._stops = stops
