@@ -222,9 +222,7 @@ class NodeConfig(_Section):
             if value % self.nnodes:
                 raise _KeyError(key, value, f"must be a multiple of nnodes ({self.nnodes})")
         if self.config_server is None:
-            raise _KeyError(
-                "config_server", None, "a multi-node instance is supervised through it"
-            )
+            raise _KeyError("config_server", None, "a multi-node instance is supervised through it")
         return self
 
     @property
