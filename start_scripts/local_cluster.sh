@@ -6,6 +6,11 @@
 # Waits until both masters see all 4 nodes, sends one real request through each master,
 # prints what to try, and stops everything on Ctrl-C. With --once it exits after the answers.
 #
+#
+# With --plan CLUSTER_FILE it runs a planned cluster instead (pd-cluster plan, e.g.
+# deploy/examples/loopback-sim.toml: multi-node simulated instances on loopback addresses):
+# every host's start script from the plan, in order, then one request through each master.
+#
 # Environment: PYTHON (python3), CONFIG_SERVER_PORT (60088), MASTER_PORTS ("60011 60012"),
 #              LOG_DIR (./logs/local_cluster), SIM_ARGS (extra flags for every simulated
 #              engine, e.g. "--time_scale 0.5"), PDCTL_STORE / PDCTL_ETCD_ENDPOINTS (the
@@ -13,7 +18,21 @@
 set -euo pipefail
 
 once=0
-[[ "${1:-}" == "--once" ]] && once=1
+plan=""
+while (($#)); do
+  case $1 in
+    --once) once=1 ;;
+    --plan)
+      plan=${2:?--plan needs a cluster file}
+      shift
+      ;;
+    *)
+      echo "usage: local_cluster.sh [--once] [--plan CLUSTER_FILE]" >&2
+      exit 2
+      ;;
+  esac
+  shift
+done
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export PYTHON=${PYTHON:-python3}
@@ -77,6 +96,53 @@ with urllib.request.urlopen(request, timeout=30) as reply:
 all_nodes_joined() {  # all_nodes_joined URL: the master at URL sees 2 prefill + 2 decode
   http "$1/readiness" | grep -q '"prefill_nodes":2,"decode_nodes":2'
 }
+
+nodes_joined() {  # nodes_joined URL P D: the master at URL sees P prefill + D decode nodes
+  http "$1/readiness" | grep -q "\"prefill_nodes\":$2,\"decode_nodes\":$3"
+}
+
+run_plan() {  # run_plan CLUSTER_FILE: start every host of the plan, then ask each master
+  local out="$LOG_DIR/plan" name role address port
+  "$PYTHON" -m pdcluster plan "$1" --out "$out"
+  local masters=() prefill=0 decode=0
+  while read -r name role address port; do
+    case $role in
+      config_server)
+        start "$name" bash "$out/start/$name.sh"
+        wait_for "$name ($role)" 30 http "http://$address:$port/readiness"
+        ;;
+      master)
+        start "$name" bash "$out/start/$name.sh"
+        wait_for "$name ($role)" 30 http "http://$address:$port/health"
+        masters+=("$address:$port")
+        ;;
+      prefill | decode)
+        start "$name" bash "$out/start/$name.sh"
+        [[ $role == prefill ]] && prefill=$((prefill + 1)) || decode=$((decode + 1))
+        ;;
+    esac
+  done <"$out/hosts.txt"
+  for master in "${masters[@]}"; do
+    wait_for "$prefill prefill + $decode decode ranks on $master" 90 \
+      nodes_joined "http://$master" "$prefill" "$decode"
+  done
+  local request='{"inputs": "What is AI?", "parameters": {"max_new_tokens": 16}}'
+  echo "planned cluster ready (plan in $out): masters ${masters[*]}"
+  for master in "${masters[@]}"; do
+    echo -n "answer from the master at $master:  "
+    http "http://$master/generate" "$request"
+    echo
+  done
+}
+
+if [[ -n $plan ]]; then
+  run_plan "$plan"
+  ((once)) && exit 0
+  echo "Logs in $LOG_DIR. Press Ctrl-C to stop the cluster."
+  wait -n "${pids[@]}" || true
+  echo "a cluster process exited; stopping" >&2
+  exit 1
+fi
 
 config_url="http://127.0.0.1:$CONFIG_SERVER_PORT"
 start config_server bash "$here/config_server.sh" 127.0.0.1
