@@ -122,14 +122,16 @@ def start_all(plan: Plan) -> str:
         "#!/usr/bin/env bash",
         "# Starts every host's command over SSH, in order: config servers, masters, agents.",
         "# The plan directory must be at the same path on every host (PLAN_DIR).",
+        "# shellcheck disable=SC2029  # PLAN_DIR is meant to expand here, quoted for the remote",
         "set -euo pipefail",
         'PLAN_DIR=${PLAN_DIR:-$(cd "$(dirname "$0")" && pwd)}',
+        'dir=$(printf %q "$PLAN_DIR")',
     ]
     for host, _ in start_order(plan):
         script = shlex.quote(f"start/{host.name}.sh")
+        log = shlex.quote(f"logs-{host.name}.txt")
         lines.append(
-            f'ssh {shlex.quote(host.address)} "cd $PLAN_DIR && '
-            f'nohup bash {script} > logs-{host.name}.txt 2>&1 &"'
+            f'ssh {shlex.quote(host.address)} "cd $dir && nohup bash {script} > {log} 2>&1 &"'
         )
     return "\n".join(lines) + "\n"
 

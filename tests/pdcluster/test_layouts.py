@@ -11,6 +11,8 @@ config server, and ``--disable_cudagraph`` on prefill.
 from __future__ import annotations
 
 import filecmp
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +176,16 @@ def _differences(cmp: filecmp.dircmp) -> list[str]:
     for sub in cmp.subdirs.values():
         out += _differences(sub)
     return out
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_written_scripts_pass_bash_n_and_shellcheck(name: str) -> None:
+    scripts = [*(EXAMPLES / name / "start").glob("*.sh"), EXAMPLES / name / "start_all.sh"]
+    for path in scripts:
+        subprocess.run(["bash", "-n", str(path)], check=True, timeout=10)
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed")
+    done = subprocess.run(
+        ["shellcheck", *map(str, scripts)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout
