@@ -56,7 +56,8 @@ def openai_body(prompt: str, output_len: int, model: str) -> bytes:
 
 def parse_events(data: bytes, api: str) -> tuple[int, str | None, list[str]]:
     """Tokens in one chunk of SSE events, an error kind if any, and the token texts."""
-    tokens, texts, error = 0, [], None
+    tokens, error = 0, None
+    texts: list[str] = []
     for line in data.split(b"\n"):
         if not line.startswith(b"data:"):
             continue

@@ -15,9 +15,9 @@ import uvloop
 
 from benchmark_client.client import RequestRecord, lightllm_body, run_workload
 from benchmark_client.http import Target
-from benchmark_client.localcluster import Cluster, ProcGroup
 from benchmark_client.workload import PromptMaker, Workload, build_prompts
-from pdmaster.tokenizer import DEFAULT_MODEL_DIR
+from pdlocal.cluster import Cluster, ProcGroup
+from pdmodel.tokenizer import DEFAULT_MODEL_DIR
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INSTANT = [

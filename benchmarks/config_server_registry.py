@@ -23,9 +23,9 @@ from typing import Any
 
 import orjson
 
-from benchmark_client.localcluster import ProcGroup
 from benchmarks.common import parser, print_table, write_json
-from config_server.localrun import EtcdServer, etcd_binary, start_config_server
+from pdlocal.cluster import ProcGroup
+from pdlocal.registry import EtcdServer, etcd_binary, start_config_server
 
 
 class Connection:

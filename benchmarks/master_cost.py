@@ -8,8 +8,8 @@ is the master process's user + system CPU over the run divided by the tokens del
 
 from __future__ import annotations
 
-from benchmark_client.localcluster import cpu_seconds
 from benchmarks.common import INSTANT, cluster, load, parser, print_table, workdir, write_json
+from pdlocal.cluster import cpu_seconds
 
 
 def main() -> None:

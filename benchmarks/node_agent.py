@@ -17,11 +17,14 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
-from benchmark_client.localcluster import (
+from benchmarks.common import QUIET, parser, print_table, workdir, write_json
+from pdlocal.cluster import (
     Cluster,
     cpu_seconds,
     free_port,
@@ -29,9 +32,9 @@ from benchmark_client.localcluster import (
     until_serving,
     wait_until,
 )
-from benchmarks.common import QUIET, parser, print_table, workdir, write_json
-from config_server.localrun import start_config_server
+from pdlocal.registry import start_config_server
 
+T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMING = ["--prefill_base_ms", "2", "--decode_base_ms", "5"]
 
@@ -135,7 +138,7 @@ def main() -> None:
         group.stop_all()
 
 
-def _quiet(fn, *args):  # type: ignore[no-untyped-def]
+def _quiet(fn: Callable[..., T], *args: Any) -> T | None:
     try:
         return fn(*args)
     except httpx.HTTPError:

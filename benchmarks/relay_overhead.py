@@ -14,9 +14,12 @@
 
 from __future__ import annotations
 
-from benchmark_client.localcluster import ProcGroup, free_port, http_ok, wait_until
+from typing import Any
+
+from benchmark_client.client import RequestRecord
 from benchmark_client.report import summarize
 from benchmarks.common import QUIET, cluster, load, parser, print_table, workdir, write_json
+from pdlocal.cluster import ProcGroup, free_port, http_ok, wait_until
 
 
 def normal_engine(group: ProcGroup, name: str, *extra: str) -> tuple[str, int]:
@@ -39,7 +42,7 @@ def normal_engine(group: ProcGroup, name: str, *extra: str) -> tuple[str, int]:
     return host, port
 
 
-def delivery(group: ProcGroup, levels: list[int], tokens: int, rounds: int) -> list[dict]:
+def delivery(group: ProcGroup, levels: list[int], tokens: int, rounds: int) -> list[dict[str, Any]]:
     """Per level, ``rounds`` alternating rounds through the master and straight from the
     engine; each side's percentiles come from all its rounds' tokens together, and each
     round's own p50 difference is kept too, to show how far one round can swing."""
@@ -48,8 +51,8 @@ def delivery(group: ProcGroup, levels: list[int], tokens: int, rounds: int) -> l
     urls = {"pd": f"{c.url}/generate_stream", "direct": f"http://{host}:{port}/generate_stream"}
     out = []
     for streams in levels:
-        row: dict = {"streams": streams, "rounds": rounds}
-        pooled: dict[str, list] = {"pd": [], "direct": []}
+        row: dict[str, Any] = {"streams": streams, "rounds": rounds}
+        pooled: dict[str, list[RequestRecord]] = {"pd": [], "direct": []}
         per_round = []
         for _ in range(rounds):
             p50 = {}
@@ -73,7 +76,7 @@ def delivery(group: ProcGroup, levels: list[int], tokens: int, rounds: int) -> l
     return out
 
 
-def pd_vs_direct(group: ProcGroup, requests: int, streams: int) -> dict:
+def pd_vs_direct(group: ProcGroup, requests: int, streams: int) -> dict[str, Any]:
     c = cluster(group)
     pd = summarize(*load(f"{c.url}/generate_stream", requests, streams, 128, 64))
     host, port = normal_engine(group, "normal")
@@ -124,10 +127,10 @@ def main() -> None:
     )
     rows = []
     for metric in ("ttft_s", "itl_s"):
-        for p in ("p50", "p99"):
-            pd, direct = compare["pd"][metric][p], compare["direct"][metric][p]
+        for pct in ("p50", "p99"):
+            pd, direct = compare["pd"][metric][pct], compare["direct"][metric][pct]
             rows.append(
-                [f"{metric[:-2]} {p}", pd * 1e3, direct * 1e3, pd / direct if direct else 0.0]
+                [f"{metric[:-2]} {pct}", pd * 1e3, direct * 1e3, pd / direct if direct else 0.0]
             )
     print_table(
         "PD master vs the engine directly (same workload)",

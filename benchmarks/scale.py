@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 import time
 
-from benchmark_client.localcluster import rss_bytes
 from benchmarks.common import cluster, load, parser, print_table, workdir, write_json
+from pdlocal.cluster import rss_bytes
 
 DECODE = ["--decode_base_ms", "20", "--decode_per_seq_us", "5"]
 

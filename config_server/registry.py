@@ -9,6 +9,7 @@ registry waits (briefly) until its own view shows it, so a client reads its own 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -91,7 +92,9 @@ class Registry:
             raise ServiceUnavailable("the registry is still loading", code="store_loading")
 
     # -- writes ---------------------------------------------------------------------------
-    async def register(self, kind: str, record_id: str, request: RegistrationRequest) -> dict:
+    async def register(
+        self, kind: str, record_id: str, request: RegistrationRequest
+    ) -> dict[str, Any]:
         """Register or renew; idempotent. Returns the stored record."""
         check_id(record_id)
         if kind == "node" and request.role is None:
@@ -189,7 +192,7 @@ class Registry:
             out.append(data)
         return out
 
-    def _items(self, kind: str) -> list[Item]:
+    def _items(self, kind: str) -> builtins.list[Item]:
         return sorted(self.store.view.items(kind + "/"), key=lambda item: item.create_revision)
 
     def lightllm_masters(self) -> dict[int, PD_Master_Obj]:

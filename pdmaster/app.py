@@ -13,27 +13,27 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from pdmaster.admin_routes import admin_router
-from pdmaster.admission import Admission
-from pdmaster.breaker import CircuitBreaker
-from pdmaster.client_routes import client_router, generate_stream_endpoint
-from pdmaster.config_link import ConfigServerLink
-from pdmaster.dispatch import PDDispatcher
+from pdmaster.api.admin_routes import admin_router
+from pdmaster.api.hot_path import HotPathApp, error_response
+from pdmaster.api.lightllm_routes import client_router, generate_stream_endpoint
+from pdmaster.api.openai_routes import openai_router
+from pdmaster.api.request_id import RequestIdMiddleware
+from pdmaster.api.service import GenerateService
+from pdmaster.cluster.link import ConfigServerLink
+from pdmaster.dispatch.ids import LocalIdSource
+from pdmaster.dispatch.session import PDDispatcher
 from pdmaster.errors import ApiError
-from pdmaster.hot_path import HotPathApp, error_response
-from pdmaster.ids import LocalIdSource
-from pdmaster.load_poller import TokenLoadPoller
 from pdmaster.metrics import MasterMetrics
-from pdmaster.node_pool import NodePool
-from pdmaster.node_routes import node_router
-from pdmaster.openai_routes import openai_router
-from pdmaster.policies import Policy, make_policy
-from pdmaster.request_id import RequestIdMiddleware
-from pdmaster.selection import PairSelector
-from pdmaster.service import GenerateService
+from pdmaster.nodes.breaker import CircuitBreaker
+from pdmaster.nodes.load_poller import TokenLoadPoller
+from pdmaster.nodes.pool import NodePool
+from pdmaster.nodes.routes import node_router
+from pdmaster.nodes.tracking import RequestTable
+from pdmaster.routing.admission import Admission
+from pdmaster.routing.policies import Policy, make_policy
+from pdmaster.routing.selection import PairSelector
 from pdmaster.settings import MasterSettings
-from pdmaster.tokenizer import ModelTokenizer
-from pdmaster.tracking import RequestTable
+from pdmodel.tokenizer import ModelTokenizer
 from pdwire.lightllm import LightLLMCodec
 
 log = logging.getLogger(__name__)

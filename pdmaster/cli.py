@@ -12,10 +12,10 @@ from pathlib import Path
 import uvicorn
 
 from pdmaster.app import create_app
-from pdmaster.dispatch import DispatchSettings
-from pdmaster.policies import POLICY_NAMES
+from pdmaster.dispatch.session import DispatchSettings
+from pdmaster.routing.policies import POLICY_NAMES
 from pdmaster.settings import MasterSettings
-from pdmaster.tokenizer import DEFAULT_MODEL_DIR
+from pdmodel.tokenizer import DEFAULT_MODEL_DIR
 from pdwire.structs import LAYOUTS
 
 WILDCARDS = ("0.0.0.0", "::", "")

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from pdmaster.admission import Admission
-from pdmaster.breaker import BreakerState
-from pdmaster.dispatch import DispatchObserver
+from pdmaster.dispatch.session import DispatchObserver
 from pdmaster.errors import ApiError
-from pdmaster.node_pool import NodePool
+from pdmaster.nodes.breaker import BreakerState
+from pdmaster.nodes.pool import NodePool
+from pdmaster.routing.admission import Admission
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+_go_float: Callable[[float], str] = floatToGoString  # untyped in prometheus_client
 
 
 class _PoolCollector(Collector):
@@ -76,7 +78,7 @@ class LoopHistogram(Collector):
         cumulative, running = [], 0
         for bound, count in zip((*self._bounds, float("inf")), self._counts, strict=True):
             running += count
-            cumulative.append((floatToGoString(bound), running))
+            cumulative.append((_go_float(bound), running))
         family = HistogramMetricFamily(self._name, self._doc)
         family.add_metric([], cumulative, self._sum)
         yield family

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pdmaster.dispatch import DispatchSettings
-from pdmaster.tokenizer import DEFAULT_MODEL_DIR
+from pdmaster.dispatch.session import DispatchSettings
+from pdmodel.tokenizer import DEFAULT_MODEL_DIR
 
 
 @dataclass(frozen=True)

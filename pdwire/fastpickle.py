@@ -24,7 +24,7 @@ _U32 = struct.Struct("<I").pack
 _I32 = struct.Struct("<i").pack
 _U16 = struct.Struct("<H").pack
 _BATCH = 1000
-_CTYPES_UNPICKLE = _ctypes._unpickle
+_CTYPES_UNPICKLE = _ctypes._unpickle  # type: ignore[attr-defined]
 
 
 class _Unsupported(Exception):
@@ -101,13 +101,13 @@ class _Writer:
             self.save(obj.__dict__)
             out += b"b"
 
-    def _reduce(self, obj: Any, func: Any, args: tuple) -> None:
+    def _reduce(self, obj: Any, func: Any, args: tuple[Any, ...]) -> None:
         self.save_global(func)
         self._tuple(args)
         self.out += b"R"
         self.memoize(obj)
 
-    def _tuple(self, obj: tuple) -> None:
+    def _tuple(self, obj: tuple[Any, ...]) -> None:
         n = len(obj)
         if n == 0:
             self.out += b")"
@@ -122,7 +122,7 @@ class _Writer:
         self.out += b"t" if n > 3 else b"\x85\x86\x87"[n - 1 : n]
         self.memoize(obj)
 
-    def _batched(self, items: list, one: bytes, many: bytes, pairs: bool) -> None:
+    def _batched(self, items: list[Any], one: bytes, many: bytes, pairs: bool) -> None:
         for start in range(0, len(items), _BATCH):
             batch = items[start : start + _BATCH]
             if len(batch) > 1:
@@ -218,7 +218,7 @@ class ReqPickler:
             head = raw[11:-1]
         else:
             return None
-        struct = bytes(params)
+        struct = bytes(params)  # type: ignore[call-overload]  # a ctypes struct is a buffer
         body = b"".join(
             (self._head, head, self._params_head, b"B", _U32(len(struct)), struct, self._tail)
         )

@@ -19,7 +19,7 @@ from typing import Any
 
 from pdwire import fastpickle
 from pdwire.errors import ForbiddenGlobalError, MalformedMessageError, WireError
-from pdwire.structs import FinishStatus, Layout, SamplingParamsBase, layout_for
+from pdwire.structs import FinishStatus, Layout, SamplingParamsBase, layout_for, lightllm_name
 
 PD_IO_MODULE = "lightllm.server.pd_io_struct"
 MULTIMODAL_MODULE = "lightllm.server.multimodal_params"
@@ -107,7 +107,7 @@ def group_request_id(sub_request_id: int) -> int:
 TokenEntry = tuple[int, str, dict[str, Any], FinishStatus]
 
 
-class _MirrorPickler(pickle._Pickler):  # type: ignore[name-defined,misc]
+class _MirrorPickler(pickle._Pickler):
     """The pure-Python pickler, writing LightLLM's module paths for our mirror classes.
 
     The C pickler insists that a class be importable under the name it is pickled as;
@@ -115,15 +115,16 @@ class _MirrorPickler(pickle._Pickler):  # type: ignore[name-defined,misc]
     """
 
     def save_global(self, obj: Any, name: str | None = None) -> None:
-        lightllm_name = obj.__dict__.get("__lightllm_name__") if isinstance(obj, type) else None
-        if lightllm_name is None:
-            super().save_global(obj, name)
+        wire_name = obj.__dict__.get("__lightllm_name__") if isinstance(obj, type) else None
+        if wire_name is None:
+            super().save_global(obj, name)  # type: ignore[misc]
             return
-        module_name, qualname = lightllm_name
-        self.save(module_name)
-        self.save(qualname)
-        self.write(pickle.STACK_GLOBAL)
-        self.memoize(obj)
+        module_name, qualname = wire_name
+        pickler: Any = self  # the pure-Python pickler's helpers are not in typeshed
+        pickler.save(module_name)
+        pickler.save(qualname)
+        pickler.write(pickle.STACK_GLOBAL)
+        pickler.memoize(obj)
 
 
 def dumps(obj: Any) -> bytes:
@@ -148,19 +149,19 @@ class LightLLMCodec:
             (PD_IO_MODULE, "ObjType"): ObjType,
             (PD_IO_MODULE, "PD_Master_Obj"): PD_Master_Obj,
             (MULTIMODAL_MODULE, "MultimodalParams"): MultimodalParams,
-            self.layout.SamplingParams.__lightllm_name__: self.layout.SamplingParams,  # type: ignore[attr-defined]
-            FinishStatus.__lightllm_name__: FinishStatus,  # type: ignore[attr-defined]
+            lightllm_name(self.layout.SamplingParams): self.layout.SamplingParams,
+            lightllm_name(FinishStatus): FinishStatus,
             ("_ctypes", "_unpickle"): self._restore_struct,
         }
         self._structs = {self.layout.SamplingParams, FinishStatus}
         self._share_statuses = share_statuses
         self._statuses: dict[bytes, FinishStatus] = {}  # raw bytes -> the shared instance
         self._fast_names: dict[Any, tuple[str, str]] = {
-            ObjType: ObjType.__lightllm_name__,  # type: ignore[attr-defined]
-            FinishStatus: FinishStatus.__lightllm_name__,  # type: ignore[attr-defined]
-            self.layout.SamplingParams: self.layout.SamplingParams.__lightllm_name__,  # type: ignore[attr-defined]
+            ObjType: lightllm_name(ObjType),
+            FinishStatus: lightllm_name(FinishStatus),
+            self.layout.SamplingParams: lightllm_name(self.layout.SamplingParams),
             MultimodalParams: MultimodalParams.__lightllm_name__,
-            _ctypes._unpickle: ("_ctypes", "_unpickle"),
+            _ctypes._unpickle: ("_ctypes", "_unpickle"),  # type: ignore[attr-defined]
         }
         self._req_pickler = fastpickle.ReqPickler(
             self._fast_names, ObjType.REQ, self.layout.SamplingParams, MultimodalParams
@@ -294,8 +295,8 @@ class LightLLMCodec:
                 f"{cls.__name__} is {len(raw)} bytes but the LightLLM {self.version} layout has "
                 f"{expected}: does the peer run another LightLLM version (--lightllm_version)?"
             )
-        obj = cls.from_buffer_copy(raw)
-        if self._share_statuses and cls is FinishStatus and len(self._statuses) < 16:  # 0, 1, 2
+        obj: ctypes.Structure = cls.from_buffer_copy(raw)
+        if self._share_statuses and isinstance(obj, FinishStatus) and len(self._statuses) < 16:
             self._statuses[raw] = obj
         return obj
 

@@ -40,6 +40,12 @@ class FinishStatus(ctypes.Structure):
         return {1: "stop", 2: "length"}.get(self.status)
 
 
+def lightllm_name(cls: type) -> tuple[str, str]:
+    """The (module, qualname) a mirror class of ours travels as on LightLLM's wire."""
+    name: tuple[str, str] = getattr(cls, "__lightllm_name__")  # noqa: B009 - set by _named
+    return name
+
+
 def _named(cls: type, name: str) -> type:
     cls.__lightllm_name__ = (SAMPLING_PARAMS_MODULE, name)  # type: ignore[attr-defined]
     return cls
@@ -134,13 +140,13 @@ class SamplingParamsBase(ctypes.Structure):
     """Helpers shared by every version's SamplingParams layout."""
 
     def stop_token_sequences(self) -> list[list[int]]:
-        groups = self.stop_sequences  # type: ignore[attr-defined]
+        groups = self.stop_sequences
         return [
             list(groups.groups[i].sequence[: groups.groups[i].size]) for i in range(groups.size)
         ]
 
     def set_stop_sequences(self, sequences: list[list[int]], texts: list[str]) -> None:
-        groups = self.stop_sequences  # type: ignore[attr-defined]
+        groups = self.stop_sequences
         if len(sequences) > MAX_STOP_SEQUENCES:
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
         for i, (ids, text) in enumerate(zip(sequences, texts, strict=True)):
@@ -158,7 +164,7 @@ class SamplingParamsBase(ctypes.Structure):
         groups.size = len(sequences)
 
     def stop_strings(self) -> list[str]:
-        groups = self.stop_sequences  # type: ignore[attr-defined]
+        groups = self.stop_sequences
         out = []
         for i in range(groups.size):
             group = groups.groups[i]
@@ -211,7 +217,7 @@ def _build_layout(version: str, stop_sequence_fields: list[tuple[str, Any]]) -> 
         {
             "_pack_": 4,
             "_fields_": [
-                ("groups", stop_sequence * MAX_STOP_SEQUENCES),
+                ("groups", stop_sequence * MAX_STOP_SEQUENCES),  # type: ignore[operator]
                 ("size", ctypes.c_int),
             ],
         },

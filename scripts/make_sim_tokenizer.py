@@ -1,4 +1,4 @@
-"""Regenerate the simulated engine's tiny byte-level BPE tokenizer (node_agents/simengine/model).
+"""Regenerate the simulated engine's tiny byte-level BPE tokenizer (pdmodel/model).
 
 Run: python scripts/make_sim_tokenizer.py. The output is committed; the build is deterministic.
 """
@@ -43,7 +43,7 @@ def build() -> Tokenizer:
 
 
 def main() -> None:
-    out = Path(__file__).resolve().parents[1] / "node_agents" / "simengine" / "model"
+    out = Path(__file__).resolve().parents[1] / "pdmodel" / "model"
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build()
     tokenizer.save(str(out / "tokenizer.json"))

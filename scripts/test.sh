@@ -15,4 +15,6 @@ if ((${#need_apt[@]})) && command -v apt-get >/dev/null 2>&1; then
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
+python3 -m ruff check .
+python3 -m mypy  # the packages, strict: see [tool.mypy] in pyproject.toml
 python3 -m pytest -q "$@"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark_client.localcluster import ProcGroup
+from pdlocal.cluster import ProcGroup
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark_client.localcluster import ProcGroup
-from config_server.localrun import EtcdServer, etcd_binary
+from pdlocal.cluster import ProcGroup
+from pdlocal.registry import EtcdServer, etcd_binary
 
 
 @pytest.fixture

@@ -132,7 +132,8 @@ class EtcdStore(Store):
         etcd_key, value = self._etcd_key(key), orjson.dumps(data)
         if if_mod_revision is None:
             reply = await self._call(lambda c: c.put(etcd_key, value, lease=lease_id))
-            return reply.header.revision
+            revision: int = reply.header.revision
+            return revision
         succeeded, replies = await self._call(
             lambda c: c.transaction(
                 compare=[c.transactions.mod(etcd_key) == if_mod_revision],

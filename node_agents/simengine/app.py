@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from fastapi import Body, FastAPI
@@ -20,7 +21,7 @@ from node_agents.simengine.normal import NormalNode, normal_router
 from node_agents.simengine.prefill import PrefillNode
 from node_agents.simengine.rankgroup import RankGroup
 from node_agents.simengine.timing import TimingModel
-from pdmaster.tokenizer import ModelTokenizer
+from pdmodel.tokenizer import ModelTokenizer
 from pdwire.lightllm import LightLLMCodec
 
 
@@ -121,7 +122,7 @@ def create_app(
         return node.faults.as_dict()
 
     @app.put("/sim/faults")
-    async def set_faults(changes: dict = Body(...)) -> JSONResponse:  # noqa: B008
+    async def set_faults(changes: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
         try:
             node.faults.update(changes)
         except ValueError as exc:

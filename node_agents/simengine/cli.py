@@ -20,7 +20,7 @@ from node_agents.simengine.faults import Faults
 from node_agents.simengine.profiles import PROFILES
 from node_agents.simengine.rankgroup import RankGroup
 from node_agents.simengine.timing import TimingModel
-from pdmaster.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
+from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from pdwire.lightllm import LightLLMCodec
 from pdwire.structs import LAYOUTS
 

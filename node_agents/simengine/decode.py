@@ -13,7 +13,7 @@ from node_agents.simengine.kvlink import read_frame, write_frame
 from node_agents.simengine.links import MasterLink
 from node_agents.simengine.textgen import Detokenizer
 from node_agents.simengine.timing import TimingModel
-from pdmaster.tokenizer import ModelTokenizer
+from pdmodel.tokenizer import ModelTokenizer
 from pdwire.lightllm import LightLLMCodec, TokenEntry
 from pdwire.structs import SamplingParamsBase
 

@@ -13,7 +13,7 @@ from node_agents.simengine.faults import Faults
 from node_agents.simengine.links import MasterLink
 from node_agents.simengine.textgen import Detokenizer, Generation
 from node_agents.simengine.timing import KVCapacity, TimingModel
-from pdmaster.tokenizer import ModelTokenizer
+from pdmodel.tokenizer import ModelTokenizer
 from pdwire.errors import WireError
 from pdwire.lightllm import LightLLMCodec, ObjType, TokenEntry
 from pdwire.structs import FinishStatus, SamplingParamsBase

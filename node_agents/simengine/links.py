@@ -60,7 +60,7 @@ class MasterLink:
 
     async def _session(self) -> None:
         base = f"ws://{self.address}"
-        options = {"max_size": None, "ping_interval": 20.0, "compression": None}
+        options: dict[str, Any] = {"max_size": None, "ping_interval": 20.0, "compression": None}
         async with connect(f"{base}/pd_register", **options) as ws:
             await ws.send(self._registration)
             if self._wants_kv_status:

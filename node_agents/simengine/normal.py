@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -17,9 +18,9 @@ from pydantic import ValidationError
 from node_agents.simengine.decode import DecodeNode
 from node_agents.simengine.engine import Running
 from node_agents.simengine.textgen import Detokenizer
-from pdmaster.relay import sse_events
-from pdmaster.schemas import GenerateRequest
+from pdwire.client import GenerateRequest
 from pdwire.lightllm import MAX_BEST_OF, TokenEntry
+from pdwire.sse import sse_events
 
 
 class LocalStream:
@@ -37,7 +38,7 @@ class NormalNode(DecodeNode):
     async def start(self) -> list[asyncio.Task[None]]:
         return [asyncio.create_task(self._loop(), name="decode-loop")]
 
-    async def send_tokens(self, per_link: dict) -> None:  # type: ignore[override]
+    async def send_tokens(self, per_link: dict[Any, Any]) -> None:
         for stream, entries in self.stamped(per_link).items():
             self.stats.tokens += len(entries)
             stream.queue.put_nowait(entries)

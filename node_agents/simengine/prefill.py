@@ -14,7 +14,7 @@ from node_agents.simengine.links import MasterLink
 from node_agents.simengine.prefix_cache import PrefixCache
 from node_agents.simengine.textgen import Detokenizer
 from node_agents.simengine.timing import TimingModel
-from pdmaster.tokenizer import ModelTokenizer
+from pdmodel.tokenizer import ModelTokenizer
 from pdwire.lightllm import LightLLMCodec, TokenEntry
 from pdwire.structs import SamplingParamsBase
 
@@ -101,7 +101,8 @@ class PrefillNode(SimNode):
     async def _loop(self) -> None:
         while True:
             await self._work.wait()
-            batch, tokens = [], 0
+            batch: list[PrefillJob] = []
+            tokens = 0
             while self._queue and (
                 not batch or tokens + len(self._queue[0].prompt_ids) <= self.timing.batch_max_tokens
             ):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pdmaster.tokenizer import ModelTokenizer
+from pdmodel.tokenizer import ModelTokenizer
 
 
 @dataclass

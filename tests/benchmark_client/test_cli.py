@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmark_client.localcluster import Cluster, ProcGroup, free_port
-from pdmaster.tokenizer import DEFAULT_MODEL_DIR
+from pdlocal.cluster import Cluster, ProcGroup, free_port
+from pdmodel.tokenizer import DEFAULT_MODEL_DIR
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:

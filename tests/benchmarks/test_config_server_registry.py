@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from benchmarks.common import RESULTS
-from config_server.localrun import etcd_binary
+from pdlocal.registry import etcd_binary
 
 
 def test_registry_benchmark_smoke_run() -> None:

@@ -4,8 +4,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from benchmark_client.localcluster import ProcGroup
-from config_server.localrun import ConfigServer, start_config_server
+from pdlocal.cluster import ProcGroup
+from pdlocal.registry import ConfigServer, start_config_server
 from tests.etcd_fixture import etcd  # noqa: F401  (a fixture for this package's tests)
 
 

@@ -1,4 +1,4 @@
-"""A stand-in master process: registers with a config server (pdmaster.registration), no more.
+"""A stand-in master: registers with a config server (pdmaster.cluster.registration), no more.
 
 ``python -m tests.config_server.fake_master --config-server H:P --node-id N --address A``
 """
@@ -11,7 +11,7 @@ import logging
 
 import httpx
 
-from pdmaster.registration import MasterRegistration
+from pdmaster.cluster.registration import MasterRegistration
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from benchmark_client.localcluster import Proc, ProcGroup
+from pdlocal.cluster import Proc, ProcGroup
 from pdwire.lightllm import LightLLMCodec, PD_Master_Obj
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from benchmark_client.localcluster import ProcGroup
-from config_server.localrun import ConfigServer, start_config_server
+from pdlocal.cluster import ProcGroup
+from pdlocal.registry import ConfigServer, start_config_server
 from pdwire.lightllm import LightLLMCodec, PD_Master_Obj
 from tests.config_server.helpers import auth, http, node_body
 

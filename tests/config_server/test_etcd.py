@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from benchmark_client.localcluster import ProcGroup, free_port, http_ok, wait_until
-from config_server.localrun import ConfigServer, EtcdServer, etcd_binary, start_config_server
+from pdlocal.cluster import ProcGroup, free_port, http_ok, wait_until
+from pdlocal.registry import ConfigServer, EtcdServer, etcd_binary, start_config_server
 from tests.config_server.helpers import (
     http,
     ids,

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from benchmark_client.localcluster import ProcGroup
-from config_server.localrun import ConfigServer, EtcdServer, start_config_server
+from pdlocal.cluster import ProcGroup
+from pdlocal.registry import ConfigServer, EtcdServer, start_config_server
 from tests.config_server.helpers import http
 
 

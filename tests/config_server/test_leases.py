@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from benchmark_client.localcluster import ProcGroup, wait_until
-from config_server.localrun import ConfigServer, start_config_server
+from pdlocal.cluster import ProcGroup, wait_until
+from pdlocal.registry import ConfigServer, start_config_server
 from tests.config_server.helpers import (
     http,
     ids,

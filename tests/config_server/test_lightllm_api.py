@@ -15,8 +15,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from benchmark_client.localcluster import wait_until
-from config_server.localrun import ConfigServer
+from pdlocal.cluster import wait_until
+from pdlocal.registry import ConfigServer
 from pdwire.lightllm import LightLLMCodec, PD_Master_Obj
 from tests.config_server.helpers import http, items, registered_objects
 

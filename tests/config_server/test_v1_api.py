@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from benchmark_client.localcluster import wait_until
-from config_server.localrun import ConfigServer
+from pdlocal.cluster import wait_until
+from pdlocal.registry import ConfigServer
 from tests.config_server.helpers import (
     http,
     ids,

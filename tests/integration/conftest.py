@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark_client.localcluster import Cluster, ProcGroup
+from pdlocal.cluster import Cluster, ProcGroup
 from tests.etcd_fixture import etcd  # noqa: F401  (a fixture for this package's tests)
 
 

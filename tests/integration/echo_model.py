@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from pdmaster.tokenizer import ModelTokenizer
+from pdmodel.tokenizer import ModelTokenizer
 
 
 def expected(

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from benchmark_client.localcluster import (
+from pdlocal.cluster import (
     FAST_TIMING,
     Proc,
     ProcGroup,
@@ -16,7 +16,7 @@ from benchmark_client.localcluster import (
     start_sim_node,
     wait_until,
 )
-from config_server.localrun import ConfigServer, start_config_server
+from pdlocal.registry import ConfigServer, start_config_server
 
 
 @dataclass

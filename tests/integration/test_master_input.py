@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from benchmark_client.localcluster import Cluster, ProcGroup
+from pdlocal.cluster import Cluster, ProcGroup
 
 
 @pytest.fixture

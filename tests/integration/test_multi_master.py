@@ -10,9 +10,9 @@ import time
 import httpx
 import pytest
 
-from benchmark_client.localcluster import ProcGroup, wait_until
-from config_server.localrun import EtcdServer, start_config_server
-from pdmaster.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
+from pdlocal.cluster import ProcGroup, wait_until
+from pdlocal.registry import EtcdServer, start_config_server
+from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from pdwire.lightllm import LightLLMCodec
 from tests.integration.echo_model import expected
 from tests.integration.load import Outcome, run_load

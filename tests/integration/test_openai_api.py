@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from benchmark_client.localcluster import Cluster, ProcGroup
-from pdmaster.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
+from pdlocal.cluster import Cluster, ProcGroup
+from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from tests.integration.echo_model import expected
 
 SIMPLE_PROMPT = "<|system|>\nBe brief.\n<|user|>\nWhat is AI?\n<|assistant|>\n"

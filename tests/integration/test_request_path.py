@@ -8,14 +8,14 @@ import time
 import httpx
 import pytest
 
-from benchmark_client.localcluster import Cluster
-from pdmaster.tokenizer import ModelTokenizer
+from pdlocal.cluster import Cluster
+from pdmodel.tokenizer import ModelTokenizer
 from tests.integration.echo_model import expected, sse_events
 
 
 @pytest.fixture(scope="module")
 def tok() -> ModelTokenizer:
-    from pdmaster.tokenizer import DEFAULT_MODEL_DIR
+    from pdmodel.tokenizer import DEFAULT_MODEL_DIR
 
     return ModelTokenizer.from_model_dir(DEFAULT_MODEL_DIR)
 

@@ -7,7 +7,7 @@ import random
 
 import httpx
 
-from benchmark_client.localcluster import Cluster, ProcGroup
+from pdlocal.cluster import Cluster, ProcGroup
 from tests.integration.load import run_load
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron".split()

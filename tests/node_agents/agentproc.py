@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from benchmark_client.localcluster import FAST_TIMING, Proc, ProcGroup, free_port
+from pdlocal.cluster import FAST_TIMING, Proc, ProcGroup, free_port
 from tests.node_agents.procutil import alive, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from benchmark_client.localcluster import ProcGroup
+from pdlocal.cluster import ProcGroup
 from tests.node_agents.agentproc import AgentProc
 
 

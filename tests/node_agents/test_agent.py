@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmark_client.localcluster import ProcGroup
-from config_server.localrun import ConfigServer, start_config_server
+from pdlocal.cluster import ProcGroup
+from pdlocal.registry import ConfigServer, start_config_server
 from tests.node_agents.agentproc import AgentProc, sim_node_config, start_agent
 from tests.node_agents.fake_mps import calls, install
 from tests.node_agents.procutil import alive, children_of, wait_for

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from benchmark_client.localcluster import FAST_TIMING, Cluster, ProcGroup, until_serving
-from config_server.localrun import start_config_server
+from pdlocal.cluster import FAST_TIMING, Cluster, ProcGroup, until_serving
+from pdlocal.registry import start_config_server
 from tests.integration.load import Outcome, stream_one
 from tests.integration.multimaster import MultiMasterCluster
 from tests.node_agents.agentproc import AgentProc, sim_node_config, start_agent

@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from benchmark_client.localcluster import Cluster, ProcGroup, free_port, until_serving
-from config_server.localrun import ConfigServer, start_config_server
+from pdlocal.cluster import Cluster, ProcGroup, free_port, until_serving
+from pdlocal.registry import ConfigServer, start_config_server
 from tests.integration.load import Outcome
 from tests.node_agents.agentproc import AgentProc, sim_node_config, start_agent
 from tests.node_agents.procutil import alive, wait_for

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmark_client.localcluster import free_port
+from pdlocal.cluster import free_port
 from tests.conftest import REPO_ROOT
 
 ENGINES = [("127.0.0.2", 8019), ("127.0.0.3", 8019), ("127.0.0.4", 8121), ("127.0.0.5", 8121)]

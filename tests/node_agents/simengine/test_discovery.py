@@ -7,9 +7,9 @@ import signal
 
 import httpx
 
-from benchmark_client.localcluster import ProcGroup
-from config_server.localrun import start_config_server
 from node_agents.simengine.discovery import MasterDiscovery, MasterSet
+from pdlocal.cluster import ProcGroup
+from pdlocal.registry import start_config_server
 from tests.config_server.helpers import start_fake_master
 
 

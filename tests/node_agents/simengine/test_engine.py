@@ -7,7 +7,7 @@ import pytest
 
 from node_agents.simengine.engine import NodeIdentity, SimNode
 from node_agents.simengine.timing import TimingModel
-from pdmaster.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
+from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from pdwire.lightllm import LightLLMCodec, TokenEntry
 from pdwire.structs import FinishStatus
 

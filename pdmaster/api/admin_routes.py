@@ -1,0 +1,72 @@
+"""A master's admin API: its nodes, with load and health, and draining them."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from pdmaster.errors import Forbidden, NotFound, Unauthorized
+from pdmaster.nodes.pool import NodeConnection, NodePool
+
+
+def check_bearer(request: Request, token: str | None) -> None:
+    """401 without a bearer token, 403 with a wrong one; open when no token is configured."""
+    if token is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized("this endpoint needs Authorization: Bearer <admin token>")
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise Forbidden("wrong admin token")
+
+
+def node_record(pool: NodePool, node: NodeConnection, now: float) -> dict[str, Any]:
+    return {
+        "node_id": str(node.node_id),
+        "role": node.info.mode,
+        "address": node.info.client_ip_port,
+        "host": node.info.host,
+        "connected_for_s": round(now - node.connected_at, 3),
+        "in_flight_requests": node.in_flight,
+        "in_flight_tokens": node.in_flight_tokens,
+        "reported_usage": pool.reported_usage(node),
+        "draining": node.draining,
+        "drained_by": pool.drain_source(node),
+        "breaker": node.breaker.state.value,
+    }
+
+
+def admin_router(pool: NodePool, admin_token: str | None) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+
+    def find(node_id: str) -> NodeConnection:
+        node = pool.get(int(node_id)) if node_id.isdigit() else None
+        if node is None:
+            raise NotFound(f"node {node_id!r} is not connected to this master", code="unknown_node")
+        return node
+
+    @router.get("/nodes")
+    async def nodes(request: Request, role: str | None = None) -> dict[str, Any]:
+        check_bearer(request, admin_token)
+        now = pool.now()
+        items = [node_record(pool, n, now) for n in pool.nodes() if role in (None, n.info.mode)]
+        return {"items": items}
+
+    @router.post("/nodes/{node_id}/drain")
+    async def drain(request: Request, node_id: str) -> dict[str, Any]:
+        check_bearer(request, admin_token)
+        node = find(node_id)
+        pool.set_draining(node.node_id, True)
+        return node_record(pool, node, pool.now())
+
+    @router.post("/nodes/{node_id}/undrain")
+    async def undrain(request: Request, node_id: str) -> dict[str, Any]:
+        check_bearer(request, admin_token)
+        node = find(node_id)
+        pool.set_draining(node.node_id, False)
+        return node_record(pool, node, pool.now())
+
+    return router

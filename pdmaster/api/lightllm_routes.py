@@ -1,0 +1,127 @@
+"""The client API of a master: LightLLM's /generate, /generate_stream and health endpoints."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+
+from pdmaster.api.hot_path import SseEndpoint
+from pdmaster.api.relay import Collector, sse_error
+from pdmaster.api.service import ClientDisconnected, GenerateService, RequestRun
+from pdmaster.dispatch.session import PreparedRequest
+from pdmaster.errors import ApiError, BadRequest, PayloadTooLarge
+from pdmaster.nodes.pool import NodePool
+from pdmaster.routing.policies import RequestView, prefix_blocks
+from pdmaster.settings import MasterSettings
+from pdmodel.tokenizer import ModelTokenizer
+from pdwire.client import GenerateRequest
+from pdwire.sse import sse_events
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Unprocessable(ApiError):
+    status = 422
+    type = "invalid_request_error"
+
+
+async def read_json(request: Request, model: type[M], limit: int) -> M:
+    """The body as ``model``: 413 past ``limit`` bytes, 400 if not JSON, 422 naming the field."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    try:
+        data = orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise Unprocessable(f"{field}: {first['msg']}", code="invalid_field") from None
+
+
+def prepare(
+    body: GenerateRequest, tokenizer: ModelTokenizer, settings: MasterSettings
+) -> PreparedRequest:
+    params = body.parameters
+    if params.max_new_tokens > settings.max_new_tokens:
+        raise BadRequest(
+            f"parameters.max_new_tokens: {params.max_new_tokens} exceeds this master's maximum "
+            f"of {settings.max_new_tokens}",
+            code="invalid_field",
+        )
+    prompt_ids = tokenizer.encode(body.inputs)
+    prompt_tokens = len(prompt_ids)
+    if prompt_tokens == 0:
+        raise BadRequest("inputs: the prompt is empty", code="invalid_field")
+    if prompt_tokens + params.max_new_tokens > settings.max_req_total_len:
+        raise BadRequest(
+            f"inputs: {prompt_tokens} prompt tokens + max_new_tokens {params.max_new_tokens} "
+            f"exceed max_req_total_len {settings.max_req_total_len}",
+            code="invalid_field",
+        )
+    stop_ids = [tokenizer.encode(s) for s in params.stop_sequences]
+    if any(len(ids) > 256 for ids in stop_ids):
+        raise BadRequest(
+            "parameters.stop_sequences: a stop sequence is over 256 tokens", code="invalid_field"
+        )
+    view = RequestView(prompt_tokens, params.max_new_tokens, prefix_blocks(prompt_ids))
+    return PreparedRequest(body.inputs, prompt_tokens, params, stop_ids, view)
+
+
+def generate_stream_endpoint(
+    service: GenerateService, tokenizer: ModelTokenizer, settings: MasterSettings
+) -> SseEndpoint:
+    """LightLLM's POST /generate_stream, served on the hot path (see hot_path.py)."""
+
+    async def open_run(request: Request) -> RequestRun:
+        body = await read_json(request, GenerateRequest, settings.max_body_bytes)
+        return service.run("generate_stream", prepare(body, tokenizer, settings))
+
+    return SseEndpoint(open_run, sse_events, sse_error)
+
+
+def client_router(
+    service: GenerateService, pool: NodePool, tokenizer: ModelTokenizer, settings: MasterSettings
+) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/generate")
+    async def generate(request: Request) -> Response:
+        body = await read_json(request, GenerateRequest, settings.max_body_bytes)
+        prepared = prepare(body, tokenizer, settings)
+        collector = Collector(prepared.prompt_tokens, prepared.parameters.return_details)
+        try:
+            await service.run("generate", prepared).run_to_end(request, collector.add)
+        except ClientDisconnected:
+            return Response(status_code=499)
+        return Response(orjson.dumps(collector.body()), media_type="application/json")
+
+    def ok() -> dict[str, str]:
+        return {"status": "ok"}
+
+    for path in ("/health", "/healthz", "/liveness"):
+        router.add_api_route(path, ok, methods=["GET", "HEAD"])
+
+    @router.get("/readiness")
+    async def readiness() -> Response:
+        prefill, decode = len(pool.candidates("prefill")), len(pool.candidates("decode"))
+        body = {"prefill_nodes": prefill, "decode_nodes": decode}
+        if prefill and decode:
+            return JSONResponse({"status": "ready", **body})
+        return JSONResponse({"status": "not_ready", **body}, status_code=503)
+
+    return router

@@ -1,0 +1,239 @@
+"""OpenAI response bodies and SSE chunks from node token entries, with OpenAI's stop rule.
+
+A LightLLM node ends a generation *after* a stop sequence's tokens and keeps their text;
+OpenAI leaves the stop text out. ``StopScanner`` holds back text that may begin a stop
+string and cuts the output at the first stop string, also one the node missed because the
+text came out in other tokens (the route then ends the request, which aborts it on the
+nodes).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from pdmaster.api.service import RequestRun
+from pdmaster.errors import ApiError
+from pdwire.lightllm import TokenEntry
+from pdwire.sse import FINISH_REASONS
+
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def error_body(exc: ApiError) -> dict[str, Any]:
+    """The project's error body plus OpenAI's ``param``: the field a 4xx message starts with."""
+    body = exc.body()
+    field, sep, _ = exc.message.partition(": ")
+    named = sep and 400 <= exc.status < 500 and field and " " not in field
+    body["error"]["param"] = field if named else None
+    return body
+
+
+class StopScanner:
+    def __init__(self, stops: list[str]) -> None:
+        self._stops = stops
+        self._held = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        """What of ``text`` may be sent now; sets ``stopped`` at the first stop string."""
+        if self.stopped:
+            return ""
+        if not self._stops:
+            return text
+        text = self._held + text
+        found = [i for i in (text.find(s) for s in self._stops) if i >= 0]
+        if found:
+            self.stopped = True
+            self._held = ""
+            return text[: min(found)]
+        keep = self._stop_prefix_at_end(text)
+        self._held = text[len(text) - keep :]
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        """The held-back text, once the generation ended without a stop string."""
+        held, self._held = self._held, ""
+        return held
+
+    def _stop_prefix_at_end(self, text: str) -> int:
+        """Length of the longest end of ``text`` that is the start of a stop string."""
+        longest = 0
+        for stop in self._stops:
+            for n in range(min(len(stop) - 1, len(text)), longest, -1):
+                if text.endswith(stop[:n]):
+                    longest = n
+                    break
+        return longest
+
+
+class Generation:
+    """One choice's text, token counts and finish reason as node entries arrive."""
+
+    def __init__(self, prompt_tokens: int, stops: list[str]) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self._scanner = StopScanner(stops)
+        self._status = 0
+        self._parts: list[str] = []
+
+    def add(self, entries: list[TokenEntry]) -> str:
+        """Take the entries; return the text they add to the answer."""
+        out = []
+        for _, text, meta, status in entries:
+            self.completion_tokens = meta.get("count_output_tokens", self.completion_tokens + 1)
+            self.prompt_tokens = meta.get("prompt_tokens", self.prompt_tokens)
+            self._status = status.status
+            out.append(self._scanner.push(text))
+            if self._scanner.stopped:
+                break
+        if self._status != 0 and not self._scanner.stopped:
+            out.append(self._scanner.flush())
+        added = "".join(out)
+        self._parts.append(added)
+        return added
+
+    @property
+    def done(self) -> bool:
+        return self._scanner.stopped or self._status != 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    @property
+    def finish_reason(self) -> str | None:
+        return "stop" if self._scanner.stopped else FINISH_REASONS.get(self._status)
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+class CompletionFormat:
+    """``text_completion`` bodies and chunks (/v1/completions)."""
+
+    id_prefix = "cmpl"
+    object = "text_completion"
+    chunk_object = "text_completion"
+
+    def __init__(self, model: str, include_usage: bool = False) -> None:
+        self.id = f"{self.id_prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+        self.include_usage = include_usage
+
+    def body(self, gen: Generation) -> dict[str, Any]:
+        choice = self._choice(gen.text, gen.finish_reason)
+        return self._envelope(self.object, [choice], usage=gen.usage())
+
+    def opening_chunks(self) -> list[dict[str, Any]]:
+        return []
+
+    def chunk(self, text: str, finish_reason: str | None) -> dict[str, Any]:
+        choice = self._delta_choice(text, finish_reason)
+        if self.include_usage:
+            return self._envelope(self.chunk_object, [choice], usage=None)
+        return self._envelope(self.chunk_object, [choice])
+
+    def usage_chunk(self, gen: Generation) -> dict[str, Any]:
+        return self._envelope(self.chunk_object, [], usage=gen.usage())
+
+    def _envelope(self, obj: str, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        head = {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+        return {**head, "choices": choices, **extra}
+
+    def _choice(self, text: str, finish_reason: str | None) -> dict[str, Any]:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+    def _delta_choice(self, text: str, finish_reason: str | None) -> dict[str, Any]:
+        return self._choice(text, finish_reason)
+
+
+class ChatFormat(CompletionFormat):
+    """``chat.completion`` bodies and ``chat.completion.chunk`` deltas (/v1/chat/completions)."""
+
+    id_prefix = "chatcmpl"
+    object = "chat.completion"
+    chunk_object = "chat.completion.chunk"
+
+    def opening_chunks(self) -> list[dict[str, Any]]:
+        choice = {
+            "index": 0,
+            "delta": {"role": "assistant", "content": ""},
+            "logprobs": None,
+            "finish_reason": None,
+        }
+        if self.include_usage:
+            return [self._envelope(self.chunk_object, [choice], usage=None)]
+        return [self._envelope(self.chunk_object, [choice])]
+
+    def _choice(self, text: str, finish_reason: str | None) -> dict[str, Any]:
+        message = {"role": "assistant", "content": text}
+        return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+
+    def _delta_choice(self, text: str, finish_reason: str | None) -> dict[str, Any]:
+        delta = {"content": text} if text else {}
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+async def stream_chunks(
+    run: RequestRun, first: list[TokenEntry], gen: Generation, fmt: CompletionFormat
+) -> AsyncIterator[bytes]:
+    """The SSE body after the first token: chunks, the finish chunk, usage, ``[DONE]``.
+
+    A failure after the first token ends the stream with an error event and ``[DONE]``.
+    """
+    status = "client_closed"
+    try:
+        for chunk in fmt.opening_chunks():
+            yield sse(chunk)
+        text = gen.add(first)
+        while not (gen.done or run.finished):
+            if text:
+                yield sse(fmt.chunk(text, None))
+            try:
+                text = gen.add(await run.next())
+            except ApiError as exc:
+                status = f"stream_{exc.status}"
+                yield sse(error_body(exc))
+                yield DONE
+                return
+        yield sse(fmt.chunk(text, gen.finish_reason))
+        if fmt.include_usage:
+            yield sse(fmt.usage_chunk(gen))
+        yield DONE
+        status = "200"
+    finally:
+        await run.end(status)
+
+
+class RunStreamingResponse(StreamingResponse):
+    """A stream that ends its run even if the client left before the body began.
+
+    An async generator that never started runs no ``finally``; this ends the run (freeing
+    its queue slot and aborting it on the nodes) whatever happened to the body.
+    """
+
+    def __init__(self, run: RequestRun, body: AsyncIterator[bytes]) -> None:
+        super().__init__(body, media_type="text/event-stream")
+        self._run = run
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._run.end("client_closed")  # a no-op when the body already ended it

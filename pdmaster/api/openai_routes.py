@@ -1,0 +1,155 @@
+"""OpenAI-compatible client API: /v1/completions, /v1/chat/completions and /v1/models.
+
+Each request becomes the same ``PreparedRequest`` as LightLLM's /generate (through
+``prepare``, so limits and stop-sequence handling are shared) and runs as one
+``RequestRun`` (admission, retries, deadlines, metrics), like LightLLM's endpoints.
+Errors are the project's body plus OpenAI's ``param``; a client that goes away aborts the
+request on both nodes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from pdmaster.api.lightllm_routes import prepare, read_json
+from pdmaster.api.openai_relay import (
+    ChatFormat,
+    CompletionFormat,
+    Generation,
+    RunStreamingResponse,
+    error_body,
+    stream_chunks,
+)
+from pdmaster.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from pdmaster.api.service import ClientDisconnected, GenerateService
+from pdmaster.dispatch.session import PreparedRequest
+from pdmaster.errors import ApiError, BadRequest
+from pdmaster.settings import MasterSettings
+from pdmodel.chat_template import ChatTemplate, ChatTemplateError, load_chat_template
+from pdmodel.tokenizer import ModelTokenizer
+from pdwire.client import GenerateRequest
+
+
+def served_model_name(settings: MasterSettings) -> str:
+    return settings.served_model_name or Path(settings.model_dir).resolve().name
+
+
+def in_openai_terms(exc: BadRequest, prompt_field: str, max_field: str) -> BadRequest:
+    """``prepare``'s error, naming the OpenAI fields instead of LightLLM's."""
+    message = exc.message
+    for old, new in (
+        ("parameters.max_new_tokens", max_field),
+        ("parameters.stop_sequences", "stop"),
+        ("max_new_tokens", max_field),
+    ):
+        message = message.replace(old, new)
+    if message.startswith("inputs:"):
+        message = prompt_field + message[len("inputs") :]
+    return BadRequest(message, code=exc.code)
+
+
+def openai_router(
+    service: GenerateService,
+    tokenizer: ModelTokenizer,
+    settings: MasterSettings,
+    chat_template: ChatTemplate | None = None,
+) -> APIRouter:
+    template = chat_template or load_chat_template(settings.model_dir)
+    model_name = served_model_name(settings)
+    started = int(time.time())
+    router = APIRouter()
+
+    def prepared(
+        body: SamplingFields,
+        prompt: str,
+        limit: int | None,
+        *,
+        prompt_field: str,
+        max_field: str,
+        add_special_tokens: bool,
+    ) -> PreparedRequest:
+        if limit is None:  # OpenAI's chat default: as many tokens as the context has left
+            prompt_tokens = tokenizer.count(prompt)
+            room = settings.max_req_total_len - prompt_tokens
+            if room < 1:
+                raise BadRequest(
+                    f"{prompt_field}: {prompt_tokens} prompt tokens leave no room for output "
+                    f"within max_req_total_len {settings.max_req_total_len}",
+                    code="invalid_field",
+                )
+            limit = min(settings.max_new_tokens, room)
+        params = body.generate_parameters(limit, add_special_tokens)
+        try:
+            return prepare(GenerateRequest(inputs=prompt, parameters=params), tokenizer, settings)
+        except BadRequest as exc:
+            raise in_openai_terms(exc, prompt_field, max_field) from None
+
+    async def respond(
+        request: Request,
+        body: SamplingFields,
+        req: PreparedRequest,
+        fmt: CompletionFormat,
+        endpoint: str,
+    ) -> Response:
+        run = service.run(endpoint, req)
+        gen = Generation(req.prompt_tokens, body.stop)
+        try:
+            if body.stream:
+                first = await run.start(request)
+                return RunStreamingResponse(run, stream_chunks(run, first, gen, fmt))
+            await run.run_to_end(request, gen.add, lambda: gen.done)
+        except ClientDisconnected:
+            return Response(status_code=499)
+        return Response(orjson.dumps(fmt.body(gen)), media_type="application/json")
+
+    @router.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        try:
+            body = await read_json(request, CompletionRequest, settings.max_body_bytes)
+            body.check_supported()
+            req = prepared(
+                body,
+                body.prompt_text(),
+                body.max_tokens,
+                prompt_field="prompt",
+                max_field="max_tokens",
+                add_special_tokens=True,
+            )
+            fmt = CompletionFormat(model_name, body.stream_options.include_usage)
+            return await respond(request, body, req, fmt, "completions")
+        except ApiError as exc:
+            return JSONResponse(error_body(exc), status_code=exc.status)
+
+    @router.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        try:
+            body = await read_json(request, ChatCompletionRequest, settings.max_body_bytes)
+            body.check_supported()
+            try:
+                prompt = template.render([m.for_template() for m in body.messages])
+            except ChatTemplateError as exc:
+                raise BadRequest(f"messages: {exc}", code="invalid_field") from None
+            req = prepared(
+                body,
+                prompt,
+                body.output_limit,
+                prompt_field="messages",
+                max_field=body.max_tokens_field,
+                add_special_tokens=template.add_special_tokens,
+            )
+            fmt = ChatFormat(model_name, body.stream_options.include_usage)
+            return await respond(request, body, req, fmt, "chat_completions")
+        except ApiError as exc:
+            return JSONResponse(error_body(exc), status_code=exc.status)
+
+    @router.get("/v1/models")
+    async def models() -> dict[str, object]:
+        model = {"id": model_name, "object": "model", "created": started, "owned_by": "pdctl"}
+        return {"object": "list", "data": [model]}
+
+    return router

@@ -1,0 +1,201 @@
+"""Request bodies of the OpenAI-compatible API: /v1/completions and /v1/chat/completions.
+
+Fields are OpenAI's plus the extensions vLLM and SGLang users send (``top_k``,
+``ignore_eos``, ``repetition_penalty``). A JSON ``null`` means the field's default, as in
+OpenAI's API. Unknown fields are refused (422 naming the field), as on LightLLM's routes,
+so a feature this master lacks (``tools``, ``response_format``) fails loudly instead of
+being dropped. Fields OpenAI defines but the PD flow cannot honour (``n`` > 1,
+``logprobs``, ``echo``, ``suffix``, ``best_of`` > 1, ``logit_bias``) are parsed so that
+``check_supported`` can refuse them with a 400 naming the field.
+
+Accepted and ignored: ``model`` (the answer names the master's served model), ``user``,
+``seed`` (LightLLM's sampling parameters carry no seed, so a node cannot honour it), and
+``stream_options`` when ``stream`` is false.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pdmaster.errors import BadRequest
+from pdwire.client import GenerateParameters
+
+
+class OpenAIModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+class StreamOptions(OpenAIModel):
+    include_usage: bool = False
+
+
+class SamplingFields(OpenAIModel):
+    """The fields both endpoints share, and their mapping onto LightLLM's parameters."""
+
+    model: str | None = None
+    n: int = 1
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = -1
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    stop: list[str] = Field(default_factory=list, max_length=10)
+    stream: bool = False
+    stream_options: StreamOptions = Field(default_factory=StreamOptions)
+    ignore_eos: bool = False
+    seed: int | None = None
+    user: str | None = None
+    logit_bias: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("stop")
+    @classmethod
+    def _non_empty(cls, value: list[str]) -> list[str]:
+        if any(not s for s in value):
+            raise ValueError("stop strings must be non-empty")
+        return value
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, value: int) -> int:
+        if value < -1:
+            raise ValueError("top_k must be -1 or 0 (off) or a positive integer")
+        return value or -1
+
+    def check_supported(self) -> None:
+        """Raise a 400 naming the first field set to something the PD flow cannot do."""
+        if self.n != 1:
+            raise BadRequest(f"n: only n=1 is supported, got {self.n}", code="unsupported_field")
+        if self.logit_bias:
+            raise BadRequest("logit_bias: not supported", code="unsupported_field")
+
+    def generate_parameters(
+        self, max_new_tokens: int, add_special_tokens: bool
+    ) -> GenerateParameters:
+        """LightLLM's parameters for this request; temperature 0 means greedy, as in OpenAI."""
+        return GenerateParameters(
+            max_new_tokens=max_new_tokens,
+            do_sample=self.temperature > 0,
+            temperature=self.temperature or 1.0,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            ignore_eos=self.ignore_eos,
+            stop_sequences=self.stop,
+            add_special_tokens=add_special_tokens,
+        )
+
+
+class CompletionRequest(SamplingFields):
+    prompt: Any = Field(description="a string, or a list holding one string")
+    max_tokens: int = Field(default=16, ge=1)
+    logprobs: int | None = None
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int = 1
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.logprobs is not None:
+            raise BadRequest("logprobs: not supported", code="unsupported_field")
+        if self.echo:
+            raise BadRequest("echo: not supported", code="unsupported_field")
+        if self.suffix is not None:
+            raise BadRequest("suffix: not supported", code="unsupported_field")
+        if self.best_of != 1:
+            raise BadRequest(
+                f"best_of: only best_of=1 is supported, got {self.best_of}",
+                code="unsupported_field",
+            )
+
+    def prompt_text(self) -> str:
+        """The one text prompt; 400 for batches and token-id prompts."""
+        prompt = self.prompt
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            return prompt
+        if isinstance(prompt, list) and prompt and all(isinstance(p, int | list) for p in prompt):
+            raise BadRequest(
+                "prompt: token-id prompts are not supported; send the text",
+                code="unsupported_field",
+            )
+        if isinstance(prompt, list) and len(prompt) > 1:
+            raise BadRequest(
+                f"prompt: one prompt per request is supported, got {len(prompt)}",
+                code="unsupported_field",
+            )
+        raise BadRequest(
+            "prompt: must be a string or a list holding one string", code="invalid_field"
+        )
+
+
+class ChatMessage(OpenAIModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str = ""
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts(cls, value: object) -> object:
+        """Content parts of type "text", joined with newlines (as vLLM does)."""
+        if not isinstance(value, list):
+            return value
+        texts = []
+        for i, part in enumerate(value):
+            if not (isinstance(part, dict) and part.get("type") == "text"):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ValueError(f"part {i} is of type {kind!r}; only 'text' parts are supported")
+            if not isinstance(part.get("text"), str):
+                raise ValueError(f"part {i} has no 'text' string")
+            texts.append(part["text"])
+        return "\n".join(texts)
+
+    def for_template(self) -> dict[str, Any]:
+        """The message as chat templates expect it; "developer" is OpenAI's newer "system"."""
+        message = self.model_dump(exclude_none=True)
+        if self.role == "developer":
+            message["role"] = "system"
+        return message
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.logprobs:
+            raise BadRequest("logprobs: not supported", code="unsupported_field")
+        if self.top_logprobs:
+            raise BadRequest("top_logprobs: not supported", code="unsupported_field")
+
+    @property
+    def max_tokens_field(self) -> str:
+        """The name the client used for the output limit, for error messages."""
+        return "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
+
+    @property
+    def output_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens

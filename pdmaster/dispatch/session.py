@@ -1,0 +1,305 @@
+"""LightLLM's two-phase PD dispatch, one ``PDSession`` per client request.
+
+prefill node P: REQ(max_new_tokens=1, move_kv_to_decode_node=D) -> first token + prompt_ids
+decode node D:  kv_move_status -> REQ(prompt_ids + [first token], suggested_dp_index) -> tokens
+
+The first token reaches the client only once the decode node holds the KV cache, so a
+failed prefill or a hand-off past its deadline can still be retried, once, on another
+pair (the abandoned nodes get an ABORT). After the first token a failure ends the stream.
+Every wait has a deadline; any failure or early close ABORTs the request on its nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from pdmaster.errors import ApiError, DeadlineExceeded, NodeFailed
+from pdmaster.nodes.pool import NodeConnection
+from pdmaster.nodes.tracking import RequestState, RequestTable, Sink
+from pdmaster.routing.policies import RequestView
+from pdmaster.routing.selection import PairSelector
+from pdwire.client import GenerateParameters
+from pdwire.lightllm import LightLLMCodec, TokenEntry, UpKVStatus
+from pdwire.structs import SamplingParamsBase
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_TIMEOUTS = {"first_token_timeout": "prefill", "kv_move_timeout": "decode"}
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    first_token_timeout_s: float = 60.0
+    kv_move_timeout_s: float = 10.0
+    token_idle_timeout_s: float = 60.0
+    request_timeout_s: float = 600.0
+    max_attempts: int = 2
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    prompt: str
+    prompt_tokens: int
+    parameters: GenerateParameters
+    stop_token_ids: list[list[int]]
+    view: RequestView | None = None
+
+
+class DispatchObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def retried(self, error: ApiError) -> None:
+        pass
+
+
+class PDDispatcher:
+    """Everything a session needs, built once per master."""
+
+    def __init__(
+        self,
+        codec: LightLLMCodec,
+        selector: PairSelector,
+        table: RequestTable,
+        next_group_id: Callable[[], Awaitable[int]],
+        master_node_id: Callable[[], int],
+        settings: DispatchSettings,
+        clock: Callable[[], float],
+        observer: DispatchObserver | None = None,
+    ) -> None:
+        self.codec = codec
+        self.selector = selector
+        self.table = table
+        self.next_group_id = next_group_id
+        self.master_node_id = master_node_id
+        self.settings = settings
+        self.clock = clock
+        self.observer = observer or DispatchObserver()
+
+    def session(self, request: PreparedRequest) -> PDSession:
+        return PDSession(self, request)
+
+
+class PDSession:
+    def __init__(self, dispatcher: PDDispatcher, request: PreparedRequest) -> None:
+        self._d = dispatcher
+        self._req = request
+        self._view = request.view or RequestView(
+            request.prompt_tokens, request.parameters.max_new_tokens
+        )
+        self._deadline = dispatcher.clock() + dispatcher.settings.request_timeout_s
+        self._state: RequestState | None = None
+        self._prefill: NodeConnection | None = None
+        self._decode: NodeConnection | None = None
+        self._sink: Sink | None = None
+        self.finished = False
+        self.closed = False
+
+    @property
+    def wants_decode(self) -> bool:
+        return self._req.parameters.max_new_tokens > 1
+
+    @property
+    def decode_tokens(self) -> int:
+        return self._req.prompt_tokens + self._req.parameters.max_new_tokens
+
+    async def first(self) -> list[TokenEntry]:
+        """The first token, with the decode node already holding the KV cache (when needed)."""
+        tried: list[NodeConnection] = []
+        attempt = 1
+        while True:
+            try:
+                return await self._attempt(tried)
+            except ApiError as exc:
+                blamed = self._blame(exc)
+                if blamed is None or attempt >= self._d.settings.max_attempts or self.closed:
+                    await self.close()
+                    raise
+                log.warning("retrying group %s on another pair: %s", self.group_id, exc.message)
+                await self._abandon()
+                self._d.observer.retried(exc)
+                attempt += 1
+            except BaseException:
+                await self.close()
+                raise
+
+    async def next(self, sink: Sink | None = None) -> list[TokenEntry]:
+        """The next tokens from the decode node.
+
+        Meanwhile ``sink`` gets the tokens that end nothing as they arrive (see ``tracking``);
+        what it takes counts as delivered, and is not returned.
+        """
+        state, decode = self._state, self._decode
+        assert state is not None and decode is not None and not self.finished
+        self._sink = sink
+        try:
+            entries = self._after(
+                await state.take(
+                    *self._until(self._d.settings.token_idle_timeout_s),
+                    "token",
+                    self._push if sink is not None else None,
+                )
+            )
+        except ApiError as exc:
+            self._record_failure(decode, exc)
+            await self.close()
+            raise
+        except BaseException:
+            await self.close()
+            raise
+        if self.finished:
+            decode.breaker.record(True)
+        return entries
+
+    def _push(self, entries: list[TokenEntry]) -> bool:
+        """Offer tokens to the sink; a last token or a bad status goes the way of ``next``."""
+        for entry in entries:
+            if entry[3].status:
+                return False
+        state, sink = self._state, self._sink
+        now = self._d.clock()
+        left = self._deadline - now
+        if state is None or sink is None or left <= 0 or not sink(entries):
+            return False
+        seconds = min(self._d.settings.token_idle_timeout_s, left)
+        state.extend_wait(now + seconds, seconds)
+        return True
+
+    @property
+    def group_id(self) -> int | None:
+        return self._state.group_id if self._state else None
+
+    async def close(self) -> None:
+        """Forget the request; ABORT it on its nodes unless it finished normally."""
+        if self.closed:
+            return
+        self.closed = True
+        await self._abandon(abort=not self.finished)
+
+    async def _attempt(self, tried: list[NodeConnection]) -> list[TokenEntry]:
+        d = self._d
+        prefill = d.selector.pick("prefill", self._view, exclude=tried)
+        decode = d.selector.pick("decode", self._view, exclude=tried) if self.wants_decode else None
+        tried += [n for n in (prefill, decode) if n is not None]
+        state = RequestState(await d.next_group_id())
+        self._state, self._prefill, self._decode = state, prefill, decode
+        d.table.add(state)
+        prefill.attach(state, self._req.prompt_tokens)
+        if decode is not None:
+            decode.attach(state, self.decode_tokens)
+        state.source = prefill
+        await prefill.send(
+            lambda: d.codec.encode_req(self._req.prompt, self._prefill_params(state, decode))
+        )
+        first = self._after(
+            await state.take(*self._until(d.settings.first_token_timeout_s), "first token")
+        )
+        prefill.breaker.record(True)
+        prefill.detach(state, self._req.prompt_tokens)  # its part is done; it may leave now
+        if self.finished or decode is None:
+            return first
+        status = await state.kv_status(*self._until(d.settings.kv_move_timeout_s))
+        entry = first[0]
+        prompt_ids = entry[2].get("prompt_ids")
+        if not isinstance(prompt_ids, list):
+            raise NodeFailed("the prefill node's first token carries no prompt_ids", node=prefill)
+        state.source = decode
+        await decode.send(lambda: self._decode_req(state, prompt_ids + [entry[2]["id"]], status))
+        return first
+
+    def _decode_req(self, state: RequestState, prompt_ids: list[int], status: UpKVStatus) -> bytes:
+        params = self._params(self._req.parameters.max_new_tokens - 1, state.group_id)
+        params.suggested_dp_index = status.dp_index
+        return self._d.codec.encode_req(prompt_ids, params)
+
+    def _blame(self, exc: ApiError) -> NodeConnection | None:
+        """The node at fault for a retryable failure, with its breaker told; None: don't retry."""
+        if isinstance(exc, NodeFailed) and isinstance(exc.node, NodeConnection):
+            node: NodeConnection | None = exc.node
+        elif isinstance(exc, DeadlineExceeded) and exc.code in RETRYABLE_TIMEOUTS:
+            node = self._prefill if RETRYABLE_TIMEOUTS[exc.code] == "prefill" else self._decode
+        else:
+            return None
+        if node is not None:
+            self._record_failure(node, exc)
+        return node
+
+    def _record_failure(self, node: NodeConnection, exc: ApiError) -> None:
+        hard = isinstance(exc, NodeFailed)
+        node.breaker.record(False, may_open=hard or self._d.selector.may_open_breaker(node))
+
+    async def _abandon(self, abort: bool = True) -> None:
+        state = self._state
+        if state is None:
+            return
+        self._d.table.remove(state)
+        if self._prefill is not None:
+            self._prefill.detach(state, self._req.prompt_tokens)
+        if self._decode is not None:
+            self._decode.detach(state, self.decode_tokens)
+        targets = [n for n in (self._prefill, self._decode) if n is not None and not n.closed]
+        if not abort:
+            # Finished at the prefill token: the decode node may hold the moved KV cache.
+            targets = [n for n in targets if n is self._decode and state.source is not n]
+        if targets:
+            message = self._d.codec.encode_abort(state.group_id)
+            for node in targets:
+                try:
+                    await asyncio.shield(node.send(message))
+                except (NodeFailed, asyncio.CancelledError):
+                    pass
+        self._state = self._prefill = self._decode = None
+
+    def _after(self, entries: list[TokenEntry]) -> list[TokenEntry]:
+        status = entries[-1][3].status
+        if status not in (0, 1, 2):
+            raise NodeFailed(f"node sent unknown finish status {status}", code="bad_node_reply")
+        if status != 0 or not self.wants_decode:
+            self.finished = True
+        return entries
+
+    def _until(self, stage: float) -> tuple[float, float]:
+        """(deadline, seconds) of a wait: the stage's timeout, cut by the request's deadline."""
+        now = self._d.clock()
+        left = self._deadline - now
+        if left <= 0:
+            raise DeadlineExceeded("request deadline passed", code="request_timeout")
+        seconds = min(stage, left)
+        return now + seconds, seconds
+
+    def _prefill_params(
+        self, state: RequestState, decode: NodeConnection | None
+    ) -> SamplingParamsBase:
+        params = self._params(1, state.group_id)
+        if decode is not None:
+            params.move_kv_to_decode_node.fill(
+                node_id=decode.node_id,
+                ip=decode.info.host,
+                rpyc_port=decode.info.rpyc_port or 0,
+                max_new_tokens=self._req.parameters.max_new_tokens - 1,
+                pd_master_node_id=self._d.master_node_id(),
+            )
+        return params
+
+    def _params(self, max_new_tokens: int, group_id: int) -> SamplingParamsBase:
+        p = self._req.parameters
+        params = self._d.codec.layout.new_sampling_params()
+        params.do_sample = p.do_sample
+        params.presence_penalty = p.presence_penalty
+        params.frequency_penalty = p.frequency_penalty
+        params.repetition_penalty = p.repetition_penalty
+        params.temperature = p.temperature
+        params.top_p = p.top_p
+        params.top_k = p.top_k
+        params.ignore_eos = p.ignore_eos
+        params.max_new_tokens = max_new_tokens
+        params.min_new_tokens = min(p.min_new_tokens, max_new_tokens)
+        params.skip_special_tokens = p.skip_special_tokens
+        params.add_special_tokens = p.add_special_tokens
+        params.add_spaces_between_special_tokens = p.add_spaces_between_special_tokens
+        params.print_eos_token = p.print_eos_token
+        params.group_request_id = group_id
+        params.set_stop_sequences(self._req.stop_token_ids, p.stop_sequences)
+        return params

@@ -1,0 +1,223 @@
+"""The master's pool of connected prefill and decode nodes; the one owner of node state."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pdmaster.errors import NodeFailed
+from pdmaster.nodes.breaker import CircuitBreaker
+
+log = logging.getLogger(__name__)
+
+Role = Literal["prefill", "decode"]
+
+
+class Attached(Protocol):
+    """What a node needs of a request it serves: a way to fail it when the node goes."""
+
+    def fail(self, error: Exception) -> None: ...
+
+
+class RegistrationError(ValueError):
+    """A node's registration frame does not say what LightLLM nodes say."""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: int
+    mode: Role
+    client_ip_port: str
+    host: str
+    rpyc_port: int | None
+    start_args: dict[str, Any]
+
+    @classmethod
+    def from_registration(cls, frame: Any) -> NodeInfo:
+        if not isinstance(frame, dict):
+            raise RegistrationError("registration must be a JSON object")
+        for key, kind in (
+            ("node_id", int),
+            ("client_ip_port", str),
+            ("mode", str),
+            ("start_args", dict),
+        ):
+            if not isinstance(frame.get(key), kind) or isinstance(frame.get(key), bool):
+                raise RegistrationError(f"registration field {key!r} must be {kind.__name__}")
+        mode = frame["mode"]
+        if mode not in ("prefill", "decode"):
+            raise RegistrationError(
+                f"registration field 'mode' must be prefill or decode, got {mode!r}"
+            )
+        args = frame["start_args"]
+        host = args.get("host")
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise RegistrationError(
+                f"start_args.host must be an IPv4 address, got {host!r}"
+            ) from None
+        rpyc_port = args.get("pd_decode_rpyc_port")
+        if mode == "decode" and (not isinstance(rpyc_port, int) or not 0 < rpyc_port < 65536):
+            raise RegistrationError(
+                f"start_args.pd_decode_rpyc_port must be a port, got {rpyc_port!r}"
+            )
+        pd_node_id = args.get("pd_node_id", frame["node_id"])
+        if not isinstance(pd_node_id, int) or not 0 <= pd_node_id < 1 << 128:
+            raise RegistrationError("start_args.pd_node_id must be a 128-bit integer")
+        return cls(pd_node_id, mode, frame["client_ip_port"], host, rpyc_port, args)
+
+
+@dataclass(eq=False)
+class NodeConnection:
+    info: NodeInfo
+    _send: Callable[[bytes], Awaitable[None]]
+    connected_at: float
+    breaker: CircuitBreaker
+    in_flight: int = 0
+    in_flight_tokens: int = 0
+    load: dict[str, Any] | None = None
+    load_at: float | None = None
+    draining: bool = False
+    closed: bool = False
+    requests: set[Attached] = field(default_factory=set)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def node_id(self) -> int:
+        return self.info.node_id
+
+    async def send(self, data: bytes | Callable[[], bytes]) -> None:
+        """Send one frame; a callable is encoded only when the frame's turn comes.
+
+        Sends to a node go one at a time and wait while its socket is backed up; a burst of
+        requests then waits as small Python state, not as 20 KB encoded REQ frames each.
+        """
+        if self.closed:
+            raise NodeFailed(f"{self.info.mode} node {self.info.client_ip_port} is gone", node=self)
+        try:
+            async with self._lock:
+                await self._send(data() if callable(data) else data)
+        except Exception as exc:
+            raise NodeFailed(
+                f"{self.info.mode} node {self.info.client_ip_port} failed: {type(exc).__name__}",
+                node=self,
+            ) from exc
+
+    def attach(self, request: Attached, tokens: int) -> None:
+        """Count a request (and the tokens it will hold) against this node until detached."""
+        self.requests.add(request)
+        self.in_flight += 1
+        self.in_flight_tokens += tokens
+
+    def detach(self, request: Attached, tokens: int) -> None:
+        if request in self.requests:
+            self.requests.discard(request)
+            self.in_flight -= 1
+            self.in_flight_tokens -= tokens
+
+
+class NodePool:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        new_breaker: Callable[[], CircuitBreaker] | None = None,
+        load_max_age_s: float = 5.0,
+    ) -> None:
+        self._clock = clock
+        self._new_breaker = new_breaker or (lambda: CircuitBreaker(clock))
+        self._load_max_age_s = load_max_age_s
+        self._nodes: dict[int, NodeConnection] = {}
+        self._breakers: dict[int, CircuitBreaker] = {}  # by node id: survives reconnects
+        self._draining: set[int] = set()  # by node id: a drained node stays drained on reconnect
+        self._config_drained: set[str] = set()  # addresses the config server shows draining
+
+    def connect(self, info: NodeInfo, send: Callable[[bytes], Awaitable[None]]) -> NodeConnection:
+        old = self._nodes.get(info.node_id)
+        if old is not None:
+            self.disconnect(old, "replaced by a new connection with the same node id")
+        if info.node_id not in self._breakers and len(self._breakers) >= 4096:
+            gone = [i for i in self._breakers if i not in self._nodes]
+            for node_id in gone[: len(gone) // 2 + 1]:
+                del self._breakers[node_id]
+        breaker = self._breakers.setdefault(info.node_id, self._new_breaker())
+        conn = NodeConnection(info, send, self._clock(), breaker)
+        conn.draining = self._is_draining(info)
+        self._nodes[info.node_id] = conn
+        log.info("%s node %s joined (id %d)", info.mode, info.client_ip_port, info.node_id)
+        return conn
+
+    def disconnect(self, conn: NodeConnection, reason: str) -> None:
+        """Remove a node at once and fail every request it was serving."""
+        if conn.closed:
+            return
+        conn.closed = True
+        if self._nodes.get(conn.node_id) is conn:
+            del self._nodes[conn.node_id]
+        log.warning(
+            "%s node %s left (%s); failing %d request(s)",
+            conn.info.mode,
+            conn.info.client_ip_port,
+            reason,
+            len(conn.requests),
+        )
+        error = NodeFailed(
+            f"{conn.info.mode} node {conn.info.client_ip_port} left: {reason}", node=conn
+        )
+        for request in list(conn.requests):
+            request.fail(error)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def set_draining(self, node_id: int, draining: bool) -> None:
+        """Stop (or resume) selecting a node; its running requests go on."""
+        if draining:
+            self._draining.add(node_id)
+        else:
+            self._draining.discard(node_id)
+        conn = self._nodes.get(node_id)
+        if conn is not None:
+            conn.draining = self._is_draining(conn.info)
+
+    def set_config_drained(self, addresses: set[str]) -> None:
+        """The node addresses whose agents drain them (the config server's records)."""
+        self._config_drained = set(addresses)
+        for conn in self._nodes.values():
+            conn.draining = self._is_draining(conn.info)
+
+    def drain_source(self, conn: NodeConnection) -> str | None:
+        if conn.node_id in self._draining:
+            return "master"
+        if conn.info.client_ip_port in self._config_drained:
+            return "config_server"
+        return None
+
+    def _is_draining(self, info: NodeInfo) -> bool:
+        return info.node_id in self._draining or info.client_ip_port in self._config_drained
+
+    def record_load(self, conn: NodeConnection, load: dict[str, Any]) -> None:
+        conn.load = load
+        conn.load_at = self._clock()
+
+    def reported_usage(self, conn: NodeConnection) -> float | None:
+        """The node's own KV usage rate, unless the report is older than the allowed age."""
+        if conn.load is None or conn.load_at is None:
+            return None
+        if self._clock() - conn.load_at > self._load_max_age_s:
+            return None
+        rate = conn.load.get("total_token_usage_rate")
+        return float(rate) if isinstance(rate, int | float) else None
+
+    def nodes(self, role: Role | None = None) -> list[NodeConnection]:
+        return [n for n in self._nodes.values() if role is None or n.info.mode == role]
+
+    def get(self, node_id: int) -> NodeConnection | None:
+        return self._nodes.get(node_id)
+
+    def candidates(self, role: Role) -> list[NodeConnection]:
+        return [n for n in self._nodes.values() if n.info.mode == role and not n.draining]

@@ -1,0 +1,187 @@
+"""Requests in flight, keyed by group request id, and what nodes deliver to them.
+
+Waits carry an absolute deadline that one periodic sweep (``RequestTable.expire``) enforces,
+instead of a timer per wait: a stream waits once per token, so per-wait timers would be the
+largest cost of relaying a token. A wait may also name a sink: while it waits, tokens go
+straight to the sink from the node's reader, and the waiting task wakes only for what the
+sink declines (a stream's last token, an error, a client that is not reading).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from pdmaster.errors import DeadlineExceeded
+from pdmaster.nodes.pool import NodeConnection
+from pdwire.lightllm import MAX_BEST_OF, TokenEntry, UpKVStatus
+
+log = logging.getLogger(__name__)
+
+KV_WAIT = ("KV cache hand-off confirmation", "kv_move_timeout")
+
+Sink = Callable[[list[TokenEntry]], bool]
+"""Takes tokens while a wait is parked; False leaves them to the waiting task."""
+
+
+class RequestState:
+    """Mailbox of one request: token entries from the node it listens to, and its KV status."""
+
+    __slots__ = (
+        "group_id",
+        "source",
+        "_items",
+        "_error",
+        "_kv_status",
+        "_waiter",
+        "_sink",
+        "_deadline",
+        "_seconds",
+        "_waiting",
+    )
+
+    def __init__(self, group_id: int) -> None:
+        self.group_id = group_id
+        self.source: NodeConnection | None = None
+        self._items: list[TokenEntry] = []
+        self._error: Exception | None = None
+        self._kv_status: UpKVStatus | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._sink: Sink | None = None
+        self._deadline = 0.0
+        self._seconds = 0.0
+        self._waiting: tuple[str, str] = ("", "")
+
+    def add(self, node: NodeConnection, entry: TokenEntry) -> bool:
+        """Queue a token; True if it is the first one queued (then call ``ready``)."""
+        if node is not self.source:
+            return False  # a late token of a node this request no longer listens to
+        items = self._items
+        items.append(entry)
+        return len(items) == 1
+
+    def ready(self) -> None:
+        """Tokens were queued: give them to the parked wait's sink, or wake the wait."""
+        waiter, sink = self._waiter, self._sink
+        if waiter is None or waiter.done():
+            return
+        if sink is not None and self._error is None:
+            items, self._items = self._items, []
+            try:
+                if sink(items):
+                    return
+            except Exception:  # the waiting task meets it again on its own way
+                log.exception("group %d: token sink failed", self.group_id)
+            self._items = items
+        waiter.set_result(None)
+
+    def extend_wait(self, deadline: float, seconds: float) -> None:
+        """Move the parked wait's deadline (a sink took tokens, so the node is alive)."""
+        self._deadline = deadline
+        self._seconds = seconds
+
+    def kv_arrived(self, status: UpKVStatus) -> None:
+        self._kv_status = status
+        self._wake()
+
+    def fail(self, error: Exception) -> None:
+        if self._error is None:
+            self._error = error
+        self._wake()
+
+    def expire(self, now: float) -> None:
+        waiter = self._waiter
+        if waiter is not None and now >= self._deadline and not waiter.done():
+            what, code = self._waiting
+            message = f"no {what} within {self._seconds:.1f} s"
+            waiter.set_exception(DeadlineExceeded(message, code=code))
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(
+        self, deadline: float, seconds: float, what: str, code: str, sink: Sink | None = None
+    ) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._sink = sink
+        self._deadline = deadline
+        self._seconds = seconds
+        self._waiting = (what, code)
+        try:
+            await self._waiter
+        finally:
+            self._waiter = self._sink = None
+
+    async def take(
+        self, deadline: float, seconds: float, what: str, sink: Sink | None = None
+    ) -> list[TokenEntry]:
+        """Every entry delivered so far; waits until ``deadline`` for at least one.
+
+        While it waits, ``sink`` is offered each batch first; what it takes is not returned.
+        """
+        while not self._items and self._error is None:
+            await self._wait(deadline, seconds, what, what.replace(" ", "_") + "_timeout", sink)
+        if self._items:
+            items, self._items = self._items, []
+            return items
+        assert self._error is not None
+        raise self._error
+
+    async def kv_status(self, deadline: float, seconds: float) -> UpKVStatus:
+        while self._kv_status is None and self._error is None:
+            await self._wait(deadline, seconds, *KV_WAIT)
+        if self._error is not None:
+            raise self._error
+        assert self._kv_status is not None
+        return self._kv_status
+
+
+class RequestTable:
+    def __init__(self) -> None:
+        self._by_group: dict[int, RequestState] = {}
+        self._ready: list[RequestState] = []
+
+    def add(self, state: RequestState) -> None:
+        self._by_group[state.group_id] = state
+
+    def remove(self, state: RequestState) -> None:
+        if self._by_group.get(state.group_id) is state:
+            del self._by_group[state.group_id]
+
+    def __len__(self) -> int:
+        return len(self._by_group)
+
+    def deliver(self, node: NodeConnection, entries: list[TokenEntry]) -> None:
+        """Queue each entry for its request; ``_hand_over`` gives them out soon after."""
+        table = self._by_group
+        ready = self._ready
+        idle = not ready
+        for entry in entries:
+            state = table.get(entry[0] // MAX_BEST_OF * MAX_BEST_OF)
+            if state is not None and state.add(node, entry):
+                ready.append(state)
+        if idle and ready:
+            asyncio.get_running_loop().call_soon(self._hand_over)
+
+    def _hand_over(self) -> None:
+        """Give each request what was queued for it, all at once.
+
+        This runs once the node readers have read the frames already in, so a stream that
+        fell behind gets its tokens in one write instead of one write per frame.
+        """
+        ready, self._ready = self._ready, []
+        for state in ready:
+            state.ready()
+
+    def kv_arrived(self, status: UpKVStatus) -> None:
+        state = self._by_group.get(status.group_request_id)
+        if state is not None:
+            state.kv_arrived(status)
+
+    def expire(self, now: float) -> None:
+        """Fail every wait whose deadline has passed."""
+        for state in list(self._by_group.values()):
+            state.expire(now)

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from pdmaster.api.chunk_writer import ChunkWriter, send_now
+from pdwire.lightllm import TokenEntry
+from pdwire.structs import FinishStatus
+
+
+class FakeClient:
+    """An ASGI ``send`` that waits while ``writable`` is clear, like a server's flow control."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.ended_early = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        try:
+            await self.writable.wait()
+        except BaseException:
+            self.ended_early = True
+            raise
+        self.bodies.append(message["body"])
+
+
+def chunk(entries: list[TokenEntry]) -> bytes:
+    return b"".join(e[1].encode() for e in entries)
+
+
+def token(text: str) -> TokenEntry:
+    return (8, text, {}, FinishStatus(0))
+
+
+def test_a_send_that_need_not_wait_is_done_in_the_call() -> None:
+    async def run() -> None:
+        client = FakeClient()
+        writer = ChunkWriter(chunk, client.send)
+        assert writer([token("a"), token("b")]) and writer([token("c")])
+        assert client.bodies == [b"ab", b"c"]
+        await writer.drain()
+
+    asyncio.run(run())
+
+
+def test_a_waiting_send_finishes_in_a_task_and_the_writer_declines_until_then() -> None:
+    async def run() -> None:
+        client = FakeClient()
+        writer = ChunkWriter(chunk, client.send)
+        client.writable.clear()
+        assert writer([token("a")])
+        assert not writer([token("b")])  # left to the stream's task, which drains first
+        client.writable.set()
+        await writer.drain()
+        assert client.bodies == [b"a"]
+        assert writer([token("c")])
+        assert client.bodies == [b"a", b"c"]
+
+    asyncio.run(run())
+
+
+def test_the_writer_takes_tokens_again_once_a_waiting_send_is_done() -> None:
+    async def run() -> None:
+        client = FakeClient()
+        writer = ChunkWriter(chunk, client.send)
+        client.writable.clear()
+        assert writer([token("a")])
+        client.writable.set()
+        await asyncio.sleep(0.01)
+        assert writer([token("b")])
+        assert client.bodies == [b"a", b"b"]
+
+    asyncio.run(run())
+
+
+def test_a_send_that_fails_at_once_fails_the_drain() -> None:
+    async def run() -> None:
+        async def broken(message: dict[str, Any]) -> None:
+            raise OSError("connection reset")
+
+        writer = ChunkWriter(chunk, broken)
+        assert writer([token("a")])
+        assert not writer([token("b")])
+        with pytest.raises(OSError, match="reset"):
+            await writer.drain()
+
+    asyncio.run(run())
+
+
+def test_cancel_ends_a_waiting_send() -> None:
+    async def run() -> None:
+        client = FakeClient()
+        writer = ChunkWriter(chunk, client.send)
+        client.writable.clear()
+        assert writer([token("a")])
+        await asyncio.sleep(0)
+        writer.cancel()
+        await asyncio.sleep(0.01)
+        assert client.ended_early and client.bodies == []
+
+    asyncio.run(run())
+
+
+def test_send_now_runs_a_coroutine_to_its_first_wait() -> None:
+    async def run() -> None:
+        steps: list[str] = []
+        gate = asyncio.get_running_loop().create_future()
+
+        async def work() -> None:
+            steps.append("before")
+            await asyncio.sleep(0)
+            steps.append("after a bare yield")
+            steps.append(await gate)
+
+        rest = send_now(work())
+        assert steps == ["before"] and rest is not None
+        await asyncio.sleep(0.01)
+        assert steps == ["before", "after a bare yield"]
+        gate.set_result("after the future")
+        await rest
+        assert steps[-1] == "after the future"
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(("http", "direct"), [("httptools", True), ("h11", False)])
+def test_under_uvicorn_chunks_reach_the_client_framed_as_send_would(
+    http: str, direct: bool
+) -> None:
+    """A real uvicorn server on 127.0.0.1: with httptools chunks skip ``send``; with h11
+    they go through it; the client reads the same chunked body either way, and an empty
+    chunk does not end it."""
+    import uvicorn
+
+    from benchmark_client.http import Target, stream_post
+
+    seen: list[bool] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        writer = ChunkWriter(chunk, send)
+        seen.append(writer.direct)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        assert writer([token("a"), token("b")]) and writer([token("c")])
+        assert writer([])  # an empty chunk must not end the body
+        await writer.drain()
+        await send({"type": "http.response.body", "body": b"end"})
+
+    class Sink:
+        body = b""
+
+        def head(self, status: int, headers: dict[str, str]) -> None:
+            assert (status, headers["transfer-encoding"]) == (200, "chunked")
+
+        def data(self, body: bytes, now: float, wall: float) -> None:
+            self.body += body
+
+    async def run() -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, http=http, log_level="warning")
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        sink = Sink()
+        async with asyncio.timeout(10):
+            await stream_post(Target("127.0.0.1", port, "/"), b"{}", sink)
+        server.should_exit = True
+        await serving
+        assert sink.body == b"abcend"
+
+    asyncio.run(run())
+    assert seen == [direct]

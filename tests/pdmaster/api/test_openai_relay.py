@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from pdmaster.api.openai_relay import (
+    ChatFormat,
+    CompletionFormat,
+    Generation,
+    StopScanner,
+    error_body,
+    sse,
+)
+from pdmaster.errors import BadRequest, NodeFailed, PayloadTooLarge
+from pdwire.lightllm import TokenEntry
+from pdwire.structs import FinishStatus
+
+
+def entries(*texts: str, last_status: int = 0, start: int = 1) -> list[TokenEntry]:
+    out: list[TokenEntry] = []
+    for i, text in enumerate(texts):
+        status = last_status if i == len(texts) - 1 else 0
+        meta = {"count_output_tokens": start + i, "prompt_tokens": 4}
+        out.append((7, text, meta, FinishStatus(status)))
+    return out
+
+
+def test_scanner_without_stops_passes_text_through() -> None:
+    scanner = StopScanner([])
+    assert [scanner.push(t) for t in ("a", "b")] == ["a", "b"] and not scanner.stopped
+
+
+def test_scanner_holds_back_a_possible_stop_start_and_cuts_at_the_stop() -> None:
+    scanner = StopScanner(["STOP"])
+    assert scanner.push("go S") == "go "
+    assert scanner.push("T") == ""
+    assert scanner.push("OP and more") == ""
+    assert scanner.stopped and scanner.push("x") == ""
+
+
+def test_scanner_releases_held_text_that_did_not_become_a_stop() -> None:
+    scanner = StopScanner(["STOP"])
+    assert scanner.push("ST") == ""
+    assert scanner.push("ART") == "START"
+    assert scanner.push("ST") == "" and scanner.flush() == "ST"
+
+
+def test_scanner_cuts_at_the_earliest_of_several_stops() -> None:
+    scanner = StopScanner(["world", "lo w"])
+    assert scanner.push("hello world") == "hel"
+
+
+def test_generation_counts_tokens_and_leaves_the_stop_text_out() -> None:
+    gen = Generation(prompt_tokens=3, stops=[" AI"])
+    assert gen.add(entries("What", " is")) == "What is"
+    assert not gen.done
+    assert gen.add(entries(" AI", last_status=1, start=3)) == ""
+    assert (gen.done, gen.finish_reason, gen.text) == (True, "stop", "What is")
+    assert gen.usage() == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
+
+
+def test_generation_stops_at_a_stop_the_node_did_not_see() -> None:
+    gen = Generation(prompt_tokens=4, stops=["s A"])
+    assert gen.add(entries("What", " is", " AI", "?")) == "What i"
+    assert (gen.done, gen.finish_reason, gen.completion_tokens) == (True, "stop", 3)
+
+
+def test_generation_flushes_held_text_when_it_ends_by_length() -> None:
+    gen = Generation(prompt_tokens=4, stops=["?!"])
+    assert gen.add(entries("What", "?", last_status=2)) == "What?"
+    assert gen.finish_reason == "length"
+
+
+def test_completion_and_chat_chunks() -> None:
+    fmt = CompletionFormat("m")
+    chunk = fmt.chunk("hi", None)
+    assert chunk["id"].startswith("cmpl-") and "usage" not in chunk
+    assert chunk["choices"] == [{"index": 0, "text": "hi", "logprobs": None, "finish_reason": None}]
+    chat = ChatFormat("m", include_usage=True)
+    (opening,) = chat.opening_chunks()
+    assert opening["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    last = chat.chunk("", "stop")
+    assert (last["object"], last["usage"], last["choices"][0]["delta"]) == (
+        "chat.completion.chunk",
+        None,
+        {},
+    )
+    assert sse({"a": 1}) == b'data: {"a":1}\n\n'
+
+
+def test_error_body_names_the_field_of_a_4xx_only() -> None:
+    assert error_body(BadRequest("n: only n=1"))["error"]["param"] == "n"
+    assert error_body(PayloadTooLarge("request body is 5 bytes"))["error"]["param"] is None
+    assert error_body(NodeFailed("node: gone"))["error"] == {
+        "type": "node_failed",
+        "code": "node_failed",
+        "message": "node: gone",
+        "param": None,
+    }

@@ -1,0 +1,58 @@
+"""pdmaster.cluster.id_ranges against a real config server process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from pdlocal.cluster import ProcGroup, free_port
+from pdlocal.registry import start_config_server
+from pdmaster.cluster.id_ranges import IdRangeSource
+from pdwire.lightllm import MAX_BEST_OF
+
+IDS_PER_RANGE = 800_000 // MAX_BEST_OF
+
+
+def test_ids_are_unique_multiples_of_8_across_masters_and_ranges_are_prefetched(
+    procs: ProcGroup,
+) -> None:
+    server = start_config_server(procs)
+
+    async def scenario() -> tuple[list[int], list[int], IdRangeSource]:
+        async with httpx.AsyncClient() as client:
+            async with (
+                IdRangeSource(client, server.address) as one,
+                IdRangeSource(client, server.url) as other,
+            ):
+                first = [await one.next() for _ in range(IDS_PER_RANGE * 3 // 4)]
+                await asyncio.sleep(0.3)  # past half the range: the next one is on its way
+                assert one.ranges_fetched == 2
+                first += [await one.next() for _ in range(IDS_PER_RANGE * 3 // 2)]
+                second = await asyncio.gather(*(other.next() for _ in range(1000)))
+                return first, list(second), one
+
+    first, second, source = asyncio.run(scenario())
+    assert source.ranges_fetched >= 3
+    everything = first + second
+    assert len(set(everything)) == len(everything)
+    assert all(i % MAX_BEST_OF == 0 for i in everything)
+    assert all(b - a == MAX_BEST_OF for a, b in zip(second, second[1:], strict=False))
+    assert first == sorted(first)  # ranges are handed out in order on one server
+
+
+def test_next_waits_for_a_config_server_that_is_not_up_yet(procs: ProcGroup) -> None:
+    port = free_port()
+
+    async def scenario() -> int:
+        async with httpx.AsyncClient() as client:
+            async with IdRangeSource(
+                client, f"127.0.0.1:{port}", retry_initial_s=0.05, retry_max_s=0.2
+            ) as ids:
+                pending = asyncio.create_task(ids.next())
+                await asyncio.sleep(0.3)
+                assert not pending.done()
+                await asyncio.to_thread(start_config_server, procs, port=port)
+                return await asyncio.wait_for(pending, 10)
+
+    assert asyncio.run(scenario()) % MAX_BEST_OF == 0

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from pdmaster.errors import DeadlineExceeded
+from pdmaster.nodes.tracking import RequestState, RequestTable
+from pdwire.lightllm import TokenEntry
+from pdwire.structs import FinishStatus
+
+NODE: Any = object()  # tracking only compares a state's source by identity
+
+
+def entry(group_id: int, text: str, status: int = 0) -> TokenEntry:
+    return (group_id, text, {"id": 1}, FinishStatus(status))
+
+
+def texts(entries: list[TokenEntry]) -> list[str]:
+    return [e[1] for e in entries]
+
+
+def tracked(table: RequestTable, group_id: int) -> RequestState:
+    state = RequestState(group_id)
+    state.source = NODE
+    table.add(state)
+    return state
+
+
+def test_a_parked_waits_sink_takes_tokens_and_its_task_wakes_for_the_rest() -> None:
+    async def run() -> None:
+        table = RequestTable()
+        state = tracked(table, 8)
+        taken: list[list[str]] = []
+
+        def sink(entries: list[TokenEntry]) -> bool:
+            if entries[-1][3].status:
+                return False
+            taken.append(texts(entries))
+            return True
+
+        waiting = asyncio.ensure_future(state.take(1e9, 60, "token", sink))
+        await asyncio.sleep(0)
+        table.deliver(NODE, [entry(8, "a")])
+        await asyncio.sleep(0)
+        table.deliver(NODE, [entry(8, "b")])  # two frames read before the hand-over:
+        table.deliver(NODE, [entry(8, "c")])  # one batch for the sink
+        await asyncio.sleep(0)
+        assert taken == [["a"], ["b", "c"]] and not waiting.done()
+        table.deliver(NODE, [entry(8, "d", status=1)])
+        assert texts(await waiting) == ["d"]
+        assert taken == [["a"], ["b", "c"]]
+
+    asyncio.run(run())
+
+
+def test_without_a_parked_wait_tokens_queue_for_the_next_take() -> None:
+    async def run() -> None:
+        table = RequestTable()
+        state = tracked(table, 16)
+        table.deliver(NODE, [entry(16, "a"), entry(17, "b"), entry(24, "not ours")])
+        table.deliver(object(), [entry(16, "from a node it no longer listens to")])
+        await asyncio.sleep(0)
+        assert texts(await state.take(1e9, 60, "token", lambda _: True)) == ["a", "b"]
+
+    asyncio.run(run())
+
+
+def test_a_sink_that_fails_leaves_its_tokens_to_the_task() -> None:
+    async def run() -> None:
+        table = RequestTable()
+        state = tracked(table, 8)
+
+        def sink(entries: list[TokenEntry]) -> bool:
+            raise RuntimeError("broken client")
+
+        waiting = asyncio.ensure_future(state.take(1e9, 60, "token", sink))
+        await asyncio.sleep(0)
+        table.deliver(NODE, [entry(8, "a")])
+        assert texts(await waiting) == ["a"]
+
+    asyncio.run(run())
+
+
+def test_tokens_a_sink_takes_move_the_waits_deadline() -> None:
+    async def run() -> None:
+        table = RequestTable()
+        state = tracked(table, 8)
+
+        def sink(entries: list[TokenEntry]) -> bool:
+            state.extend_wait(15.0, 5.0)
+            return True
+
+        waiting = asyncio.ensure_future(state.take(10.0, 9.0, "token", sink))
+        await asyncio.sleep(0)
+        table.deliver(NODE, [entry(8, "a")])
+        await asyncio.sleep(0)
+        table.expire(12.0)
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        table.expire(15.0)
+        with pytest.raises(DeadlineExceeded, match="no token within 5.0 s") as exc:
+            await waiting
+        assert exc.value.code == "token_timeout"
+
+    asyncio.run(run())
+
+
+def test_a_failed_request_wakes_its_wait_with_the_error() -> None:
+    async def run() -> None:
+        state = RequestState(8)
+        waiting = asyncio.ensure_future(state.take(1e9, 60, "token", lambda _: True))
+        await asyncio.sleep(0)
+        state.fail(RuntimeError("node left"))
+        with pytest.raises(RuntimeError, match="node left"):
+            await waiting
+
+    asyncio.run(run())
