@@ -13,7 +13,7 @@ from typing import Any
 
 from config_server.errors import ApiError, NotFound, ServiceUnavailable
 from config_server.registry import Registry, check_id
-from config_server.store.view import Item
+from config_server.store.view import Item, View
 from pdwire.groups import GroupDrain, GroupFatal, GroupJoin, GroupRestart
 
 KIND = "group"
@@ -31,7 +31,7 @@ class GroupRegistry:
         self._registry = registry
 
     @property
-    def _view(self) -> Any:
+    def _view(self) -> View:
         return self._registry.store.view
 
     def _item(self, group_id: str) -> Item | None:

@@ -202,10 +202,11 @@ def _pool(plan: Plan, role: str, pool: Pool) -> list[dict[str, Any]]:
     spec = plan.spec
     nnodes = pool.ep // pool.gpus_per_node
     agent_port = pool.port + AGENT_PORT_OFFSET
+    config_meta = _meta(plan, f"{role}-agent", role)
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(plan, f"{role}-agent", role),
+        "metadata": config_meta,
         "data": {"agent.toml": agent_template(plan, role, pool)},
     }
     args = ["-m", "node_agents", "--config", "/etc/pdctl/agent.toml", "--host", "$(POD_IP)"]
@@ -258,7 +259,7 @@ def _pool(plan: Plan, role: str, pool: Pool) -> list[dict[str, Any]]:
         "terminationGracePeriodSeconds": DRAIN_TIMEOUT_S + int(spec.supervision.stopwaitsecs) + 30,
         "containers": [container],
         "volumes": [
-            {"name": "agent-config", "configMap": {"name": config_map["metadata"]["name"]}},
+            {"name": "agent-config", "configMap": {"name": config_meta["name"]}},
             volume,
             {"name": "shm", "emptyDir": {"medium": "Memory"}},
         ],

@@ -113,9 +113,9 @@ def plan(spec: ClusterSpec) -> Plan:
         for i in range(pool.instances):
             ranks = hosts[i * nnodes : (i + 1) * nnodes]
             instances.append(Instance(spec.name, role, i, pool, ranks))
-    for role in POOL_ROLES:
-        if role not in spec.pools:
-            problems.append(f"pools.{role}: required section is missing")
+    for missing in POOL_ROLES:
+        if missing not in spec.pools:
+            problems.append(f"pools.{missing}: required section is missing")
     if problems:
         raise PlanError(problems)
     result = Plan(spec, instances, masters, config_servers, {}, experts, warnings)
