@@ -66,6 +66,9 @@ def test_killing_one_rank_restarts_every_rank_and_the_instance_serves_again(
     pids = [a.wait_state("RUNNING")["engine"]["pid"] for a in agents]
     cluster.wait_ready(1, 2)  # every rank registers with the master as a node of its own
     wait_for(lambda: group(server, "decode-instance")["state"] == "RUNNING", 10, "RUNNING")
+    (instance,) = httpx.get(f"{cluster.url}/v1/instances", timeout=5).json()["items"]
+    assert instance["nnodes"] == 2 and instance["complete"] and instance["role"] == "decode"
+    assert {r["address"] for r in instance["ranks"].values()} == {a.address for a in agents}
 
     async def scenario() -> tuple[list[Outcome], float, float]:
         tasks = await streams(cluster.url, 6, 400)
