@@ -95,6 +95,9 @@ def test_killing_one_rank_restarts_every_rank_and_the_instance_serves_again(
     wait_for(lambda: group(server, "decode-instance")["state"] == "RUNNING", 10, "RUNNING")
     again = asyncio.run(asyncio.wait_for(_gather_streams(cluster.url), 20))
     assert all(o.ok for o in again), again
+    assert agents[0].call("POST", "/drain", json={}).status_code == 202
+    agents[1].wait_state("DRAINED", timeout=10)  # a drain on one rank drains the instance
+    assert all(n["draining"] for n in master_nodes(cluster).values() if n["role"] == "decode")
     print(f"\nrank SIGKILL -> group serving again: {back:.2f} s (errors in {errors_within:.2f} s)")
 
 
