@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         ModelTokenizer.from_model_dir(args.model_dir),
         timing_from_args(args),
         faults_from_args(args),
-        dp=args.dp,
+        dp=max(1, args.dp // args.nnodes),  # a rank serves its share, as LightLLM's do
         prefix_cache_tokens=args.prefix_cache_tokens,
     )
     node.stamp_tokens = args.text_mode == "timestamp"
