@@ -143,7 +143,8 @@ def _config_server(plan: Plan) -> list[dict[str, Any]]:
         "args": args,
         "env": _token_env(),
         "ports": [{"name": "http", "containerPort": port}],
-        "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 5},
+        "readinessProbe": {"httpGet": {"path": "/readiness", "port": port}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/liveness", "port": port}, "periodSeconds": 10},
     }
     replicas = len(plan.config_servers)
     return [
@@ -178,7 +179,9 @@ def _masters(plan: Plan) -> list[dict[str, Any]]:
         args=[*args, *spec.masters.extra_args],
         env=[_pod_ip(), *_token_env()],
         ports=[{"name": "http", "containerPort": port}],
+        # ready once it has a prefill and a decode node to pair: then clients may come
         readinessProbe={"httpGet": {"path": "/readiness", "port": port}, "periodSeconds": 5},
+        livenessProbe={"httpGet": {"path": "/liveness", "port": port}, "periodSeconds": 10},
     )
     return [
         _deployment(plan, "master", len(plan.masters), container, volumes),
