@@ -25,9 +25,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import httpx
+from pydantic import ValidationError
 
 from node_agents.process import SETTLED, EngineProcess, State, Transition
 from pdwire.api import base_url
+from pdwire.groups import GroupRecord
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +144,10 @@ class GroupMember:
                 self.last_error = f"{what}: {type(exc).__name__}: {exc}"
             else:
                 if reply.status_code == 200:
-                    return dict(reply.json())
+                    record = self._record(reply)
+                    if record is not None:
+                        return record
+                    break
                 self.last_error = f"{what}: HTTP {reply.status_code}: {reply.text[:300]}"
                 if reply.status_code != 503 and reply.status_code != 404:
                     break
@@ -169,10 +174,21 @@ class GroupMember:
         if reply.status_code != 200:
             self._failed(f"join: HTTP {reply.status_code}: {reply.text[:300]}")
             return None
+        record = self._record(reply)
+        if record is None:
+            return None
         if not self._joined or self.last_error:
             log.info("rank %d joined group %s", self.rank, self.url)
         self._joined, self.last_error = True, None
-        return dict(reply.json())
+        return record
+
+    def _record(self, reply: httpx.Response) -> dict[str, Any] | None:
+        """The config server's answer, checked: a bad one changes nothing here."""
+        try:
+            return GroupRecord.model_validate_json(reply.content).model_dump()
+        except ValidationError as exc:
+            self._failed(f"the config server answered a bad group record: {exc}")
+            return None
 
     def _failed(self, error: str) -> None:
         if error != self.last_error:
