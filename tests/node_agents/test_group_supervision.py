@@ -127,3 +127,19 @@ def test_a_rank_that_never_comes_up_makes_the_group_fatal(
         5,
         f"both ranks FATAL in the listing ({states})",
     )
+
+
+def test_a_hung_rank_failing_health_restarts_the_whole_group(
+    procs: ProcGroup, agents: list[AgentProc], tmp_path: Path
+) -> None:
+    server = start_config_server(procs)
+    for i, config in enumerate(rank_configs(tmp_path, "decode", server, "127.0.0.1:9")):
+        agents.append(start_agent(procs, f"decode-r{i}", config))
+    pids = [a.wait_state("RUNNING")["engine"]["pid"] for a in agents]
+    hang = httpx.put(f"{agents[0].engine_url}/sim/faults", json={"hang": True}, timeout=5)
+    assert hang.status_code == 200
+    for agent, pid in zip(agents, pids, strict=True):
+        status = agent.wait_state("RUNNING", timeout=20, restarts=1)
+        assert status["engine"]["pid"] != pid and status["group"]["generation"] == 1
+    reason = group(server, "decode-instance")["last_restart"]
+    assert reason["rank"] == 0 and "health probes failed" in reason["reason"]
