@@ -17,12 +17,13 @@ from benchmark_client.client import RequestRecord, lightllm_body, openai_body, r
 from benchmark_client.http import Target
 from benchmark_client.report import dump, plot, render_table, summarize
 from benchmark_client.workload import PromptMaker, Workload, arrival_offsets, build_prompts
+from pdwire.cli import CommandParser
 
 EXIT_USAGE = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pd-bench", description=__doc__)
+def build_parser() -> CommandParser:
+    p = CommandParser("pd-bench", __doc__)
     p.add_argument("--url", required=True, help="e.g. http://127.0.0.1:60011/generate_stream")
     p.add_argument("--num_clients", type=int, default=100, help="requests in flight at most")
     p.add_argument("--input_num", type=int, default=2000, help="requests to send")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from benchmark_client.http import Target
 from benchmark_client.workload import PromptMaker, Workload, build_prompts
 from pdlocal.cluster import Cluster, ProcGroup
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR
+from pdwire.cli import CommandParser
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INSTANT = [
@@ -34,7 +36,7 @@ QUIET = ["--log_level", "warning"]
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = CommandParser(Path(sys.argv[0]).stem, description)
     p.add_argument("--smoke", action="store_true", help="a ~10 s run with small numbers (CI)")
     return p
 

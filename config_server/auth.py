@@ -7,12 +7,12 @@ caller's address instead (``--allow-cidr``); with no allowlist every peer is acc
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import Iterable
 
 from starlette.requests import HTTPConnection
 
 from config_server.errors import Forbidden, Unauthorized
+from pdwire.peers import NetworkAllowlist
 
 
 def check_bearer(conn: HTTPConnection, tokens: Iterable[str | None], what: str) -> None:
@@ -28,28 +28,8 @@ def check_bearer(conn: HTTPConnection, tokens: Iterable[str | None], what: str) 
         raise Forbidden(f"the bearer token is not valid for {what}", code="wrong_token")
 
 
-class PeerAllowlist:
+class PeerAllowlist(NetworkAllowlist):
     """Client addresses allowed on LightLLM's endpoints; empty means everyone."""
-
-    def __init__(self, cidrs: Iterable[str]) -> None:
-        self.networks = [ipaddress.ip_network(cidr.strip(), strict=False) for cidr in cidrs]
-
-    @property
-    def open(self) -> bool:
-        return not self.networks
-
-    def allows(self, host: str | None) -> bool:
-        if self.open:
-            return True
-        if host is None:
-            return False
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.networks)
 
     def check(self, conn: HTTPConnection) -> None:
         host = conn.client.host if conn.client else None

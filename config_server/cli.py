@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import ipaddress
 import logging
 import os
 from collections.abc import Mapping
@@ -21,18 +20,20 @@ from config_server.app import create_app
 from config_server.registry import Registry
 from config_server.settings import ConfigServerSettings
 from config_server.store import open_store
+from pdwire.cli import CommandParser, port_number
+from pdwire.peers import split_cidrs
 from pdwire.structs import LAYOUTS
 
 GC_GEN0_THRESHOLD = 50_000
 
 
-def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pd-config-server", description=__doc__)
+def build_parser(env: Mapping[str, str]) -> CommandParser:
+    p = CommandParser("pd-config-server", __doc__)
     p.add_argument(
         "--run_mode", default="config_server", choices=["config_server"], help="LightLLM's flag"
     )
     p.add_argument("--config_server_host", "--host", dest="host", default="127.0.0.1")
-    p.add_argument("--config_server_port", "--port", dest="port", type=int, default=60088)
+    p.add_argument("--config_server_port", "--port", dest="port", type=port_number, default=60088)
     p.add_argument(
         "--store",
         choices=["memory", "etcd"],
@@ -88,9 +89,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Conf
     cidr_args = (
         args.allow_cidr if args.allow_cidr is not None else [env.get("PDCTL_ALLOW_CIDR", "")]
     )
-    cidrs = tuple(c.strip() for arg in cidr_args for c in arg.split(",") if c.strip())
-    for cidr in cidrs:
-        ipaddress.ip_network(cidr, strict=False)  # fail at start, not on the first request
+    cidrs = split_cidrs(cidr_args)  # fail at start, not on the first request
     return ConfigServerSettings(
         host=args.host,
         port=args.port,
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = settings_from_args(args, os.environ)
     except ValueError as exc:
-        parser.error(str(exc))
+        parser.fail(f"--allow-cidr: {exc}")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -1,8 +1,11 @@
 """``pd-node-agent`` / ``python -m node_agents``: supervise one PD node's engine.
 
 Reads a TOML file (``--config``), then the flags below, which override it. Flags take
-LightLLM's spelling (``--model_dir``) or dashes (``--model-dir``). Arguments after ``--``
-are passed to the engine as they are. Tokens come from the environment only:
+LightLLM's spelling (``--model_dir``) or dashes (``--model-dir``), and LightLLM's own
+flags for the node work too: ``--run_mode prefill``, ``--pd_master_ip/--pd_master_port``,
+``--config_server_host/--config_server_port``. Port and nccl port default to LightLLM's
+(8019/2732 prefill, 8121/12322 decode). Arguments after ``--`` are passed to the engine as
+they are. Tokens come from the environment only:
 PDCTL_AGENT_TOKEN (this agent's API), PDCTL_REGISTER_TOKEN (config server),
 PDCTL_ADMIN_TOKEN (masters' admin API, for drain).
 """
@@ -21,17 +24,18 @@ from typing import Any
 from node_agents.agent import serve
 from node_agents.config import ConfigError, NodeConfig, load_config
 from node_agents.lightllm_cmd import engine_command
+from pdwire.cli import CommandParser, port_number
 
 # (dotted config key, flag name, help); flags without a value in OPTIONS are booleans.
 OPTIONS: list[tuple[str, str, str]] = [
-    ("role", "role", "prefill or decode (LightLLM's --run_mode)"),
+    ("role", "role", "prefill or decode (also --run_mode, LightLLM's spelling)"),
     ("engine", "engine", "lightllm (default) or sim (the simulated engine)"),
     ("model_dir", "model_dir", "the model directory"),
     ("host", "host", "the engine's host (LightLLM refuses 127.0.0.1)"),
-    ("port", "port", "the engine's HTTP port (LightLLM's scripts: 8019 prefill, 8121 decode)"),
+    ("port", "port", "the engine's HTTP port (8019 prefill, 8121 decode)"),
     ("tp", "tp", "tensor parallel size (8)"),
     ("dp", "dp", "data parallel size (8)"),
-    ("nccl_port", "nccl_port", "NCCL port (scripts: 2732 prefill, 12322 decode)"),
+    ("nccl_port", "nccl_port", "NCCL port (2732 prefill, 12322 decode)"),
     ("pd_master", "pd_master", "ip:port of a single PD master"),
     ("config_server", "config_server", "ip:port of the config server (masters, registration)"),
     ("moe_mode", "moe_mode", "MOE_MODE: EP (default) or TP"),
@@ -73,17 +77,21 @@ SWITCHES: list[tuple[str, str, str]] = [
 ]
 
 
+# LightLLM's flags for a node's masters: host and port apart, where ours take host:port.
+ADDRESS_FLAGS: list[tuple[str, str, str, int]] = [
+    ("pd_master", "pd_master_ip", "pd_master_port", 60011),
+    ("config_server", "config_server_host", "config_server_port", 60088),
+]
+
+
 def spellings(name: str) -> list[str]:
     dashed = name.replace("_", "-")
-    return [f"--{dashed}", f"--{name}"] if dashed != name else [f"--{name}"]
+    names = [f"--{dashed}", f"--{name}"] if dashed != name else [f"--{name}"]
+    return names + ["--run_mode"] if name == "role" else names
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pd-node-agent",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def build_parser() -> CommandParser:
+    p = CommandParser("pd-node-agent", __doc__)
     p.add_argument("--config", type=Path, help="TOML file with the node's settings")
     p.add_argument("--dry-run", "--dry_run", action="store_true", help="print what would run")
     p.add_argument("--log-level", "--log_level", default="info")
@@ -92,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for key, name, text in OPTIONS:
         p.add_argument(*spellings(name), dest=key, default=None, metavar=name.upper(), help=text)
+    for key, ip_flag, port_flag, port in ADDRESS_FLAGS:
+        p.add_argument(f"--{ip_flag}", dest=f"{key}_ip", help=f"LightLLM's spelling of --{key}")
+        p.add_argument(
+            f"--{port_flag}",
+            dest=f"{key}_port",
+            type=port_number,
+            help=f"with --{ip_flag} ({port})",
+        )
     for key, name, text in SWITCHES:
         p.add_argument(
             *spellings(name),
@@ -107,6 +123,15 @@ def overrides_from(args: argparse.Namespace, engine_args: list[str]) -> dict[str
     keys = [key for key, _, _ in OPTIONS + SWITCHES]
     values = vars(args)
     overrides: dict[str, Any] = {k: values[k] for k in keys if values[k] is not None}
+    for key, ip_flag, port_flag, default_port in ADDRESS_FLAGS:
+        ip, port = values[f"{key}_ip"], values[f"{key}_port"]
+        if port is not None and ip is None:
+            raise ConfigError(f"--{port_flag} needs --{ip_flag}")
+        if ip is not None:
+            if key in overrides:
+                raise ConfigError(f"--{key} and --{ip_flag}: give one of them")
+            host = f"[{ip}]" if ":" in ip else ip
+            overrides[key] = f"{host}:{port or default_port}"
     for item in args.env:
         name, sep, value = item.partition("=")
         if not sep:
@@ -139,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         check_runnable(config)
     except ConfigError as exc:
-        parser.exit(2, f"pd-node-agent: {exc}\n")
+        parser.fail(str(exc))
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -25,6 +25,8 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SECRET_KEYS = ("api.token", "registration.token", "registration.master_admin_token")
+# LightLLM's PD scripts' ports per role: (HTTP port, NCCL port)
+ROLE_PORTS = {"prefill": (8019, 2732), "decode": (8121, 12322)}
 
 
 class ConfigError(ValueError):
@@ -159,6 +161,15 @@ class NodeConfig(_Section):
     registration: RegistrationConfig = RegistrationConfig()
     logs: LogConfig = LogConfig()
     group: GroupConfig = GroupConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _role_ports(cls, data: Any) -> Any:
+        """Ports left out take LightLLM's defaults for the role."""
+        if isinstance(data, dict) and data.get("role") in ROLE_PORTS:
+            port, nccl_port = ROLE_PORTS[data["role"]]
+            data = {"port": port, "nccl_port": nccl_port, **data}
+        return data
 
     @field_validator("host")
     @classmethod

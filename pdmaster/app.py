@@ -35,6 +35,7 @@ from pdmaster.routing.selection import PairSelector
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.lightllm import LightLLMCodec
+from pdwire.peers import NetworkAllowlist
 
 log = logging.getLogger(__name__)
 DEADLINE_SWEEP_S = 0.1  # how late a deadline may fire
@@ -82,9 +83,15 @@ def create_app(
         observer=metrics,
     )
     service = GenerateService(dispatcher, admission, metrics, clock)
+    allowlist = NetworkAllowlist(settings.allow_cidrs)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if allowlist.open:
+            log.warning(
+                "node endpoints (/pd_register, /kv_move_status) accept every peer; "
+                "restrict them with --allow-cidr"
+            )
         tasks = [asyncio.create_task(_expire_waits(table, clock), name="deadline-sweeper")]
         async with httpx.AsyncClient(timeout=settings.token_load_poll_s or 1.0) as client:
             if settings.token_load_poll_s > 0:
@@ -104,7 +111,9 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     app.include_router(client_router(service, pool, tokenizer, settings))
     app.include_router(openai_router(service, tokenizer, settings))
-    app.include_router(node_router(pool, table, codec, settings.registration_timeout_s))
+    app.include_router(
+        node_router(pool, table, codec, settings.registration_timeout_s, allowlist.allows)
+    )
     app.include_router(admin_router(pool, settings.admin_token))
 
     @app.get("/metrics")

@@ -15,7 +15,9 @@ from pdmaster.app import create_app
 from pdmaster.dispatch.session import DispatchSettings
 from pdmaster.routing.policies import POLICY_NAMES
 from pdmaster.settings import MasterSettings
-from pdmodel.tokenizer import DEFAULT_MODEL_DIR
+from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
+from pdwire.cli import CommandParser, add_lightllm_flags, lightllm_flags_given, port_number
+from pdwire.peers import split_cidrs
 from pdwire.structs import LAYOUTS
 
 WILDCARDS = ("0.0.0.0", "::", "")
@@ -33,11 +35,11 @@ LIGHTLLM_STRATEGIES = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pd-master", description=__doc__)
+def build_parser() -> CommandParser:
+    p = CommandParser("pd-master", __doc__)
     p.add_argument("--run_mode", default="pd_master", choices=["pd_master"])
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=60011)
+    p.add_argument("--port", type=port_number, default=60011)
     p.add_argument(
         "--model_dir",
         type=Path,
@@ -138,9 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("PDCTL_ADMIN_TOKEN"),
         help="bearer token for /v1 admin endpoints (env PDCTL_ADMIN_TOKEN)",
     )
+    p.add_argument(
+        "--allow-cidr",
+        "--allow_cidr",
+        dest="allow_cidr",
+        action="append",
+        default=None,
+        help="networks allowed on the node endpoints (/pd_register, /kv_move_status), "
+        "repeatable or comma-separated (env PDCTL_ALLOW_CIDR; default: every peer)",
+    )
     c = p.add_argument_group("config server (LightLLM's multi-PD-master mode)")
     c.add_argument("--config_server_host", default=None)
-    c.add_argument("--config_server_port", type=int, default=60088)
+    c.add_argument("--config_server_port", type=port_number, default=60088)
     c.add_argument(
         "--register-token",
         "--register_token",
@@ -158,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout_keep_alive", type=float, default=30.0, help="idle seconds before closing"
     )
     p.add_argument("--log_level", default="info")
+    add_lightllm_flags(p)  # LightLLM's pd_master takes its node flags too, and ignores them
     return p
 
 
@@ -194,6 +206,11 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
         max_queue=args.max_queue,
         queue_timeout_s=args.queue_timeout,
         admin_token=args.admin_token,
+        allow_cidrs=split_cidrs(
+            args.allow_cidr
+            if args.allow_cidr is not None
+            else [os.environ.get("PDCTL_ALLOW_CIDR", "")]
+        ),
         config_server=config_server,
         # LightLLM: a master with a config server is uuid4().int, alone it is 0
         node_id=uuid.uuid4().int if config_server else 0,
@@ -204,18 +221,31 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
-    settings = settings_from_args(args)
+    ignored = lightllm_flags_given(args)
+    if ignored:
+        logging.getLogger(__name__).info("LightLLM node flags a master does not use: %s", ignored)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        parser.error(f"--allow-cidr: {exc}")
+    try:
+        tokenizer = ModelTokenizer.from_model_dir(settings.model_dir)
+    except FileNotFoundError as exc:
+        parser.fail(str(exc))
+    except Exception as exc:  # the tokenizers library raises bare Exceptions for a bad file
+        parser.fail(f"--model_dir {settings.model_dir}: cannot load tokenizer.json: {exc}")
     if settings.config_server and not settings.advertise_address and args.host in WILDCARDS:
         logging.getLogger(__name__).warning(
             "registering as %s, which nodes cannot dial: set --advertise_address host:port",
             settings.public_address,
         )
-    app = create_app(settings)
+    app = create_app(settings, tokenizer=tokenizer)
     tune_gc()
     uvicorn.run(
         app,

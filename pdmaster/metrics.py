@@ -6,7 +6,11 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -29,7 +33,7 @@ class _PoolCollector(Collector):
         self._pool = pool
         self._admission = admission
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         labels = ["node_id", "role", "address"]
         inflight = GaugeMetricFamily(
             "pd_node_inflight_requests", "Requests in flight per node", labels=labels
@@ -54,6 +58,12 @@ class _PoolCollector(Collector):
         running = GaugeMetricFamily("pd_requests_running", "Requests dispatched and not finished")
         running.add_metric([], self._admission.inflight)
         yield running
+        ignored = CounterMetricFamily(
+            "pd_node_load_reports_ignored",
+            "Node load reports refused: usage not a finite number in range",
+        )
+        ignored.add_metric([], self._pool.bad_load_reports)
+        yield ignored
 
 
 class LoopHistogram(Collector):

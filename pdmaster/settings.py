@@ -35,6 +35,7 @@ class MasterSettings:
     max_queue: int = 1024  # requests waiting for a slot; more get 429
     queue_timeout_s: float = 30.0
     admin_token: str | None = None
+    allow_cidrs: tuple[str, ...] = ()  # networks allowed on the node endpoints; (): every peer
     config_server: str | None = None  # host:port; None: a single master without one
     register_token: str | None = None  # bearer token for the config server's /v1 API
     advertise_address: str | None = None  # host:port nodes dial; None: host:port

@@ -22,4 +22,4 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-exec bash "$here/pd_node_agent.sh" decode "$0" "${DECODE_PORT:-8121}" 12322 "$@"
+exec bash "$here/pd_node_agent.sh" decode "$0" "${DECODE_PORT:-8121}" 12322 config_server_host "$@"

@@ -22,4 +22,4 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-exec bash "$here/pd_node_agent.sh" prefill "$0" "${PREFILL_PORT:-8019}" 2732 "$@"
+exec bash "$here/pd_node_agent.sh" prefill "$0" "${PREFILL_PORT:-8019}" 2732 config_server_host "$@"

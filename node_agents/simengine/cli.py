@@ -1,7 +1,7 @@
 """``pd-simengine`` / ``python -m node_agents.simengine``: a CPU stand-in for a LightLLM PD node.
 
-Takes LightLLM's flags for prefill/decode nodes (unknown LightLLM flags are accepted and
-ignored) plus the timing model's knobs.
+Takes LightLLM's flags for prefill/decode nodes (the LightLLM flags it has no use for are
+accepted, logged and ignored; any other flag is an error) plus the timing model's knobs.
 """
 
 from __future__ import annotations
@@ -21,12 +21,19 @@ from node_agents.simengine.profiles import PROFILES
 from node_agents.simengine.rankgroup import RankGroup
 from node_agents.simengine.timing import TimingModel
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
+from pdwire.cli import (
+    UNUSED,
+    CommandParser,
+    add_lightllm_flags,
+    lightllm_flags_given,
+    port_number,
+)
 from pdwire.lightllm import LightLLMCodec
 from pdwire.structs import LAYOUTS
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pd-simengine", description=__doc__)
+def build_parser() -> CommandParser:
+    p = CommandParser("pd-simengine", __doc__)
     p.add_argument(
         "--run_mode",
         required=True,
@@ -34,14 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="normal: a whole engine serving /generate_stream itself (no PD)",
     )
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8019)
+    p.add_argument("--port", type=port_number, default=8019)
     p.add_argument("--model_dir", type=Path, default=DEFAULT_MODEL_DIR)
     p.add_argument("--pd_master_ip", default="127.0.0.1")
-    p.add_argument("--pd_master_port", type=int, default=60011)
+    p.add_argument("--pd_master_port", type=port_number, default=60011)
     p.add_argument("--pd_node_id", type=int, default=None, help="128-bit node id (default: random)")
     p.add_argument("--pd_decode_rpyc_port", type=int, default=42000)
     p.add_argument("--config_server_host", default=None)
-    p.add_argument("--config_server_port", type=int, default=60088)
+    p.add_argument("--config_server_port", type=port_number, default=60088)
     p.add_argument(
         "--config_server_poll_s",
         type=float,
@@ -91,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--fault_hang", action="store_true")
     f.add_argument("--fault_crash_after_tokens", type=int, default=0)
     p.add_argument("--log_level", default="info")
+    add_lightllm_flags(p)
     return p
 
 
@@ -114,7 +122,8 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, ignored = build_parser().parse_known_args(argv)
+    args = build_parser().parse_args(argv)
+    ignored = lightllm_flags_given(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -125,7 +134,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.pd_node_id is None:
         args.pd_node_id = uuid.uuid4().int
-    start_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    # named as LightLLM's registrations name them, the flags it ignores included
+    start_args = {
+        k.removeprefix(UNUSED): str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+    }
     identity = NodeIdentity(args.pd_node_id, args.run_mode, args.host, args.port, start_args)
     node = build_node(
         identity,

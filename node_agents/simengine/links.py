@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -36,6 +37,7 @@ class MasterLink:
         self.master_id = master_id
         self.address = address
         self._registration = json.dumps(registration)
+        self._local_addr = _loopback_source(registration)
         self._on_frame = on_frame
         self._on_lost = on_lost
         self._wants_kv_status = wants_kv_status
@@ -61,6 +63,8 @@ class MasterLink:
     async def _session(self) -> None:
         base = f"ws://{self.address}"
         options: dict[str, Any] = {"max_size": None, "ping_interval": 20.0, "compression": None}
+        if self._local_addr is not None:
+            options["local_addr"] = self._local_addr
         async with connect(f"{base}/pd_register", **options) as ws:
             await ws.send(self._registration)
             if self._wants_kv_status:
@@ -101,6 +105,17 @@ class MasterLink:
         for ws in (self._ws, self._kv_ws):
             if ws is not None:
                 await ws.close()
+
+
+def _loopback_source(registration: dict[str, Any]) -> tuple[str, int] | None:
+    """Nodes on distinct loopback addresses of one machine connect from their own address,
+    as nodes on distinct hosts do: masters know a node by the address it connects from."""
+    host = registration.get("start_args", {}).get("host")
+    try:
+        loopback = isinstance(host, str) and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return None
+    return (host, 0) if loopback else None
 
 
 class LinkSet:

@@ -189,6 +189,7 @@ class PDSession:
         prefill.attach(state, self._req.prompt_tokens)
         if decode is not None:
             decode.attach(state, self.decode_tokens)
+            state.kv_host = decode.peer_host
         state.source = prefill
         await prefill.send(
             lambda: d.codec.encode_req(self._req.prompt, self._prefill_params(state, decode))

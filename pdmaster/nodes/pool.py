@@ -15,6 +15,7 @@ from pdmaster.nodes.breaker import CircuitBreaker
 log = logging.getLogger(__name__)
 
 Role = Literal["prefill", "decode"]
+MAX_USAGE_RATE = 16.0  # a KV usage rate past this is no report but an attack or a bug
 
 
 class Attached(Protocol):
@@ -78,6 +79,7 @@ class NodeConnection:
     _send: Callable[[bytes], Awaitable[None]]
     connected_at: float
     breaker: CircuitBreaker
+    peer_host: str  # the IP the node's socket comes from: what the node can speak for
     in_flight: int = 0
     in_flight_tokens: int = 0
     load: dict[str, Any] | None = None
@@ -135,9 +137,18 @@ class NodePool:
         self._breakers: dict[int, CircuitBreaker] = {}  # by node id: survives reconnects
         self._draining: set[int] = set()  # by node id: a drained node stays drained on reconnect
         self._config_drained: set[str] = set()  # addresses the config server shows draining
+        self.bad_load_reports = 0
 
-    def connect(self, info: NodeInfo, send: Callable[[bytes], Awaitable[None]]) -> NodeConnection:
+    def connect(
+        self, info: NodeInfo, send: Callable[[bytes], Awaitable[None]], peer_host: str
+    ) -> NodeConnection:
+        """Add a node; a live node's id is taken over only from the address it is live at
+        (a restarted node), never by another peer: node ids are public."""
         old = self._nodes.get(info.node_id)
+        if old is not None and old.peer_host != peer_host:
+            raise RegistrationError(
+                f"node id {info.node_id} is live on a connection from {old.peer_host}"
+            )
         if old is not None:
             self.disconnect(old, "replaced by a new connection with the same node id")
         if info.node_id not in self._breakers and len(self._breakers) >= 4096:
@@ -145,7 +156,7 @@ class NodePool:
             for node_id in gone[: len(gone) // 2 + 1]:
                 del self._breakers[node_id]
         breaker = self._breakers.setdefault(info.node_id, self._new_breaker())
-        conn = NodeConnection(info, send, self._clock(), breaker)
+        conn = NodeConnection(info, send, self._clock(), breaker, peer_host)
         conn.draining = self._is_draining(info)
         self._nodes[info.node_id] = conn
         log.info("%s node %s joined (id %d)", info.mode, info.client_ip_port, info.node_id)
@@ -201,7 +212,19 @@ class NodePool:
         return info.node_id in self._draining or info.client_ip_port in self._config_drained
 
     def record_load(self, conn: NodeConnection, load: dict[str, Any]) -> None:
-        conn.load = load
+        """Keep a node's load report; one whose usage rate is not a finite number in
+        [0, MAX_USAGE_RATE] is ignored (and counted): it would steer every pick."""
+        rate = load.get("total_token_usage_rate")
+        # comparisons are exact for any int and false for NaN: no float() of a huge int
+        if (
+            not isinstance(rate, int | float)
+            or isinstance(rate, bool)
+            or not 0 <= rate <= MAX_USAGE_RATE
+        ):
+            self.bad_load_reports += 1
+            log.debug("ignored load report of node %s: %r", conn.info.client_ip_port, rate)
+            return
+        conn.load = {"total_token_usage_rate": float(rate)}
         conn.load_at = self._clock()
 
     def reported_usage(self, conn: NodeConnection) -> float | None:

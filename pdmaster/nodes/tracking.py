@@ -31,6 +31,7 @@ class RequestState:
     __slots__ = (
         "group_id",
         "source",
+        "kv_host",
         "_items",
         "_error",
         "_kv_status",
@@ -44,6 +45,7 @@ class RequestState:
     def __init__(self, group_id: int) -> None:
         self.group_id = group_id
         self.source: NodeConnection | None = None
+        self.kv_host: str | None = None  # the decode node's address: the one that confirms KV
         self._items: list[TokenEntry] = []
         self._error: Exception | None = None
         self._kv_status: UpKVStatus | None = None
@@ -176,10 +178,16 @@ class RequestTable:
         for state in ready:
             state.ready()
 
-    def kv_arrived(self, status: UpKVStatus) -> None:
+    def kv_arrived(self, status: UpKVStatus, peer_host: str) -> bool:
+        """Give a KV hand-off status to its request; False if ``peer_host`` is not the
+        address of the decode node the request was sent to (group ids are guessable)."""
         state = self._by_group.get(status.group_request_id)
-        if state is not None:
-            state.kv_arrived(status)
+        if state is None:
+            return True  # late: its request is gone
+        if state.kv_host != peer_host:
+            return False
+        state.kv_arrived(status)
+        return True
 
     def expire(self, now: float) -> None:
         """Fail every wait whose deadline has passed."""

@@ -92,3 +92,61 @@ def test_start_refuses_a_python_that_is_not_there(
         main([*PREFILL, "--model_dir", str(tmp_path), "--python", "/nonexistent/python3"])
     assert info.value.code == 2
     assert "python = '/nonexistent/python3': no such executable" in capsys.readouterr().err
+
+
+def test_lightllms_spellings_and_default_ports_per_role(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """LightLLM's node flags name the role and the masters; ports default to its scripts'."""
+    for role, port, nccl in [("prefill", "8019", "2732"), ("decode", "8121", "12322")]:
+        got = words(
+            dry_run(
+                capsys,
+                "--run_mode",
+                role,
+                "--model_dir",
+                "/m",
+                "--host",
+                "10.0.0.2",
+                "--pd_master_ip",
+                "10.0.0.1",
+                "--python",
+                "python",
+            )  # fmt: skip
+        )
+        for flag, value in [
+            ("--run_mode", role), ("--port", port), ("--nccl_port", nccl),
+            ("--pd_master_ip", "10.0.0.1"), ("--pd_master_port", "60011"),
+        ]:  # fmt: skip
+            assert got[got.index(flag) + 1] == value
+    got = words(
+        dry_run(
+            capsys,
+            "--run_mode",
+            "decode",
+            "--model_dir",
+            "/m",
+            "--host",
+            "10.0.0.2",
+            "--config_server_host",
+            "10.0.0.9",
+            "--config_server_port",
+            "60099",
+            "--python",
+            "python",
+        )  # fmt: skip
+    )
+    assert got[-4:] == ["--config_server_host", "10.0.0.9", "--config_server_port", "60099"]
+
+
+def test_a_port_without_its_host_or_two_spellings_of_one_address_fail(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    base = ["--run_mode", "prefill", "--engine", "sim", "--host", "10.0.0.2"]
+    for extra, message in [
+        (["--pd_master_port", "60011"], "--pd_master_port needs --pd_master_ip"),
+        (["--pd_master", "10.0.0.1:1", "--pd_master_ip", "10.0.0.1"], "give one of them"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main(["--dry-run", *base, *extra])
+        assert info.value.code == 2 and message in capsys.readouterr().err

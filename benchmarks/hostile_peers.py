@@ -1,0 +1,399 @@
+"""Hostile peers: each attack of issue 13 against real processes on loopback, as a table.
+
+``python -m benchmarks.hostile_peers [--smoke]`` starts a master with one prefill and one
+decode simulated node (and whatever an attack needs besides), runs every attack in
+``ATTACKS`` and prints, per attack: attempts, how many were refused, and whether every
+process still serves (a ``/generate`` answers 200 and ``/health`` within 1 s). Results go
+to ``benchmarks/results/hostile_peers.json``. ``tests/integration/test_hostile.py`` runs
+the same attacks and asserts on their outcomes.
+
+An attack is ``async def attack(target: Target) -> Outcome``; append it to ``ATTACKS``.
+Attackers connect from 127.0.0.2 (a different address than every node's), as a host on
+the cluster network would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from benchmarks.common import QUIET, parser, print_table, workdir, write_json
+from pdlocal.cluster import Cluster, ProcGroup, free_port, rss_bytes, start_master_proc
+from pdwire.lightllm import LightLLMCodec
+from pdwire.structs import FinishStatus
+
+ATTACKER = "127.0.0.2"
+REFUSED_CODES = (1008, 1009)
+MASTER_ARGS = [
+    *QUIET,
+    "--token_load_poll",
+    "0.2",
+    "--load_max_age",
+    "2",
+    "--kv_move_timeout",
+    "2",
+    "--first_token_timeout",
+    "5",
+    "--max_attempts",
+    "1",
+]
+
+
+@dataclass
+class Outcome:
+    attack: str
+    attempts: int
+    refused: int
+    serving: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def row(self) -> list[object]:
+        return [self.attack, self.attempts, self.refused, "yes" if self.serving else "NO"]
+
+
+@dataclass
+class Target:
+    """A master (``cluster.url``) with one prefill and one decode node, all serving."""
+
+    cluster: Cluster
+    procs: ProcGroup
+
+    @property
+    def url(self) -> str:
+        return self.cluster.url
+
+    @property
+    def ws(self) -> str:
+        return self.url.replace("http://", "ws://")
+
+    @property
+    def master_pid(self) -> int:
+        assert self.cluster.master is not None and self.cluster.master.popen is not None
+        return self.cluster.master.popen.pid
+
+    def master_log(self) -> str:
+        assert self.cluster.master is not None
+        return self.cluster.master.log()
+
+    async def node_ids(self) -> dict[str, int]:
+        """Node ids by role, as anyone can read them (``GET /token_load``)."""
+        async with httpx.AsyncClient(timeout=5) as client:
+            nodes = (await client.get(f"{self.url}/token_load")).json()["nodes"]
+        return {n["role"]: int(node_id) for node_id, n in nodes.items()}
+
+
+Attack = Callable[[Target], Awaitable[Outcome]]
+
+
+def start_target(procs: ProcGroup) -> Target:
+    c = Cluster(procs)
+    c.start_master(*MASTER_ARGS)
+    c.add_node("prefill", 0, *QUIET)
+    c.add_node("decode", 0, *QUIET)
+    c.wait_ready(1, 1)
+    return Target(c, procs)
+
+
+async def generate(url: str, max_new_tokens: int = 4, timeout: float = 10) -> httpx.Response:
+    params = {"max_new_tokens": max_new_tokens, "ignore_eos": True}
+    body = {"inputs": "What is AI?", "parameters": params}
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        return await client.post(f"{url}/generate", json=body)
+
+
+async def still_serving(target: Target) -> bool:
+    """Every process answers: the master's /health within 1 s and a /generate through P and D."""
+    try:
+        async with httpx.AsyncClient(timeout=1) as client:
+            health = await client.get(f"{target.url}/health")
+        reply = await generate(target.url)
+    except httpx.HTTPError:
+        return False
+    return health.status_code == 200 and reply.status_code == 200
+
+
+def attacker_socket(url: str) -> Any:
+    return connect(url, local_addr=(ATTACKER, 0), max_size=None, open_timeout=5)
+
+
+async def close_code(ws: ClientConnection, timeout: float = 5) -> int | None:
+    """The code the server closed ``ws`` with (None: still open after ``timeout``)."""
+    try:
+        async with asyncio.timeout(timeout):
+            async for _ in ws:
+                pass
+    except TimeoutError:
+        return None
+    except ConnectionClosed:
+        pass
+    return ws.close_code
+
+
+def registration(node_id: int, mode: str, port: int = 1) -> dict[str, Any]:
+    args: dict[str, Any] = {"host": ATTACKER, "pd_node_id": node_id}
+    if mode == "decode":
+        args["pd_decode_rpyc_port"] = 1234
+    return {
+        "node_id": node_id,
+        "client_ip_port": f"{ATTACKER}:{port}",
+        "mode": mode,
+        "start_args": args,
+    }
+
+
+async def frame_refused(url: str, text: str) -> bool:
+    """Send one text frame; True if the server closes the socket with 1008/1009."""
+    async with attacker_socket(url) as ws:
+        await ws.send(text)
+        return await close_code(ws) in REFUSED_CODES
+
+
+HUGE_INT = "9" * 5000
+JSON_BOMBS = {
+    "nested 5000 deep": "[" * 5000 + "]" * 5000,
+    "5000-digit integer": '{"node_id": ' + HUGE_INT + "}",
+    "NaN": '{"node_id": NaN}',
+    "1e999": '{"node_id": 1e999}',
+    "300 KB": json.dumps({"node_id": 1, "pad": "x" * 300_000}),
+}
+
+
+async def registration_json_bombs(target: Target) -> Outcome:
+    refused = [await frame_refused(f"{target.ws}/pd_register", t) for t in JSON_BOMBS.values()]
+    return Outcome("/pd_register: deep, huge-int, NaN, 300 KB JSON", len(refused), sum(refused))
+
+
+async def kv_status_json_bombs(target: Target) -> Outcome:
+    bombs = {
+        **JSON_BOMBS,
+        "5000-digit group id": '{"type": "kv_move_status", "group_request_id": '
+        + HUGE_INT
+        + ', "dp_index": 0, "pd_master_node_id": 0}',
+    }
+    refused = [await frame_refused(f"{target.ws}/kv_move_status", t) for t in bombs.values()]
+    return Outcome("/kv_move_status: deep, huge-int, NaN, 300 KB JSON", len(refused), sum(refused))
+
+
+async def node_id_takeover(target: Target) -> Outcome:
+    """Register with the live decode node's id (public) from another address, mid-stream."""
+    ids = await target.node_ids()
+    stream = asyncio.create_task(generate(target.url, max_new_tokens=200))
+    await asyncio.sleep(0.3)
+    refused = []
+    for mode in ("decode", "prefill"):
+        refused.append(
+            await frame_refused(
+                f"{target.ws}/pd_register", json.dumps(registration(ids[mode], mode))
+            )
+        )
+    reply = await stream
+    ok = reply.status_code == 200 and reply.json()["count_output_tokens"] == 200
+    return Outcome(
+        "/pd_register with a live node's id",
+        len(refused),
+        sum(refused),
+        details={"stream": ok, "stream_status": reply.status_code, "body": reply.text[:200]},
+    )
+
+
+async def forged_kv_status(target: Target) -> Outcome:
+    """While a request waits for its KV hand-off (the decode node never confirms it),
+    send a kv_move_status for every group id it may have from another address."""
+    decode = target.cluster.node("decode")
+    async with httpx.AsyncClient(timeout=5) as client:
+        await client.put(f"{decode.url}/sim/faults", json={"drop_kv_rate": 1.0})
+    try:
+        request = asyncio.create_task(generate(target.url, max_new_tokens=8))
+        await asyncio.sleep(0.3)
+        sent = 0
+        async with attacker_socket(f"{target.ws}/kv_move_status") as ws:
+            for group in range(8, 8 * 5000, 8):
+                status = {"type": "kv_move_status", "group_request_id": group, "dp_index": 0}
+                await ws.send(json.dumps({**status, "pd_master_node_id": 0}))
+                sent += 1
+        reply = await request
+    finally:
+        async with httpx.AsyncClient(timeout=5) as client:
+            await client.put(f"{decode.url}/sim/faults", json={"drop_kv_rate": 0.0})
+    released = reply.status_code == 200
+    return Outcome(
+        "forged kv_move_status for every group id",
+        sent,
+        0 if released else sent,
+        details={"request_status": reply.status_code},
+    )
+
+
+def poisoned_load_frames(codec: LightLLMCodec) -> list[bytes]:
+    entry = (0, "", {"id": 0}, FinishStatus())
+    rates: list[object] = [10**400, float("inf"), float("nan"), -1.0, 1e300, "0.5"]
+    return [codec.encode_token_packs([entry], {"total_token_usage_rate": r}) for r in rates]
+
+
+async def metric(url: str, name: str) -> float:
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(f"{url}/metrics")).text
+    values = [float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(name)]
+    return sum(values)
+
+
+async def poisoned_load_report(target: Target) -> Outcome:
+    """A node (drained, so it takes no requests) reports huge, infinite, NaN usage."""
+    node_id = 0xBAD
+    frames = poisoned_load_frames(LightLLMCodec())
+    before = await metric(target.url, "pd_node_load_reports_ignored_total")
+    async with attacker_socket(f"{target.ws}/pd_register") as ws:
+        await ws.send(json.dumps(registration(node_id, "prefill")))
+        async with httpx.AsyncClient(timeout=5) as client:
+            await asyncio.sleep(0.3)
+            await client.post(f"{target.url}/v1/nodes/{node_id}/drain")
+            for frame in frames:
+                await ws.send(frame)
+            await asyncio.sleep(0.3)
+            pages = [await client.get(f"{target.url}{p}") for p in ("/token_load", "/v1/nodes")]
+            replies = [await generate(target.url) for _ in range(5)]
+    ignored = await metric(target.url, "pd_node_load_reports_ignored_total") - before
+    ok = all(r.status_code == 200 for r in pages + replies)
+    return Outcome(
+        "poisoned usage rate (10**400, inf, NaN, -1, 1e300, str)",
+        len(frames),
+        int(ignored),
+        details={"pages_and_requests_ok": ok},
+    )
+
+
+class HostileLoadServer:
+    """An HTTP server on the attacker's address whose body never ends (or drips)."""
+
+    def __init__(self, drip_s: float | None) -> None:
+        self.drip_s = drip_s
+        self.polls = 0
+        self.cut = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.polls += 1
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        writer.write(head + b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"1\r\n \r\n" if self.drip_s else b"10000\r\n" + b" " * 65536 + b"\r\n"
+        try:
+            while True:
+                writer.write(chunk)
+                await writer.drain()
+                await asyncio.sleep(self.drip_s or 0)
+        except (ConnectionError, OSError):
+            self.cut += 1
+        except asyncio.CancelledError:
+            pass  # still open when the attack ended
+        finally:
+            writer.close()
+
+
+async def hostile_token_load(target: Target, drip_s: float | None) -> tuple[int, int, bool, int]:
+    server = HostileLoadServer(drip_s)
+    listener = await asyncio.start_server(server.handle, ATTACKER, 0)
+    port = listener.sockets[0].getsockname()[1]
+    rss_before = rss_bytes(target.master_pid)
+    try:
+        async with attacker_socket(f"{target.ws}/pd_register") as ws:
+            await ws.send(json.dumps(registration(0xBAD0 + (drip_s is None), "prefill", port)))
+            async with httpx.AsyncClient(timeout=5) as client:
+                await asyncio.sleep(0.2)
+                await client.post(f"{target.url}/v1/nodes/{0xBAD0 + (drip_s is None)}/drain")
+                await asyncio.sleep(3.0)  # > --load_max_age: the real nodes' load must stay fresh
+                nodes = (await client.get(f"{target.url}/token_load")).json()["nodes"]
+        await asyncio.sleep(1.5)  # the node left: its last poll's cut shows at the next write
+    finally:
+        listener.close()
+    fresh = all(
+        n["reported_usage"] is not None for i, n in nodes.items() if int(i) not in (0xBAD0, 0xBAD1)
+    )
+    return server.polls, server.cut, fresh, rss_bytes(target.master_pid) - rss_before
+
+
+async def endless_token_load(target: Target) -> Outcome:
+    polls, cut, fresh, grew = await hostile_token_load(target, None)
+    return Outcome(
+        "/token_load answer that never ends",
+        polls,
+        cut,
+        details={"other_nodes_load_fresh": fresh, "master_rss_growth_mb": grew / 2**20},
+    )
+
+
+async def dripping_token_load(target: Target) -> Outcome:
+    polls, cut, fresh, grew = await hostile_token_load(target, 0.5)
+    return Outcome(
+        "/token_load answer dripped 1 byte / 0.5 s",
+        polls,
+        cut,
+        details={"other_nodes_load_fresh": fresh, "master_rss_growth_mb": grew / 2**20},
+    )
+
+
+async def outside_allow_cidr(target: Target) -> Outcome:
+    """A master with --allow-cidr refuses node sockets from other networks at the handshake."""
+    port = free_port()
+    proc = start_master_proc(
+        target.procs, "cidr-master", port, *QUIET, "--allow-cidr", "127.0.0.1/32"
+    )
+    refused = []
+    try:
+        for path in ("/pd_register", "/kv_move_status"):
+            try:
+                async with attacker_socket(f"ws://127.0.0.1:{port}{path}") as ws:
+                    await ws.send(json.dumps(registration(7, "prefill")))
+                    refused.append(await close_code(ws) in REFUSED_CODES)
+            except InvalidStatus as exc:
+                refused.append(exc.response.status_code == 403)
+    finally:
+        proc.stop()
+    return Outcome("node sockets from outside --allow-cidr", len(refused), sum(refused))
+
+
+ATTACKS: list[Attack] = [
+    registration_json_bombs,
+    kv_status_json_bombs,
+    node_id_takeover,
+    forged_kv_status,
+    poisoned_load_report,
+    endless_token_load,
+    dripping_token_load,
+    outside_allow_cidr,
+]
+
+
+async def run_attack(attack: Attack, target: Target) -> Outcome:
+    outcome = await attack(target)
+    outcome.serving = await still_serving(target)
+    return outcome
+
+
+def main() -> None:
+    parser(__doc__ or "").parse_args()
+    procs = workdir()
+    outcomes = []
+    try:
+        target = start_target(procs)
+        for attack in ATTACKS:
+            started = time.monotonic()
+            outcome = asyncio.run(run_attack(attack, target))
+            outcome.details["seconds"] = round(time.monotonic() - started, 2)
+            outcomes.append(outcome)
+    finally:
+        procs.stop_all()
+    headers = ["attack", "attempts", "refused", "still serving"]
+    print_table("Hostile peers (issue 13)", headers, [o.row for o in outcomes])
+    write_json("hostile_peers", {"attacks": [asdict(o) for o in outcomes]})
+
+
+if __name__ == "__main__":
+    main()

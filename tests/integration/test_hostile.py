@@ -1,0 +1,89 @@
+"""Hostile peers (issue 13): each attack of ``benchmarks.hostile_peers`` against real
+processes on loopback, with the safe behaviour asserted; the last test prints the table.
+
+One master with a prefill and a decode node serves every attack in turn (the attacks leave
+it serving, which each test checks), so the set stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from benchmarks import hostile_peers as hp
+from benchmarks.common import print_table
+from pdlocal.cluster import ProcGroup
+
+OUTCOMES: list[hp.Outcome] = []
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[hp.Target]:
+    group = ProcGroup(Path(tempfile.mkdtemp(prefix="pdctl-hostile-")))
+    try:
+        yield hp.start_target(group)
+    finally:
+        group.stop_all()
+
+
+def run(attack: hp.Attack, target: hp.Target) -> hp.Outcome:
+    outcome = asyncio.run(hp.run_attack(attack, target))
+    OUTCOMES.append(outcome)
+    assert outcome.serving, target.procs.dump_logs()
+    assert "Traceback" not in target.master_log()
+    return outcome
+
+
+def test_json_bombs_on_pd_register_close_the_socket_with_a_code(target: hp.Target) -> None:
+    outcome = run(hp.registration_json_bombs, target)
+    assert outcome.refused == outcome.attempts == len(hp.JSON_BOMBS)
+    assert "refused node registration from 127.0.0.2" in target.master_log()
+
+
+def test_json_bombs_on_kv_move_status_close_the_socket_with_a_code(target: hp.Target) -> None:
+    outcome = run(hp.kv_status_json_bombs, target)
+    assert outcome.refused == outcome.attempts
+    assert "bad kv_move_status frame from 127.0.0.2" in target.master_log()
+
+
+def test_a_live_node_id_cannot_be_taken_from_another_address(target: hp.Target) -> None:
+    outcome = run(hp.node_id_takeover, target)
+    assert outcome.refused == outcome.attempts == 2
+    assert outcome.details["stream"], "the live node's stream failed"
+
+
+def test_forged_kv_move_status_releases_no_request(target: hp.Target) -> None:
+    outcome = run(hp.forged_kv_status, target)
+    assert outcome.details["request_status"] == 504  # kv_move_timeout: nothing was released
+    assert outcome.refused == outcome.attempts
+
+
+def test_requests_keep_succeeding_under_a_poisoned_load_report(target: hp.Target) -> None:
+    outcome = run(hp.poisoned_load_report, target)
+    assert outcome.details["pages_and_requests_ok"]
+    assert outcome.refused == outcome.attempts
+
+
+@pytest.mark.parametrize("attack", [hp.endless_token_load, hp.dripping_token_load])
+def test_a_hostile_token_load_answer_costs_one_short_poll(
+    target: hp.Target, attack: hp.Attack
+) -> None:
+    outcome = run(attack, target)
+    assert outcome.attempts >= 2, "the master did not poll the node's own address"
+    assert outcome.refused == outcome.attempts
+    assert outcome.details["other_nodes_load_fresh"]
+    assert outcome.details["master_rss_growth_mb"] < 100
+
+
+def test_node_sockets_from_outside_allow_cidr_are_refused(target: hp.Target) -> None:
+    outcome = run(hp.outside_allow_cidr, target)
+    assert outcome.refused == outcome.attempts == 2
+
+
+def test_zz_attack_table() -> None:
+    headers = ["attack", "attempts", "refused", "still serving"]
+    print_table("Hostile peers", headers, [o.row for o in OUTCOMES])
