@@ -11,7 +11,6 @@ Writes take the register token (agents), or the admin token; reads the admin tok
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -23,7 +22,10 @@ from config_server.groups import GroupRegistry
 from config_server.responses import json_response
 from config_server.routes_v1 import check_int_range, describe_validation_error, read_body
 from config_server.settings import ConfigServerSettings
+from pdwire import jsonlimits
 from pdwire.groups import GroupDrain, GroupFatal, GroupJoin, GroupRestart
+
+MAX_GROUP_BODY = 4096  # a group call is a few small fields
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -35,11 +37,11 @@ def groups_router(groups: GroupRegistry, settings: ConfigServerSettings) -> APIR
 
     async def parse(request: Request, model: type[Body]) -> Body:
         check_bearer(request, register, f"{request.method} /v1/groups")
-        raw = await read_body(request, settings.max_body_bytes)
+        raw = await read_body(request, MAX_GROUP_BODY)
         try:
-            data = json.loads(raw or b"{}")
-        except (ValueError, RecursionError) as exc:
-            raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
+            data = jsonlimits.loads(raw or b"{}", max_bytes=MAX_GROUP_BODY)
+        except jsonlimits.JsonRefused as exc:
+            raise BadRequest(f"body is not acceptable JSON: {exc}", code="invalid_json") from None
         if not isinstance(data, dict):
             raise BadRequest("body must be a JSON object", code="invalid_json")
         check_int_range(data)

@@ -9,8 +9,9 @@ Here rank 0 listens on ``nccl_host:nccl_port``; every other rank connects and se
 line ``{"rank": r, "nnodes": n}``; once all are in, rank 0 answers ``ready`` to each and
 the connections stay open. A connection that closes breaks the group: ``on_broken`` is
 called once (the engine then hangs like an NCCL collective whose peer is gone), and only a
-restart of every rank forms it again. Forming has no deadline of its own: the supervising
-agent's startup timeout covers it, as it covers LightLLM's blocking start.
+restart of every rank forms it again. Rank 0 then closes its other links, so every rank
+hangs, as every collective involves every rank. Forming has no deadline of its own: the
+supervising agent's startup timeout covers it, as it covers LightLLM's blocking start.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
+
+from pdwire import jsonlimits
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,9 @@ class RankGroup:
                 complete.set()
 
         host, port = self._address
-        self._server = await asyncio.start_server(check_in, host, port, reuse_address=True)
+        self._server = await asyncio.start_server(
+            check_in, host, port, reuse_address=True, limit=HELLO_LIMIT
+        )
         await complete.wait()
         for rank, (reader, writer) in sorted(peers.items()):
             writer.write(b"ready\n")
@@ -83,8 +88,13 @@ class RankGroup:
         try:
             async with asyncio.timeout(5.0):
                 line = await reader.readuntil(b"\n")
-            hello = json.loads(line[:HELLO_LIMIT])
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+            hello = jsonlimits.loads(line, max_bytes=HELLO_LIMIT)
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+            jsonlimits.JsonRefused,
+        ):
             return None
         if not isinstance(hello, dict) or hello.get("nnodes") != self.nnodes:
             return None
@@ -124,6 +134,8 @@ class RankGroup:
             self.broken = why
             log.error("rank %d of %d: %s; collectives hang", self.rank, self.nnodes, why)
             self._on_broken(why)
+            for writer in self._writers:  # every collective involves every rank: all hang
+                writer.close()
 
     async def close(self) -> None:
         for task in self._watchers:
