@@ -60,6 +60,9 @@ class Plan:
 
     @property
     def config_server_address(self) -> str:
+        """What agents and masters are told: the file's address, else the first host's."""
+        if self.spec.config_server.address:
+            return self.spec.config_server.address
         host = self.config_servers[0]
         return f"{host.address}:{self.spec.config_server.port}"
 
@@ -82,6 +85,12 @@ def plan(spec: ClusterSpec) -> Plan:
         problems.append(
             f"config_server.etcd_endpoints = []: {len(config_servers)} config_server hosts "
             "share their registry only through etcd (the memory store serves one replica)"
+        )
+    if len(config_servers) > 1 and spec.config_server.address is None:
+        warnings.append(
+            f"config_server: agents and masters are told the first of {len(config_servers)} "
+            f"config servers ({config_servers[0].name}); set config_server.address to a name "
+            "or VIP that reaches them all"
         )
     instances: list[Instance] = []
     experts: dict[str, Experts] = {}

@@ -36,6 +36,7 @@ def summary(plan: Plan) -> str:
             if spec.config_server.etcd_endpoints
             else " (memory store)"
         ),
+        f"agents and masters reach the config server at {plan.config_server_address}",
         f"masters: {', '.join(_where(h, spec.masters.port) for h in plan.masters)}",
         "",
         f"{'pool':<8} {'instances':>9} {'ep':>4} {'nodes/inst':>10} {'tp=dp':>6}  experts per GPU",
@@ -83,10 +84,10 @@ def start_script(plan: Plan, host: Host) -> str:
             args.append(",".join(spec.config_server.etcd_endpoints))
         body = [_exec("config_server", args)]
     elif host.role == "master":
-        cs = plan.config_servers[0]
+        cs_host, _, cs_port = plan.config_server_address.rpartition(":")
         args = ["--host", host.address, "--port", str(spec.masters.port)]
-        args += ["--config_server_host", cs.address]
-        args += ["--config_server_port", str(spec.config_server.port)]
+        args += ["--config_server_host", cs_host.strip("[]")]
+        args += ["--config_server_port", cs_port]
         args += ["--lightllm_version", spec.lightllm_version]
         if spec.engine == "lightllm":
             args += ["--model_dir", spec.model.dir]

@@ -82,6 +82,16 @@ class Masters(_Section):
 class ConfigServers(_Section):
     port: int = Field(default=60088, ge=1, le=65535)
     etcd_endpoints: list[str] = Field(default_factory=list)
+    address: str | None = Field(
+        default=None, description="host:port agents and masters use (DNS or a VIP over all)"
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_address(value)
+        return value
 
     @field_validator("etcd_endpoints")
     @classmethod

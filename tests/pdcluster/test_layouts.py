@@ -44,7 +44,9 @@ def flags(p: Plan, host: str) -> tuple[dict[str, str | None], dict[str, str]]:
     return dict(groups), command.env
 
 
-def expected(role: str, host: str, port: int, ep: int, nccl_port: int) -> dict[str, str | None]:
+def expected(
+    role: str, host: str, port: int, ep: int, nccl_port: int, config_server: str = "10.0.0.11"
+) -> dict[str, str | None]:
     out: dict[str, str | None] = {
         "--model_dir": "/models/DeepSeek-R1",
         "--run_mode": role,
@@ -54,7 +56,7 @@ def expected(role: str, host: str, port: int, ep: int, nccl_port: int) -> dict[s
         "--dp": str(ep),
         "--nccl_port": str(nccl_port),
         "--enable_fa3": None,
-        "--config_server_host": "10.0.0.11",
+        "--config_server_host": config_server,
         "--config_server_port": "60088",
     }
     if role == "prefill":
@@ -76,7 +78,7 @@ def test_deepseek_ep32_ep144_every_rank_runs_lightllms_multinode_command(
         got, env = flags(p, host.name)
         assert env == {"MOE_MODE": "EP", "LOADWORKER": "18"}
         assert got == {
-            **expected(role, host.address, port, ep, nccl_port),
+            **expected(role, host.address, port, ep, nccl_port, "config.deepseek.internal"),
             "--nnodes": str(ranks),
             "--node_rank": str(rank),
             "--nccl_host": first,

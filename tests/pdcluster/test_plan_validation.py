@@ -98,6 +98,8 @@ RULES = [
     (set_key("hosts", 1, "role", value="config_server"), "hosts: no host has role = 'master'"),
     (set_key("hosts", 1, "role", value="config_server"),
      "config_server.etcd_endpoints = []: 2 config_server hosts share their registry only"),
+    (set_key("config_server", value={"address": "vip"}),
+     "config_server.address = 'vip': must be host:port"),
     (set_key("config_server", value={"etcd_endpoints": ["etcd"]}),
      "config_server.etcd_endpoints = ['etcd']: 'etcd' must be host:port"),
     # the file itself
@@ -150,3 +152,16 @@ def test_lightllm_cannot_place_ep144_redundancy_evenly_and_the_plan_says_so() ->
     assert result.experts["decode"].per_gpu == 2
     assert result.experts["decode"].redundant_per_rank is None
     assert any("ep = 144 cannot" in w for w in result.warnings)
+
+
+def test_several_config_servers_without_one_address_is_a_warning() -> None:
+    data = good()
+    data["hosts"][1]["role"] = "config_server"
+    data["hosts"].append({"name": "m1", "address": "10.0.0.22", "role": "master"})
+    data["config_server"] = {"etcd_endpoints": ["10.0.0.31:2379"]}
+    result = plan(parse_spec(data))
+    assert result.config_server_address == "10.0.0.11:60088"
+    assert any("set config_server.address" in w for w in result.warnings)
+    data["config_server"]["address"] = "config.internal:60088"
+    result = plan(parse_spec(data))
+    assert result.agents["p0"].config_server == "config.internal:60088" and not result.warnings

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 #     --dp 144 \
 #     --nccl_port 12322 \
 #     --enable_fa3 \
-#     --config_server_host 10.0.0.11 \
+#     --config_server_host config.deepseek.internal \
 #     --config_server_port 60088 \
 #     --nnodes 18 \
 #     --node_rank 4 \

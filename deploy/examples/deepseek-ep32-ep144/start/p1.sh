@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 #     --nccl_port 2732 \
 #     --enable_fa3 \
 #     --disable_cudagraph \
-#     --config_server_host 10.0.0.11 \
+#     --config_server_host config.deepseek.internal \
 #     --config_server_port 60088 \
 #     --nnodes 4 \
 #     --node_rank 1 \
