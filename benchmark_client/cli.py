@@ -2,7 +2,9 @@
 
 Closed loop (``--num_clients`` at once) or Poisson arrivals (``--request_rate``), optional
 shared prefixes, a live progress bar, a percentile table, ``--dump_file`` JSON and
-``--plot`` PNG. A bad URL or an unreachable server is a one-line error and exit code 2.
+``--plot`` PNG (needs matplotlib: ``pip install 'pdctl[plot]'``). A bad URL, an
+unreachable server or a missing matplotlib is a one-line error and exit code 2, before the
+run; a run in which any request failed exits 1.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from typing import Any
 
 from benchmark_client.client import RequestRecord, lightllm_body, openai_body, run_workload
 from benchmark_client.http import Target
-from benchmark_client.report import dump, plot, render_table, summarize
+from benchmark_client.report import check_plotting, dump, plot, render_table, summarize
 from benchmark_client.workload import PromptMaker, Workload, arrival_offsets, build_prompts
 from pdwire.cli import CommandParser
 
 EXIT_USAGE = 2
+EXIT_FAILED_REQUESTS = 1
 
 
 def build_parser() -> CommandParser:
@@ -31,7 +34,9 @@ def build_parser() -> CommandParser:
     p.add_argument("--output_len", type=int, default=128, help="tokens to generate")
     p.add_argument("--tokenizer_path", default=None, help="dir or file with tokenizer.json")
     p.add_argument("--server_api", choices=["lightllm", "openai"], default="lightllm")
-    p.add_argument("--model", default="default", help="model name for --server_api openai")
+    p.add_argument(
+        "--model", default=None, help="model name for --server_api openai (default: the server's)"
+    )
     p.add_argument("--dump_file", type=Path, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -78,6 +83,8 @@ def validate(args: argparse.Namespace) -> Target:
         fail(f"--request_rate must be positive, got {args.request_rate}")
     if not 0 <= args.shared_prefix_len <= args.input_len:
         fail(f"--shared_prefix_len must be between 0 and --input_len, got {args.shared_prefix_len}")
+    if args.plot and (problem := check_plotting()):
+        fail(problem)
     return target
 
 
@@ -117,7 +124,8 @@ async def run(args: argparse.Namespace, target: Target) -> tuple[list[RequestRec
 
 
 class _progress:
-    """A rich progress bar advanced once per finished request (or nothing)."""
+    """A rich progress bar advanced once per finished request (or nothing): done/total,
+    failed so far, elapsed and remaining time."""
 
     def __init__(self, disabled: bool, total: int) -> None:
         self._disabled = disabled
@@ -127,12 +135,34 @@ class _progress:
     def __enter__(self) -> Any:
         if self._disabled:
             return lambda record: None
-        from rich.progress import Progress
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        self._bar = Progress(transient=True)
+        self._bar = Progress(
+            TextColumn("requests"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("failed {task.fields[failed]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
         self._bar.start()
-        task = self._bar.add_task("requests", total=self._total)
-        return lambda record: self._bar.advance(task)
+        task = self._bar.add_task("requests", total=self._total, failed=0)
+        failed = 0
+
+        def advance(record: RequestRecord) -> None:
+            nonlocal failed
+            failed += not record.ok
+            self._bar.update(task, advance=1, failed=failed)
+
+        return advance
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
@@ -154,4 +184,18 @@ def main(argv: list[str] | None = None) -> None:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         dump(args.dump_file, summary, records, config)
     if args.plot:
-        plot(args.plot, records)
+        plot(args.plot, records, run_title(args, summary))
+    if summary["succeeded"] < summary["requests"]:
+        failed = summary["requests"] - summary["succeeded"]
+        print(f"pd-bench: {failed} of {summary['requests']} requests failed", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED_REQUESTS)
+
+
+def run_title(args: argparse.Namespace, summary: dict[str, Any]) -> str:
+    """The run's settings, for the plot's title."""
+    rate = "all at once" if args.request_rate == float("inf") else f"{args.request_rate}/s"
+    return (
+        f"{args.url} ({args.server_api}): {args.input_num} requests, {args.num_clients} "
+        f"clients, {rate}, input {args.input_len}, output {args.output_len} tokens; "
+        f"{summary['succeeded']}/{summary['requests']} ok"
+    )

@@ -23,6 +23,7 @@ class RequestRecord:
     error: str | None = None  # kind: "http_429", "stream:node_failed", "timeout", "connection"
     # node send -> client receive per token, when token texts carry node send times
     delivery_s: list[float] = field(default_factory=list)
+    streamed: bool = True  # False: a whole-answer URL (/generate), no per-token times
 
     @property
     def ok(self) -> bool:
@@ -30,11 +31,18 @@ class RequestRecord:
 
     @property
     def ttft(self) -> float | None:
+        if not self.streamed:
+            return None
         return self.token_times[0] - self.start if self.token_times else None
 
     def itls(self) -> list[float]:
-        t = self.token_times
+        t = self.token_times if self.streamed else []
         return [t[i] - t[i - 1] for i in range(1, len(t))]
+
+    def decode_token_time(self) -> float | None:
+        """LightLLM's benchmark_client's: this request's mean gap after its first token."""
+        gaps = self.itls()
+        return sum(gaps) / len(gaps) if gaps else None
 
 
 def lightllm_body(prompt: str, output_len: int) -> bytes:
@@ -43,9 +51,9 @@ def lightllm_body(prompt: str, output_len: int) -> bytes:
     )
 
 
-def openai_body(prompt: str, output_len: int, model: str) -> bytes:
-    body = {
-        "model": model,
+def openai_body(prompt: str, output_len: int, model: str | None) -> bytes:
+    body: dict[str, object] = {} if model is None else {"model": model}
+    body |= {
         "prompt": prompt,
         "max_tokens": output_len,
         "stream": True,
@@ -88,7 +96,7 @@ def parse_events(data: bytes, api: str) -> tuple[int, str | None, list[str]]:
 class _EventSink:
     """Turns a streamed response into a request's record, in the read that brought it."""
 
-    __slots__ = ("record", "api", "stamped", "status", "_pending", "_error_body")
+    __slots__ = ("record", "api", "stamped", "status", "_pending", "_whole_body", "_error_body")
 
     def __init__(self, record: RequestRecord, api: str, stamped: bool) -> None:
         self.record = record
@@ -96,14 +104,20 @@ class _EventSink:
         self.stamped = stamped
         self.status = 0
         self._pending = b""
+        self._whole_body: list[bytes] = []
         self._error_body: list[bytes] = []
 
     def head(self, status: int, headers: dict[str, str]) -> None:
         self.status = status
+        content_type = headers.get("content-type", "")
+        self.record.streamed = not content_type.startswith("application/json")
 
     def data(self, body: bytes, now: float, wall: float) -> None:
         if self.status != 200:
             self._error_body.append(body)
+            return
+        if not self.record.streamed:
+            self._whole_body.append(body)
             return
         complete, _, self._pending = (self._pending + body).rpartition(b"\n\n")
         if not complete:
@@ -121,6 +135,26 @@ class _EventSink:
         if self.status != 200:
             kind = _error_type(b"".join(self._error_body))
             self.record.error = f"http_{self.status}" + (f":{kind}" if kind else "")
+        elif not self.record.streamed:
+            count = _whole_answer_tokens(b"".join(self._whole_body))
+            if count is None:
+                self.record.error = "bad_answer"
+            else:
+                self.record.output_tokens = count
+
+
+def _whole_answer_tokens(raw: bytes) -> int | None:
+    """Output tokens of a whole answer: LightLLM's /generate or OpenAI's usage."""
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(answer, dict):
+        return None
+    count = answer.get("count_output_tokens")
+    if count is None and isinstance(answer.get("usage"), dict):
+        count = answer["usage"].get("completion_tokens")
+    return count if isinstance(count, int) and count >= 0 else None
 
 
 async def run_request(

@@ -1,8 +1,16 @@
-"""Statistics of a run (pure functions of the records) and their table, JSON and plot."""
+"""Statistics of a run (pure functions of the records) and their table, JSON and plot.
+
+Two per-token figures, named apart because they differ: ``itl_s`` pools every gap between
+tokens of every request, while ``decode_token_time_s`` is LightLLM's benchmark_client's
+definition (each request's mean gap after its first token, then percentiles over requests),
+so numbers compare with LightLLM's history. LightLLM's summary lines (Total QPS, average
+input and output length, throughputs) are printed and dumped under its names.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,22 +42,53 @@ def distribution(values: Sequence[float]) -> dict[str, float]:
 def summarize(records: Sequence[RequestRecord], duration_s: float) -> dict[str, Any]:
     ok = [r for r in records if r.ok]
     itls = [gap for r in ok for gap in r.itls()]
+    decode_times = [t for r in ok if (t := r.decode_token_time()) is not None]
     output_tokens = sum(r.output_tokens for r in records)
     input_tokens = sum(r.input_tokens for r in ok)
+    ok_output = sum(r.output_tokens for r in ok)
+
+    def rate(n: float) -> float:
+        return n / duration_s if duration_s > 0 else 0.0
+
     return {
         "requests": len(records),
         "succeeded": len(ok),
         "errors": dict(Counter(r.error for r in records if r.error)),
+        "streamed": all(r.streamed for r in ok),
         "duration_s": duration_s,
-        "requests_per_s": len(ok) / duration_s if duration_s > 0 else 0.0,
-        "input_tokens_per_s": input_tokens / duration_s if duration_s > 0 else 0.0,
-        "output_tokens_per_s": output_tokens / duration_s if duration_s > 0 else 0.0,
+        "requests_per_s": rate(len(ok)),
+        "input_tokens_per_s": rate(input_tokens),
+        "output_tokens_per_s": rate(output_tokens),
         "output_tokens": output_tokens,
         "request_time_s": distribution([r.end - r.start for r in ok]),
         "ttft_s": distribution([r.ttft for r in ok if r.ttft is not None]),
         "itl_s": distribution(itls),
+        "decode_token_time_s": distribution(decode_times),
         "delivery_s": distribution([d for r in ok for d in r.delivery_s]),
+        "lightllm": {  # LightLLM's benchmark_client's summary, under its names
+            "Total QPS": rate(len(ok)),
+            "Avg Input Length": input_tokens / len(ok) if ok else None,
+            "Avg Output Length": ok_output / len(ok) if ok else None,
+            "Total Throughput": rate(input_tokens + ok_output),
+            "Input Throughput": rate(input_tokens),
+            "Output Throughput": rate(ok_output),
+        },
     }
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities as null: JSON has neither (Python would write NaN, Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value * 1e3:.2f}"
 
 
 def render_table(summary: dict[str, Any]) -> str:
@@ -64,12 +103,11 @@ def render_table(summary: dict[str, Any]) -> str:
     for key, label in (
         ("request_time_s", "request time (ms)"),
         ("ttft_s", "TTFT (ms)"),
-        ("itl_s", "inter-token (ms)"),
+        ("itl_s", "inter-token, all gaps (ms)"),
+        ("decode_token_time_s", "decode_token_time (ms)"),
     ):
         d = summary[key]
-        table.add_row(
-            label, *(f"{d[f'p{p}'] * 1e3:.2f}" for p in PERCENTILES), f"{d['mean'] * 1e3:.2f}"
-        )
+        table.add_row(label, *(_ms(d[f"p{p}"]) for p in PERCENTILES), _ms(d["mean"]))
     console = Console(width=120, force_terminal=False, color_system=None)
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(summary["errors"].items())) or "none"
     with console.capture() as captured:
@@ -81,6 +119,14 @@ def render_table(summary: dict[str, Any]) -> str:
             f" | output {summary['output_tokens_per_s']:.0f} tok/s"
         )
         console.print(f"errors: {errors}")
+        if not summary["streamed"]:
+            console.print(
+                "answers were not streamed (a /generate URL): TTFT and per-token times need "
+                "/generate_stream (or --server_api openai on /v1/completions)"
+            )
+        for name, value in summary["lightllm"].items():
+            unit = " token/s" if "Throughput" in name else ""
+            console.print(f"{name}: {'-' if value is None else f'{value:.2f}'}{unit}")
     return captured.get()
 
 
@@ -97,23 +143,36 @@ def dump(
         }
         for r in records
     ]
-    path.write_text(
-        json.dumps({"config": config, "summary": summary, "requests": per_request}, indent=1)
-    )
+    run = {"config": config, "summary": summary, "requests": per_request}
+    path.write_text(json.dumps(json_safe(run), indent=1, allow_nan=False))
 
 
-def plot(path: Path, records: Sequence[RequestRecord]) -> None:
+def check_plotting() -> str | None:
+    """Why ``plot`` cannot run here, if it cannot (asked before the run, not after it)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "--plot needs matplotlib: pip install 'pdctl[plot]' (or pip install matplotlib)"
+    return None
+
+
+def plot(path: Path, records: Sequence[RequestRecord], title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ok = [r for r in records if r.ok]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig.suptitle(title)
     axes[0].hist([r.ttft * 1e3 for r in ok if r.ttft is not None], bins=50)
-    axes[0].set_title("TTFT (ms)")
+    axes[0].set_title("TTFT")
+    axes[0].set_xlabel("time to first token (ms)")
+    axes[0].set_ylabel("requests")
     axes[1].hist([g * 1e3 for r in ok for g in r.itls()], bins=50)
-    axes[1].set_title("inter-token latency (ms)")
+    axes[1].set_title("inter-token latency, all gaps")
+    axes[1].set_xlabel("gap between tokens (ms)")
+    axes[1].set_ylabel("gaps")
     times = sorted(t for r in records for t in r.token_times)
     if times:
         start = min(r.start for r in records)
@@ -124,6 +183,7 @@ def plot(path: Path, records: Sequence[RequestRecord]) -> None:
         axes[2].plot(range(seconds), per_second)
     axes[2].set_title("output tokens per second")
     axes[2].set_xlabel("seconds since start")
+    axes[2].set_ylabel("tokens/s")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -14,7 +14,7 @@ from typing import Any
 
 import uvloop
 
-from benchmark_client.client import RequestRecord, lightllm_body, run_workload
+from benchmark_client.client import RequestRecord, lightllm_body, openai_body, run_workload
 from benchmark_client.http import Target
 from benchmark_client.workload import PromptMaker, Workload, build_prompts
 from pdlocal.cluster import Cluster, ProcGroup
@@ -71,11 +71,17 @@ def load(
     num_prefixes: int = 1,
     stamped: bool = False,
     timeout: float = 300,
+    api: str = "lightllm",
+    model: str = "",
 ) -> tuple[list[RequestRecord], float]:
+    """``api`` "openai" posts /v1/completions bodies for ``model``, else LightLLM's."""
     maker = PromptMaker(str(DEFAULT_MODEL_DIR))
     workload = Workload(input_len, output_len, requests, 0, shared_prefix_len, num_prefixes)
     prompts = build_prompts(workload, maker)
-    bodies = [lightllm_body(p, output_len) for p in prompts]
+    if api == "openai":
+        bodies = [openai_body(p, output_len, model) for p in prompts]
+    else:
+        bodies = [lightllm_body(p, output_len) for p in prompts]
     # uvloop, as pd-bench runs: the load generator's own reads must not be what is measured
     return uvloop.run(
         run_workload(
@@ -84,7 +90,7 @@ def load(
             [input_len] * requests,
             [0.0] * requests,
             concurrency,
-            "lightllm",
+            api,
             timeout,
             stamped=stamped,
         )

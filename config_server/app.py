@@ -14,6 +14,7 @@ from starlette.responses import Response
 from config_server.auth import PeerAllowlist
 from config_server.errors import ApiError, BadRequest, NotFound, ServiceUnavailable
 from config_server.groups import GroupRegistry
+from config_server.metrics import ConfigServerMetrics
 from config_server.registry import Registry
 from config_server.responses import error_response, json_response
 from config_server.routes_groups import groups_router
@@ -49,6 +50,12 @@ def create_app(registry: Registry, settings: ConfigServerSettings) -> FastAPI:
     app.include_router(lightllm_router(registry, allowlist, codec, settings.lightllm_ttl_s))
     app.include_router(v1_router(registry, settings))
     app.include_router(groups_router(GroupRegistry(registry), settings))
+    metrics = ConfigServerMetrics(registry)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
     _add_error_handlers(app)
     return app
 

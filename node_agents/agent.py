@@ -29,9 +29,9 @@ from node_agents.group import GroupMember
 from node_agents.health import HealthProber, health_url
 from node_agents.lightllm_cmd import engine_command
 from node_agents.mps import MpsDaemon, MpsError
-from node_agents.process import SETTLED, EngineProcess, State, Transition
+from node_agents.process import LIVE, SETTLED, EngineProcess, State, Transition
 from node_agents.registration import Registrar
-from node_agents.spawner import ProcessSpawner, Spawner
+from node_agents.spawner import Child, ProcessSpawner, Spawner
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,11 @@ class NodeAgent:
         gpus: list[str],
         env: Mapping[str, str],
         tick_s: float = 0.1,
+        stderr_tail: Callable[[Child | None], list[str]] = lambda child: [],
     ) -> None:
         self.config = config
+        self._stderr_tail = stderr_tail
+        self.last_stderr: list[str] = []  # the engine's last stderr lines when it last ended
         self.command = engine_command(config)
         self.process = EngineProcess(
             self.command, config.restart, spawner, clock, self._on_transition
@@ -173,6 +176,18 @@ class NodeAgent:
             await self.registrar.deregister()
 
     def _on_transition(self, transition: Transition) -> None:
+        if transition.new in (State.EXITED, State.BACKOFF) and transition.old in LIVE:
+            self.last_stderr = self._stderr_tail(self.process.child)
+            if self.last_stderr:
+                log.warning(
+                    "engine ended (%s); last lines of its stderr (%s):\n  %s",
+                    transition.reason,
+                    self.config.logs.dir / "engine.stderr.log",
+                    "\n  ".join(self.last_stderr),
+                )
+        if transition.new is State.FATAL:
+            cause = self.last_stderr[-1] if self.last_stderr else "no output on stderr"
+            log.error("engine FATAL: %s; cause: %s", transition.reason, cause)
         if self.registrar is not None:
             self.registrar.changed()
         if self.group is not None:
@@ -279,7 +294,7 @@ class NodeAgent:
             "engine_kind": c.engine,
             "address": c.engine_address,
             "state": self.state,
-            "engine": self.process.snapshot(),
+            "engine": {**self.process.snapshot(), "last_stderr": self.last_stderr},
             "health": self.prober.snapshot(),
             "registration": self.registrar.snapshot() if self.registrar else None,
             "drain": self.drainer.snapshot(),
@@ -330,15 +345,17 @@ async def serve(config: NodeConfig, env: Mapping[str, str]) -> int:
         log.error("%s", exc)
         return 1
     logs = config.logs
+    spawner = ProcessSpawner(logs.dir, logs.max_bytes, logs.backups, env)
     async with httpx.AsyncClient() as client:
         agent = NodeAgent(
             config,
-            spawner=ProcessSpawner(logs.dir, logs.max_bytes, logs.backups, env),
+            spawner=spawner,
             clock=time.monotonic,
             client=client,
             mps=MpsDaemon(env) if config.mps_enabled else None,
             gpus=visible_gpus(),
             env=env,
+            stderr_tail=spawner.stderr_tail,
         )
         try:
             await agent.start()

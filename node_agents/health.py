@@ -21,6 +21,7 @@ from node_agents.process import EngineProcess, State
 log = logging.getLogger(__name__)
 
 STARTING_INTERVAL_S = 0.5  # probe a starting engine at least this often
+PROBED = frozenset({State.STARTING, State.RUNNING})
 
 
 def health_url(host: str, port: int, path: str) -> str:
@@ -69,14 +70,16 @@ class HealthProber:
     async def step(self) -> None:
         """One probe, and what it means for the engine."""
         state, pid = self._process.state, self._process.pid
-        if state not in (State.STARTING, State.RUNNING):
+        if state not in PROBED:
             self.consecutive_failures = 0
+            self.last_error = None  # about an engine that is gone
             return
         ok = await self.probe()
         if (self._process.state, self._process.pid) != (state, pid):
             return  # the engine changed while we waited: this answer is about the old one
         if ok:
             self.consecutive_failures = 0
+            self.last_error = None
             self.last_ok_at = self._clock()
             self._process.note_health(True)
             return
@@ -103,6 +106,7 @@ class HealthProber:
             "url": self.url,
             "consecutive_failures": self.consecutive_failures,
             "last_ok_at": self.last_ok_at,
-            "last_error": self.last_error,
+            # an error about an engine that is gone is not news about this one
+            "last_error": self.last_error if self._process.state in PROBED else None,
             "restarts_requested": self.restarts_requested,
         }

@@ -150,13 +150,7 @@ class EngineProcess:
             if status is not None:
                 self._on_exit(status, now)
         elif self.state is State.BACKOFF:
-            if self.quick_failures > self._policy.startretries:
-                self._change(
-                    State.FATAL,
-                    f"{self.quick_failures} quick failures in a row "
-                    f"(startretries = {self._policy.startretries})",
-                )
-            elif now >= self._retry_at:
+            if now >= self._retry_at:
                 self._spawn("backoff elapsed")
         elif self.state is State.STOPPING:
             self._tick_stopping(now)
@@ -239,6 +233,16 @@ class EngineProcess:
     def _quick_failure(self, now: float, reason: str) -> None:
         self.quick_failures += 1
         self.streak += 1
+        if self.quick_failures > self._policy.startretries:
+            # straight on to FATAL (through BACKOFF, as the table has it): never announce a
+            # retry that will not happen
+            self._change(State.BACKOFF, reason)
+            self._change(
+                State.FATAL,
+                f"{self.quick_failures} quick failures in a row "
+                f"(startretries = {self._policy.startretries}); last: {reason}",
+            )
+            return
         self._backoff(now, reason)
 
     def _backoff(self, now: float, reason: str) -> None:

@@ -16,6 +16,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Protocol
 
+TAIL_LINES = 20
+TAIL_BYTES = 8192
+PUMP_DRAIN_S = 0.5  # how long an exit waits for the last of the engine's output
+
+
+def tail_lines(path: Path, lines: int, start: int = 0, max_bytes: int = TAIL_BYTES) -> list[str]:
+    """The last ``lines`` non-empty lines of a file past offset ``start`` (where one run's
+    output began; 0 if the file was rotated since), within its last ``max_bytes``."""
+    try:
+        with path.open("rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            f.seek(max(end - max_bytes, start if start <= end else 0))
+            data = f.read()
+    except OSError:
+        return []
+    text = data.decode(errors="replace")
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
 
 class SpawnError(OSError):
     """The engine's program could not be started (missing, not executable, ...)."""
@@ -105,10 +123,13 @@ def live_group_members(pgid: int, proc: Path = Path("/proc")) -> list[int]:
 
 
 class PopenChild:
-    def __init__(self, popen: subprocess.Popen[bytes], pumps: list[threading.Thread]) -> None:
+    def __init__(
+        self, popen: subprocess.Popen[bytes], pumps: list[threading.Thread], stderr_start: int
+    ) -> None:
         self._popen = popen
         self.pid = popen.pid
         self.pumps = pumps
+        self.stderr_start = stderr_start  # where this run's stderr begins in its log file
 
     def poll(self) -> int | None:
         return self._popen.poll()
@@ -147,6 +168,15 @@ class ProcessSpawner:
     def log_path(self, stream: str) -> Path:
         return self._log_dir / f"{self._name}.{stream}.log"
 
+    def stderr_tail(self, child: Child | None, lines: int = TAIL_LINES) -> list[str]:
+        """The last lines the engine wrote to stderr (after its pipes drained): the cause
+        of an exit, such as ``No module named 'lightllm'``."""
+        if not isinstance(child, PopenChild):
+            return []
+        for thread in child.pumps:
+            thread.join(PUMP_DRAIN_S)
+        return tail_lines(self.log_path("stderr"), lines, child.stderr_start)
+
     def spawn(self, argv: list[str], env: Mapping[str, str]) -> PopenChild:
         try:
             popen = subprocess.Popen(
@@ -160,6 +190,8 @@ class ProcessSpawner:
         except OSError as exc:
             raise SpawnError(exc.errno, f"cannot start {argv[0]!r}: {exc.strerror}") from None
         pumps = []
+        stderr_path = self.log_path("stderr")
+        stderr_start = stderr_path.stat().st_size if stderr_path.exists() else 0
         for stream, pipe in (("stdout", popen.stdout), ("stderr", popen.stderr)):
             assert pipe is not None
             sink = RotatingFile(self.log_path(stream), self._max_bytes, self._backups)
@@ -168,4 +200,4 @@ class ProcessSpawner:
             )
             thread.start()
             pumps.append(thread)
-        return PopenChild(popen, pumps)
+        return PopenChild(popen, pumps, stderr_start)

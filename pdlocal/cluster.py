@@ -2,7 +2,7 @@
 
 ``ProcGroup`` starts a master and simulated nodes as real processes (each in its own
 process group, logging to a file) and stops every one of them; ``cpu_seconds`` and
-``rss_bytes`` read a process's use from /proc.
+``rss_bytes`` (``tree_*``: with its child processes) read a process's use from /proc.
 """
 
 from __future__ import annotations
@@ -33,6 +33,39 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (a router may run workers as child processes)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of ``pid`` and the processes below it."""
+    return sum(_or_zero(cpu_seconds, p) for p in process_tree(pid))
+
+
+def tree_rss_bytes(pid: int) -> int:
+    return int(sum(_or_zero(rss_bytes, p) for p in process_tree(pid)))
+
+
+def _or_zero(read: Callable[[int], float], pid: int) -> float:
+    try:
+        return read(pid)
+    except OSError:
+        return 0
 
 
 def free_port(host: str = "127.0.0.1") -> int:

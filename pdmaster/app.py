@@ -12,11 +12,12 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pdmaster.api.admin_routes import admin_router
 from pdmaster.api.hot_path import HotPathApp, error_response
 from pdmaster.api.lightllm_routes import client_router, generate_stream_endpoint
-from pdmaster.api.openai_routes import openai_router
+from pdmaster.api.openai_routes import openai_endpoints, openai_router
 from pdmaster.api.request_id import RequestIdMiddleware
 from pdmaster.api.service import GenerateService
 from pdmaster.cluster.link import ConfigServerLink
@@ -110,7 +111,7 @@ def create_app(
     app = FastAPI(title="pdctl master", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(client_router(service, pool, tokenizer, settings))
-    app.include_router(openai_router(service, tokenizer, settings))
+    app.include_router(openai_router(settings))
     app.include_router(
         node_router(pool, table, codec, settings.registration_timeout_s, allowlist.allows)
     )
@@ -150,6 +151,21 @@ def create_app(
         }
         return JSONResponse(body, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """An unknown route (404) or method (405), in our error body rather than FastAPI's."""
+        route = f"{request.method} {request.url.path}"
+        if exc.status_code == 404:
+            error = {"type": "not_found", "code": "no_route", "message": f"no route {route}"}
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("allow", "")
+            message = f"method not allowed: {route} (allowed: {allowed})"
+            error = {"type": "method_not_allowed", "code": "method_not_allowed", "message": message}
+        else:
+            message = str(exc.detail)
+            error = {"type": "http_error", "code": f"http_{exc.status_code}", "message": message}
+        return JSONResponse({"error": error}, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("request %s: unexpected error", _request_id(request))
@@ -158,7 +174,11 @@ def create_app(
         return JSONResponse(body, status_code=500)
 
     return HotPathApp(
-        app, {"/generate_stream": generate_stream_endpoint(service, tokenizer, settings)}
+        app,
+        {
+            "/generate_stream": generate_stream_endpoint(service, tokenizer, settings),
+            **openai_endpoints(service, tokenizer, settings),
+        },
     )
 
 

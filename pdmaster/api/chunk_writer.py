@@ -14,12 +14,13 @@ about a fifth of each write's cost.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Coroutine
 from types import CoroutineType
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.types import Send
 
+from pdmaster.errors import ApiError
 from pdwire.lightllm import TokenEntry
 
 try:  # httptools is optional for uvicorn; without it every chunk goes through send
@@ -55,21 +56,45 @@ def direct_body(send: Send) -> RequestResponseCycle | None:
     return cycle
 
 
+class StreamEncoder(Protocol):
+    """One stream's body from its tokens; made per stream, so it may keep state."""
+
+    @property
+    def done(self) -> bool:
+        """The answer is complete though the run may not be (an OpenAI stop string)."""
+        ...
+
+    def chunk(self, entries: list[TokenEntry]) -> bytes:
+        """The body for these tokens (empty if they add nothing yet)."""
+        ...
+
+    def error(self, exc: ApiError) -> bytes:
+        """The end of a stream that failed after its first chunk."""
+        ...
+
+    def close(self) -> bytes:
+        """The end of a stream whose run finished, if ``chunk`` has not written it."""
+        ...
+
+
 class ChunkWriter:
     """The sink of a stream: writes tokens as one chunk from the node reader, in its call.
 
     ``send`` is driven by hand as far as it goes without waiting; when it must wait (the
     client is not reading), the rest runs in a task and the writer declines tokens until it
-    is done, so they queue for the stream's task, which ``drain``s before it sends.
+    is done, so they queue for the stream's task, which ``drain``s before it sends. Tokens
+    that complete the answer (``encoder.done``) are declined too, their chunk held for the
+    stream's task (``take_held``), which ends the body and the run.
     """
 
-    __slots__ = ("_chunk", "_send", "_pending", "_cycle")
+    __slots__ = ("_encoder", "_send", "_pending", "_cycle", "_held")
 
-    def __init__(self, chunk: Callable[[list[TokenEntry]], bytes], send: Send) -> None:
-        self._chunk = chunk
+    def __init__(self, encoder: StreamEncoder, send: Send) -> None:
+        self._encoder = encoder
         self._send = send
         self._pending: asyncio.Future[None] | None = None
         self._cycle = direct_body(send)
+        self._held = b""
 
     @property
     def direct(self) -> bool:
@@ -78,27 +103,36 @@ class ChunkWriter:
 
     def __call__(self, entries: list[TokenEntry]) -> bool:
         pending = self._pending
+        if pending is not None:
+            if not pending.done() or pending.cancelled() or pending.exception() is not None:
+                return False
+            self._pending = None
+        encoder = self._encoder
+        body = encoder.chunk(entries)
+        if encoder.done:
+            self._held += body
+            return False
+        if not body:  # an empty chunk would end the body; uvicorn's send skips it too
+            return True
         c = self._cycle
         if (
-            pending is None
-            and c is not None
+            c is not None
             and c.chunked_encoding
             and c.response_started
             and not c.response_complete
             and not c.disconnected
             and not c.flow.write_paused
         ):  # what uvicorn's send would do for this message: frame it as a chunk and write
-            body = self._chunk(entries)
-            if body:  # an empty chunk would end the body; uvicorn's send skips it too
-                c.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+            c.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
             return True
-        if pending is not None:
-            if not pending.done() or pending.cancelled() or pending.exception() is not None:
-                return False
-            self._pending = None
-        message = {"type": "http.response.body", "body": self._chunk(entries), "more_body": True}
+        message = {"type": "http.response.body", "body": body, "more_body": True}
         self._pending = send_now(self._send(message))
         return True
+
+    def take_held(self) -> bytes:
+        """The chunk of tokens declined because they completed the answer."""
+        held, self._held = self._held, b""
+        return held
 
     async def drain(self) -> None:
         """Wait for a write this writer left to a task (and raise what it raised)."""

@@ -4,7 +4,9 @@ A stream sends one chunk per decode step for as long as it runs; through FastAPI
 would pass every middleware's ``send`` wrapper and a task group per response. Here a stream
 costs one disconnect watcher and one ``send`` per chunk, and that ``send`` is made by the
 node's reader as the tokens arrive (``chunk_writer``), not by a task woken for each token.
-Everything else (and every error before the first chunk, with the same JSON bodies) is the
+Each endpoint brings its own ``StreamEncoder`` per stream (LightLLM's events, OpenAI's
+chunks); a request that asks for no stream gets its whole answer from ``open``. Everything
+else (and every error before the first chunk, with the endpoint's JSON error bodies) is the
 same as the FastAPI routes.
 """
 
@@ -15,35 +17,57 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pdmaster.api.chunk_writer import ChunkWriter
+from pdmaster.api.chunk_writer import ChunkWriter, StreamEncoder
 from pdmaster.api.request_id import HEADER, client_request_id
 from pdmaster.api.service import RequestRun
 from pdmaster.errors import ApiError, Overloaded
-from pdwire.lightllm import TokenEntry
 
 log = logging.getLogger(__name__)
 
 
+Opened = tuple[RequestRun, StreamEncoder] | Response
+"""A stream to serve, or a whole answer (a request that asked for no stream)."""
+
+
+def api_error_body(exc: ApiError) -> dict[str, Any]:
+    return exc.body()
+
+
 @dataclass(frozen=True)
 class SseEndpoint:
-    """How one streaming endpoint opens a run (reads and checks the request) and formats it."""
+    """How one streaming endpoint opens a request (reads and checks it) and words errors."""
 
-    open: Callable[[Request], Awaitable[RequestRun]]
-    chunk: Callable[[list[TokenEntry]], bytes]
-    error_chunk: Callable[[ApiError], bytes]
-    trailer: bytes = b""
+    open: Callable[[Request], Awaitable[Opened]]
+    error_body: Callable[[ApiError], dict[str, Any]] = api_error_body
 
 
-def error_response(exc: ApiError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+class MethodNotAllowed(ApiError):
+    """A hot-path route asked with another method than POST, worded as the app's 405."""
+
+    status = 405
+    type = "method_not_allowed"
+
+    def __init__(self, scope: Scope) -> None:
+        route = f"{scope['method']} {scope['path']}"
+        super().__init__(f"method not allowed: {route} (allowed: POST)", "method_not_allowed")
+
+
+def error_response(
+    exc: ApiError, body: Callable[[ApiError], dict[str, Any]] = api_error_body
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     headers = [(b"content-type", b"application/json")]
     if isinstance(exc, Overloaded):
         headers.append((b"retry-after", str(exc.retry_after_s).encode()))
-    return exc.status, headers, orjson.dumps(exc.body())
+    if isinstance(exc, MethodNotAllowed):
+        headers.append((b"allow", b"POST"))
+    return exc.status, headers, orjson.dumps(body(exc))
 
 
 class HotPathApp:
@@ -52,28 +76,43 @@ class HotPathApp:
         self.endpoints = endpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = None
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = self.endpoints.get(scope["path"])
+        endpoint = self.endpoints.get(scope["path"]) if scope["type"] == "http" else None
         if endpoint is None:
             await self.app(scope, receive, send)
             return
         request_id = client_request_id(scope["headers"]) or uuid.uuid4().hex.encode()
         scope.setdefault("state", {})["request_id"] = request_id.decode("latin-1")
-        try:
-            run = await endpoint.open(Request(scope, receive))
-        except Exception as exc:
-            await _respond_error(send, exc, request_id)
+        if scope["method"] != "POST":
+            await _respond_error(send, MethodNotAllowed(scope), request_id)
             return
-        await _serve(endpoint, run, receive, send, request_id)
+        try:
+            opened = await endpoint.open(Request(scope, receive))
+        except Exception as exc:
+            await _respond_error(send, exc, request_id, endpoint.error_body)
+            return
+        if isinstance(opened, Response):
+            await _respond(send, opened, request_id)
+            return
+        await _serve(endpoint, *opened, receive, send, request_id)
 
 
-async def _respond_error(send: Send, exc: Exception, request_id: bytes) -> None:
+async def _respond(send: Send, response: Response, request_id: bytes) -> None:
+    headers = [*response.raw_headers, (HEADER, request_id)]
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+async def _respond_error(
+    send: Send,
+    exc: Exception,
+    request_id: bytes,
+    error_body: Callable[[ApiError], dict[str, Any]] = api_error_body,
+) -> None:
     """The JSON error answer; anything but an ApiError is logged, as the app's catch-all does."""
     if not isinstance(exc, ApiError):
         log.exception("request %s: unexpected error", request_id.decode("latin-1"))
         exc = ApiError(f"{type(exc).__name__}: {exc}", code="internal_error")
-    status, headers, body = error_response(exc)
+    status, headers, body = error_response(exc, error_body)
     await send(
         {
             "type": "http.response.start",
@@ -85,11 +124,17 @@ async def _respond_error(send: Send, exc: Exception, request_id: bytes) -> None:
 
 
 async def _serve(
-    endpoint: SseEndpoint, run: RequestRun, receive: Receive, send: Send, request_id: bytes
+    endpoint: SseEndpoint,
+    run: RequestRun,
+    encoder: StreamEncoder,
+    receive: Receive,
+    send: Send,
+    request_id: bytes,
 ) -> None:
     """Start the run, then stream it; a client that leaves cancels this task, wherever it is.
 
-    A stream's last chunk and the end of the body go out in one write.
+    A stream's last chunk and the end of the body go out in one write. An answer that ends
+    before its run (``encoder.done``) ends the run, which aborts it on the nodes.
     """
     task = asyncio.current_task()
     assert task is not None
@@ -103,13 +148,13 @@ async def _serve(
         task.cancel()
 
     watcher = asyncio.ensure_future(watch())
-    writer = ChunkWriter(endpoint.chunk, send)
+    writer = ChunkWriter(encoder, send)
     status = "client_closed"
     try:
         try:
             first = await run.start()
         except Exception as exc:  # the run has ended itself
-            await _respond_error(send, exc, request_id)
+            await _respond_error(send, exc, request_id, endpoint.error_body)
             return
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         await send(
@@ -119,21 +164,23 @@ async def _serve(
                 "headers": [*headers, (HEADER, request_id)],
             }
         )
-        body = endpoint.chunk(first)
-        while not run.finished:
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+        body = encoder.chunk(first)
+        while not (run.finished or encoder.done):
+            if body:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
             try:
                 entries = await run.next(writer)
             except ApiError as exc:
                 status = f"stream_{exc.status}"
                 await writer.drain()
-                body = endpoint.error_chunk(exc)
+                body = encoder.error(exc)
                 break
             await writer.drain()
-            body = endpoint.chunk(entries)
+            body = writer.take_held() + encoder.chunk(entries)
         else:
             status = "200"
-        await send({"type": "http.response.body", "body": body + endpoint.trailer})
+            body += encoder.close()
+        await send({"type": "http.response.body", "body": body})
     except asyncio.CancelledError:
         if not gone:
             raise

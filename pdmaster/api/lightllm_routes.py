@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from pdmaster.api.hot_path import SseEndpoint
-from pdmaster.api.relay import Collector, sse_error
-from pdmaster.api.service import ClientDisconnected, GenerateService, RequestRun
+from pdmaster.api.hot_path import Opened, SseEndpoint
+from pdmaster.api.relay import Collector, LightLLMStream
+from pdmaster.api.service import ClientDisconnected, GenerateService
 from pdmaster.dispatch.session import PreparedRequest
 from pdmaster.errors import ApiError, BadRequest, PayloadTooLarge
 from pdmaster.nodes.pool import NodePool
@@ -19,7 +19,6 @@ from pdmaster.routing.policies import RequestView, prefix_blocks
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.client import GenerateRequest
-from pdwire.sse import sse_events
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -41,16 +40,28 @@ async def read_json(request: Request, model: type[M], limit: int) -> M:
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
-        data = orjson.loads(b"".join(chunks))
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+        raise BadRequest(
+            f"request body is not valid JSON: {json_problem(raw, exc)}", code="invalid_json"
+        ) from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
         raise Unprocessable(f"{field}: {first['msg']}", code="invalid_field") from None
+
+
+def json_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    """orjson's reason, except for bytes that are not UTF-8, which it calls "surrogates"."""
+    try:
+        raw.decode()
+    except UnicodeDecodeError as bad:
+        return f"byte {bad.start} (0x{raw[bad.start]:02x}) is not UTF-8"
+    return str(exc)
 
 
 def prepare(
@@ -87,11 +98,13 @@ def generate_stream_endpoint(
 ) -> SseEndpoint:
     """LightLLM's POST /generate_stream, served on the hot path (see hot_path.py)."""
 
-    async def open_run(request: Request) -> RequestRun:
-        body = await read_json(request, GenerateRequest, settings.max_body_bytes)
-        return service.run("generate_stream", prepare(body, tokenizer, settings))
+    events = LightLLMStream()
 
-    return SseEndpoint(open_run, sse_events, sse_error)
+    async def open_run(request: Request) -> Opened:
+        body = await read_json(request, GenerateRequest, settings.max_body_bytes)
+        return service.run("generate_stream", prepare(body, tokenizer, settings)), events
+
+    return SseEndpoint(open_run)
 
 
 def client_router(

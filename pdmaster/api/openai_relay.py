@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from fastapi.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
-from pdmaster.api.service import RequestRun
 from pdmaster.errors import ApiError
 from pdwire.lightllm import TokenEntry
 from pdwire.sse import FINISH_REASONS
 
 DONE = b"data: [DONE]\n\n"
+_MARK = "\x00text\x01"  # stands for a chunk's text while its event is cut in two
 
 
 def sse(obj: dict[str, Any]) -> bytes:
@@ -80,12 +77,12 @@ class StopScanner:
 class Generation:
     """One choice's text, token counts and finish reason as node entries arrive."""
 
-    def __init__(self, prompt_tokens: int, stops: list[str]) -> None:
+    def __init__(self, prompt_tokens: int, stops: list[str], keep_text: bool = True) -> None:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
         self._scanner = StopScanner(stops)
         self._status = 0
-        self._parts: list[str] = []
+        self._parts: list[str] | None = [] if keep_text else None  # a stream sends, not keeps
 
     def add(self, entries: list[TokenEntry]) -> str:
         """Take the entries; return the text they add to the answer."""
@@ -99,8 +96,9 @@ class Generation:
                 break
         if self._status != 0 and not self._scanner.stopped:
             out.append(self._scanner.flush())
-        added = "".join(out)
-        self._parts.append(added)
+        added = out[0] if len(out) == 1 else "".join(out)
+        if self._parts is not None:
+            self._parts.append(added)
         return added
 
     @property
@@ -109,6 +107,7 @@ class Generation:
 
     @property
     def text(self) -> str:
+        assert self._parts is not None, "a streamed generation keeps no text"
         return "".join(self._parts)
 
     @property
@@ -148,6 +147,13 @@ class CompletionFormat:
         if self.include_usage:
             return self._envelope(self.chunk_object, [choice], usage=None)
         return self._envelope(self.chunk_object, [choice])
+
+    def text_event_parts(self) -> tuple[bytes, bytes]:
+        """A text chunk's SSE event (no finish reason), cut where its JSON text goes."""
+        mark = orjson.dumps(_MARK)
+        head, found, tail = sse(self.chunk(_MARK, None)).partition(mark)
+        assert found and mark not in tail
+        return head, tail
 
     def usage_chunk(self, gen: Generation) -> dict[str, Any]:
         return self._envelope(self.chunk_object, [], usage=gen.usage())
@@ -190,50 +196,45 @@ class ChatFormat(CompletionFormat):
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
 
-async def stream_chunks(
-    run: RequestRun, first: list[TokenEntry], gen: Generation, fmt: CompletionFormat
-) -> AsyncIterator[bytes]:
-    """The SSE body after the first token: chunks, the finish chunk, usage, ``[DONE]``.
+class OpenAIStream:
+    """One stream's OpenAI chunks: text as the stop rule lets it out, then the finish chunk,
+    usage (if asked) and ``[DONE]``; a failure after the first chunk ends with an error event.
 
-    A failure after the first token ends the stream with an error event and ``[DONE]``.
+    A text chunk is its format's event around the JSON text, so a token costs one
+    ``orjson.dumps`` of a string.
     """
-    status = "client_closed"
-    try:
-        for chunk in fmt.opening_chunks():
-            yield sse(chunk)
-        text = gen.add(first)
-        while not (gen.done or run.finished):
-            if text:
-                yield sse(fmt.chunk(text, None))
-            try:
-                text = gen.add(await run.next())
-            except ApiError as exc:
-                status = f"stream_{exc.status}"
-                yield sse(error_body(exc))
-                yield DONE
-                return
-        yield sse(fmt.chunk(text, gen.finish_reason))
+
+    __slots__ = ("_gen", "_fmt", "_head", "_tail", "_opening", "done")
+
+    def __init__(self, gen: Generation, fmt: CompletionFormat) -> None:
+        self._gen = gen
+        self._fmt = fmt
+        self._head, self._tail = fmt.text_event_parts()
+        self._opening = b"".join(sse(c) for c in fmt.opening_chunks())
+        self.done = False
+
+    def chunk(self, entries: list[TokenEntry]) -> bytes:
+        if self.done:
+            return b""
+        out, self._opening = self._opening, b""
+        text = self._gen.add(entries)
+        if self._gen.done:
+            return out + self._end(text)
+        if text:
+            return out + self._head + orjson.dumps(text) + self._tail
+        return out
+
+    def error(self, exc: ApiError) -> bytes:
+        self.done = True
+        return sse(error_body(exc)) + DONE
+
+    def close(self) -> bytes:
+        return b"" if self.done else self._end("")
+
+    def _end(self, text: str) -> bytes:
+        self.done = True
+        fmt, gen = self._fmt, self._gen
+        out = sse(fmt.chunk(text, gen.finish_reason))
         if fmt.include_usage:
-            yield sse(fmt.usage_chunk(gen))
-        yield DONE
-        status = "200"
-    finally:
-        await run.end(status)
-
-
-class RunStreamingResponse(StreamingResponse):
-    """A stream that ends its run even if the client left before the body began.
-
-    An async generator that never started runs no ``finally``; this ends the run (freeing
-    its queue slot and aborting it on the nodes) whatever happened to the body.
-    """
-
-    def __init__(self, run: RequestRun, body: AsyncIterator[bytes]) -> None:
-        super().__init__(body, media_type="text/event-stream")
-        self._run = run
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._run.end("client_closed")  # a no-op when the body already ended it
+            out += sse(fmt.usage_chunk(gen))
+        return out + DONE

@@ -14,21 +14,21 @@ from pathlib import Path
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
+from pdmaster.api.hot_path import Opened, SseEndpoint
 from pdmaster.api.lightllm_routes import prepare, read_json
 from pdmaster.api.openai_relay import (
     ChatFormat,
     CompletionFormat,
     Generation,
-    RunStreamingResponse,
+    OpenAIStream,
     error_body,
-    stream_chunks,
 )
 from pdmaster.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from pdmaster.api.service import ClientDisconnected, GenerateService
 from pdmaster.dispatch.session import PreparedRequest
-from pdmaster.errors import ApiError, BadRequest
+from pdmaster.errors import BadRequest, NotFound
 from pdmaster.settings import MasterSettings
 from pdmodel.chat_template import ChatTemplate, ChatTemplateError, load_chat_template
 from pdmodel.tokenizer import ModelTokenizer
@@ -37,6 +37,24 @@ from pdwire.client import GenerateRequest
 
 def served_model_name(settings: MasterSettings) -> str:
     return settings.served_model_name or Path(settings.model_dir).resolve().name
+
+
+def accepted_model_names(settings: MasterSettings) -> set[str]:
+    """The served name, and the model directory as given or resolved: vLLM's default model
+    name is the path it loaded, and LightLLM's benchmark client sends its tokenizer path."""
+    names = {served_model_name(settings)}
+    for path in (str(settings.model_dir), str(Path(settings.model_dir).resolve())):
+        names |= {path, path.rstrip("/"), path.rstrip("/") + "/"}
+    return names
+
+
+def check_model(model: str | None, accepted: set[str], served: str) -> None:
+    """A request naming another model is a 404, as in vLLM; one naming none gets ours."""
+    if model is not None and model not in accepted:
+        raise NotFound(
+            f"model: the model {model!r} does not exist; this master serves {served!r}",
+            code="model_not_found",
+        )
 
 
 def in_openai_terms(exc: BadRequest, prompt_field: str, max_field: str) -> BadRequest:
@@ -53,16 +71,16 @@ def in_openai_terms(exc: BadRequest, prompt_field: str, max_field: str) -> BadRe
     return BadRequest(message, code=exc.code)
 
 
-def openai_router(
+def openai_endpoints(
     service: GenerateService,
     tokenizer: ModelTokenizer,
     settings: MasterSettings,
     chat_template: ChatTemplate | None = None,
-) -> APIRouter:
+) -> dict[str, SseEndpoint]:
+    """/v1/completions and /v1/chat/completions, served on the hot path (see hot_path.py)."""
     template = chat_template or load_chat_template(settings.model_dir)
     model_name = served_model_name(settings)
-    started = int(time.time())
-    router = APIRouter()
+    model_names = accepted_model_names(settings)
 
     def prepared(
         body: SamplingFields,
@@ -95,57 +113,62 @@ def openai_router(
         req: PreparedRequest,
         fmt: CompletionFormat,
         endpoint: str,
-    ) -> Response:
+    ) -> Opened:
         run = service.run(endpoint, req)
+        if body.stream:
+            return run, OpenAIStream(Generation(req.prompt_tokens, body.stop, False), fmt)
         gen = Generation(req.prompt_tokens, body.stop)
         try:
-            if body.stream:
-                first = await run.start(request)
-                return RunStreamingResponse(run, stream_chunks(run, first, gen, fmt))
             await run.run_to_end(request, gen.add, lambda: gen.done)
         except ClientDisconnected:
             return Response(status_code=499)
         return Response(orjson.dumps(fmt.body(gen)), media_type="application/json")
 
-    @router.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        try:
-            body = await read_json(request, CompletionRequest, settings.max_body_bytes)
-            body.check_supported()
-            req = prepared(
-                body,
-                body.prompt_text(),
-                body.max_tokens,
-                prompt_field="prompt",
-                max_field="max_tokens",
-                add_special_tokens=True,
-            )
-            fmt = CompletionFormat(model_name, body.stream_options.include_usage)
-            return await respond(request, body, req, fmt, "completions")
-        except ApiError as exc:
-            return JSONResponse(error_body(exc), status_code=exc.status)
+    async def completions(request: Request) -> Opened:
+        body = await read_json(request, CompletionRequest, settings.max_body_bytes)
+        body.check_supported()
+        check_model(body.model, model_names, model_name)
+        req = prepared(
+            body,
+            body.prompt_text(),
+            body.max_tokens,
+            prompt_field="prompt",
+            max_field="max_tokens",
+            add_special_tokens=True,
+        )
+        fmt = CompletionFormat(model_name, body.stream_options.include_usage)
+        return await respond(request, body, req, fmt, "completions")
 
-    @router.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
+    async def chat_completions(request: Request) -> Opened:
+        body = await read_json(request, ChatCompletionRequest, settings.max_body_bytes)
+        body.check_supported()
+        check_model(body.model, model_names, model_name)
         try:
-            body = await read_json(request, ChatCompletionRequest, settings.max_body_bytes)
-            body.check_supported()
-            try:
-                prompt = template.render([m.for_template() for m in body.messages])
-            except ChatTemplateError as exc:
-                raise BadRequest(f"messages: {exc}", code="invalid_field") from None
-            req = prepared(
-                body,
-                prompt,
-                body.output_limit,
-                prompt_field="messages",
-                max_field=body.max_tokens_field,
-                add_special_tokens=template.add_special_tokens,
-            )
-            fmt = ChatFormat(model_name, body.stream_options.include_usage)
-            return await respond(request, body, req, fmt, "chat_completions")
-        except ApiError as exc:
-            return JSONResponse(error_body(exc), status_code=exc.status)
+            prompt = template.render([m.for_template() for m in body.messages])
+        except ChatTemplateError as exc:
+            raise BadRequest(f"messages: {exc}", code="invalid_field") from None
+        req = prepared(
+            body,
+            prompt,
+            body.output_limit,
+            prompt_field="messages",
+            max_field=body.max_tokens_field,
+            add_special_tokens=template.add_special_tokens,
+        )
+        fmt = ChatFormat(model_name, body.stream_options.include_usage)
+        return await respond(request, body, req, fmt, "chat_completions")
+
+    return {
+        "/v1/completions": SseEndpoint(completions, error_body),
+        "/v1/chat/completions": SseEndpoint(chat_completions, error_body),
+    }
+
+
+def openai_router(settings: MasterSettings) -> APIRouter:
+    """/v1/models (the completions endpoints are ``openai_endpoints``)."""
+    model_name = served_model_name(settings)
+    started = int(time.time())
+    router = APIRouter()
 
     @router.get("/v1/models")
     async def models() -> dict[str, object]:

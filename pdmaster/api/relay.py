@@ -8,13 +8,29 @@ import orjson
 
 from pdmaster.errors import ApiError
 from pdwire.lightllm import TokenEntry
-from pdwire.sse import FINISH_REASONS
+from pdwire.sse import FINISH_REASONS, sse_events
 
 
 def sse_error(error: ApiError) -> bytes:
     body = error.body()
     body.update(finished=True, finish_reason="error")
     return b"data:" + orjson.dumps(body) + b"\n\n"
+
+
+class LightLLMStream:
+    """LightLLM's events, token by token; it holds no state, so one serves every stream."""
+
+    __slots__ = ()
+    done = False
+
+    def chunk(self, entries: list[TokenEntry]) -> bytes:
+        return sse_events(entries)
+
+    def error(self, exc: ApiError) -> bytes:
+        return sse_error(exc)
+
+    def close(self) -> bytes:
+        return b""
 
 
 class Collector:

@@ -51,3 +51,38 @@ def test_sse_parsing_counts_tokens_per_chunk_and_errors() -> None:
     assert parse_events(chunk, "lightllm") == (2, "stream:node_failed", ["a", "b"])
     openai = b'data: {"choices": [{"text": "hi"}]}\n\ndata: [DONE]\n\n'
     assert parse_events(openai, "openai") == (1, None, ["hi"])
+
+
+def test_decode_token_time_is_lightllms_per_request_mean_then_percentiles() -> None:
+    s = summarize(trace(), duration_s=2.5)
+    # request 1: gaps 0.2, 0.2, 0.4 (mean 0.8/3); request 2: gaps 0.5, 0.5 (mean 0.5)
+    means = sorted([0.8 / 3, 0.5])
+    d = s["decode_token_time_s"]
+    assert d["count"] == 2
+    assert d["p50"] == pytest.approx(sum(means) / 2)
+    assert d["p100"] == pytest.approx(0.5)
+    assert s["itl_s"]["p50"] == pytest.approx(0.4)  # pooled gaps tell another story
+
+
+def test_lightllms_summary_lines_under_its_names() -> None:
+    s = summarize(trace(), duration_s=2.5)
+    assert s["lightllm"] == pytest.approx(
+        {
+            "Total QPS": 2 / 2.5,
+            "Avg Input Length": 15.0,
+            "Avg Output Length": 3.5,
+            "Total Throughput": (30 + 7) / 2.5,
+            "Input Throughput": 30 / 2.5,
+            "Output Throughput": 7 / 2.5,
+        }
+    )
+    table = render_table(s)
+    for line in ("Total QPS: 0.80", "Avg Input Length: 15.00", "Avg Output Length: 3.50"):
+        assert line in table
+    assert "decode_token_time (ms)" in table and "inter-token, all gaps (ms)" in table
+
+
+def test_a_run_without_answers_renders_dashes_not_nan() -> None:
+    s = summarize([RequestRecord(5, start=0, end=1, error="http_503:no_node_available")], 1.0)
+    table = render_table(s)
+    assert "nan" not in table and "Avg Output Length: -" in table

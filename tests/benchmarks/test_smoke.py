@@ -10,7 +10,14 @@ import pytest
 
 from benchmarks.common import RESULTS
 
-BENCHMARKS = ["master_cost", "relay_overhead", "scale", "routing_quality", "node_agent"]
+BENCHMARKS = [
+    "master_cost",
+    "relay_overhead",
+    "scale",
+    "routing_quality",
+    "node_agent",
+    "vs_gateways",
+]
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)

@@ -66,6 +66,29 @@ def test_non_json_and_oversized_bodies(lone_master: Cluster) -> None:
     assert httpx.get(f"{lone_master.url}/health", timeout=5).status_code == 200
 
 
+def test_unknown_routes_methods_and_raw_bytes_get_our_error_body(lone_master: Cluster) -> None:
+    r = httpx.get(f"{lone_master.url}/no/such/route", timeout=10)
+    assert r.status_code == 404
+    assert r.json()["error"] == {
+        "type": "not_found",
+        "code": "no_route",
+        "message": "no route GET /no/such/route",
+    }
+    r = httpx.get(f"{lone_master.url}/generate", timeout=10)
+    assert r.status_code == 405 and "POST" in r.headers["allow"]
+    assert r.json()["error"]["code"] == "method_not_allowed"
+    assert "GET /generate" in r.json()["error"]["message"]
+    for path in ("/generate_stream", "/v1/completions", "/v1/chat/completions"):  # the hot path
+        r = httpx.get(f"{lone_master.url}{path}", timeout=10)
+        assert (r.status_code, r.headers["allow"]) == (405, "POST"), path
+        assert r.json()["error"]["message"] == f"method not allowed: GET {path} (allowed: POST)"
+    for path in ("/generate", "/generate_stream", "/v1/completions"):
+        r = httpx.post(f"{lone_master.url}{path}", content=b'{"inputs": "\xff"}', timeout=10)
+        assert r.status_code == 400, path
+        message = r.json()["error"]["message"]
+        assert message == "request body is not valid JSON: byte 12 (0xff) is not UTF-8", path
+
+
 def test_no_node_connected_is_503(lone_master: Cluster) -> None:
     r = httpx.post(f"{lone_master.url}/generate", json={"inputs": "hi"}, timeout=10)
     assert r.status_code == 503

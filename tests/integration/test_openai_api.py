@@ -71,7 +71,8 @@ def wait_for_aborts(cluster: Cluster, prefill: int, decode: int) -> tuple[int, i
 
 
 def test_completion_returns_the_exact_text_and_usage(cluster: Cluster, tok: ModelTokenizer) -> None:
-    r = post(cluster, "/v1/completions", {"model": "x", "prompt": "What is AI?", "max_tokens": 12})
+    body = {"model": "model", "prompt": "What is AI?", "max_tokens": 12}
+    r = post(cluster, "/v1/completions", body)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["id"].startswith("cmpl-") and isinstance(body["created"], int)
@@ -140,6 +141,10 @@ def test_stop_strings_are_left_out_of_the_text(cluster: Cluster) -> None:
         "stop",
     )
     assert wait_for_aborts(cluster, 1, 1) == (1, 1)
+    events = stream(cluster, "/v1/completions", {**body, "stop": ["s A"]})
+    assert "".join(e["choices"][0]["text"] for e in events) == "What i"
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    assert wait_for_aborts(cluster, 2, 2) == (2, 2)
 
 
 def test_chat_with_the_simple_template(cluster: Cluster, tok: ModelTokenizer) -> None:
@@ -307,3 +312,19 @@ def test_unparsable_oversized_and_unservable_requests(lone_master: Cluster) -> N
         r = httpx.post(url, json={"messages": CHAT, "stream": stream_it}, timeout=10)
         assert r.status_code == 503
         assert r.json()["error"]["type"] == "no_node_available"
+
+
+def test_a_model_this_master_does_not_serve_is_404_as_in_vllm(lone_master: Cluster) -> None:
+    body = {"model": "gpt-4", "prompt": "hi", "max_tokens": 2}
+    r = post(lone_master, "/v1/completions", body)
+    assert r.status_code == 404
+    error = r.json()["error"]
+    assert (error["code"], error["param"]) == ("model_not_found", "model")
+    assert "'gpt-4'" in error["message"] and "'pd-sim'" in error["message"]
+    chat = {"model": "gpt-4", "messages": CHAT}
+    assert post(lone_master, "/v1/chat/completions", chat).status_code == 404
+    # the served name, the model directory (vLLM's default name; LightLLM's benchmark client
+    # sends its --tokenizer_path) and no model at all reach dispatch: 503 with no node here
+    for model in ("pd-sim", str(DEFAULT_MODEL_DIR), f"{DEFAULT_MODEL_DIR}/", None):
+        named = {"prompt": "hi", "max_tokens": 2} | ({"model": model} if model else {})
+        assert post(lone_master, "/v1/completions", named).status_code == 503, model

@@ -106,6 +106,26 @@ def test_engine_that_exits_at_once_goes_backoff_then_fatal(
     )
 
 
+def test_fatal_shows_the_engines_own_cause_in_the_log_and_status(
+    procs: ProcGroup, agents: list[AgentProc], tmp_path: Path
+) -> None:
+    """A LightLLM node on a machine without LightLLM: the agent says why, not only "exit 1"."""
+    config = sim_node_config(tmp_path, "p9", "prefill", "127.0.0.24", pd_master="127.0.0.1:9")
+    config |= {"engine": "lightllm", "model_dir": str(tmp_path), "mps": False, "extra_args": []}
+    agent = launch(procs, agents, "p9", config)
+    status = agent.wait_state("FATAL", timeout=15)
+    last_stderr = status["engine"]["last_stderr"]
+    assert len(last_stderr) == 1  # this run's lines, not every earlier run's
+    assert "No module named 'lightllm'" in last_stderr[0]
+    assert status["health"]["last_error"] is None  # about an engine that is gone
+    log = agent.proc.log()
+    assert "last lines of its stderr" in log
+    fatal = next(line for line in log.splitlines() if "engine FATAL" in line)
+    assert "No module named 'lightllm'" in fatal
+    before_fatal = log[: log.index(fatal)].splitlines()
+    assert "retry in" not in before_fatal[-1] and "retry in" not in before_fatal[-2]
+
+
 def test_hung_engine_is_restarted(
     procs: ProcGroup, agents: list[AgentProc], config_server: ConfigServer, tmp_path: Path
 ) -> None:

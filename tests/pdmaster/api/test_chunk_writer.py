@@ -28,8 +28,23 @@ class FakeClient:
         self.bodies.append(message["body"])
 
 
-def chunk(entries: list[TokenEntry]) -> bytes:
-    return b"".join(e[1].encode() for e in entries)
+class Texts:
+    """A stream encoder writing the tokens' texts; the text "END" completes the answer."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def chunk(self, entries: list[TokenEntry]) -> bytes:
+        if self.done:
+            return b""
+        self.done = any(e[1] == "END" for e in entries)
+        return b"".join(e[1].encode() for e in entries)
+
+    def error(self, exc: object) -> bytes:
+        return b"error"
+
+    def close(self) -> bytes:
+        return b""
 
 
 def token(text: str) -> TokenEntry:
@@ -39,7 +54,7 @@ def token(text: str) -> TokenEntry:
 def test_a_send_that_need_not_wait_is_done_in_the_call() -> None:
     async def run() -> None:
         client = FakeClient()
-        writer = ChunkWriter(chunk, client.send)
+        writer = ChunkWriter(Texts(), client.send)
         assert writer([token("a"), token("b")]) and writer([token("c")])
         assert client.bodies == [b"ab", b"c"]
         await writer.drain()
@@ -50,7 +65,7 @@ def test_a_send_that_need_not_wait_is_done_in_the_call() -> None:
 def test_a_waiting_send_finishes_in_a_task_and_the_writer_declines_until_then() -> None:
     async def run() -> None:
         client = FakeClient()
-        writer = ChunkWriter(chunk, client.send)
+        writer = ChunkWriter(Texts(), client.send)
         client.writable.clear()
         assert writer([token("a")])
         assert not writer([token("b")])  # left to the stream's task, which drains first
@@ -66,11 +81,12 @@ def test_a_waiting_send_finishes_in_a_task_and_the_writer_declines_until_then() 
 def test_the_writer_takes_tokens_again_once_a_waiting_send_is_done() -> None:
     async def run() -> None:
         client = FakeClient()
-        writer = ChunkWriter(chunk, client.send)
+        writer = ChunkWriter(Texts(), client.send)
         client.writable.clear()
         assert writer([token("a")])
         client.writable.set()
-        await asyncio.sleep(0.01)
+        for _ in range(10):  # loop turns, not time: a loaded machine may pause the process
+            await asyncio.sleep(0)
         assert writer([token("b")])
         assert client.bodies == [b"a", b"b"]
 
@@ -82,7 +98,7 @@ def test_a_send_that_fails_at_once_fails_the_drain() -> None:
         async def broken(message: dict[str, Any]) -> None:
             raise OSError("connection reset")
 
-        writer = ChunkWriter(chunk, broken)
+        writer = ChunkWriter(Texts(), broken)
         assert writer([token("a")])
         assert not writer([token("b")])
         with pytest.raises(OSError, match="reset"):
@@ -94,13 +110,26 @@ def test_a_send_that_fails_at_once_fails_the_drain() -> None:
 def test_cancel_ends_a_waiting_send() -> None:
     async def run() -> None:
         client = FakeClient()
-        writer = ChunkWriter(chunk, client.send)
+        writer = ChunkWriter(Texts(), client.send)
         client.writable.clear()
         assert writer([token("a")])
         await asyncio.sleep(0)
         writer.cancel()
         await asyncio.sleep(0.01)
         assert client.ended_early and client.bodies == []
+
+    asyncio.run(run())
+
+
+def test_tokens_that_complete_the_answer_are_held_for_the_streams_task() -> None:
+    async def run() -> None:
+        client = FakeClient()
+        writer = ChunkWriter(Texts(), client.send)
+        assert writer([token("a")])
+        assert not writer([token("b"), token("END")])  # the task ends the body and the run
+        assert not writer([token("c")])
+        assert client.bodies == [b"a"] and writer.take_held() == b"bEND"
+        assert writer.take_held() == b""
 
     asyncio.run(run())
 
@@ -142,7 +171,7 @@ def test_under_uvicorn_chunks_reach_the_client_framed_as_send_would(
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
-        writer = ChunkWriter(chunk, send)
+        writer = ChunkWriter(Texts(), send)
         seen.append(writer.direct)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         assert writer([token("a"), token("b")]) and writer([token("c")])

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import orjson
+
 from pdmaster.api.openai_relay import (
     ChatFormat,
     CompletionFormat,
     Generation,
+    OpenAIStream,
     StopScanner,
     error_body,
     sse,
@@ -94,3 +97,46 @@ def test_error_body_names_the_field_of_a_4xx_only() -> None:
         "message": "node: gone",
         "param": None,
     }
+
+
+def events(body: bytes) -> list[object]:
+    parts = [p for p in body.split(b"\n\n") if p]
+    assert all(p.startswith(b"data: ") for p in parts)
+    return [p[6:].decode() if p == b"data: [DONE]" else orjson.loads(p[6:]) for p in parts]
+
+
+def test_stream_chunks_are_the_formats_own_chunks() -> None:
+    fmt = ChatFormat("m", include_usage=True)
+    stream = OpenAIStream(Generation(4, [], keep_text=False), fmt)
+    opening, first = events(stream.chunk(entries('say "hi"\n')))
+    assert opening == fmt.opening_chunks()[0]
+    assert first == fmt.chunk('say "hi"\n', None)
+    assert events(stream.chunk(entries("é", start=2))) == [fmt.chunk("é", None)]
+    assert not stream.done
+    last, usage, done = events(stream.chunk(entries("!", last_status=2, start=3)))
+    assert last == fmt.chunk("!", "length")
+    assert usage["usage"] == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
+    assert (done, stream.done, stream.chunk(entries("x")), stream.close()) == (
+        "[DONE]",
+        True,
+        b"",
+        b"",
+    )
+
+
+def test_a_stream_that_meets_a_stop_string_ends_before_its_run() -> None:
+    fmt = CompletionFormat("m")
+    stream = OpenAIStream(Generation(4, ["STOP"], keep_text=False), fmt)
+    assert (
+        stream.chunk(entries("go S")) == b"data: " + orjson.dumps(fmt.chunk("go ", None)) + b"\n\n"
+    )
+    assert stream.chunk(entries("T", start=2)) == b""  # held: it may begin the stop string
+    last, done = events(stream.chunk(entries("OP", start=3)))
+    assert (last, done, stream.done) == (fmt.chunk("", "stop"), "[DONE]", True)
+
+
+def test_a_stream_that_fails_ends_with_an_error_event_and_done() -> None:
+    stream = OpenAIStream(Generation(4, []), CompletionFormat("m"))
+    stream.chunk(entries("a"))
+    error, done = events(stream.error(NodeFailed("node: gone")))
+    assert (error["error"]["code"], done, stream.done) == ("node_failed", "[DONE]", True)
