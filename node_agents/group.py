@@ -78,15 +78,18 @@ class GroupMember:
         self._joined = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._reports: set[asyncio.Task[None]] = set()  # our own failures, not yet answered
+        self._pending: tuple[str, str] | None = None  # a failure to tell at the tick's end
         self._drained_at: float | None = None
         self._wake = asyncio.Event()
 
     # --- the agent tells us -----------------------------------------------------------------
 
     def on_transition(self, transition: Transition) -> None:
-        """A local failure moves the group on; FATAL makes the generation FATAL."""
+        """A local failure moves the group on; FATAL makes the generation FATAL. The report
+        waits for the end of the current tick: a last quick failure is BACKOFF then FATAL at
+        once, and then only the FATAL is told (the others stop rather than restart)."""
         if transition.new is State.FATAL:
-            self._report("fatal", transition.reason)
+            self._defer("fatal", transition.reason)
             return
         failed = transition.new is State.EXITED or (  # EXITED -> BACKOFF was told already
             transition.new is State.BACKOFF and transition.old is not State.EXITED
@@ -96,7 +99,19 @@ class GroupMember:
             failed = True
         self._seen_health_restarts = restarts
         if failed:
-            self._report("restart", transition.reason)
+            self._defer("restart", transition.reason)
+
+    def _defer(self, what: str, reason: str) -> None:
+        if self._pending is None:
+            asyncio.get_running_loop().call_soon(self._flush)
+        if self._pending is None or what == "fatal":
+            self._pending = (what, reason)
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            what, reason = self._pending
+            self._pending = None
+            self._report(what, reason)
 
     def request_restart(self, reason: str) -> None:
         """An operator's restart of this rank restarts the whole group."""
@@ -200,7 +215,8 @@ class GroupMember:
     async def run(self) -> None:
         while True:
             record = await self.join()
-            if record is not None and not self._reports:  # our own report settles first
+            settling = self._reports or self._pending is not None  # our own report goes first
+            if record is not None and not settling:
                 self.follow(record)
             self._wake.clear()
             try:
