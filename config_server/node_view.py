@@ -1,7 +1,7 @@
 """The admin listing of nodes: agents' records joined with what each master reports.
 
-A master's lease carries ``info.nodes``: the prefill/decode nodes connected to it (id,
-role, address, in-flight requests, draining). The listing uses it twice:
+A master's lease carries ``info.nodes``: the prefill/decode nodes connected to it (name,
+LightLLM id, role, address, in-flight requests, draining). The listing uses it twice:
 
 - every node record gets ``info.connected_masters``: the ids of the masters that report a
   connection from its address (plus any the agent itself put there), and
@@ -49,6 +49,12 @@ def _reported_node(
     first_master, first = found[0]
     draining = any(report.get("draining") for _, report in found)
     role = first.get("role")
+    info: dict[str, Any] = {
+        "connected_masters": sorted(master["id"] for master, _ in found),
+        "in_flight_requests": _in_flight(found),
+    }
+    if isinstance(first.get("lightllm_node_id"), str):  # the node's LightLLM id, per start
+        info["lightllm_node_id"] = first["lightllm_node_id"]
     return {
         "id": str(first.get("node_id", address)),
         "kind": "node",
@@ -56,10 +62,7 @@ def _reported_node(
         "role": role if role in ("prefill", "decode") else None,
         "state": "DRAINING" if draining else "CONNECTED",
         "ttl_s": first_master["ttl_s"],
-        "info": {
-            "connected_masters": sorted(master["id"] for master, _ in found),
-            "in_flight_requests": _in_flight(found),
-        },
+        "info": info,
         "registered_at": min(m["registered_at"] for m, _ in found),
         "last_heartbeat": max(m["last_heartbeat"] for m, _ in found),
         "lease_expires_at": max(m["lease_expires_at"] for m, _ in found),

@@ -217,6 +217,16 @@ class NodeAgent:
                 await self._marked.wait()
         return {"drain": self.drainer.snapshot(), "stop_when_drained": self._stop_when_drained}
 
+    async def undrain(self) -> dict[str, Any]:
+        """Masters select the node again: the registration turns back to RUNNING, and a
+        master the agent marked directly is told to undrain it."""
+        was = self.drainer.status
+        self._end_drain()
+        if self.registrar is not None:
+            self.registrar.changed()
+        masters = await self.drainer.unmark()
+        return {"was": was, "drain": self.drainer.snapshot(), "masters": masters}
+
     def _drained(self) -> None:
         if self.registrar is not None:
             self.registrar.changed()

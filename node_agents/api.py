@@ -3,6 +3,7 @@
 ``GET /status``    the engine's state, counters, health, registration and drain
 ``POST /drain``    masters stop selecting the node; running requests finish. Body
                    ``{"stop": true}`` stops the engine once nothing is in flight. 202.
+``POST /undrain``  masters select the node again (ends a drain; the engine keeps running)
 ``POST /restart``  stop (if running) and start the engine; ends a drain
 ``POST /stop``     stop the engine; the agent keeps running and answering
 """
@@ -23,6 +24,8 @@ class AgentService(Protocol):
     def status(self) -> dict[str, Any]: ...
 
     async def drain(self, stop: bool) -> dict[str, Any]: ...
+
+    async def undrain(self) -> dict[str, Any]: ...
 
     def restart(self) -> dict[str, Any]: ...
 
@@ -86,6 +89,10 @@ def create_app(agent: AgentService, token: str | None) -> FastAPI:
     @app.post("/drain", status_code=202)
     async def drain(body: DrainRequest | None = None) -> dict[str, Any]:
         return await agent.drain(stop=body.stop if body else False)
+
+    @app.post("/undrain")
+    async def undrain() -> dict[str, Any]:
+        return await agent.undrain()
 
     @app.post("/restart", status_code=202)
     async def restart() -> dict[str, Any]:

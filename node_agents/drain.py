@@ -11,6 +11,10 @@ Either way the agent reads ``GET /v1/nodes?role=R`` on each master (the configur
 or those the config server lists in ``/registered_objects``, LightLLM's own discovery),
 finds the node by its address (``client_ip_port``), and sees there when every master
 shows it draining and when its ``in_flight_requests`` are done.
+
+Undraining reverses it: the registration turns back to RUNNING (masters following the
+config server select the node again), and a directly marked node is undrained on each
+master with ``POST /v1/nodes/{node_id}/undrain``.
 """
 
 from __future__ import annotations
@@ -122,6 +126,36 @@ class Drainer:
             "draining": all(n.get("draining") for n in mine),
             "in_flight": sum(n.get("in_flight_requests", 0) for n in mine),
         }
+
+    async def unmark(self) -> dict[str, Any]:
+        """Undrain this node on every master that was told directly; per master: the
+        result, or an error."""
+        if not self._mark_directly:
+            return {}
+        try:
+            addresses = await self._masters.addresses()
+        except (httpx.HTTPError, ValueError) as exc:
+            return {"config_server": {"error": f"cannot list masters: {exc}"}}
+        results = await asyncio.gather(*(self._unmark_on(a) for a in addresses))
+        return dict(zip(addresses, results, strict=True))
+
+    async def _unmark_on(self, master: str) -> dict[str, Any]:
+        url = f"{base_url(master)}/v1/nodes"
+        try:
+            reply = await self._client.get(
+                url, params={"role": self._role}, headers=self._headers, timeout=5.0
+            )
+            reply.raise_for_status()
+            mine = [n for n in reply.json()["items"] if n.get("address") == self._address]
+            for node in mine:
+                if node.get("draining"):
+                    undrained = await self._client.post(
+                        f"{url}/{node['node_id']}/undrain", headers=self._headers, timeout=5.0
+                    )
+                    undrained.raise_for_status()
+        except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        return {"nodes": len(mine), "draining": False}
 
     async def run(
         self, on_drained: Callable[[], None] | None = None, marked: asyncio.Event | None = None

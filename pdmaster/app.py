@@ -15,10 +15,13 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pdmaster.api.admin_routes import admin_router
+from pdmaster.api.anthropic_routes import anthropic_router, messages_endpoint
 from pdmaster.api.hot_path import HotPathApp, error_response
+from pdmaster.api.info_routes import info_router
 from pdmaster.api.lightllm_routes import client_router, generate_stream_endpoint
-from pdmaster.api.openai_routes import openai_endpoints, openai_router
+from pdmaster.api.openai_routes import openai_endpoints, openai_router, served_model_name
 from pdmaster.api.request_id import RequestIdMiddleware
+from pdmaster.api.responses_routes import responses_endpoint
 from pdmaster.api.service import GenerateService
 from pdmaster.cluster.link import ConfigServerLink
 from pdmaster.dispatch.ids import LocalIdSource
@@ -34,6 +37,7 @@ from pdmaster.routing.admission import Admission
 from pdmaster.routing.policies import Policy, make_policy
 from pdmaster.routing.selection import PairSelector
 from pdmaster.settings import MasterSettings
+from pdmodel.chat_template import load_chat_template
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.lightllm import LightLLMCodec
 from pdwire.peers import NetworkAllowlist
@@ -110,8 +114,12 @@ def create_app(
 
     app = FastAPI(title="pdctl master", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(RequestIdMiddleware)
+    template = load_chat_template(settings.model_dir)
+    model_name = served_model_name(settings)
     app.include_router(client_router(service, pool, tokenizer, settings))
+    app.include_router(info_router(tokenizer, settings, model_name))
     app.include_router(openai_router(settings))
+    app.include_router(anthropic_router(tokenizer, settings, template))
     app.include_router(
         node_router(pool, table, codec, settings.registration_timeout_s, allowlist.allows)
     )
@@ -173,11 +181,14 @@ def create_app(
         body = {"error": {"type": "internal_error", "code": "internal_error", "message": message}}
         return JSONResponse(body, status_code=500)
 
+    text_api = (service, tokenizer, settings, template, model_name)
     return HotPathApp(
         app,
         {
             "/generate_stream": generate_stream_endpoint(service, tokenizer, settings),
-            **openai_endpoints(service, tokenizer, settings),
+            **openai_endpoints(service, tokenizer, settings, template),
+            "/v1/messages": messages_endpoint(*text_api),
+            "/v1/responses": responses_endpoint(*text_api),
         },
     )
 

@@ -2,6 +2,7 @@
 the shared ones (``pdwire.api_errors``: 400, 401, 403, 404, 413) and the master's own.
 
 ApiError                  {"error": {"type", "code", "message"}} with an HTTP status
++-- Conflict              409 the request contradicts another owner's decision
 +-- Overloaded            429 admission queue full (with Retry-After)
 +-- NoNodeAvailable       503 no connected node of a role can take the request
 +-- NodeFailed            502 a node failed or vanished while serving the request
@@ -22,6 +23,7 @@ from pdwire.api_errors import (
 __all__ = [
     "ApiError",
     "BadRequest",
+    "Conflict",
     "DeadlineExceeded",
     "Forbidden",
     "NoNodeAvailable",
@@ -31,6 +33,11 @@ __all__ = [
     "PayloadTooLarge",
     "Unauthorized",
 ]
+
+
+class Conflict(ApiError):
+    status = 409
+    type = "conflict"
 
 
 class NoNodeAvailable(ApiError):

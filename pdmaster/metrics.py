@@ -45,7 +45,7 @@ class _PoolCollector(Collector):
             "pd_node_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", labels=labels
         )
         for node in self._pool.nodes():
-            key = [str(node.node_id), node.info.mode, node.info.client_ip_port]
+            key = [self._pool.name_of(node), node.info.mode, node.info.client_ip_port]
             inflight.add_metric(key, node.in_flight)
             tokens.add_metric(key, node.in_flight_tokens)
             breaker.add_metric(key, BREAKER_VALUE[node.breaker.state])

@@ -1,4 +1,11 @@
-"""A master's admin API: its nodes, with load and health, and draining them."""
+"""A master's admin API: its nodes, with load and health, and draining them.
+
+A node is named by its id in the config server (its agent's ``node_id``), else
+``<role>-<host>-<port>``, the agent's default: ``node_id`` in the listing, in metrics and in
+the config server, and it survives engine restarts; the LightLLM node id, random per engine
+start, is kept as ``lightllm_node_id``. Drain and undrain take the name, the address or the
+LightLLM id.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from pdmaster.errors import Forbidden, NotFound, Unauthorized
+from pdmaster.errors import Conflict, Forbidden, NotFound, Unauthorized
 from pdmaster.nodes.instances import instance_of, instances
 from pdmaster.nodes.pool import NodeConnection, NodePool
 
@@ -26,7 +33,8 @@ def check_bearer(request: Request, token: str | None) -> None:
 
 def node_record(pool: NodePool, node: NodeConnection, now: float) -> dict[str, Any]:
     return {
-        "node_id": str(node.node_id),
+        "node_id": pool.name_of(node),
+        "lightllm_node_id": str(node.node_id),
         "role": node.info.mode,
         "address": node.info.client_ip_port,
         "host": node.info.host,
@@ -44,11 +52,11 @@ def node_record(pool: NodePool, node: NodeConnection, now: float) -> dict[str, A
 def admin_router(pool: NodePool, admin_token: str | None) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
-    def find(node_id: str) -> NodeConnection:
-        node = pool.get(int(node_id)) if node_id.isdigit() else None
-        if node is None:
-            raise NotFound(f"node {node_id!r} is not connected to this master", code="unknown_node")
-        return node
+    def find(ref: str) -> NodeConnection:
+        found = pool.find(ref)
+        if not found:
+            raise NotFound(f"node {ref!r} is not connected to this master", code="unknown_node")
+        return found[0]
 
     @router.get("/nodes")
     async def nodes(request: Request, role: str | None = None) -> dict[str, Any]:
@@ -61,20 +69,26 @@ def admin_router(pool: NodePool, admin_token: str | None) -> APIRouter:
     async def multinode_instances(request: Request) -> dict[str, Any]:
         """Multi-node instances: each rank is a node; here they are grouped."""
         check_bearer(request, admin_token)
-        return {"items": instances(pool.nodes())}
+        return {"items": instances(pool)}
 
     @router.post("/nodes/{node_id}/drain")
     async def drain(request: Request, node_id: str) -> dict[str, Any]:
         check_bearer(request, admin_token)
         node = find(node_id)
-        pool.set_draining(node.node_id, True)
+        pool.set_draining(node.info.name, True)
         return node_record(pool, node, pool.now())
 
     @router.post("/nodes/{node_id}/undrain")
     async def undrain(request: Request, node_id: str) -> dict[str, Any]:
         check_bearer(request, admin_token)
         node = find(node_id)
-        pool.set_draining(node.node_id, False)
+        pool.set_draining(node.info.name, False)
+        if pool.drain_source(node) == "config_server":
+            raise Conflict(
+                f"node {node.info.name!r} is drained by its node agent through the config "
+                "server: undrain it there (POST /undrain on the agent)",
+                code="drained_by_agent",
+            )
         return node_record(pool, node, pool.now())
 
     return router

@@ -41,6 +41,7 @@ class StopScanner:
         self._stops = stops
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
 
     def push(self, text: str) -> str:
         """What of ``text`` may be sent now; sets ``stopped`` at the first stop string."""
@@ -49,11 +50,12 @@ class StopScanner:
         if not self._stops:
             return text
         text = self._held + text
-        found = [i for i in (text.find(s) for s in self._stops) if i >= 0]
+        found = [(i, s) for i, s in ((text.find(s), s) for s in self._stops) if i >= 0]
         if found:
+            at, self.matched = min(found, key=lambda hit: hit[0])
             self.stopped = True
             self._held = ""
-            return text[: min(found)]
+            return text[:at]
         keep = self._stop_prefix_at_end(text)
         self._held = text[len(text) - keep :]
         return text[: len(text) - keep]
@@ -113,6 +115,11 @@ class Generation:
     @property
     def finish_reason(self) -> str | None:
         return "stop" if self._scanner.stopped else FINISH_REASONS.get(self._status)
+
+    @property
+    def stop_sequence(self) -> str | None:
+        """The stop string the answer ended at, if any."""
+        return self._scanner.matched
 
     def usage(self) -> dict[str, int]:
         return {

@@ -172,7 +172,13 @@ def openai_router(settings: MasterSettings) -> APIRouter:
 
     @router.get("/v1/models")
     async def models() -> dict[str, object]:
-        model = {"id": model_name, "object": "model", "created": started, "owned_by": "pdctl"}
+        model = {
+            "id": model_name,
+            "object": "model",
+            "created": started,
+            "owned_by": "pdctl",
+            "max_model_len": settings.max_req_total_len,  # as LightLLM and vLLM list it
+        }
         return {"object": "list", "data": [model]}
 
     return router

@@ -44,6 +44,7 @@ class DrainWatch:
         config_server: str,
         on_drained: Callable[[set[str]], None],
         *,
+        on_names: Callable[[dict[str, str]], None] = lambda names: None,
         token: str | None = None,
         timeout_s: float = 30.0,
         retry_s: float = 1.0,
@@ -52,6 +53,7 @@ class DrainWatch:
         self._client = client
         self._url = f"{base_url(config_server)}/v1/watch"
         self._on_drained = on_drained
+        self._on_names = on_names
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout_s = timeout_s
         self._retry_s = retry_s
@@ -92,6 +94,9 @@ class DrainWatch:
             else:
                 self.nodes.pop(event["id"], None)
         self.revision = int(answer["revision"])
+        self._on_names(
+            {r["address"]: node_id for node_id, r in self.nodes.items() if "address" in r}
+        )
         after = self.drained_addresses()
         if after != before or not self.synced.is_set():
             for address in sorted(after - before):
@@ -135,6 +140,7 @@ class ConfigServerLink:
             client,
             config_server,
             pool.set_config_drained,
+            on_names=pool.set_agent_names,
             token=register_token,
             timeout_s=watch_timeout_s,
         )
@@ -147,7 +153,8 @@ class ConfigServerLink:
             "queued_requests": self._admission.queued,
             "nodes": [
                 {
-                    "node_id": str(n.node_id),
+                    "node_id": self._pool.name_of(n),
+                    "lightllm_node_id": str(n.node_id),
                     "role": n.info.mode,
                     "address": n.info.client_ip_port,
                     "in_flight_requests": n.in_flight,

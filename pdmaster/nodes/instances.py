@@ -9,10 +9,9 @@ rank as to any node; these helpers only group them for the admin views.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from pdmaster.nodes.pool import NodeConnection
+from pdmaster.nodes.pool import NodePool
 
 
 def instance_of(mode: str, start_args: dict[str, Any]) -> dict[str, Any] | None:
@@ -29,10 +28,10 @@ def instance_of(mode: str, start_args: dict[str, Any]) -> dict[str, Any] | None:
     return {"id": f"{mode}-{host}:{port}", "nnodes": nnodes, "node_rank": rank}
 
 
-def instances(nodes: Iterable[NodeConnection]) -> list[dict[str, Any]]:
+def instances(pool: NodePool) -> list[dict[str, Any]]:
     """Connected ranks grouped by instance; ``complete`` once every rank is connected."""
     found: dict[str, dict[str, Any]] = {}
-    for node in nodes:
+    for node in pool.nodes():
         instance = instance_of(node.info.mode, node.info.start_args)
         if instance is None:
             continue
@@ -42,7 +41,7 @@ def instances(nodes: Iterable[NodeConnection]) -> list[dict[str, Any]]:
              "ranks": {}},
         )  # fmt: skip
         entry["ranks"][str(instance["node_rank"])] = {
-            "node_id": str(node.node_id),
+            "node_id": pool.name_of(node),
             "address": node.info.client_ip_port,
             "draining": node.draining,
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -16,6 +17,15 @@ log = logging.getLogger(__name__)
 
 Role = Literal["prefill", "decode"]
 MAX_USAGE_RATE = 16.0  # a KV usage rate past this is no report but an attack or a bug
+NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def node_name(mode: str, address: str) -> str:
+    """A node's stable name, ``<role>-<host>-<port>``: the node agent's default id in the
+    config server, so one name means one node everywhere, across engine restarts (the
+    LightLLM node id is random per engine start)."""
+    host, _, port = address.rpartition(":")
+    return NAME_UNSAFE.sub("_", f"{mode}-{host.strip('[]')}-{port}")
 
 
 class Attached(Protocol):
@@ -36,6 +46,10 @@ class NodeInfo:
     host: str
     rpyc_port: int | None
     start_args: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return node_name(self.mode, self.client_ip_port)
 
     @classmethod
     def from_registration(cls, frame: Any) -> NodeInfo:
@@ -135,8 +149,9 @@ class NodePool:
         self._load_max_age_s = load_max_age_s
         self._nodes: dict[int, NodeConnection] = {}
         self._breakers: dict[int, CircuitBreaker] = {}  # by node id: survives reconnects
-        self._draining: set[int] = set()  # by node id: a drained node stays drained on reconnect
+        self._draining: set[str] = set()  # by name: drained across reconnects and restarts
         self._config_drained: set[str] = set()  # addresses the config server shows draining
+        self._agent_names: dict[str, str] = {}  # address -> the node's id in the config server
         self.bad_load_reports = 0
 
     def connect(
@@ -185,15 +200,15 @@ class NodePool:
     def now(self) -> float:
         return self._clock()
 
-    def set_draining(self, node_id: int, draining: bool) -> None:
-        """Stop (or resume) selecting a node; its running requests go on."""
+    def set_draining(self, name: str, draining: bool) -> None:
+        """Stop (or resume) selecting a node, by name; its running requests go on."""
         if draining:
-            self._draining.add(node_id)
+            self._draining.add(name)
         else:
-            self._draining.discard(node_id)
-        conn = self._nodes.get(node_id)
-        if conn is not None:
-            conn.draining = self._is_draining(conn.info)
+            self._draining.discard(name)
+        for conn in self._nodes.values():
+            if conn.info.name == name:
+                conn.draining = self._is_draining(conn.info)
 
     def set_config_drained(self, addresses: set[str]) -> None:
         """The node addresses whose agents drain them (the config server's records)."""
@@ -201,15 +216,23 @@ class NodePool:
         for conn in self._nodes.values():
             conn.draining = self._is_draining(conn.info)
 
+    def set_agent_names(self, names: dict[str, str]) -> None:
+        """Node ids the config server's records give addresses (an agent's own node_id)."""
+        self._agent_names = dict(names)
+
+    def name_of(self, conn: NodeConnection) -> str:
+        """The node's name: its id in the config server, else ``<role>-<host>-<port>``."""
+        return self._agent_names.get(conn.info.client_ip_port) or conn.info.name
+
     def drain_source(self, conn: NodeConnection) -> str | None:
-        if conn.node_id in self._draining:
+        if conn.info.name in self._draining:
             return "master"
         if conn.info.client_ip_port in self._config_drained:
             return "config_server"
         return None
 
     def _is_draining(self, info: NodeInfo) -> bool:
-        return info.node_id in self._draining or info.client_ip_port in self._config_drained
+        return info.name in self._draining or info.client_ip_port in self._config_drained
 
     def record_load(self, conn: NodeConnection, load: dict[str, Any]) -> None:
         """Keep a node's load report; one whose usage rate is not a finite number in
@@ -241,6 +264,18 @@ class NodePool:
 
     def get(self, node_id: int) -> NodeConnection | None:
         return self._nodes.get(node_id)
+
+    def find(self, ref: str) -> list[NodeConnection]:
+        """The nodes a name (``prefill-10.0.0.2-8019``), an address (``10.0.0.2:8019``) or a
+        LightLLM node id refers to."""
+        if ref.isdigit():
+            node = self._nodes.get(int(ref))
+            return [node] if node is not None else []
+        return [
+            n
+            for n in self._nodes.values()
+            if ref in (n.info.name, self.name_of(n), n.info.client_ip_port)
+        ]
 
     def candidates(self, role: Role) -> list[NodeConnection]:
         return [n for n in self._nodes.values() if n.info.mode == role and not n.draining]

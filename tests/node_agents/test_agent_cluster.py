@@ -184,3 +184,91 @@ def test_drain_goes_through_the_config_server_to_every_master(
     assert all(not r.get("error") for r in status["drain"]["masters"].values())
     record = httpx.get(f"{mm.config.url}/v1/nodes/{config['registration']['node_id']}").json()
     assert record["state"] == "DRAINED"
+
+
+def test_drain_and_undrain_both_ways_with_one_stable_name(
+    procs: ProcGroup, agents: list[AgentProc], tmp_path: Path
+) -> None:
+    """One master, agents that name it directly (LightLLM's single-master layout): the
+    master names the node as its agent does, <role>-<host>-<port>, across engine restarts
+    (the LightLLM id, random per start, is an attribute); the agent's drain and undrain both
+    reach the master, and the master's admin calls take the name."""
+    cluster = Cluster(procs)
+    cluster.start_master(*MASTER_FLAGS)
+    master = f"127.0.0.1:{cluster.master_port}"
+    made = []
+    for name, role, host in (("p", "prefill", "127.0.0.51"), ("d", "decode", "127.0.0.52")):
+        config = sim_node_config(tmp_path, name, role, host, pd_master=master)
+        del config["registration"]["node_id"]  # the default name
+        made.append(launch(procs, agents, name, config))
+    prefill = made[0]
+    prefill.wait_state("RUNNING")
+    cluster.wait_ready(1, 1)
+    name = f"prefill-127.0.0.51-{prefill.config['port']}"
+    assert prefill.status()["node_id"] == name
+    node = master_nodes(cluster)[prefill.address]
+    assert node["node_id"] == name and node["lightllm_node_id"].isdigit()
+    metrics = httpx.get(f"{cluster.url}/metrics", timeout=5).text
+    assert f'pd_node_inflight_requests{{address="{prefill.address}",node_id="{name}"' in metrics
+
+    assert prefill.call("POST", "/drain", json={}).status_code == 202
+    assert master_nodes(cluster)[prefill.address]["drained_by"] == "master"
+    reply = prefill.call("POST", "/undrain")
+    assert reply.status_code == 200, reply.text
+    assert master_nodes(cluster)[prefill.address]["draining"] is False
+    assert prefill.status()["state"] == "RUNNING"
+    assert httpx.post(f"{cluster.url}/generate", json={"inputs": "hi"}, timeout=10).is_success
+
+    first_id = node["lightllm_node_id"]
+    assert prefill.call("POST", "/restart").status_code == 202
+    wait_for(
+        lambda: (
+            master_nodes(cluster).get(prefill.address, {}).get("lightllm_node_id")
+            not in (None, first_id)
+        ),
+        20,
+        "the restarted engine to rejoin",
+    )
+    assert master_nodes(cluster)[prefill.address]["node_id"] == name
+    for verb, draining in (("drain", True), ("undrain", False)):
+        reply = httpx.post(f"{cluster.url}/v1/nodes/{name}/{verb}", timeout=5)
+        assert reply.status_code == 200 and reply.json()["draining"] is draining, reply.text
+    reply = httpx.post(f"{cluster.url}/v1/nodes/prefill-10.9.9.9-1/drain", timeout=5)
+    assert reply.status_code == 404 and reply.json()["error"]["code"] == "unknown_node"
+
+
+def test_undrain_through_the_config_server_and_a_clear_409_on_the_master(
+    procs: ProcGroup, agents: list[AgentProc], tmp_path: Path
+) -> None:
+    mm = MultiMasterCluster(procs)
+    mm.start_config_server()
+    masters = [mm.start_master(*MASTER_FLAGS) for _ in range(2)]
+    assert mm.config is not None
+    mm.add_node("decode", 1)
+    config = sim_node_config(
+        tmp_path, "p0", "prefill", "127.0.0.53", config_server=mm.config.address,
+        timing=[*FAST_TIMING, "--config_server_poll_s", "0.5"],
+    )  # fmt: skip
+    agent = launch(procs, agents, "p0", config)
+    agent.wait_state("RUNNING")
+    mm.wait_joined(masters, 1, 1)
+
+    def on_masters() -> list[dict]:
+        return [
+            next(n for n in httpx.get(f"{m.url}/v1/nodes", timeout=5).json()["items"]
+                 if n["address"] == agent.address)
+            for m in masters
+        ]  # fmt: skip
+
+    assert [n["node_id"] for n in on_masters()] == ["p0", "p0"]  # the agent's own id
+    assert agent.call("POST", "/drain", json={}).status_code == 202
+    assert [n["drained_by"] for n in on_masters()] == ["config_server"] * 2
+    reply = httpx.post(f"{masters[0].url}/v1/nodes/p0/undrain", timeout=5)
+    assert reply.status_code == 409
+    assert "POST /undrain on the agent" in reply.json()["error"]["message"]
+    assert agent.call("POST", "/undrain").status_code == 200
+    wait_for(lambda: all(not n["draining"] for n in on_masters()), 5, "both masters to undrain")
+    record = httpx.get(f"{mm.config.url}/v1/nodes/p0", timeout=5).json()
+    assert record["state"] == "RUNNING"
+    for m in masters:
+        assert httpx.post(f"{m.url}/generate", json={"inputs": "back"}, timeout=10).is_success
