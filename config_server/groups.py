@@ -125,6 +125,14 @@ class GroupRegistry:
 
         return await self._update(group_id, change)
 
+    async def undrain(self, group_id: str) -> dict[str, Any]:
+        def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            if current is None or current["drain"] is None:
+                return None
+            return {**current, "drain": None}
+
+        return await self._update(group_id, change)
+
     def _event(self, body: GroupRestart) -> dict[str, Any]:
         return {
             "rank": body.rank,

@@ -4,6 +4,7 @@
 ``POST /v1/groups/{id}/restart``   next generation if still at the given one -> the record
 ``POST /v1/groups/{id}/fatal``     the given generation is FATAL -> the record
 ``POST /v1/groups/{id}/drain``     every rank drains (``{"stop": true}``: then stops)
+``POST /v1/groups/{id}/undrain``   every rank takes requests again
 ``GET /v1/groups[/{id}]``          records with their state and ranks (node records)
 
 Writes take the register token (agents), or the admin token; reads the admin token.
@@ -23,7 +24,7 @@ from config_server.responses import json_response
 from config_server.routes_v1 import check_int_range, describe_validation_error, read_body
 from config_server.settings import ConfigServerSettings
 from pdwire import jsonlimits
-from pdwire.groups import GroupDrain, GroupFatal, GroupJoin, GroupRestart
+from pdwire.groups import GroupDrain, GroupFatal, GroupJoin, GroupRestart, GroupUndrain
 
 MAX_GROUP_BODY = 4096  # a group call is a few small fields
 
@@ -65,6 +66,11 @@ def groups_router(groups: GroupRegistry, settings: ConfigServerSettings) -> APIR
     @router.post("/{group_id}/drain")
     async def drain(request: Request, group_id: str) -> Any:
         return json_response(await groups.drain(group_id, await parse(request, GroupDrain)))
+
+    @router.post("/{group_id}/undrain")
+    async def undrain(request: Request, group_id: str) -> Any:
+        await parse(request, GroupUndrain)
+        return json_response(await groups.undrain(group_id))
 
     @router.get("")
     async def list_all(request: Request) -> Any:

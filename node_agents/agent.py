@@ -219,7 +219,13 @@ class NodeAgent:
 
     async def undrain(self) -> dict[str, Any]:
         """Masters select the node again: the registration turns back to RUNNING, and a
-        master the agent marked directly is told to undrain it."""
+        master the agent marked directly is told to undrain it; a rank of a multi-node
+        instance undrains every rank."""
+        if self.group is not None:
+            self.group.request_undrain()
+        return await self.undrain_for_group()
+
+    async def undrain_for_group(self) -> dict[str, Any]:
         was = self.drainer.status
         self._end_drain()
         if self.registrar is not None:

@@ -43,6 +43,8 @@ class Rank(Protocol):
 
     def drain_for_group(self, stop: bool) -> Awaitable[Any]: ...
 
+    def undrain_for_group(self) -> Awaitable[Any]: ...
+
 
 class GroupMember:
     def __init__(
@@ -120,6 +122,10 @@ class GroupMember:
     def request_drain(self, stop: bool) -> None:
         self._spawn(self._post("drain", {"stop": stop}), "drain")
 
+    def request_undrain(self) -> None:
+        self._drained_at = None
+        self._spawn(self._post("undrain", {}), "undrain")
+
     # --- config server calls ----------------------------------------------------------------
 
     def _report(self, what: str, reason: str) -> None:
@@ -135,7 +141,7 @@ class GroupMember:
         task = asyncio.create_task(run(), name=f"group-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        if name in ("restart", "fatal"):
+        if name in ("restart", "fatal", "drain", "undrain"):  # ours: they settle first
             self._reports.add(task)
             task.add_done_callback(self._reports.discard)
 
@@ -245,14 +251,17 @@ class GroupMember:
         drain = record.get("drain")
         if drain and drain.get("generation") == generation and drain.get("at") != self._drained_at:
             self._drained_at = drain.get("at")
-            self._spawn_drain(bool(drain.get("stop")))
+            self._apply(self._owner.drain_for_group(bool(drain.get("stop"))), "apply-drain")
+        elif drain is None and self._drained_at is not None:  # another rank undrained
+            self._drained_at = None
+            self._apply(self._owner.undrain_for_group(), "apply-undrain")
 
-    def _spawn_drain(self, stop: bool) -> None:
+    def _apply(self, call: Awaitable[Any], name: str) -> None:
         async def run() -> dict[str, Any] | None:
-            await self._owner.drain_for_group(stop)
+            await call
             return None
 
-        self._spawn(run(), "apply-drain")
+        self._spawn(run(), name)
 
     async def close(self) -> None:
         tasks = list(self._tasks)

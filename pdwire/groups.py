@@ -53,6 +53,10 @@ class GroupDrain(_Body):
     stop: bool = False
 
 
+class GroupUndrain(_Body):
+    """``POST /v1/groups/{id}/undrain``: every rank takes requests again (an empty body)."""
+
+
 class GroupEvent(BaseModel):
     rank: int
     generation: int

@@ -98,3 +98,14 @@ def test_replicas_on_etcd_agree_on_one_bump(etcd: EtcdServer, procs: ProcGroup) 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         assert set(pool.map(fail, asks)) == {1}
     assert http().get(f"{b.url}/v1/groups/{group}").json()["generation"] == 1
+
+
+def test_drain_is_kept_for_its_generation_and_undrain_clears_it(
+    memory_server: ConfigServer,
+) -> None:
+    url, group = memory_server.url, gid()
+    put(url, group, nnodes=2, rank=0, generation=5)
+    drained = post(url, group, "drain", stop=True).json()["drain"]
+    assert drained["stop"] is True and drained["generation"] == 5
+    assert post(url, group, "undrain").json()["drain"] is None
+    assert post(url, gid(), "undrain").status_code == 404

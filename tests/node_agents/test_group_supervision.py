@@ -98,6 +98,8 @@ def test_killing_one_rank_restarts_every_rank_and_the_instance_serves_again(
     assert agents[0].call("POST", "/drain", json={}).status_code == 202
     agents[1].wait_state("DRAINED", timeout=10)  # a drain on one rank drains the instance
     assert all(n["draining"] for n in master_nodes(cluster).values() if n["role"] == "decode")
+    assert agents[1].call("POST", "/undrain").status_code == 200
+    agents[0].wait_state("RUNNING", timeout=10)  # and an undrain on one undrains the instance
     print(f"\nrank SIGKILL -> group serving again: {back:.2f} s (errors in {errors_within:.2f} s)")
 
 
