@@ -233,7 +233,6 @@ def _pool(plan: Plan, role: str, pool: Pool) -> list[dict[str, Any]]:
             {"name": "http", "containerPort": pool.port, "hostPort": pool.port},
             {"name": "nccl", "containerPort": pool.nccl_port, "hostPort": pool.nccl_port},
         ],
-        "resources": {"limits": gpus, "requests": gpus},
         "readinessProbe": {
             "exec": {"command": ["python3", "-c", READY.format(port=agent_port)]},
             "periodSeconds": 5,
@@ -256,6 +255,8 @@ def _pool(plan: Plan, role: str, pool: Pool) -> list[dict[str, Any]]:
             {"name": "shm", "mountPath": "/dev/shm"},
         ],
     }
+    if spec.engine == "lightllm":  # a simulated engine needs no GPU
+        container["resources"] = {"limits": gpus, "requests": gpus}
     pod = {
         "hostNetwork": True,
         "dnsPolicy": "ClusterFirstWithHostNet",
