@@ -1,11 +1,12 @@
 """Hostile peers: each attack of issue 13 against real processes on loopback, as a table.
 
-``python -m benchmarks.hostile_peers [--smoke]`` starts a master with one prefill and one
-decode simulated node (and whatever an attack needs besides), runs every attack in
-``ATTACKS`` and prints, per attack: attempts, how many were refused, and whether every
-process still serves (a ``/generate`` answers 200 and ``/health`` within 1 s). Results go
-to ``benchmarks/results/hostile_peers.json``. ``tests/integration/test_hostile.py`` runs
-the same attacks and asserts on their outcomes.
+``python -m benchmarks.hostile_peers [--smoke]`` starts a config server and a master
+registered with it (under ``ulimit -n 1024``), one prefill and one decode simulated node
+(and whatever an attack needs besides), runs every attack in ``ATTACKS`` and prints, per
+attack: attempts, how many were refused, and whether every process still serves (a
+``/generate`` answers 200, ``/health`` within 1 s, the config server lists the master at
+its own address). Results go to ``benchmarks/results/hostile_peers.json``.
+``tests/integration/test_hostile.py`` runs the same attacks and asserts on their outcomes.
 
 An attack is ``async def attack(target: Target) -> Outcome``; append it to ``ATTACKS``.
 Attackers connect from 127.0.0.2 (a different address than every node's), as a host on
@@ -15,7 +16,12 @@ the cluster network would.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import shlex
+import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -26,12 +32,26 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from benchmarks.common import QUIET, parser, print_table, workdir, write_json
-from pdlocal.cluster import Cluster, ProcGroup, free_port, rss_bytes, start_master_proc
-from pdwire.lightllm import LightLLMCodec
+from pdlocal.cluster import (
+    FAST_TIMING,
+    Cluster,
+    Proc,
+    ProcGroup,
+    free_port,
+    http_ok,
+    rss_bytes,
+    start_master_proc,
+    start_sim_node,
+    wait_until,
+)
+from pdlocal.registry import ConfigServer, start_config_server
+from pdwire.lightllm import LightLLMCodec, PD_Master_Obj
 from pdwire.structs import FinishStatus
 
 ATTACKER = "127.0.0.2"
 REFUSED_CODES = (1008, 1009)
+FD_LIMIT = 1024
+REGISTER_TOKEN = "hostile-test-register-token"  # every agent and master holds it
 MASTER_ARGS = [
     *QUIET,
     "--token_load_poll",
@@ -66,10 +86,15 @@ class Target:
 
     cluster: Cluster
     procs: ProcGroup
+    config_server: ConfigServer
 
     @property
     def url(self) -> str:
         return self.cluster.url
+
+    @property
+    def master_address(self) -> str:
+        return f"127.0.0.1:{self.cluster.master_port}"
 
     @property
     def ws(self) -> str:
@@ -95,12 +120,49 @@ Attack = Callable[[Target], Awaitable[Outcome]]
 
 
 def start_target(procs: ProcGroup) -> Target:
+    env = {"PDCTL_REGISTER_TOKEN": REGISTER_TOKEN}
+    registry = start_config_server(procs, *QUIET, env=env)
     c = Cluster(procs)
-    c.start_master(*MASTER_ARGS)
-    c.add_node("prefill", 0, *QUIET)
-    c.add_node("decode", 0, *QUIET)
+    c.master_port = free_port()
+    c.master = start_limited_master(
+        procs,
+        c.master_port,
+        *MASTER_ARGS,
+        "--config_server_host",
+        "127.0.0.1",
+        "--config_server_port",
+        str(registry.port),
+        env=env,
+    )
+    discovery = ["--config_server_host", "127.0.0.1", "--config_server_port", str(registry.port)]
+    for mode, host in (("prefill", "127.0.0.10"), ("decode", "127.0.0.60")):
+        c.nodes.append(start_sim_node(procs, mode, 0, host, *QUIET, *FAST_TIMING, *discovery))
     c.wait_ready(1, 1)
-    return Target(c, procs)
+    target = Target(c, procs, registry)
+    wait_until(lambda: listed_address(target) == target.master_address, 10, "the master's record")
+    return target
+
+
+def start_limited_master(procs: ProcGroup, port: int, *args: str, env: dict[str, str]) -> Proc:
+    """A master under ``ulimit -n FD_LIMIT``, as the issue's slowloris finding had it."""
+    argv = [sys.executable, "-m", "pdmaster", "--host", "127.0.0.1", "--port", str(port), *args]
+    command = f"ulimit -n {FD_LIMIT} && exec {shlex.join(argv)}"
+    proc = Proc("master", ["bash", "-c", command], procs.workdir / "master.log").start(env)
+    procs.procs.append(proc)
+    wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), 20, "the master")
+    return proc
+
+
+def listed_masters(server: ConfigServer) -> dict[int, str]:
+    """What LightLLM nodes read: ``/registered_objects``, master id -> address."""
+    answer = httpx.get(f"{server.url}/registered_objects", timeout=5).json()
+    objs = LightLLMCodec().decode_registered_objects(base64.b64decode(answer["data"]))
+    return {node_id: obj.host_ip_port for node_id, obj in objs.items()}
+
+
+def listed_address(target: Target) -> str | None:
+    masters = listed_masters(target.config_server)
+    return next(iter(masters.values()), None) if len(masters) == 1 else None
 
 
 async def generate(url: str, max_new_tokens: int = 4, timeout: float = 10) -> httpx.Response:
@@ -111,14 +173,17 @@ async def generate(url: str, max_new_tokens: int = 4, timeout: float = 10) -> ht
 
 
 async def still_serving(target: Target) -> bool:
-    """Every process answers: the master's /health within 1 s and a /generate through P and D."""
+    """Every process answers: the master's /health within 1 s, a /generate through P and D,
+    and the config server lists the master at its own address."""
     try:
         async with httpx.AsyncClient(timeout=1) as client:
             health = await client.get(f"{target.url}/health")
         reply = await generate(target.url)
+        listed = await asyncio.to_thread(listed_address, target)
     except httpx.HTTPError:
         return False
-    return health.status_code == 200 and reply.status_code == 200
+    ok = health.status_code == 200 and reply.status_code == 200
+    return ok and listed == target.master_address
 
 
 def attacker_socket(url: str) -> Any:
@@ -359,6 +424,190 @@ async def outside_allow_cidr(target: Target) -> Outcome:
     return Outcome("node sockets from outside --allow-cidr", len(refused), sum(refused))
 
 
+async def master_id_on_websocket(target: Target) -> Outcome:
+    """Register a second LightLLM master with the live one's id (public) at another address."""
+    cfg = target.config_server
+    master_id = next(iter(await asyncio.to_thread(listed_masters, cfg)))
+    frame = LightLLMCodec().encode_pd_master_obj(PD_Master_Obj(master_id, f"{ATTACKER}:9"))
+    refused = []
+    for _ in range(3):
+        async with attacker_socket(f"ws://{cfg.address}/pd_master_register") as ws:
+            await ws.send(frame)
+            refused.append(await close_code(ws, timeout=2) in REFUSED_CODES)
+    return Outcome("/pd_master_register with a live master's id", len(refused), sum(refused))
+
+
+async def master_id_on_v1(target: Target) -> Outcome:
+    """PUT and DELETE /v1/masters/<live id> with the register token every agent holds."""
+    cfg = target.config_server
+    master_id = next(iter(await asyncio.to_thread(listed_masters, cfg)))
+    url = f"{cfg.url}/v1/masters/{master_id}"
+    headers = {"Authorization": f"Bearer {REGISTER_TOKEN}"}
+    transport = httpx.AsyncHTTPTransport(local_address=ATTACKER)
+    async with httpx.AsyncClient(timeout=5, headers=headers, transport=transport) as client:
+        replies = [
+            await client.put(url, json={"address": f"{ATTACKER}:9", "ttl_s": 60}),
+            await client.delete(url),
+        ]
+    statuses = [r.status_code for r in replies]
+    return Outcome(
+        "PUT/DELETE /v1/masters/<live id> with the register token",
+        len(replies),
+        statuses.count(409),
+        details={"statuses": statuses},
+    )
+
+
+async def id_range_flood(target: Target) -> Outcome:
+    """A config server with --allow-cidr: id ranges only for its networks or the token."""
+    env = {"PDCTL_REGISTER_TOKEN": REGISTER_TOKEN}
+    cfg = start_config_server(
+        target.procs, *QUIET, "--allow-cidr", "127.0.0.1/32", name="cidr-config", env=env
+    )
+    url = f"{cfg.url}/allocate_global_unique_id_range"
+    try:
+        transport = httpx.AsyncHTTPTransport(local_address=ATTACKER)
+        async with httpx.AsyncClient(timeout=5, transport=transport) as client:
+            statuses = [(await client.get(url)).status_code for _ in range(200)]
+            bearer = {"Authorization": f"Bearer {REGISTER_TOKEN}"}
+            with_token = (await client.get(url, headers=bearer)).status_code
+        async with httpx.AsyncClient(timeout=5) as client:
+            from_allowed = (await client.get(url)).status_code
+    finally:
+        cfg.proc.stop()
+    return Outcome(
+        "/allocate_global_unique_id_range from outside --allow-cidr",
+        len(statuses),
+        statuses.count(403),
+        details={"with_register_token": with_token, "from_allowed_network": from_allowed},
+    )
+
+
+async def id_range_wait(target: Target) -> Outcome:
+    """A master whose config server stops answering id ranges: its first request must end
+    at the request's deadline (3 s), not after the config server's retries."""
+    cfg = start_config_server(target.procs, *QUIET, name="stalled-config")
+    port = free_port()
+    master = start_master_proc(
+        target.procs,
+        "stalled-master",
+        port,
+        *QUIET,
+        "--config_server_host",
+        "127.0.0.1",
+        "--config_server_port",
+        str(cfg.port),
+        "--request_timeout",
+        "3",
+    )
+    assert cfg.proc.popen is not None
+    url = f"ws://127.0.0.1:{port}/pd_register"
+    try:
+        async with attacker_socket(url) as p, attacker_socket(url) as d:
+            await p.send(json.dumps(registration(1, "prefill")))
+            await d.send(json.dumps(registration(2, "decode")))
+            await asyncio.sleep(0.3)
+            os.kill(cfg.proc.popen.pid, signal.SIGSTOP)
+            started = time.monotonic()
+            reply = await generate(f"http://127.0.0.1:{port}", timeout=30)
+            took = time.monotonic() - started
+    finally:
+        os.kill(cfg.proc.popen.pid, signal.SIGCONT)
+        master.stop()
+        cfg.proc.stop()
+    in_time = reply.status_code == 504 and took < 4.0
+    return Outcome(
+        "id-range wait on a stalled config server",
+        1,
+        int(in_time),
+        details={"status": reply.status_code, "seconds": round(took, 2)},
+    )
+
+
+async def slowloris(target: Target, seconds: float = 4.0, holders: int = 1100) -> Outcome:
+    """1,100 half-sent requests held open (reopened when closed) against the master under
+    ``ulimit -n 1024``, while normal requests go on."""
+    opened = closed = 0
+    stop = asyncio.Event()
+    host, port = "127.0.0.1", target.cluster.master_port
+
+    async def hold() -> None:
+        nonlocal opened, closed
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(host, port, local_addr=(ATTACKER, 0))
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            opened += 1
+            writer.write(b"POST /generate HTTP/1.1\r\nHost: x\r\n")
+            try:
+                while not stop.is_set():
+                    writer.write(b"X-a: b\r\n")
+                    await writer.drain()
+                    read = asyncio.ensure_future(reader.read(1))
+                    done, _ = await asyncio.wait([read], timeout=0.5)
+                    if not done:
+                        read.cancel()
+                        continue
+                    if read.result() == b"":
+                        closed += 1
+                        break
+            except (ConnectionError, OSError):
+                closed += 1
+            finally:
+                writer.close()
+            await asyncio.sleep(0.1)
+
+    def normal() -> tuple[int, int, float]:
+        """Normal requests, one at a time, each on a new connection (from another thread:
+        the attacker's own loop is busy)."""
+        ok = sent = 0
+        slowest = 0.0
+        body = {"inputs": "What is AI?", "parameters": {"max_new_tokens": 4}}
+        ends = time.monotonic() + seconds
+        while time.monotonic() < ends:
+            sent += 1
+            started = time.monotonic()
+            try:
+                reply = httpx.post(f"{target.url}/generate", json=body, timeout=5)
+                ok += reply.status_code == 200
+            except httpx.HTTPError:
+                pass
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.05)
+        return ok, sent, slowest
+
+    tasks = [asyncio.create_task(hold()) for _ in range(holders)]
+    await asyncio.sleep(1.0)  # the holders are in place
+    ok, sent, slowest = await asyncio.to_thread(normal)
+    stop.set()
+    await asyncio.gather(*tasks)
+    return Outcome(
+        "slowloris: 1,100 half-sent requests, ulimit -n 1024",
+        opened,
+        closed,
+        details={"normal_requests": sent, "normal_ok": ok, "slowest_s": round(slowest, 2)},
+    )
+
+
+async def bad_path_parameters(target: Target) -> Outcome:
+    """Unicode digits and 5000-digit ids in path parameters: a 4xx each, never a 500."""
+    ids = ["\u00b2", "9" * 5000, "-1", "1e3"]
+    cfg = target.config_server.url
+    urls = [f"{target.url}/v1/nodes/{i}/drain" for i in ids]
+    urls += [f"{cfg}/v1/masters/{i}" for i in ids]
+    async with httpx.AsyncClient(timeout=5) as client:
+        statuses = [(await client.post(u)).status_code for u in urls[: len(ids)]]
+        statuses += [(await client.get(u)).status_code for u in urls[len(ids) :]]
+    return Outcome(
+        "path parameters: '\u00b2', 5000 digits, -1, 1e3",
+        len(statuses),
+        sum(400 <= s < 500 for s in statuses),
+        details={"statuses": statuses},
+    )
+
+
 ATTACKS: list[Attack] = [
     registration_json_bombs,
     kv_status_json_bombs,
@@ -368,6 +617,12 @@ ATTACKS: list[Attack] = [
     endless_token_load,
     dripping_token_load,
     outside_allow_cidr,
+    master_id_on_websocket,
+    master_id_on_v1,
+    id_range_flood,
+    id_range_wait,
+    slowloris,
+    bad_path_parameters,
 ]
 
 

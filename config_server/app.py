@@ -47,7 +47,11 @@ def create_app(registry: Registry, settings: ConfigServerSettings) -> FastAPI:
             await registry.close()
 
     app = FastAPI(title="pdctl config server", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.include_router(lightllm_router(registry, allowlist, codec, settings.lightllm_ttl_s))
+    app.include_router(
+        lightllm_router(
+            registry, allowlist, codec, settings.lightllm_ttl_s, settings.register_token
+        )
+    )
     app.include_router(v1_router(registry, settings))
     app.include_router(groups_router(GroupRegistry(registry), settings))
     metrics = ConfigServerMetrics(registry)

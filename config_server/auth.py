@@ -28,6 +28,19 @@ def check_bearer(conn: HTTPConnection, tokens: Iterable[str | None], what: str) 
         raise Forbidden(f"the bearer token is not valid for {what}", code="wrong_token")
 
 
+def bearer_is(conn: HTTPConnection, token: str | None) -> bool:
+    """Whether the request carries exactly ``token`` (never true when it is None)."""
+    if not token:
+        return False
+    scheme, _, given = conn.headers.get("authorization", "").partition(" ")
+    given = given.strip()
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
+
+
+def peer_host(conn: HTTPConnection) -> str | None:
+    return conn.client.host if conn.client else None
+
+
 class PeerAllowlist(NetworkAllowlist):
     """Client addresses allowed on LightLLM's endpoints; empty means everyone."""
 

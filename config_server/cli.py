@@ -21,6 +21,7 @@ from config_server.registry import Registry
 from config_server.settings import ConfigServerSettings
 from config_server.store import open_store
 from pdwire.cli import CommandParser, port_number
+from pdwire.httpserver import header_timeout_protocol
 from pdwire.peers import split_cidrs
 from pdwire.structs import LAYOUTS
 
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=header_timeout_protocol(),
         ws="websockets-sansio",
         ws_max_size=1024 * 1024,
         ws_per_message_deflate=False,

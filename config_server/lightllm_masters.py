@@ -8,6 +8,10 @@ replica lists masters registered on any of them.
 A master that also registers through ``/v1`` (as ours does) owns its record through that
 lease: from the moment the session sees a ``/v1`` record it stops writing, and it never
 deletes a record it did not write last.
+
+Master ids are public (``/registered_objects``), so a live record is taken only from the
+address that registered it (a master reconnecting), never by another peer (``Conflict``);
+a session whose record was taken over stops writing it.
 """
 
 from __future__ import annotations
@@ -42,19 +46,27 @@ class LightLLMMasterSession:
         peer: str,
         ttl_s: float,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        *,
+        peer_host: str | None = None,
     ) -> None:
         check_master_obj(obj)
         self._registry = registry
         self.obj = obj
         self.record_id = str(obj.node_id)
         self._peer = peer
+        self._peer_host = peer_host
         self._ttl_s = ttl_s
         self._sleep = sleep
         self.deferred = False  # a /v1 registration owns the record
         self._revision: int | None = None  # of the last record this session wrote
 
     async def renew(self) -> None:
+        """Write the record; ``Conflict`` if another peer's record is live at first."""
         current = self._registry.item("master", self.record_id)
+        if self._revision is None:
+            self._registry.check_owner("master", self.record_id, self._peer_host)
+        elif current is not None and current.mod_revision != self._revision:
+            self.deferred = True  # written by another session of the same peer since
         if current is not None and current.data.get("registered_via") == "v1":
             self.deferred = True
         if self.deferred:
@@ -71,6 +83,7 @@ class LightLLMMasterSession:
             ttl_s=self._ttl_s,
             info={"peer": self._peer},
             via="lightllm_websocket",
+            peer_host=self._peer_host,
         )
         revision = await self._registry.write(record, if_mod_revision=expected)
         if revision:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from config_server.errors import BadRequest, NotFound, ServiceUnavailable
+from config_server.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from config_server.node_view import joined_nodes
 from config_server.store.base import Store
 from config_server.store.view import Change, Item
@@ -93,10 +93,15 @@ class Registry:
 
     # -- writes ---------------------------------------------------------------------------
     async def register(
-        self, kind: str, record_id: str, request: RegistrationRequest
+        self, kind: str, record_id: str, request: RegistrationRequest, peer_host: str | None
     ) -> dict[str, Any]:
-        """Register or renew; idempotent. Returns the stored record."""
+        """Register or renew; idempotent. Returns the stored record.
+
+        A live record is renewed only from the address that registered it (``peer_host``):
+        ids are public, and the register token is shared by every node agent and master.
+        """
         check_id(record_id)
+        self.check_owner(kind, record_id, peer_host)
         if kind == "node" and request.role is None:
             raise BadRequest("role is required for nodes: prefill or decode", code="invalid_field")
         if kind == "master" and request.role is not None:
@@ -110,12 +115,27 @@ class Registry:
             ttl_s=request.ttl_s,
             info=request.info,
             via="v1",
+            peer_host=peer_host,
         )
         await self.write(record)
         return record
 
-    async def deregister(self, kind: str, record_id: str) -> None:
+    def check_owner(self, kind: str, record_id: str, peer_host: str | None) -> None:
+        """409 unless the live record (if any) was registered from ``peer_host``."""
+        current = self.item(kind, record_id)
+        owner = current.data.get("peer_host") if current is not None else None
+        if owner is not None and owner != peer_host:
+            raise Conflict(
+                f"{kind} {record_id!r} is live, registered from {owner}; only that peer may "
+                "renew or remove it until its lease ends",
+                code=f"{kind}_owned_elsewhere",
+            )
+
+    async def deregister(self, kind: str, record_id: str, peer_host: str | None) -> None:
+        """Remove a record; ``peer_host`` None (the admin) may remove any."""
         check_id(record_id)
+        if peer_host is not None:
+            self.check_owner(kind, record_id, peer_host)
         revision = await self.store.delete(record_key(kind, record_id))
         if not revision:
             raise NotFound(f"no {kind} {record_id!r} is registered", code=f"unknown_{kind}")
@@ -132,6 +152,7 @@ class Registry:
         ttl_s: float,
         info: dict[str, Any],
         via: str,
+        peer_host: str | None,
     ) -> dict[str, Any]:
         now = self.wall()
         old = self.store.view.get(record_key(kind, record_id))
@@ -147,6 +168,7 @@ class Registry:
             "last_heartbeat": now,
             "lease_expires_at": now + ttl_s,
             "registered_via": via,
+            "peer_host": peer_host,  # the address that owns the record while it lives
         }
 
     async def write(self, record: dict[str, Any], if_mod_revision: int | None = None) -> int:

@@ -6,8 +6,11 @@
 Health: ``/health``, ``/healthz``, ``/liveness``, ``/readiness``.
 
 LightLLM peers cannot send tokens, so all but the health endpoints check the peer against
-the allowlist. Pickles are decoded with the restricted codec: anything but a PD_Master_Obj
-closes the socket with 1008 and changes nothing.
+the allowlist. The id ranges also take a peer outside it that sends the register token
+(``Authorization: Bearer``), as pdctl's masters do: with ``--allow-cidr`` set to the
+networks of LightLLM's own masters (or to 127.0.0.1/32 when there are none), nobody else
+can drain the id counters. Pickles are decoded with the restricted codec: anything but a
+PD_Master_Obj closes the socket with 1008 and changes nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import Any
 from fastapi import APIRouter, Request, WebSocket
 from starlette.websockets import WebSocketState
 
-from config_server.auth import PeerAllowlist
+from config_server.auth import PeerAllowlist, bearer_is
+from config_server.errors import Conflict
 from config_server.lightllm_masters import LightLLMMasterSession
 from config_server.registry import GROUP_REQUEST_IDS, MULTIMODAL_IDS, Registry
 from config_server.responses import json_response
@@ -38,9 +42,17 @@ FIRST_FRAME_TIMEOUT_S = 10.0
 
 
 def lightllm_router(
-    registry: Registry, allowlist: PeerAllowlist, codec: LightLLMCodec, lightllm_ttl_s: float
+    registry: Registry,
+    allowlist: PeerAllowlist,
+    codec: LightLLMCodec,
+    lightllm_ttl_s: float,
+    register_token: str | None = None,
 ) -> APIRouter:
     router = APIRouter()
+
+    def check_id_range_peer(request: Request) -> None:
+        if not bearer_is(request, register_token):
+            allowlist.check(request)
 
     @router.api_route("/health", methods=["GET", "HEAD"])
     @router.get("/healthz")
@@ -65,12 +77,12 @@ def lightllm_router(
 
     @router.get("/allocate_global_unique_id_range")
     async def allocate_id_range(request: Request) -> Any:
-        allowlist.check(request)
+        check_id_range_peer(request)
         return json_response(await registry.allocate(GROUP_REQUEST_IDS))
 
     @router.get("/allocate_global_unique_multimodal_id_range")
     async def allocate_multimodal_id_range(request: Request) -> Any:
-        allowlist.check(request)
+        check_id_range_peer(request)
         return json_response(await registry.allocate(MULTIMODAL_IDS))
 
     @router.websocket("/pd_master_register")
@@ -122,13 +134,14 @@ async def _open_session(
         return None
     try:
         obj = codec.decode_pd_master_obj(data)
-        session = LightLLMMasterSession(registry, obj, peer, ttl_s)
-    except WireError as exc:
+        session = LightLLMMasterSession(
+            registry, obj, peer, ttl_s, peer_host=ws.client.host if ws.client else None
+        )
+        await session.renew()
+    except (WireError, Conflict) as exc:
         log.warning("refused /pd_master_register from %s: %s", peer, exc)
         await ws.close(POLICY_VIOLATION, str(exc)[:120])
         return None
-    try:
-        await session.renew()
     except StoreError as exc:
         log.warning("cannot register LightLLM master %s: %s", session.record_id, exc)
         await ws.close(TRY_AGAIN_LATER, "registry store unavailable")

@@ -7,23 +7,26 @@
 
 PUT and DELETE need the register token (or the admin token) when one is configured; the
 listings need the admin token; the watch takes either (masters hold the register token).
+Every agent and master holds the register token and ids are public, so a live record is
+renewed or removed only from the address that registered it (409 otherwise; the admin
+token may remove any).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 
-from config_server.auth import check_bearer
+from config_server.auth import bearer_is, check_bearer, peer_host
 from config_server.errors import BadRequest, PayloadTooLarge
 from config_server.registry import Registry, check_id
 from config_server.responses import json_response
 from config_server.settings import ConfigServerSettings
-from pdwire.api import STATE_PATTERN, RegistrationRequest
+from pdwire import jsonlimits
+from pdwire.api import STATE_PATTERN, RegistrationRequest, decimal
 
 ROLES = frozenset({"prefill", "decode"})
 
@@ -62,11 +65,12 @@ def _add_kind_routes(
         check_bearer(request, register, f"PUT /v1/{plural}")
         check_id(record_id)
         body = await read_registration(request, settings.max_body_bytes)
-        return json_response(await registry.register(kind, record_id, body))
+        return json_response(await registry.register(kind, record_id, body, peer_host(request)))
 
     async def delete_one(request: Request, record_id: str) -> Any:
         check_bearer(request, register, f"DELETE /v1/{plural}")
-        await registry.deregister(kind, record_id)
+        admin = bearer_is(request, settings.admin_token)
+        await registry.deregister(kind, record_id, None if admin else peer_host(request))
         return json_response({"deleted": {"kind": kind, "id": record_id}})
 
     async def get_one(request: Request, record_id: str) -> Any:
@@ -108,9 +112,9 @@ def parse_list(value: str | None, name: str, valid: Any, expected: str) -> set[s
 
 async def read_registration(request: Request, max_bytes: int) -> RegistrationRequest:
     body = await read_body(request, max_bytes)
-    try:  # the stdlib parser keeps big integers exact (orjson would make them floats)
-        raw = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
+    try:  # exact big integers (orjson would make them floats), bounded depth and digits
+        raw = jsonlimits.loads(body, max_bytes=max_bytes, max_depth=32, max_int_digits=40)
+    except jsonlimits.JsonRefused as exc:
         raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(raw, dict):
         raise BadRequest("body must be a JSON object", code="invalid_json")
@@ -119,10 +123,6 @@ async def read_registration(request: Request, max_bytes: int) -> RegistrationReq
         return RegistrationRequest.model_validate(raw)
     except ValidationError as exc:
         raise BadRequest(describe_validation_error(exc), code="invalid_field") from None
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def check_int_range(value: Any) -> None:
@@ -143,7 +143,7 @@ def check_int_range(value: Any) -> None:
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared is not None and (decimal(declared) or 0) > max_bytes:
         raise PayloadTooLarge(f"body is {declared} bytes; the limit is {max_bytes}")
     chunks, size = [], 0
     async for chunk in request.stream():

@@ -32,6 +32,7 @@ from node_agents.mps import MpsDaemon, MpsError
 from node_agents.process import LIVE, SETTLED, EngineProcess, State, Transition
 from node_agents.registration import Registrar
 from node_agents.spawner import Child, ProcessSpawner, Spawner
+from pdwire.httpserver import header_timeout_protocol
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +383,7 @@ async def serve(config: NodeConfig, env: Mapping[str, str]) -> int:
         server = AgentServer(
             uvicorn.Config(
                 create_app(agent, config.api.token),
+                http=header_timeout_protocol(),
                 log_level="warning",
                 access_log=False,
                 lifespan="off",

@@ -17,6 +17,7 @@ from pdmaster.routing.policies import POLICY_NAMES
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from pdwire.cli import CommandParser, add_lightllm_flags, lightllm_flags_given, port_number
+from pdwire.httpserver import header_timeout_protocol
 from pdwire.peers import split_cidrs
 from pdwire.structs import LAYOUTS
 
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=header_timeout_protocol(),
         ws="websockets-sansio",
         ws_max_size=64 * 1024 * 1024,
         ws_per_message_deflate=False,  # token frames are small; compression only costs CPU

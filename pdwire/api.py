@@ -40,6 +40,17 @@ def is_valid_id(value: str) -> bool:
     return bool(ID_PATTERN.match(value))
 
 
+def decimal(text: str, max_digits: int = 39) -> int | None:
+    """``text`` as a non-negative int if it is 1-``max_digits`` ASCII digits, else None.
+
+    ``str.isdigit`` also takes "²" and other Unicode digits, which ``int`` refuses, and
+    ``int`` of thousands of digits is slow and then refused: neither may reach ``int``.
+    """
+    if not 0 < len(text) <= max_digits or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
 def base_url(address: str) -> str:
     """``host:port`` or a URL -> ``http://host:port`` (or the URL) without a trailing slash."""
     return (address if "://" in address else f"http://{address}").rstrip("/")
@@ -50,7 +61,8 @@ def check_address(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host:
         raise ValueError(f"address must be host:port, got {value!r}")
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    number = decimal(port, 5)
+    if number is None or not 0 < number < 65536:
         raise ValueError(f"address port must be 1-65535, got {port!r}")
     if host.startswith("[") and host.endswith("]"):
         try:

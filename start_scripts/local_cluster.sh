@@ -5,6 +5,8 @@
 # own script (config_server.sh, pd_master.sh, pd_prefill.sh, pd_decode.sh with ENGINE=sim).
 # Waits until both masters see all 4 nodes, sends one real request through each master,
 # prints what to try, and stops everything on Ctrl-C. With --once it exits after the answers.
+# Every port it needs is checked first: a second run while one is up fails at once, naming
+# the port, and never touches the running cluster's logs (LOG_DIR is locked by its run).
 #
 #
 # With --plan CLUSTER_FILE it runs a planned cluster instead (pd-cluster plan, e.g.
@@ -40,7 +42,40 @@ export CONFIG_SERVER_PORT=${CONFIG_SERVER_PORT:-60088}
 read -r -a MASTER_PORTS <<< "${MASTER_PORTS:-60011 60012}"
 LOG_DIR=${LOG_DIR:-logs/local_cluster}
 read -r -a SIM_ARGS <<< "${SIM_ARGS:-}"
+
+# host:port pairs every role will listen on: config server, masters, engines, agents and
+# the decode engines' KV hand-off port
+ports=("127.0.0.1:$CONFIG_SERVER_PORT")
+for port in "${MASTER_PORTS[@]}"; do
+  ports+=("127.0.0.1:$port")
+done
+for i in 0 1; do
+  ports+=("127.0.0.$((2 + i)):8019" "127.0.0.$((2 + i)):9019")
+  ports+=("127.0.0.$((4 + i)):8121" "127.0.0.$((4 + i)):9121" "127.0.0.$((4 + i)):42000")
+done
+taken=$("$PYTHON" -c '
+import socket, sys
+for pair in sys.argv[1:]:
+    host, port = pair.rsplit(":", 1)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+        try:
+            s.bind((host, int(port)))
+        except OSError:
+            print(pair)
+' "${ports[@]}")
+if [[ -n "$taken" ]]; then
+  echo "local_cluster.sh: in use already (another local cluster?): $(echo "$taken" | tr '\n' ' ')" >&2
+  echo "  stop it first, or set CONFIG_SERVER_PORT / MASTER_PORTS for the ports on 127.0.0.1" >&2
+  exit 1
+fi
+
 mkdir -p "$LOG_DIR"
+exec {lock}>"$LOG_DIR/.lock"
+if ! flock -n "$lock"; then
+  echo "local_cluster.sh: $LOG_DIR is in use by another run; set LOG_DIR" >&2
+  exit 1
+fi
 
 pids=()
 cleanup() {

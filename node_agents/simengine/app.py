@@ -23,12 +23,21 @@ from node_agents.simengine.rankgroup import RankGroup
 from node_agents.simengine.timing import TimingModel
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.lightllm import LightLLMCodec
+from pdwire.sampling import read
+from pdwire.structs import SamplingParamsBase
 
 
 @dataclass(frozen=True)
 class MasterAddress:
     master_id: int
     address: str
+
+
+def _received(params: SamplingParamsBase | None) -> dict[str, Any] | None:
+    """The last REQ's sampling parameters as this node holds them: what the master sent."""
+    if params is None:
+        return None
+    return {**read(params), "stop_sequences": params.stop_token_sequences()}
 
 
 def build_node(
@@ -138,6 +147,7 @@ def create_app(
             "prompt_tokens": cache.prompt_tokens if cache else 0,
             "cached_prompt_tokens": cache.cached_tokens if cache else 0,
             "kv_used_tokens": node.kv.used,
+            "last_sampling_params": _received(node.last_params),
             "masters_connected": sum(link.connected.is_set() for link in node.links.values()),
             "masters": {
                 str(i): {"address": link.address, "connected": link.connected.is_set()}

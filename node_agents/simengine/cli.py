@@ -28,6 +28,7 @@ from pdwire.cli import (
     lightllm_flags_given,
     port_number,
 )
+from pdwire.httpserver import header_timeout_protocol
 from pdwire.lightllm import LightLLMCodec
 from pdwire.structs import LAYOUTS
 
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         loop="uvloop",
-        http="httptools",
+        http=header_timeout_protocol(),
         log_level=args.log_level,
         access_log=False,
     )

@@ -32,15 +32,21 @@ class Metadata(_Strict):
 
 class MessageParam(_Strict):
     role: Literal["user", "assistant"]
-    content: str | list[dict[str, Any]]
+    content: Any  # checked by ``block_text``, which names the block at fault
 
 
-def block_text(blocks: str | list[dict[str, Any]], field: str) -> str:
+def block_text(blocks: object, field: str) -> str:
     """The text of a string or a list of text blocks; 400 naming the first other block."""
     if isinstance(blocks, str):
         return blocks
+    if not isinstance(blocks, list):
+        raise BadRequest(
+            f"{field}: must be a string or a list of content blocks", code="invalid_field"
+        )
     texts = []
     for i, block in enumerate(blocks):
+        if not isinstance(block, dict):
+            raise BadRequest(f"{field}.{i}: must be a content block object", code="invalid_field")
         kind = block.get("type")
         if kind != "text":
             raise BadRequest(
@@ -65,7 +71,7 @@ class PromptFields(_Strict):
 
     model: str = Field(min_length=1)
     messages: list[MessageParam] = Field(min_length=1)
-    system: str | list[dict[str, Any]] | None = None
+    system: Any = None  # a string or text blocks, checked by ``block_text``
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
@@ -93,8 +99,9 @@ class PromptFields(_Strict):
     def chat(self) -> list[dict[str, Any]]:
         """The conversation as chat-template messages (the system prompt first)."""
         out = []
-        if self.system:
-            out.append({"role": "system", "content": block_text(self.system, "system")})
+        system = "" if self.system is None else block_text(self.system, "system")
+        if system:
+            out.append({"role": "system", "content": system})
         for i, message in enumerate(self.messages):
             text = block_text(message.content, f"messages.{i}.content")
             out.append({"role": message.role, "content": text})

@@ -15,7 +15,7 @@ from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.client import MultimodalInput
 
-SECRETS = ("admin_token", "register_token")
+SECRET_SUFFIXES = ("_token", "_secret", "_password", "_key")  # admin_token, register_token
 
 
 class TokensRequest(BaseModel):
@@ -29,13 +29,13 @@ class TokensRequest(BaseModel):
 
 
 def server_info(settings: MasterSettings, model_name: str) -> dict[str, Any]:
-    """The master's settings as LightLLM answers its start arguments, without the secrets."""
-    info = dataclasses.asdict(settings)
-    for name in SECRETS:
-        info.pop(name)
-    for key, value in info.items():
-        if isinstance(value, Path):
-            info[key] = str(value)
+    """The master's settings as LightLLM answers its start arguments, without the secrets
+    (any setting named like one, so that a new one is left out too)."""
+    info = {
+        key: str(value) if isinstance(value, Path) else value
+        for key, value in dataclasses.asdict(settings).items()
+        if not key.endswith(SECRET_SUFFIXES)
+    }
     return {**info, "model_name": model_name, "run_mode": "pd_master"}
 
 

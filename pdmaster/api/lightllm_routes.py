@@ -18,7 +18,9 @@ from pdmaster.nodes.pool import NodePool
 from pdmaster.routing.policies import RequestView, prefix_blocks
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import ModelTokenizer
+from pdwire.api import decimal
 from pdwire.client import GenerateRequest
+from pdwire.structs import layout_for
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -31,7 +33,7 @@ class Unprocessable(ApiError):
 async def read_json(request: Request, model: type[M], limit: int) -> M:
     """The body as ``model``: 413 past ``limit`` bytes, 400 if not JSON, 422 naming the field."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and (decimal(declared) or 0) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
     chunks = []
     size = 0
@@ -84,6 +86,24 @@ def prepare(
             f"exceed max_req_total_len {settings.max_req_total_len}",
             code="invalid_field",
         )
+    refused = params.not_carried_by(layout_for(settings.lightllm_version).SamplingParams)
+    if refused is not None:
+        raise BadRequest(
+            f"parameters.{refused}: LightLLM {settings.lightllm_version} nodes cannot take it "
+            "(their requests have no field for it)",
+            code="unsupported_field",
+        )
+    vocab = tokenizer.vocab_size
+    for name, ids in (
+        ("allowed_token_ids", params.allowed_token_ids),
+        ("logit_bias", [int(k) for k in params.logit_bias]),
+    ):
+        if any(i >= vocab for i in ids):
+            raise BadRequest(
+                f"parameters.{name}: token id {max(ids)} is not in the model's vocabulary "
+                f"of {vocab}",
+                code="invalid_field",
+            )
     stop_ids = [tokenizer.encode(s) for s in params.stop_sequences]
     if any(len(ids) > 256 for ids in stop_ids):
         raise BadRequest(

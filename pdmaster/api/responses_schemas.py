@@ -28,7 +28,7 @@ class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
-    input: str | list[dict[str, Any]]
+    input: Any  # a string or message items, checked by ``chat``, which names the item at fault
     instructions: str | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
@@ -96,7 +96,11 @@ class ResponsesRequest(BaseModel):
             out.append({"role": "system", "content": self.instructions})
         if isinstance(self.input, str):
             return [*out, {"role": "user", "content": self.input}]
+        if not isinstance(self.input, list):
+            raise BadRequest("input: must be a string or a list of items", code="invalid_field")
         for i, item in enumerate(self.input):
+            if not isinstance(item, dict):
+                raise BadRequest(f"input.{i}: must be an item object", code="invalid_field")
             out.append(_message(item, f"input.{i}"))
         if len(out) == (1 if self.instructions else 0):
             raise BadRequest("input: no messages", code="invalid_field")

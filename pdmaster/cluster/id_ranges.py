@@ -41,8 +41,11 @@ class IdRangeSource:
         retry_initial_s: float = 0.2,
         retry_max_s: float = 5.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        token: str | None = None,
     ) -> None:
         self._url = base_url(config_server) + path
+        # the config server lets a master outside --allow-cidr take ranges with its token
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = client
         self._step = step
         self._prefetch_at = prefetch_at
@@ -102,7 +105,7 @@ class IdRangeSource:
         try:
             while True:
                 try:
-                    reply = await self._client.get(self._url, timeout=5.0)
+                    reply = await self._client.get(self._url, headers=self._headers, timeout=5.0)
                     reply.raise_for_status()
                     data = reply.json()
                     start, end = int(data["start_id"]), int(data["end_id"])

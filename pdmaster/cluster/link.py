@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 
 from pdmaster.cluster.id_ranges import IdRangeSource
+from pdmaster.cluster.outage import ConfigServerStatus, is_lightllm_404
 from pdmaster.cluster.registration import MasterRegistration
 from pdmaster.nodes.pool import NodePool
 from pdmaster.routing.admission import Admission
@@ -48,15 +50,19 @@ class DrainWatch:
         token: str | None = None,
         timeout_s: float = 30.0,
         retry_s: float = 1.0,
+        retry_max_s: float = 10.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        status: ConfigServerStatus | None = None,
     ) -> None:
         self._client = client
+        self._status = status or ConfigServerStatus(config_server, time.monotonic)
         self._url = f"{base_url(config_server)}/v1/watch"
         self._on_drained = on_drained
         self._on_names = on_names
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout_s = timeout_s
         self._retry_s = retry_s
+        self._retry_max_s = retry_max_s
         self._sleep = sleep
         self.revision = 0
         self.nodes: dict[str, dict[str, Any]] = {}  # node records by id
@@ -66,7 +72,8 @@ class DrainWatch:
         return {r["address"] for r in self.nodes.values() if r.get("state") in DRAIN_STATES}
 
     async def run(self) -> None:
-        while True:
+        delay = self._retry_s
+        while not self._status.lightllm_only:
             try:
                 reply = await self._client.get(
                     self._url,
@@ -74,12 +81,18 @@ class DrainWatch:
                     headers=self._headers,
                     timeout=self._timeout_s + 10.0,
                 )
+                if is_lightllm_404(reply):
+                    self._status.lightllm_detected()
+                    return
                 reply.raise_for_status()
                 self.apply(reply.json())
+                self._status.succeeded()
+                delay = self._retry_s
             except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-                log.warning("config server watch %s: %r", self._url, exc)
+                self._status.failed("watch", repr(exc))
                 self.revision = 0  # the next answer is a snapshot: no change is missed
-                await self._sleep(self._retry_s)
+                await self._sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
 
     def apply(self, answer: dict[str, Any]) -> None:
         """Fold one watch answer (changes, or a snapshot when ``reset``) into the view."""
@@ -125,7 +138,8 @@ class ConfigServerLink:
         self.client = client
         self._pool = pool
         self._admission = admission
-        self.ids = IdRangeSource(client, config_server)
+        self.ids = IdRangeSource(client, config_server, token=register_token)
+        self.status = ConfigServerStatus(config_server, time.monotonic)
         self.registration = MasterRegistration(
             client,
             config_server,
@@ -135,6 +149,7 @@ class ConfigServerLink:
             heartbeat_s=heartbeat_s,
             info=self.info,
             register_token=register_token,
+            status=self.status,
         )
         self.watch = DrainWatch(
             client,
@@ -143,6 +158,7 @@ class ConfigServerLink:
             on_names=pool.set_agent_names,
             token=register_token,
             timeout_s=watch_timeout_s,
+            status=self.status,
         )
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -8,7 +8,10 @@
   ``info`` (load, connected nodes, ...). The PUT is register-or-renew, so the first renewal
   after a config-server restart registers the master again.
 
-Failures are retried with a backoff from ``retry_initial_s`` doubling to ``retry_max_s``.
+Failures are retried with a backoff from ``retry_initial_s`` doubling to ``retry_max_s``,
+and reported through a shared ``ConfigServerStatus`` (once per outage, with summaries). A
+lease refused with a plain 404 means LightLLM's own config server: the lease stops and the
+websocket goes on.
 Usage::
 
     async with MasterRegistration(client, "cfg:60088", node_id, "10.0.0.5:60011") as reg:
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +31,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
+from pdmaster.cluster.outage import ConfigServerStatus, is_lightllm_404
 from pdwire.api import base_url
 from pdwire.lightllm import LightLLMCodec, PD_Master_Obj
 
@@ -52,8 +57,10 @@ class MasterRegistration:
         retry_max_s: float = 10.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         connect_ws: Callable[..., Any] = connect,
+        status: ConfigServerStatus | None = None,
     ) -> None:
         self._client = client
+        self.status = status or ConfigServerStatus(config_server, time.monotonic)
         url = base_url(config_server)
         self._lease_url = f"{url}/v1/masters/{node_id}"
         self._ws_url = "ws" + url.removeprefix("http") + "/pd_master_register"
@@ -121,11 +128,12 @@ class MasterRegistration:
                 ) as ws:
                     await ws.send(self._registration)
                     self.ws_connected.set()
+                    self.status.succeeded()
                     delay = self._retry_initial_s
                     log.info("registered master %d with %s", self.node_id, self._ws_url)
                     await self._heartbeat_until_closed(ws)
             except (OSError, WebSocketException, TimeoutError) as exc:
-                log.warning("config server websocket %s: %s", self._ws_url, exc)
+                self.status.failed("websocket", str(exc) or type(exc).__name__)
             finally:
                 self.ws_connected.clear()
             await self._sleep(delay)
@@ -148,7 +156,7 @@ class MasterRegistration:
     # -- our lease ------------------------------------------------------------------------
     async def _lease_loop(self) -> None:
         delay = self._retry_initial_s
-        while True:
+        while not self.status.lightllm_only:
             if await self._renew():
                 self.lease_ok.set()
                 delay = self._retry_initial_s
@@ -171,9 +179,15 @@ class MasterRegistration:
                 self._lease_url, json=body, headers=self._headers, timeout=self._ttl_s / 3
             )
         except httpx.HTTPError as exc:
-            log.warning("cannot renew master lease at %s: %r", self._lease_url, exc)
+            self.status.failed("lease", repr(exc))
+            return False
+        if is_lightllm_404(reply):
+            self.status.lightllm_detected()
             return False
         if reply.status_code != 200:
-            log.warning("master lease refused (%d): %s", reply.status_code, reply.text[:300])
+            self.status.failed(
+                "lease", f"master lease refused ({reply.status_code}): {reply.text[:300]}"
+            )
             return False
+        self.status.succeeded()
         return True

@@ -16,13 +16,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from pdmaster.errors import ApiError, DeadlineExceeded, NodeFailed
+from pdmaster.errors import ApiError, BadRequest, DeadlineExceeded, NodeFailed
 from pdmaster.nodes.pool import NodeConnection
 from pdmaster.nodes.tracking import RequestState, RequestTable, Sink
 from pdmaster.routing.policies import RequestView
 from pdmaster.routing.selection import PairSelector
 from pdwire.client import GenerateParameters
 from pdwire.lightllm import LightLLMCodec, TokenEntry, UpKVStatus
+from pdwire.sampling import fill
 from pdwire.structs import SamplingParamsBase
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,14 @@ class PDSession:
         prefill = d.selector.pick("prefill", self._view, exclude=tried)
         decode = d.selector.pick("decode", self._view, exclude=tried) if self.wants_decode else None
         tried += [n for n in (prefill, decode) if n is not None]
-        state = RequestState(await d.next_group_id())
+        refused = self._req.parameters.not_carried_by(d.codec.layout.SamplingParams)
+        if refused is not None:
+            raise BadRequest(
+                f"{refused}: the paired nodes run LightLLM {d.codec.version}, "
+                "whose requests have no field for it",
+                code="unsupported_field",
+            )
+        state = RequestState(await self._group_id())
         self._state, self._prefill, self._decode = state, prefill, decode
         d.table.add(state)
         prefill.attach(state, self._req.prompt_tokens)
@@ -209,6 +217,19 @@ class PDSession:
         state.source = decode
         await decode.send(lambda: self._decode_req(state, prompt_ids + [entry[2]["id"]], status))
         return first
+
+    async def _group_id(self) -> int:
+        """The next group request id, waiting (for the config server's id ranges) no longer
+        than the first token may take."""
+        _, seconds = self._until(self._d.settings.first_token_timeout_s)
+        try:
+            async with asyncio.timeout(seconds):
+                return await self._d.next_group_id()
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no group request id within {seconds:.1f} s (config server id ranges)",
+                code="id_range_timeout",
+            ) from None
 
     def _decode_req(self, state: RequestState, prompt_ids: list[int], status: UpKVStatus) -> bytes:
         params = self._params(self._req.parameters.max_new_tokens - 1, state.group_id)
@@ -287,20 +308,9 @@ class PDSession:
     def _params(self, max_new_tokens: int, group_id: int) -> SamplingParamsBase:
         p = self._req.parameters
         params = self._d.codec.layout.new_sampling_params()
-        params.do_sample = p.do_sample
-        params.presence_penalty = p.presence_penalty
-        params.frequency_penalty = p.frequency_penalty
-        params.repetition_penalty = p.repetition_penalty
-        params.temperature = p.temperature
-        params.top_p = p.top_p
-        params.top_k = p.top_k
-        params.ignore_eos = p.ignore_eos
+        fill(params, p.wire_values)
         params.max_new_tokens = max_new_tokens
         params.min_new_tokens = min(p.min_new_tokens, max_new_tokens)
-        params.skip_special_tokens = p.skip_special_tokens
-        params.add_special_tokens = p.add_special_tokens
-        params.add_spaces_between_special_tokens = p.add_spaces_between_special_tokens
-        params.print_eos_token = p.print_eos_token
         params.group_request_id = group_id
         params.set_stop_sequences(self._req.stop_token_ids, p.stop_sequences)
         return params

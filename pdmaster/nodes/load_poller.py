@@ -18,6 +18,7 @@ import httpx
 
 from pdmaster.nodes.pool import NodeConnection, NodePool
 from pdwire import jsonlimits
+from pdwire.api import decimal
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,8 @@ class TokenLoadPoller:
 
 def poll_url(node: NodeConnection) -> str | None:
     """``/token_load`` at the node's socket address and registered port (None: no port)."""
-    port = node.info.client_ip_port.rpartition(":")[2]
-    if not (port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+    port = decimal(node.info.client_ip_port.rpartition(":")[2], 5)
+    if port is None or not 0 < port < 65536:
         return None
     host = f"[{node.peer_host}]" if ":" in node.peer_host else node.peer_host
     return f"http://{host}:{port}/token_load"

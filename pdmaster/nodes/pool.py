@@ -12,6 +12,7 @@ from typing import Any, Literal, Protocol
 
 from pdmaster.errors import NodeFailed
 from pdmaster.nodes.breaker import CircuitBreaker
+from pdwire.api import decimal
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +269,9 @@ class NodePool:
     def find(self, ref: str) -> list[NodeConnection]:
         """The nodes a name (``prefill-10.0.0.2-8019``), an address (``10.0.0.2:8019``) or a
         LightLLM node id refers to."""
-        if ref.isdigit():
-            node = self._nodes.get(int(ref))
+        number = decimal(ref)
+        if number is not None:
+            node = self._nodes.get(number)
             return [node] if node is not None else []
         return [
             n

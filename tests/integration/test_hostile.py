@@ -1,8 +1,9 @@
 """Hostile peers (issue 13): each attack of ``benchmarks.hostile_peers`` against real
 processes on loopback, with the safe behaviour asserted; the last test prints the table.
 
-One master with a prefill and a decode node serves every attack in turn (the attacks leave
-it serving, which each test checks), so the set stays fast.
+One config server and one master (under ``ulimit -n 1024``) with a prefill and a decode
+node serve every attack in turn (the attacks leave them serving, which each test checks),
+so the set stays fast.
 """
 
 from __future__ import annotations
@@ -82,6 +83,43 @@ def test_a_hostile_token_load_answer_costs_one_short_poll(
 def test_node_sockets_from_outside_allow_cidr_are_refused(target: hp.Target) -> None:
     outcome = run(hp.outside_allow_cidr, target)
     assert outcome.refused == outcome.attempts == 2
+
+
+def test_a_live_master_id_cannot_be_taken_over_the_websocket(target: hp.Target) -> None:
+    outcome = run(hp.master_id_on_websocket, target)
+    assert outcome.refused == outcome.attempts == 3  # and still_serving: listed at its address
+
+
+def test_a_live_master_cannot_be_repointed_or_removed_with_the_register_token(
+    target: hp.Target,
+) -> None:
+    outcome = run(hp.master_id_on_v1, target)
+    assert outcome.details["statuses"] == [409, 409]
+
+
+def test_id_ranges_are_limited_to_allow_cidr_or_the_register_token(target: hp.Target) -> None:
+    outcome = run(hp.id_range_flood, target)
+    assert outcome.refused == outcome.attempts
+    assert outcome.details["with_register_token"] == 200
+    assert outcome.details["from_allowed_network"] == 200
+
+
+def test_the_id_range_wait_ends_at_the_request_deadline(target: hp.Target) -> None:
+    outcome = run(hp.id_range_wait, target)
+    assert outcome.details["status"] == 504
+    assert outcome.details["seconds"] < 4.0
+
+
+def test_normal_requests_get_through_during_slowloris(target: hp.Target) -> None:
+    outcome = run(hp.slowloris, target)
+    assert outcome.details["normal_requests"] >= 3
+    assert outcome.details["normal_ok"] == outcome.details["normal_requests"]
+    assert outcome.refused > 0  # the slow ones were closed
+
+
+def test_bad_path_parameters_get_a_4xx(target: hp.Target) -> None:
+    outcome = run(hp.bad_path_parameters, target)
+    assert outcome.refused == outcome.attempts, outcome.details
 
 
 def test_zz_attack_table() -> None:

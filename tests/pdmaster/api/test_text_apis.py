@@ -8,11 +8,13 @@ import pytest
 
 from pdmaster.api.anthropic_relay import MessageEvents, error_body
 from pdmaster.api.anthropic_schemas import MessagesRequest
+from pdmaster.api.info_routes import server_info
 from pdmaster.api.openai_relay import Generation
 from pdmaster.api.responses_relay import ResponseEvents, ResponseState
 from pdmaster.api.responses_schemas import ResponsesRequest
 from pdmaster.api.text_request import render
 from pdmaster.errors import BadRequest, DeadlineExceeded, NodeFailed, Overloaded
+from pdmaster.settings import MasterSettings
 from pdmodel.chat_template import SimpleChatTemplate
 from tests.pdmaster.api.test_openai_relay import entries
 
@@ -145,3 +147,48 @@ def test_response_events_are_numbered_and_end_incomplete_at_the_limit() -> None:
     assert final["usage"]["output_tokens"] == 2 and out[0][1]["response"]["usage"] is None
     failed = events(enc.error(NodeFailed("gone")))[0]
     assert failed[0] == "response.failed" and failed[1]["response"]["error"]["message"] == "gone"
+
+
+def test_server_info_leaves_out_every_secret() -> None:
+    settings = MasterSettings(admin_token="a-secret", register_token="r-secret")
+    info = server_info(settings, "pd-sim")
+    assert "a-secret" not in json.dumps(info) and "r-secret" not in json.dumps(info)
+    assert (info["model_name"], info["max_req_total_len"]) == ("pd-sim", 24576)
+    assert info["dispatch"]["kv_move_timeout_s"] == 10.0 and isinstance(info["model_dir"], str)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"system": 7}, "system: must be a string or a list of content blocks"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content: must be a string"),
+        ({"messages": [{"role": "user", "content": ["x"]}]}, "messages.0.content.0: must be a"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "id": 1}]}]},
+            "messages.0.content.0.id: not supported",
+        ),
+    ],
+)
+def test_message_content_errors_name_the_part(body: dict, message: str) -> None:
+    request = MessagesRequest.model_validate(
+        {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], **body}
+    )
+    with pytest.raises(BadRequest) as refused:
+        request.chat()
+    assert refused.value.message.startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (5, "input: must be a string or a list of items"),
+        ([5], "input.0: must be an item object"),
+        ([{"role": "robot", "content": "x"}], "input.0.role: must be one of"),
+        ([{"role": "user", "content": 5}], "input.0.content: must be a string or a list"),
+        ([], "input: no messages"),
+    ],
+)
+def test_response_input_errors_name_the_item(value: object, message: str) -> None:
+    with pytest.raises(BadRequest) as refused:
+        ResponsesRequest.model_validate({"input": value}).chat()
+    assert refused.value.message.startswith(message)
