@@ -45,14 +45,25 @@ read -r -a SIM_ARGS <<< "${SIM_ARGS:-}"
 
 # host:port pairs every role will listen on: config server, masters, engines, agents and
 # the decode engines' KV hand-off port
-ports=("127.0.0.1:$CONFIG_SERVER_PORT")
-for port in "${MASTER_PORTS[@]}"; do
-  ports+=("127.0.0.1:$port")
-done
-for i in 0 1; do
-  ports+=("127.0.0.$((2 + i)):8019" "127.0.0.$((2 + i)):9019")
-  ports+=("127.0.0.$((4 + i)):8121" "127.0.0.$((4 + i)):9121" "127.0.0.$((4 + i)):42000")
-done
+ports=()
+if [[ -n $plan ]]; then  # the plan's: every host's main port, and each agent's (+1000)
+  plan_dir=$(mktemp -d)
+  trap 'rm -rf "$plan_dir"' EXIT
+  "$PYTHON" -m pdcluster plan "$plan" --out "$plan_dir" >/dev/null
+  while read -r _ role address port; do
+    ports+=("$address:$port")
+    [[ $role == prefill || $role == decode ]] && ports+=("$address:$((port + 1000))")
+  done <"$plan_dir/hosts.txt"
+else
+  ports+=("127.0.0.1:$CONFIG_SERVER_PORT")
+  for port in "${MASTER_PORTS[@]}"; do
+    ports+=("127.0.0.1:$port")
+  done
+  for i in 0 1; do
+    ports+=("127.0.0.$((2 + i)):8019" "127.0.0.$((2 + i)):9019")
+    ports+=("127.0.0.$((4 + i)):8121" "127.0.0.$((4 + i)):9121" "127.0.0.$((4 + i)):42000")
+  done
+fi
 taken=$("$PYTHON" -c '
 import socket, sys
 for pair in sys.argv[1:]:
@@ -66,7 +77,11 @@ for pair in sys.argv[1:]:
 ' "${ports[@]}")
 if [[ -n "$taken" ]]; then
   echo "local_cluster.sh: in use already (another local cluster?): $(echo "$taken" | tr '\n' ' ')" >&2
-  echo "  stop it first, or set CONFIG_SERVER_PORT / MASTER_PORTS for the ports on 127.0.0.1" >&2
+  if [[ -n $plan ]]; then
+    echo "  stop it first, or change the ports in $plan" >&2
+  else
+    echo "  stop it first, or set CONFIG_SERVER_PORT / MASTER_PORTS for the ports on 127.0.0.1" >&2
+  fi
   exit 1
 fi
 
@@ -80,6 +95,7 @@ fi
 pids=()
 cleanup() {
   trap - INT TERM EXIT
+  [[ -n ${plan_dir:-} ]] && rm -rf "$plan_dir"
   if ((${#pids[@]})); then
     kill -TERM "${pids[@]}" 2>/dev/null || true  # agents stop their engines first
     wait "${pids[@]}" 2>/dev/null || true
