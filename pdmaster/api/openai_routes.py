@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from pdmaster.api.hot_path import Opened, SseEndpoint
-from pdmaster.api.lightllm_routes import prepare, read_json
+from pdmaster.api.lightllm_routes import check_prompt_size, prepare, read_json
 from pdmaster.api.openai_relay import (
     ChatFormat,
     CompletionFormat,
@@ -98,6 +98,7 @@ def openai_endpoints(
         add_special_tokens: bool,
     ) -> PreparedRequest:
         if limit is None:  # OpenAI's chat default: as many tokens as the context has left
+            check_prompt_size(prompt, settings, prompt_field)
             prompt_tokens = tokenizer.count(prompt)
             room = settings.max_req_total_len - prompt_tokens
             if room < 1:
