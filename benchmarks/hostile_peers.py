@@ -524,7 +524,7 @@ async def id_range_wait(target: Target) -> Outcome:
     )
 
 
-async def slowloris(target: Target, seconds: float = 4.0, holders: int = 1100) -> Outcome:
+async def slowloris(target: Target, seconds: float = 3.0, holders: int = 1100) -> Outcome:
     """1,100 half-sent requests held open (reopened when closed) against the master under
     ``ulimit -n 1024``, while normal requests go on."""
     opened = closed = 0
@@ -608,6 +608,49 @@ async def bad_path_parameters(target: Target) -> Outcome:
     )
 
 
+async def heavy_prompts(target: Target, seconds: float = 2.0) -> Outcome:
+    """3.9 MB prompts (over the byte limit: refused before tokenizing) and 190 KB ones
+    (tokenized, ~0.4 s each, then refused as too many tokens) from 4 clients, while
+    another client times /health."""
+    words = "the quick brown fox jumps over a lazy dog while transformers attend to tokens"
+    bodies = [
+        json.dumps({"inputs": (words * (n // len(words) + 1))[:n]}).encode()
+        for n in (3_900_000, 190_000)
+    ]  # encoded once: encoding per request would stall this process, not the master
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def attacker(body: bytes) -> None:
+        headers = {"Content-Type": "application/json"}
+        async with httpx.AsyncClient(timeout=30) as client:
+            while not stop.is_set():
+                reply = await client.post(f"{target.url}/generate", content=body, headers=headers)
+                statuses.append(reply.status_code)
+
+    def health_latency() -> float:
+        """From another thread: this process's loop is busy with the uploads."""
+        slowest = 0.0
+        ends = time.monotonic() + seconds
+        with httpx.Client(timeout=10) as client:
+            while time.monotonic() < ends:
+                started = time.monotonic()
+                client.get(f"{target.url}/health")
+                slowest = max(slowest, time.monotonic() - started)
+                time.sleep(0.02)
+        return slowest
+
+    attackers = [asyncio.create_task(attacker(bodies[i % 2])) for i in range(4)]
+    slowest = await asyncio.to_thread(health_latency)
+    stop.set()
+    await asyncio.gather(*attackers)
+    return Outcome(
+        "3.9 MB and 190 KB prompts from 4 clients",
+        len(statuses),
+        sum(s in (400, 413) for s in statuses),
+        details={"statuses": sorted(set(statuses)), "health_slowest_s": round(slowest, 3)},
+    )
+
+
 ATTACKS: list[Attack] = [
     registration_json_bombs,
     kv_status_json_bombs,
@@ -623,6 +666,7 @@ ATTACKS: list[Attack] = [
     id_range_wait,
     slowloris,
     bad_path_parameters,
+    heavy_prompts,
 ]
 
 

@@ -62,6 +62,12 @@ def build_parser() -> CommandParser:
     )
     p.add_argument("--max_req_total_len", type=int, default=16384 + 8192)
     p.add_argument("--max_body_bytes", type=int, default=4 * 1024 * 1024)
+    p.add_argument(
+        "--max_prompt_bytes",
+        type=int,
+        default=None,
+        help="refuse longer prompts before tokenizing them (default: 8 x max_req_total_len)",
+    )
     p.add_argument("--first_token_timeout", type=float, default=60.0)
     p.add_argument(
         "--kv_move_timeout",
@@ -187,6 +193,7 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
         max_new_tokens=args.max_new_tokens,
         max_req_total_len=args.max_req_total_len,
         max_body_bytes=args.max_body_bytes,
+        max_prompt_bytes=args.max_prompt_bytes,
         dispatch=DispatchSettings(
             first_token_timeout_s=args.first_token_timeout,
             kv_move_timeout_s=args.kv_move_timeout,

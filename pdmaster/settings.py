@@ -8,6 +8,8 @@ from pathlib import Path
 from pdmaster.dispatch.session import DispatchSettings
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR
 
+PROMPT_BYTES_PER_TOKEN = 8
+
 
 @dataclass(frozen=True)
 class MasterSettings:
@@ -20,6 +22,7 @@ class MasterSettings:
     max_new_tokens: int = 16384
     max_req_total_len: int = 16384 + 8192
     max_body_bytes: int = 4 * 1024 * 1024
+    max_prompt_bytes: int | None = None  # None: PROMPT_BYTES_PER_TOKEN x max_req_total_len
     registration_timeout_s: float = 10.0
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     prefill_policy: str = "round_robin"
@@ -40,6 +43,15 @@ class MasterSettings:
     register_token: str | None = None  # bearer token for the config server's /v1 API
     advertise_address: str | None = None  # host:port nodes dial; None: host:port
     lease_ttl_s: float = 10.0  # the master's /v1 lease; it vanishes this long after death
+
+    @property
+    def prompt_byte_limit(self) -> int:
+        """Prompts over this many bytes are refused before tokenizing: past it a prompt
+        cannot fit in ``max_req_total_len`` tokens unless its tokens average more than
+        PROMPT_BYTES_PER_TOKEN bytes (English text averages about 4)."""
+        if self.max_prompt_bytes is not None:
+            return self.max_prompt_bytes
+        return PROMPT_BYTES_PER_TOKEN * self.max_req_total_len
 
     @property
     def public_address(self) -> str:

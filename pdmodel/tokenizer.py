@@ -32,6 +32,11 @@ class ModelTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
+    def encode_unlocked(self, text: str) -> list[int]:
+        """``encode`` that lets other threads run meanwhile, for a worker thread: the
+        tokenizers library holds the GIL in ``encode`` but releases it in ``encode_batch``."""
+        return self._tokenizer.encode_batch([text], add_special_tokens=False)[0].ids
+
     def count(self, text: str) -> int:
         return len(self.encode(text))
 

@@ -19,15 +19,25 @@ from node_agents.simengine.faults import Faults
 from node_agents.simengine.links import LinkSet
 from node_agents.simengine.normal import NormalNode, normal_router
 from node_agents.simengine.prefill import PrefillNode
+from node_agents.simengine.rankgroup import RankGroup
 from node_agents.simengine.timing import TimingModel
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.lightllm import LightLLMCodec
+from pdwire.sampling import read
+from pdwire.structs import SamplingParamsBase
 
 
 @dataclass(frozen=True)
 class MasterAddress:
     master_id: int
     address: str
+
+
+def _received(params: SamplingParamsBase | None) -> dict[str, Any] | None:
+    """The last REQ's sampling parameters as this node holds them: what the master sent."""
+    if params is None:
+        return None
+    return {**read(params), "stop_sequences": params.stop_token_sequences()}
 
 
 def build_node(
@@ -54,12 +64,16 @@ def create_app(
     reconnect_s: float,
     config_server: str | None = None,
     config_poll_s: float = 10.0,
+    group: RankGroup | None = None,
 ) -> FastAPI:
     """With ``config_server``, the masters come from its ``/registered_objects`` (polled
-    every ``config_poll_s``), as a LightLLM node in multi-master mode finds them."""
+    every ``config_poll_s``), as a LightLLM node in multi-master mode finds them. A rank of
+    a multi-node instance (``group``) serves nothing until all its ranks have met."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if group is not None:
+            await group.form()
         tasks = await node.start()
         links = LinkSet(
             node.links,
@@ -89,6 +103,8 @@ def create_app(
             try:
                 yield
             finally:
+                if group is not None:
+                    await group.close()
                 await links.close()
                 for task in tasks:
                     task.cancel()
@@ -131,6 +147,7 @@ def create_app(
             "prompt_tokens": cache.prompt_tokens if cache else 0,
             "cached_prompt_tokens": cache.cached_tokens if cache else 0,
             "kv_used_tokens": node.kv.used,
+            "last_sampling_params": _received(node.last_params),
             "masters_connected": sum(link.connected.is_set() for link in node.links.values()),
             "masters": {
                 str(i): {"address": link.address, "connected": link.connected.is_set()}

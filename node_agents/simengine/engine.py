@@ -113,6 +113,7 @@ class SimNode:
         self.kv = KVCapacity(timing.kv_capacity_tokens)
         self.stats = Stats()
         self.links: dict[int, MasterLink] = {}
+        self.last_params: SamplingParamsBase | None = None  # the last REQ's, for /sim/stats
         self.eos_id = tokenizer.eos_token_ids[0] if tokenizer.eos_token_ids else 0
 
     async def on_frame(self, link: MasterLink, frame: bytes) -> None:
@@ -123,6 +124,7 @@ class SimNode:
             if kind is ObjType.REQ:
                 prompt, params, _ = self.codec.decode_req(payload)
                 self.stats.requests += 1
+                self.last_params = params
                 await self.on_req(link, prompt, params)
             elif kind is ObjType.ABORT:
                 if not isinstance(payload, int):

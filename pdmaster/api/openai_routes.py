@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from pdmaster.api.hot_path import Opened, SseEndpoint
-from pdmaster.api.lightllm_routes import prepare, read_json
+from pdmaster.api.lightllm_routes import check_prompt_size, prepare, read_json
 from pdmaster.api.openai_relay import (
     ChatFormat,
     CompletionFormat,
@@ -25,7 +25,12 @@ from pdmaster.api.openai_relay import (
     OpenAIStream,
     error_body,
 )
-from pdmaster.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from pdmaster.api.openai_schemas import (
+    OPENAI_NAMES,
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingFields,
+)
 from pdmaster.api.service import ClientDisconnected, GenerateService
 from pdmaster.dispatch.session import PreparedRequest
 from pdmaster.errors import BadRequest, NotFound
@@ -62,8 +67,9 @@ def in_openai_terms(exc: BadRequest, prompt_field: str, max_field: str) -> BadRe
     message = exc.message
     for old, new in (
         ("parameters.max_new_tokens", max_field),
-        ("parameters.stop_sequences", "stop"),
         ("max_new_tokens", max_field),
+        *((f"parameters.{name}", openai) for name, openai in OPENAI_NAMES.items()),
+        ("parameters.", ""),
     ):
         message = message.replace(old, new)
     if message.startswith("inputs:"):
@@ -92,6 +98,7 @@ def openai_endpoints(
         add_special_tokens: bool,
     ) -> PreparedRequest:
         if limit is None:  # OpenAI's chat default: as many tokens as the context has left
+            check_prompt_size(prompt, settings, prompt_field)
             prompt_tokens = tokenizer.count(prompt)
             room = settings.max_req_total_len - prompt_tokens
             if room < 1:
@@ -101,7 +108,7 @@ def openai_endpoints(
                     code="invalid_field",
                 )
             limit = min(settings.max_new_tokens, room)
-        params = body.generate_parameters(limit, add_special_tokens)
+        params = body.generate_parameters(limit, add_special_tokens, max_field)
         try:
             return prepare(GenerateRequest(inputs=prompt, parameters=params), tokenizer, settings)
         except BadRequest as exc:

@@ -3,24 +3,39 @@
 Fields are OpenAI's plus the extensions vLLM and SGLang users send (``top_k``,
 ``ignore_eos``, ``repetition_penalty``). A JSON ``null`` means the field's default, as in
 OpenAI's API. Unknown fields are refused (422 naming the field), as on LightLLM's routes,
-so a feature this master lacks (``tools``, ``response_format``) fails loudly instead of
-being dropped. Fields OpenAI defines but the PD flow cannot honour (``n`` > 1,
-``logprobs``, ``echo``, ``suffix``, ``best_of`` > 1, ``logit_bias``) are parsed so that
-``check_supported`` can refuse them with a 400 naming the field.
+so a feature this master lacks (``tools``) fails loudly instead of being dropped. Fields
+OpenAI defines but the PD flow cannot honour (``n`` > 1, ``logprobs``, ``echo``,
+``suffix``, ``best_of`` > 1) are parsed so that ``check_supported`` can refuse them with a
+400 naming the field.
+
+The sampling values go through LightLLM's own parameters (``GenerateParameters``), so
+both APIs share one validation: LightLLM's bounds and the wire's, a 400 naming the OpenAI
+field. As LightLLM's OpenAI API does, ``response_format`` becomes a guided decoding
+constraint (``json_schema`` -> ``guided_json``, ``json_object`` -> LightLLM's built-in
+``json`` grammar), and ``logit_bias`` of -100 bans tokens (v1.2.0 nodes' ``invalid_token_ids``);
+``seed`` reaches nodes whose requests carry one (v1.2.0).
 
 Accepted and ignored: ``model`` (the answer names the master's served model), ``user``,
-``seed`` (LightLLM's sampling parameters carry no seed, so a node cannot honour it), and
-``stream_options`` when ``stream`` is false.
+and ``stream_options`` when ``stream`` is false.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pdmaster.errors import BadRequest
 from pdwire.client import GenerateParameters
+from pdwire.sampling import Float32, Int32
 
 
 class OpenAIModel(BaseModel):
@@ -38,17 +53,50 @@ class StreamOptions(OpenAIModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(OpenAIModel):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(OpenAIModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def constraint(self) -> dict[str, str]:
+        """The LightLLM parameter this format becomes, as LightLLM's OpenAI API maps it."""
+        if self.type == "json_object":
+            return {"guided_grammar": "json"}
+        if self.type == "json_schema":
+            if self.json_schema is None or self.json_schema.schema_ is None:
+                raise BadRequest(
+                    "response_format.json_schema.schema: required for type json_schema",
+                    code="invalid_field",
+                )
+            return {"guided_json": json.dumps(self.json_schema.schema_, separators=(",", ":"))}
+        return {}
+
+
+# GenerateParameters field -> the OpenAI field a client set it with
+OPENAI_NAMES = {
+    "stop_sequences": "stop",
+    "guided_json": "response_format",
+    "guided_grammar": "response_format",
+}
+
+
 class SamplingFields(OpenAIModel):
     """The fields both endpoints share, and their mapping onto LightLLM's parameters."""
 
     model: str | None = None
     n: int = 1
-    temperature: float = Field(default=1.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = -1
-    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    temperature: Float32 = Field(default=1.0, ge=0.0)
+    top_p: Float32 = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: Int32 = -1
+    presence_penalty: Float32 = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: Float32 = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: Float32 = Field(default=1.0, gt=0.0)
     stop: list[str] = Field(default_factory=list, max_length=10)
     stream: bool = False
     stream_options: StreamOptions = Field(default_factory=StreamOptions)
@@ -56,6 +104,7 @@ class SamplingFields(OpenAIModel):
     seed: int | None = None
     user: str | None = None
     logit_bias: dict[str, float] = Field(default_factory=dict)
+    response_format: ResponseFormat | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -80,26 +129,42 @@ class SamplingFields(OpenAIModel):
         """Raise a 400 naming the first field set to something the PD flow cannot do."""
         if self.n != 1:
             raise BadRequest(f"n: only n=1 is supported, got {self.n}", code="unsupported_field")
-        if self.logit_bias:
-            raise BadRequest("logit_bias: not supported", code="unsupported_field")
 
     def generate_parameters(
-        self, max_new_tokens: int, add_special_tokens: bool
+        self, max_new_tokens: int, add_special_tokens: bool, max_field: str = "max_tokens"
     ) -> GenerateParameters:
-        """LightLLM's parameters for this request; temperature 0 means greedy, as in OpenAI."""
-        return GenerateParameters(
-            max_new_tokens=max_new_tokens,
-            do_sample=self.temperature > 0,
-            temperature=self.temperature or 1.0,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            repetition_penalty=self.repetition_penalty,
-            ignore_eos=self.ignore_eos,
-            stop_sequences=self.stop,
-            add_special_tokens=add_special_tokens,
-        )
+        """LightLLM's parameters for this request; temperature 0 means greedy, as in OpenAI.
+
+        LightLLM's checks apply here too: a value they refuse is a 400 naming the OpenAI
+        field (``max_field`` for the output limit).
+        """
+        try:
+            return GenerateParameters.model_validate(
+                {
+                    "max_new_tokens": max_new_tokens,
+                    "do_sample": self.temperature > 0,
+                    "temperature": self.temperature or 1.0,
+                    "top_p": self.top_p,
+                    "top_k": self.top_k,
+                    "presence_penalty": self.presence_penalty,
+                    "frequency_penalty": self.frequency_penalty,
+                    "repetition_penalty": self.repetition_penalty,
+                    "ignore_eos": self.ignore_eos,
+                    "stop_sequences": self.stop,
+                    "add_special_tokens": add_special_tokens,
+                    "seed": self.seed,
+                    "logit_bias": self.logit_bias,
+                    **(self.response_format.constraint() if self.response_format else {}),
+                }
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = [str(p) for p in first["loc"]]
+            name = loc[0] if loc else "body"
+            field = max_field if name == "max_new_tokens" else OPENAI_NAMES.get(name, name)
+            raise BadRequest(
+                f"{'.'.join([field, *loc[1:]])}: {first['msg']}", code="invalid_field"
+            ) from None
 
 
 class CompletionRequest(SamplingFields):

@@ -12,7 +12,7 @@ import orjson
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from pdmaster.api.lightllm_routes import Unprocessable, prepare, read_json
+from pdmaster.api.lightllm_routes import Unprocessable, check_prompt_size, prepare, read_json
 from pdmaster.dispatch.session import PreparedRequest
 from pdmaster.errors import BadRequest
 from pdmaster.settings import MasterSettings
@@ -95,6 +95,7 @@ def output_room(
     prompt: str, tokenizer: ModelTokenizer, settings: MasterSettings, field: str
 ) -> int:
     """The output limit when the client sets none: what the context has left, capped."""
+    check_prompt_size(prompt, settings, field)
     prompt_tokens = tokenizer.count(prompt)
     room = settings.max_req_total_len - prompt_tokens
     if room < 1:

@@ -16,13 +16,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from pdmaster.errors import ApiError, DeadlineExceeded, NodeFailed
+from pdmaster.errors import ApiError, BadRequest, DeadlineExceeded, NodeFailed
 from pdmaster.nodes.pool import NodeConnection
 from pdmaster.nodes.tracking import RequestState, RequestTable, Sink
 from pdmaster.routing.policies import RequestView
 from pdmaster.routing.selection import PairSelector
 from pdwire.client import GenerateParameters
 from pdwire.lightllm import LightLLMCodec, TokenEntry, UpKVStatus
+from pdwire.sampling import fill
 from pdwire.structs import SamplingParamsBase
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class DispatchSettings:
     max_attempts: int = 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PreparedRequest:
     prompt: str
     prompt_tokens: int
@@ -83,6 +84,19 @@ class PDDispatcher:
 
 
 class PDSession:
+    __slots__ = (
+        "_d",
+        "_req",
+        "_view",
+        "_deadline",
+        "_state",
+        "_prefill",
+        "_decode",
+        "_sink",
+        "finished",
+        "closed",
+    )
+
     def __init__(self, dispatcher: PDDispatcher, request: PreparedRequest) -> None:
         self._d = dispatcher
         self._req = request
@@ -183,6 +197,13 @@ class PDSession:
         prefill = d.selector.pick("prefill", self._view, exclude=tried)
         decode = d.selector.pick("decode", self._view, exclude=tried) if self.wants_decode else None
         tried += [n for n in (prefill, decode) if n is not None]
+        refused = self._req.parameters.not_carried_by(d.codec.layout.SamplingParams)
+        if refused is not None:
+            raise BadRequest(
+                f"{refused}: the paired nodes run LightLLM {d.codec.version}, "
+                "whose requests have no field for it",
+                code="unsupported_field",
+            )
         state = RequestState(await self._group_id())
         self._state, self._prefill, self._decode = state, prefill, decode
         d.table.add(state)
@@ -300,20 +321,9 @@ class PDSession:
     def _params(self, max_new_tokens: int, group_id: int) -> SamplingParamsBase:
         p = self._req.parameters
         params = self._d.codec.layout.new_sampling_params()
-        params.do_sample = p.do_sample
-        params.presence_penalty = p.presence_penalty
-        params.frequency_penalty = p.frequency_penalty
-        params.repetition_penalty = p.repetition_penalty
-        params.temperature = p.temperature
-        params.top_p = p.top_p
-        params.top_k = p.top_k
-        params.ignore_eos = p.ignore_eos
+        fill(params, p.wire_values)
         params.max_new_tokens = max_new_tokens
         params.min_new_tokens = min(p.min_new_tokens, max_new_tokens)
-        params.skip_special_tokens = p.skip_special_tokens
-        params.add_special_tokens = p.add_special_tokens
-        params.add_spaces_between_special_tokens = p.add_spaces_between_special_tokens
-        params.print_eos_token = p.print_eos_token
         params.group_request_id = group_id
         params.set_stop_sequences(self._req.stop_token_ids, p.stop_sequences)
         return params

@@ -122,6 +122,13 @@ def test_bad_path_parameters_get_a_4xx(target: hp.Target) -> None:
     assert outcome.refused == outcome.attempts, outcome.details
 
 
+def test_heavy_prompts_are_refused_without_stalling_other_clients(target: hp.Target) -> None:
+    outcome = run(hp.heavy_prompts, target)
+    assert outcome.refused == outcome.attempts > 0
+    assert outcome.details["statuses"] == [400, 413]
+    assert outcome.details["health_slowest_s"] < 1.0  # main: no answer within 10 s
+
+
 def test_zz_attack_table() -> None:
     headers = ["attack", "attempts", "refused", "still serving"]
     print_table("Hostile peers", headers, [o.row for o in OUTCOMES])
