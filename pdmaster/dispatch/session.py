@@ -40,7 +40,7 @@ class DispatchSettings:
     max_attempts: int = 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PreparedRequest:
     prompt: str
     prompt_tokens: int
@@ -84,6 +84,19 @@ class PDDispatcher:
 
 
 class PDSession:
+    __slots__ = (
+        "_d",
+        "_req",
+        "_view",
+        "_deadline",
+        "_state",
+        "_prefill",
+        "_decode",
+        "_sink",
+        "finished",
+        "closed",
+    )
+
     def __init__(self, dispatcher: PDDispatcher, request: PreparedRequest) -> None:
         self._d = dispatcher
         self._req = request
