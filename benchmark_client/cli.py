@@ -18,7 +18,13 @@ from typing import Any
 from benchmark_client.client import RequestRecord, lightllm_body, openai_body, run_workload
 from benchmark_client.http import Target
 from benchmark_client.report import check_plotting, dump, plot, render_table, summarize
-from benchmark_client.workload import PromptMaker, Workload, arrival_offsets, build_prompts
+from benchmark_client.workload import (
+    PromptMaker,
+    Workload,
+    arrival_offsets,
+    build_prompts,
+    output_lengths,
+)
 from pdwire.cli import CommandParser
 
 EXIT_USAGE = 2
@@ -32,6 +38,13 @@ def build_parser() -> CommandParser:
     p.add_argument("--input_num", type=int, default=2000, help="requests to send")
     p.add_argument("--input_len", type=int, default=1024, help="prompt tokens")
     p.add_argument("--output_len", type=int, default=128, help="tokens to generate")
+    p.add_argument(
+        "--output_spread",
+        choices=["fixed", "lightllm"],
+        default="fixed",
+        help="fixed: --output_len each; lightllm: LightLLM's benchmark_client's random "
+        "lengths in [2, 2 x --output_len] around --output_len, to compare with its numbers",
+    )
     p.add_argument("--tokenizer_path", default=None, help="dir or file with tokenizer.json")
     p.add_argument("--server_api", choices=["lightllm", "openai"], default="lightllm")
     p.add_argument(
@@ -104,10 +117,11 @@ async def run(args: argparse.Namespace, target: Target) -> tuple[list[RequestRec
     except FileNotFoundError as exc:
         fail(str(exc))
     prompts = build_prompts(workload, maker)
+    lengths = output_lengths(workload, args.output_spread)
     if args.server_api == "openai":
-        bodies = [openai_body(p, args.output_len, args.model) for p in prompts]
+        bodies = [openai_body(p, n, args.model) for p, n in zip(prompts, lengths, strict=True)]
     else:
-        bodies = [lightllm_body(p, args.output_len) for p in prompts]
+        bodies = [lightllm_body(p, n) for p, n in zip(prompts, lengths, strict=True)]
     input_tokens = [maker.count(p) for p in prompts]
     with _progress(args.no_progress, len(bodies)) as advance:
         return await run_workload(

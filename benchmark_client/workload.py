@@ -73,6 +73,18 @@ def build_prompts(workload: Workload, maker: PromptMaker) -> list[str]:
     return prompts
 
 
+def output_lengths(workload: Workload, spread: str) -> list[int]:
+    """Tokens to generate per request: ``fixed`` (``output_len`` each), or ``lightllm``, as
+    LightLLM's benchmark_client draws them: a normal with mean and deviation
+    (2 + 2 * output_len) / 2, rounded and clipped to [2, 2 * output_len]."""
+    if spread == "fixed":
+        return [workload.output_len] * workload.num_requests
+    rng = random.Random(workload.seed + 2)
+    low, high = 2, 2 * workload.output_len
+    mean = (low + high) / 2
+    return [min(max(round(rng.gauss(mean, mean)), low), high) for _ in range(workload.num_requests)]
+
+
 def arrival_offsets(workload: Workload) -> list[float]:
     """Seconds after the start at which each request is sent (0 for all: closed loop)."""
     if workload.request_rate == float("inf"):

@@ -1,4 +1,5 @@
-"""Node agent: time from an engine's SIGKILL to the node serving again, and the agent at idle.
+"""Node agent: time from an engine's SIGKILL to the node serving again, the agent at idle,
+and a multi-node instance: time from one rank's SIGKILL to the whole group serving again.
 
 A master and a prefill node (simulated engine, no agent) serve with one decode node whose
 engine runs under a node agent (``startsecs`` 0.3 s; the default health probe every 2 s). The first
@@ -8,11 +9,19 @@ SIGKILLs the engine and times until a request through the master succeeds again 
 notices the exit, restarts the engine, it reconnects, the master pairs it). Then the agent
 sits idle with its engine RUNNING: its RSS, and its CPU over the idle window (probes,
 lease renewals and supervision ticks included; the engine's own CPU is not counted).
+
+Then that agent stops and a 2-rank decode instance takes its place (two agents, one
+simulated rank each, group poll 0.2 s, ``stopwaitsecs`` 1 s). Each trial SIGKILLs one rank's
+engine (alternating ranks); the other rank hangs (its peer is gone, as over NCCL), its agent
+restarts it when the group's generation moves on, the ranks meet again and register. Timed:
+until a request through the master succeeds, and until the config server lists the group
+RUNNING at its new generation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import sys
@@ -26,6 +35,7 @@ import httpx
 from benchmarks.common import QUIET, parser, print_table, workdir, write_json
 from pdlocal.cluster import (
     Cluster,
+    ProcGroup,
     cpu_seconds,
     free_port,
     rss_bytes,
@@ -73,6 +83,98 @@ dir = "{path.parent / "agent-logs"}"
 """
     )
     return path, api_port, f"{host}:{port}"
+
+
+def rank_toml(
+    path: Path, rank: int, hosts: tuple[str, str], nccl_port: int, master: str, config_server: str
+) -> tuple[Path, int]:
+    host, api_port = hosts[rank], free_port()
+    extra = ", ".join(
+        f'"{a}"'
+        for a in [*QUIET, *TIMING, "--pd_reconnect_s", "0.2", "--pd_decode_rpyc_port",
+                  str(free_port(host))]
+    )  # fmt: skip
+    path.write_text(
+        f"""role = "decode"
+engine = "sim"
+host = "{host}"
+port = {free_port(host)}
+nccl_port = {nccl_port}
+tp = 2
+dp = 2
+nnodes = 2
+node_rank = {rank}
+nccl_host = "{hosts[0]}"
+pd_master = "{master}"
+config_server = "{config_server}"
+python = "{sys.executable}"
+extra_args = [{extra}]
+
+[restart]
+startsecs = 0.3
+backoff_s = 1.0
+backoff_reset_s = 2.0
+stopwaitsecs = 1.0
+
+[group]
+id = "bench-decode"
+poll_s = 0.2
+
+[api]
+host = "127.0.0.1"
+port = {api_port}
+
+[registration]
+node_id = "bench-rank{rank}"
+
+[logs]
+dir = "{path.parent / f"rank{rank}-logs"}"
+"""
+    )
+    return path, api_port
+
+
+def group_trials(
+    c: Cluster, group: ProcGroup, config_server: str, trials: int
+) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+    hosts = ("127.0.0.72", "127.0.0.73")
+    nccl_port = free_port(hosts[0])
+    env = {"PYTHONPATH": str(REPO_ROOT)}
+    apis = []
+    for rank in (0, 1):
+        toml, api_port = rank_toml(
+            group.workdir / f"rank{rank}.toml", rank, hosts, nccl_port,
+            f"127.0.0.1:{c.master_port}", config_server,
+        )  # fmt: skip
+        group.python(f"rank{rank}", "-m", "node_agents", "--config", str(toml), env=env)
+        apis.append(f"http://127.0.0.1:{api_port}")
+    for api in apis:
+        wait_until(functools.partial(_running, api), 30, "a rank to run")
+    c.wait_ready(1, 2)
+    url = f"http://{config_server}/v1/groups/bench-decode"
+    rows, results = [], []
+    for trial in range(trials):
+        rank = trial % 2
+        pid = engine_pid(apis[rank])
+        assert pid is not None
+        generation = httpx.get(url, timeout=5).json()["generation"]
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        serving = asyncio.run(until_serving(c.url, killed, 30, poll_s=0.01))
+
+        def group_running(before: int = generation) -> bool:
+            record = httpx.get(url, timeout=5).json()
+            return bool(record["state"] == "RUNNING" and record["generation"] > before)
+
+        wait_until(group_running, 30, "the group RUNNING at its next generation")
+        running = time.monotonic() - killed
+        rows.append([f"kill rank {rank} #{trial + 1}", serving, running])
+        results.append(
+            {"trial": trial + 1, "rank": rank, "kill_to_serving_s": serving,
+             "kill_to_group_running_s": running}
+        )  # fmt: skip
+        time.sleep(2.2)  # a stable run: the next kill is a first exit again
+    return rows, results
 
 
 def engine_pid(api: str) -> int | None:
@@ -125,17 +227,29 @@ def main() -> None:
             ["agent RSS MiB", "agent CPU %", "kill->serving min s", "max s"],
             [[rss_mib, cpu_pct, min(kills), max(kills)]],
         )
+        agent.stop()
+        group_rows, group_results = group_trials(c, group, server.address, trials)
+        print_table(
+            "2-rank instance: one rank's engine SIGKILL -> every rank restarted and serving",
+            ["trial", "request ok s", "group RUNNING s"],
+            group_rows,
+        )
         name = "node_agent_smoke" if args.smoke else "node_agent"
         write_json(
             name,
             {
                 "results": results,
                 "idle": {"seconds": idle_s, "agent_rss_mib": rss_mib, "agent_cpu_pct": cpu_pct},
+                "group": group_results,
                 "errors": 0,
             },
         )
     finally:
         group.stop_all()
+
+
+def _running(api: str) -> bool:
+    return _quiet(engine_pid, api) is not None
 
 
 def _quiet(fn: Callable[..., T], *args: Any) -> T | None:

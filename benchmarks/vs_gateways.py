@@ -153,6 +153,7 @@ def memory_of(name: str, start: Callable[[ProcGroup], Target], streams: int) -> 
         "target": name,
         "streams": streams,
         "errors": sum(not r.ok for r in records),
+        "error_kinds": sorted({r.error for r in records if r.error}),
         "idle_rss_bytes": idle,
         "peak_rss_bytes": peak[0],
         "bytes_per_stream": (peak[0] - idle) / streams,
@@ -232,7 +233,12 @@ def main() -> None:
     finally:
         group.stop_all()
     rows = summary(targets)
-    memory = [] if args.no_memory else memory_phase(peers, 100 if args.smoke else args.mem_streams)
+    if args.no_memory:
+        memory = []
+    elif args.smoke:  # the peers' rows need two more routers started: left to full runs
+        memory = memory_phase([], 100)
+    else:
+        memory = memory_phase(peers, args.mem_streams)
     load_after = os.getloadavg()
 
     def fmt(v: float | None, spec: str = ".1f") -> str:

@@ -13,9 +13,11 @@ from starlette.responses import Response
 
 from config_server.auth import PeerAllowlist
 from config_server.errors import ApiError, BadRequest, NotFound, ServiceUnavailable
+from config_server.groups import GroupRegistry
 from config_server.metrics import ConfigServerMetrics
 from config_server.registry import Registry
 from config_server.responses import error_response, json_response
+from config_server.routes_groups import groups_router
 from config_server.routes_lightllm import lightllm_router
 from config_server.routes_v1 import v1_router
 from config_server.settings import ConfigServerSettings
@@ -51,6 +53,7 @@ def create_app(registry: Registry, settings: ConfigServerSettings) -> FastAPI:
         )
     )
     app.include_router(v1_router(registry, settings))
+    app.include_router(groups_router(GroupRegistry(registry), settings))
     metrics = ConfigServerMetrics(registry)
 
     @app.get("/metrics")

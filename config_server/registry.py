@@ -238,11 +238,15 @@ class Registry:
             changes = view.changes_after(revision)
         if changes is None:
             return self.snapshot()
-        return {"revision": view.head, "events": [_event(c) for c in changes], "reset": False}
+        events = [_event(c) for c in changes if split_key(c.key)[0] in KINDS]
+        return {"revision": view.head, "events": events, "reset": False}
 
     def snapshot(self) -> dict[str, Any]:
         view = self.store.view
-        items = sorted(view.items(), key=lambda item: item.create_revision)
+        items = sorted(
+            (item for item in view.items() if split_key(item.key)[0] in KINDS),
+            key=lambda item: item.create_revision,
+        )
         events = [_event(Change("put", item.key, item, item.mod_revision)) for item in items]
         return {"revision": view.head, "events": events, "reset": True}
 

@@ -25,6 +25,7 @@ import uvicorn
 from node_agents.api import create_app
 from node_agents.config import NodeConfig
 from node_agents.drain import Drainer, MasterDirectory
+from node_agents.group import GroupMember
 from node_agents.health import HealthProber, health_url
 from node_agents.lightllm_cmd import engine_command
 from node_agents.mps import MpsDaemon, MpsError
@@ -97,6 +98,23 @@ class NodeAgent:
             # nodes that find their masters through the config server drain through it
             mark_directly=self.registrar is None or config.pd_master is not None,
         )
+        self.group = (
+            GroupMember(
+                client,
+                config.config_server,
+                config.group_id,
+                config.node_rank,
+                config.nnodes,
+                self.process,
+                self,
+                poll_s=config.group.poll_s,
+                ttl_s=config.group.ttl_s,
+                token=reg.token,
+                health_restarts=lambda: self.prober.restarts_requested,
+            )
+            if config.multinode and config.config_server
+            else None
+        )
         self.mps = mps
         self._gpus = gpus
         self._cuda_visible = {**env, **config.env}.get("CUDA_VISIBLE_DEVICES")
@@ -112,6 +130,12 @@ class NodeAgent:
         """MPS first (raises MpsError), then the engine and the loops that watch it."""
         if self.mps is not None:
             await asyncio.to_thread(self.mps.start)
+        if self.group is not None:  # start at the group's generation, not a stale one
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10.0):
+                    while (record := await self.group.join()) is None:
+                        await asyncio.sleep(0.5)
+                    self.group.generation = int(record["generation"])
         self.process.start("agent started")
         self._tasks = [
             asyncio.create_task(self._supervise(), name="supervise"),
@@ -119,6 +143,8 @@ class NodeAgent:
         ]
         if self.registrar is not None:
             self._tasks.append(asyncio.create_task(self.registrar.run(), name="register"))
+        if self.group is not None:
+            self._tasks.append(asyncio.create_task(self.group.run(), name="group"))
 
     async def _supervise(self) -> None:
         while True:
@@ -139,6 +165,8 @@ class NodeAgent:
             _, stuck = await asyncio.wait(self._tasks, timeout=5.0)
             if stuck:  # the agent still exits; its engine is already stopped
                 log.error("tasks ignored cancellation: %s", [t.get_name() for t in stuck])
+        if self.group is not None:
+            await self.group.close()
         if self.mps is not None:
             try:
                 await asyncio.to_thread(self.mps.stop)
@@ -163,11 +191,19 @@ class NodeAgent:
             log.error("engine FATAL: %s; cause: %s", transition.reason, cause)
         if self.registrar is not None:
             self.registrar.changed()
+        if self.group is not None:
+            self.group.on_transition(transition)
 
     # --- requests (the HTTP API) ----------------------------------------------------------
 
     async def drain(self, stop: bool) -> dict[str, Any]:
-        """Answers once every master has been asked to stop selecting the node."""
+        """Answers once every master has been asked to stop selecting the node; a rank of a
+        multi-node instance drains every rank (through the group record)."""
+        if self.group is not None:
+            self.group.request_drain(stop)
+        return await self.drain_for_group(stop)
+
+    async def drain_for_group(self, stop: bool) -> dict[str, Any]:
         self._stop_when_drained = self._stop_when_drained or stop
         if self._drain_task is None:
             self._marked = asyncio.Event()
@@ -184,7 +220,13 @@ class NodeAgent:
 
     async def undrain(self) -> dict[str, Any]:
         """Masters select the node again: the registration turns back to RUNNING, and a
-        master the agent marked directly is told to undrain it."""
+        master the agent marked directly is told to undrain it; a rank of a multi-node
+        instance undrains every rank."""
+        if self.group is not None:
+            self.group.request_undrain()
+        return await self.undrain_for_group()
+
+    async def undrain_for_group(self) -> dict[str, Any]:
         was = self.drainer.status
         self._end_drain()
         if self.registrar is not None:
@@ -208,7 +250,19 @@ class NodeAgent:
     def restart(self) -> dict[str, Any]:
         self._end_drain()
         self.process.restart("restart requested over the API")
+        if self.group is not None:  # every rank restarts with this one
+            self.group.request_restart("restart requested over the API")
         return {"engine": self.process.snapshot()}
+
+    def restart_engine(self, reason: str) -> None:
+        self._end_drain()
+        self.process.restart(reason)
+
+    def stop_engine_for_group(self, reason: str) -> None:
+        self._end_drain()
+        self.process.stop(reason)
+        if self.registrar is not None:
+            self.registrar.changed()
 
     def stop_engine(self) -> dict[str, Any]:
         self.process.stop("stop requested over the API")
@@ -221,6 +275,8 @@ class NodeAgent:
         """The engine's state, or DRAINING/DRAINED while a running engine is drained."""
         if self.process.state is State.RUNNING and self.drainer.status != "idle":
             return "DRAINED" if self.drainer.status == "drained" else "DRAINING"
+        if self.group is not None and self.group.fatal and self.process.state in SETTLED:
+            return State.FATAL.value  # stopped because another rank gave up
         return self.process.state.value
 
     def registration_body(self) -> dict[str, Any]:
@@ -244,6 +300,7 @@ class NodeAgent:
                 "agent_address": f"{c.api.host}:{c.api_port}",
                 "drain": self.drainer.status,
                 "last_exit": self.process.exit_report(),
+                **({"group": self.group.brief()} if self.group is not None else {}),
             },
         }
 
@@ -264,6 +321,7 @@ class NodeAgent:
                 "started_by_us": bool(self.mps and self.mps.started_by_us),
             },
             "gpus": self._gpus,
+            "group": self.group.snapshot() if self.group is not None else None,
             "command": {"argv": self.command.argv, "env": self.command.env},
         }
 

@@ -64,6 +64,14 @@ OPTIONS: list[tuple[str, str, str]] = [
     ("logs.max_bytes", "log_max_bytes", "rotate a log file at this size"),
     ("logs.backups", "log_backups", "rotated files kept (5)"),
 ]
+# a multi-node instance (LightLLM's multi-node flags) and its group in the config server
+OPTIONS += [
+    ("nnodes", "nnodes", "hosts the instance spans (1); tp and dp are the instance's"),
+    ("node_rank", "node_rank", "this host's rank in the instance (0)"),
+    ("nccl_host", "nccl_host", "rank 0's address (nnodes > 1)"),
+    ("group.id", "group_id", "the instance's group id (<role>-<nccl_host>-<nccl_port>)"),
+    ("group.poll_s", "group_poll", "seconds between reads of the group record (1)"),
+]
 SWITCHES: list[tuple[str, str, str]] = [
     ("kv_trans_use_p2p", "kv_trans_use_p2p", "set KV_TRANS_USE_P2P=1 (default on; not v1.2.0)"),
     ("enable_fa3", "enable_fa3", "pass --enable_fa3 (default on; v1.2.0 picks fa3 itself)"),

@@ -110,6 +110,21 @@ class RegistrationConfig(_Section):
         return value
 
 
+class GroupConfig(_Section):
+    """A multi-node instance's group in the config server (see ``pdwire.groups``)."""
+
+    id: str | None = Field(default=None, description="default: <role>-<nccl_host>-<nccl_port>")
+    poll_s: float = Field(default=1.0, gt=0, description="seconds between group reads")
+    ttl_s: float = Field(default=30.0, ge=1.0, description="the group record's lease")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str | None) -> str | None:
+        if value is not None and not NODE_ID.match(value):
+            raise ValueError("must be letters, digits, '.', '_' or '-' (at most 128)")
+        return value
+
+
 class LogConfig(_Section):
     dir: Path = Path("logs")
     max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
@@ -145,12 +160,16 @@ class NodeConfig(_Section):
     python: str = Field(default_factory=lambda: sys.executable)
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    nnodes: int = Field(default=1, ge=1, le=1024, description="hosts one instance spans")
+    node_rank: int = Field(default=0, ge=0, description="this host's rank in the instance")
+    nccl_host: str | None = Field(default=None, description="rank 0's address (nnodes > 1)")
     # the sections are frozen, so one shared default instance is safe
     restart: RestartPolicy = RestartPolicy()
     health: HealthConfig = HealthConfig()
     api: ApiConfig = ApiConfig()
     registration: RegistrationConfig = RegistrationConfig()
     logs: LogConfig = LogConfig()
+    group: GroupConfig = GroupConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -208,6 +227,40 @@ class NodeConfig(_Section):
                 raise _KeyError(key, port, f"is already used by {seen[port]}")
             seen[port] = key
         return self
+
+    @field_validator("nccl_host")
+    @classmethod
+    def _nccl_host(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_host(value)
+        return value
+
+    @model_validator(mode="after")
+    def _multinode(self) -> NodeConfig:
+        if self.node_rank >= self.nnodes:
+            raise _KeyError("node_rank", self.node_rank, f"must be below nnodes ({self.nnodes})")
+        if self.nnodes == 1:
+            return self
+        if self.nccl_host is None:
+            raise _KeyError("nccl_host", None, "a multi-node instance needs rank 0's address")
+        for key in ("tp", "dp"):
+            value = getattr(self, key)
+            if value % self.nnodes:
+                raise _KeyError(key, value, f"must be a multiple of nnodes ({self.nnodes})")
+        if self.config_server is None:
+            raise _KeyError("config_server", None, "a multi-node instance is supervised through it")
+        return self
+
+    @property
+    def multinode(self) -> bool:
+        return self.nnodes > 1
+
+    @property
+    def group_id(self) -> str:
+        if self.group.id:
+            return self.group.id
+        raw = f"{self.role}-{self.nccl_host}-{self.nccl_port}"
+        return re.sub(r"[^A-Za-z0-9._-]", "_", raw)
 
     @property
     def cudagraph_disabled(self) -> bool:

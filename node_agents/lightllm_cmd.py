@@ -63,7 +63,7 @@ def flag_groups(args: list[str]) -> list[tuple[str, str | None]]:
 
 def engine_command(config: NodeConfig) -> EngineCommand:
     argv = [config.python, "-m", ENGINE_MODULES[config.engine], *engine_args(config)]
-    return EngineCommand(argv, engine_env(config))
+    return EngineCommand(with_multinode(argv, config), engine_env(config))
 
 
 def engine_env(config: NodeConfig) -> dict[str, str]:
@@ -132,3 +132,26 @@ def master_args(config: NodeConfig) -> list[str]:
     assert config.config_server is not None  # NodeConfig requires one of the two
     host, port = split_address(config.config_server)
     return ["--config_server_host", host, "--config_server_port", str(port)]
+
+
+def multinode_args(config: NodeConfig) -> list[str]:
+    """LightLLM's multi-node flags (its ``multi_node_ep_node<i>.sh``): the same command on
+    every host plus these; ``--tp/--dp`` are the whole instance's. Nothing for one node."""
+    if not config.multinode:
+        return []
+    assert config.nccl_host is not None  # NodeConfig requires it for nnodes > 1
+    return [
+        "--nnodes",
+        str(config.nnodes),
+        "--node_rank",
+        str(config.node_rank),
+        "--nccl_host",
+        config.nccl_host,
+    ]
+
+
+def with_multinode(argv: list[str], config: NodeConfig) -> list[str]:
+    """Any version's command line with the multi-node flags, before the pass-through args."""
+    extra = len(config.extra_args)
+    head, tail = (argv[:-extra], argv[-extra:]) if extra else (argv, [])
+    return [*head, *multinode_args(config), *tail]

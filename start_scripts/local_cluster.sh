@@ -12,6 +12,10 @@
 # e.g. LIGHTLLM_VERSIONS=v1.1.0,v1.2.0 for a mixed cluster (the masters pair nodes within one
 # version; hosts 127.0.0.2-5 for the first version, 127.0.0.6-9 for the second, ...).
 #
+# With --plan CLUSTER_FILE it runs a planned cluster instead (pd-cluster plan, e.g.
+# deploy/examples/loopback-sim.toml: multi-node simulated instances on loopback addresses):
+# every host's start script from the plan, in order, then one request through each master.
+#
 # Environment: PYTHON (python3), CONFIG_SERVER_PORT (60088), MASTER_PORTS ("60011 60012"),
 #              LOG_DIR (./logs/local_cluster), SIM_ARGS (extra flags for every simulated
 #              engine, e.g. "--time_scale 0.5"), PDCTL_STORE / PDCTL_ETCD_ENDPOINTS (the
@@ -19,7 +23,21 @@
 set -euo pipefail
 
 once=0
-[[ "${1:-}" == "--once" ]] && once=1
+plan=""
+while (($#)); do
+  case $1 in
+    --once) once=1 ;;
+    --plan)
+      plan=${2:?--plan needs a cluster file}
+      shift
+      ;;
+    *)
+      echo "usage: local_cluster.sh [--once] [--plan CLUSTER_FILE]" >&2
+      exit 2
+      ;;
+  esac
+  shift
+done
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export PYTHON=${PYTHON:-python3}
@@ -32,17 +50,28 @@ per_role=$((2 * ${#VERSIONS[@]}))
 
 # host:port pairs every role will listen on: config server, masters, engines, agents and
 # the decode engines' KV hand-off port
-ports=("127.0.0.1:$CONFIG_SERVER_PORT")
-for port in "${MASTER_PORTS[@]}"; do
-  ports+=("127.0.0.1:$port")
-done
-for k in "${!VERSIONS[@]}"; do
-  for i in 0 1; do
-    ports+=("127.0.0.$((2 + 4 * k + i)):8019" "127.0.0.$((2 + 4 * k + i)):9019")
-    ports+=("127.0.0.$((4 + 4 * k + i)):8121" "127.0.0.$((4 + 4 * k + i)):9121")
-    ports+=("127.0.0.$((4 + 4 * k + i)):42000")
+ports=()
+if [[ -n $plan ]]; then  # the plan's: every host's main port, and each agent's (+1000)
+  plan_dir=$(mktemp -d)
+  trap 'rm -rf "$plan_dir"' EXIT
+  "$PYTHON" -m pdcluster plan "$plan" --out "$plan_dir" >/dev/null
+  while read -r _ role address port; do
+    ports+=("$address:$port")
+    [[ $role == prefill || $role == decode ]] && ports+=("$address:$((port + 1000))")
+  done <"$plan_dir/hosts.txt"
+else
+  ports+=("127.0.0.1:$CONFIG_SERVER_PORT")
+  for port in "${MASTER_PORTS[@]}"; do
+    ports+=("127.0.0.1:$port")
   done
-done
+  for k in "${!VERSIONS[@]}"; do
+    for i in 0 1; do
+      ports+=("127.0.0.$((2 + 4 * k + i)):8019" "127.0.0.$((2 + 4 * k + i)):9019")
+      ports+=("127.0.0.$((4 + 4 * k + i)):8121" "127.0.0.$((4 + 4 * k + i)):9121")
+      ports+=("127.0.0.$((4 + 4 * k + i)):42000")
+    done
+  done
+fi
 taken=$("$PYTHON" -c '
 import socket, sys
 for pair in sys.argv[1:]:
@@ -56,7 +85,11 @@ for pair in sys.argv[1:]:
 ' "${ports[@]}")
 if [[ -n "$taken" ]]; then
   echo "local_cluster.sh: in use already (another local cluster?): $(echo "$taken" | tr '\n' ' ')" >&2
-  echo "  stop it first, or set CONFIG_SERVER_PORT / MASTER_PORTS for the ports on 127.0.0.1" >&2
+  if [[ -n $plan ]]; then
+    echo "  stop it first, or change the ports in $plan" >&2
+  else
+    echo "  stop it first, or set CONFIG_SERVER_PORT / MASTER_PORTS for the ports on 127.0.0.1" >&2
+  fi
   exit 1
 fi
 
@@ -70,6 +103,7 @@ fi
 pids=()
 cleanup() {
   trap - INT TERM EXIT
+  [[ -n ${plan_dir:-} ]] && rm -rf "$plan_dir"
   if ((${#pids[@]})); then
     kill -TERM "${pids[@]}" 2>/dev/null || true  # agents stop their engines first
     wait "${pids[@]}" 2>/dev/null || true
@@ -121,6 +155,53 @@ with urllib.request.urlopen(request, timeout=30) as reply:
 all_nodes_joined() {  # all_nodes_joined URL: the master at URL sees every node
   http "$1/readiness" | grep -q "\"prefill_nodes\":$per_role,\"decode_nodes\":$per_role"
 }
+
+nodes_joined() {  # nodes_joined URL P D: the master at URL sees P prefill + D decode nodes
+  http "$1/readiness" | grep -q "\"prefill_nodes\":$2,\"decode_nodes\":$3"
+}
+
+run_plan() {  # run_plan CLUSTER_FILE: start every host of the plan, then ask each master
+  local out="$LOG_DIR/plan" name role address port
+  "$PYTHON" -m pdcluster plan "$1" --out "$out"
+  local masters=() prefill=0 decode=0
+  while read -r name role address port; do
+    case $role in
+      config_server)
+        start "$name" bash "$out/start/$name.sh"
+        wait_for "$name ($role)" 30 http "http://$address:$port/readiness"
+        ;;
+      master)
+        start "$name" bash "$out/start/$name.sh"
+        wait_for "$name ($role)" 30 http "http://$address:$port/health"
+        masters+=("$address:$port")
+        ;;
+      prefill | decode)
+        start "$name" bash "$out/start/$name.sh"
+        [[ $role == prefill ]] && prefill=$((prefill + 1)) || decode=$((decode + 1))
+        ;;
+    esac
+  done <"$out/hosts.txt"
+  for master in "${masters[@]}"; do
+    wait_for "$prefill prefill + $decode decode ranks on $master" 90 \
+      nodes_joined "http://$master" "$prefill" "$decode"
+  done
+  local request='{"inputs": "What is AI?", "parameters": {"max_new_tokens": 16}}'
+  echo "planned cluster ready (plan in $out): masters ${masters[*]}"
+  for master in "${masters[@]}"; do
+    echo -n "answer from the master at $master:  "
+    http "http://$master/generate" "$request"
+    echo
+  done
+}
+
+if [[ -n $plan ]]; then
+  run_plan "$plan"
+  ((once)) && exit 0
+  echo "Logs in $LOG_DIR. Press Ctrl-C to stop the cluster."
+  wait -n "${pids[@]}" || true
+  echo "a cluster process exited; stopping" >&2
+  exit 1
+fi
 
 config_url="http://127.0.0.1:$CONFIG_SERVER_PORT"
 start config_server bash "$here/config_server.sh" 127.0.0.1

@@ -3,7 +3,8 @@
 Layers, bottom up (DESIGN.md): ``pdwire`` (wire formats, no I/O), ``pdmodel`` (the model's
 text side), then the components, which never import one another: ``config_server``,
 ``pdmaster``, ``node_agents`` (the simulated engine is a node: it never imports a master)
-and ``benchmark_client``; then ``pdlocal`` (local process launchers) and ``benchmarks``.
+and ``benchmark_client``; then ``pdlocal`` (local process launchers) and ``pdcluster`` (the
+cluster planner, which builds agent configs), then ``benchmarks``.
 Inside ``pdmaster`` the subpackages are layered too (``RANKS``). Imports inside functions
 count as well: a late import is still a dependency.
 """
@@ -24,6 +25,7 @@ PACKAGES = (
     "node_agents",
     "benchmark_client",
     "pdlocal",
+    "pdcluster",
     "benchmarks",
 )
 
@@ -45,6 +47,7 @@ RANKS: dict[str, tuple[int, str]] = {
     "pdmaster.api": (9, "pdmaster.api"),
     "pdmaster": (10, "pdmaster"),  # app, cli, __main__
     "pdlocal": (11, "pdlocal"),
+    "pdcluster": (11, "pdcluster"),
     "benchmarks": (12, "benchmarks"),
 }
 

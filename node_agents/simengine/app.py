@@ -21,6 +21,7 @@ from node_agents.simengine.links import LinkSet
 from node_agents.simengine.normal import NormalNode, normal_router
 from node_agents.simengine.prefill import PrefillNode
 from node_agents.simengine.prefill_v12 import PrefillNodeV12
+from node_agents.simengine.rankgroup import RankGroup
 from node_agents.simengine.timing import TimingModel
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.lightllm import MAX_FRAME_BYTES, LightLLMCodec
@@ -97,13 +98,17 @@ def create_app(
     config_server: str | None = None,
     config_poll_s: float = 10.0,
     heartbeat_s: float = 15.0,
+    group: RankGroup | None = None,
     max_frame_bytes: int = MAX_FRAME_BYTES,
 ) -> FastAPI:
     """With ``config_server``, the masters come from its ``/registered_objects`` (polled
-    every ``config_poll_s``), as a LightLLM node in multi-master mode finds them."""
+    every ``config_poll_s``), as a LightLLM node in multi-master mode finds them. A rank of
+    a multi-node instance (``group``) serves nothing until all its ranks have met."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if group is not None:
+            await group.form()
         tasks = await node.start()
         links = LinkSet(
             node.links,
@@ -136,6 +141,8 @@ def create_app(
             try:
                 yield
             finally:
+                if group is not None:
+                    await group.close()
                 await links.close()
                 for task in tasks:
                     task.cancel()

@@ -18,6 +18,7 @@ from node_agents.simengine.app import MasterAddress, build_node, create_app
 from node_agents.simengine.engine import NodeIdentity
 from node_agents.simengine.faults import Faults
 from node_agents.simengine.profiles import PROFILES
+from node_agents.simengine.rankgroup import RankGroup
 from node_agents.simengine.timing import TimingModel
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from pdwire.cli import (
@@ -78,6 +79,11 @@ def build_parser() -> CommandParser:
         default=180.0,
         help="decode: longest wait for the prefill node's KV write (LightLLM: 180)",
     )
+    m = p.add_argument_group("multi-node instance (LightLLM's flags; each rank is a process)")
+    m.add_argument("--nnodes", type=int, default=1)
+    m.add_argument("--node_rank", type=int, default=0)
+    m.add_argument("--nccl_host", default="127.0.0.1", help="rank 0's address")
+    m.add_argument("--nccl_port", type=int, default=28765, help="rank 0 listens here")
     p.add_argument(
         "--ws_max_size",
         type=int,
@@ -206,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         ModelTokenizer.from_model_dir(args.model_dir),
         timing_from_args(args),
         faults_from_args(args),
-        dp=args.dp,
+        dp=max(1, args.dp // args.nnodes),  # a rank serves its share, as LightLLM's do
         prefix_cache_tokens=args.prefix_cache_tokens,
         v12_timeouts=(args.pd_info_timeout_s, args.pd_trans_timeout_s),
     )
@@ -218,12 +224,22 @@ def main(argv: list[str] | None = None) -> None:
             config_server = f"{args.config_server_host}:{args.config_server_port}"
         else:
             masters = [MasterAddress(0, f"{args.pd_master_ip}:{args.pd_master_port}")]
+    group = None
+    if args.nnodes > 1:
+        if not 0 <= args.node_rank < args.nnodes:
+            raise SystemExit(f"--node_rank {args.node_rank} must be below --nnodes {args.nnodes}")
+
+        def hang(why: str) -> None:  # a collective whose peer is gone never returns
+            node.faults.hang = True
+
+        group = RankGroup(args.nnodes, args.node_rank, args.nccl_host, args.nccl_port, hang)
     app = create_app(
         node,
         masters,
         args.pd_reconnect_s,
         config_server,
         args.config_server_poll_s,
+        group=group,
         heartbeat_s=args.pd_heartbeat_s,
         max_frame_bytes=args.ws_max_size,
     )

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from pdmaster.errors import Conflict, Forbidden, NotFound, Unauthorized
+from pdmaster.nodes.instances import instance_of, instances
 from pdmaster.nodes.pool import NodeConnection, NodePool
 
 
@@ -47,6 +48,7 @@ def node_record(pool: NodePool, node: NodeConnection, now: float) -> dict[str, A
         "draining": node.draining,
         "drained_by": pool.drain_source(node),
         "breaker": node.breaker.state.value,
+        "instance": instance_of(node.info.mode, node.info.start_args),
     }
 
 
@@ -65,6 +67,12 @@ def admin_router(pool: NodePool, admin_token: str | None) -> APIRouter:
         now = pool.now()
         items = [node_record(pool, n, now) for n in pool.nodes() if role in (None, n.info.mode)]
         return {"items": items}
+
+    @router.get("/instances")
+    async def multinode_instances(request: Request) -> dict[str, Any]:
+        """Multi-node instances: each rank is a node; here they are grouped."""
+        check_bearer(request, admin_token)
+        return {"items": instances(pool)}
 
     @router.post("/nodes/{node_id}/drain")
     async def drain(request: Request, node_id: str) -> dict[str, Any]:

@@ -37,6 +37,8 @@ def error_body(exc: ApiError) -> dict[str, Any]:
 
 
 class StopScanner:
+    __slots__ = ("_stops", "_held", "stopped", "matched")
+
     def __init__(self, stops: list[str]) -> None:
         self._stops = stops
         self._held = ""
@@ -78,6 +80,8 @@ class StopScanner:
 
 class Generation:
     """One choice's text, token counts and finish reason as node entries arrive."""
+
+    __slots__ = ("prompt_tokens", "completion_tokens", "_scanner", "_status", "_parts")
 
     def __init__(self, prompt_tokens: int, stops: list[str], keep_text: bool = True) -> None:
         self.prompt_tokens = prompt_tokens
@@ -132,6 +136,8 @@ class Generation:
 class CompletionFormat:
     """``text_completion`` bodies and chunks (/v1/completions)."""
 
+    __slots__ = ("id", "created", "model", "include_usage")
+
     id_prefix = "cmpl"
     object = "text_completion"
     chunk_object = "text_completion"
@@ -178,6 +184,8 @@ class CompletionFormat:
 
 class ChatFormat(CompletionFormat):
     """``chat.completion`` bodies and ``chat.completion.chunk`` deltas (/v1/chat/completions)."""
+
+    __slots__ = ()
 
     id_prefix = "chatcmpl"
     object = "chat.completion"

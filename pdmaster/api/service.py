@@ -67,6 +67,9 @@ class GenerateService:
 class RequestRun:
     """``start`` (first token), ``next`` until ``finished``, then always ``end``."""
 
+    # slots: one per open stream, for as long as it streams
+    __slots__ = ("_s", "_endpoint", "_session", "_admitted", "_ended", "_last", "_sink")
+
     def __init__(self, service: GenerateService, endpoint: str, prepared: PreparedRequest) -> None:
         self._s = service
         self._endpoint = endpoint
@@ -115,7 +118,9 @@ class RequestRun:
     def _push(self, entries: list[TokenEntry]) -> bool:
         if self._sink is None or not self._sink(entries):
             return False
-        self._delivered()
+        now = self._s.clock()  # as _delivered, inline: this runs per stream per decode step
+        self._s.metrics.itl.observe(now - self._last)
+        self._last = now
         return True
 
     def _delivered(self) -> None:

@@ -57,7 +57,7 @@ class DispatchSettings:
     block_tokens: int = 2048  # v1.2.0: LightLLM's LIGHTLLM_PD_SPLIT_MAX_NEW_TOKENS
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PreparedRequest:
     prompt: str
     prompt_tokens: int
@@ -104,6 +104,25 @@ class PDDispatcher:
 
 
 class PDSession:
+    __slots__ = (
+        "_d",
+        "_req",
+        "_view",
+        "_deadline",
+        "_state",
+        "_prefill",
+        "_decode",
+        "_sink",
+        "finished",
+        "closed",
+        "_v12",
+        "_prefill_pending",
+        "_left",
+        "_offset",
+        "_block_ended",
+        "_text",
+    )
+
     def __init__(self, dispatcher: PDDispatcher, request: PreparedRequest) -> None:
         self._d = dispatcher
         self._req = request

@@ -29,7 +29,7 @@ class NodeView:
         return max(float(self.in_flight_tokens), reported) + self.in_flight
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RequestView:
     prompt_tokens: int
     max_new_tokens: int

@@ -6,6 +6,7 @@ import pytest
 
 from benchmark_client.client import RequestRecord, parse_events
 from benchmark_client.report import percentile, render_table, summarize
+from benchmark_client.workload import Workload, output_lengths
 
 
 def trace() -> list[RequestRecord]:
@@ -86,3 +87,12 @@ def test_a_run_without_answers_renders_dashes_not_nan() -> None:
     s = summarize([RequestRecord(5, start=0, end=1, error="http_503:no_node_available")], 1.0)
     table = render_table(s)
     assert "nan" not in table and "Avg Output Length: -" in table
+
+
+def test_lightllm_output_spread_draws_as_its_benchmark_client_does() -> None:
+    workload = Workload(input_len=8, output_len=128, num_requests=4000, seed=3)
+    assert output_lengths(workload, "fixed") == [128] * 4000
+    lengths = output_lengths(workload, "lightllm")
+    assert min(lengths) == 2 and max(lengths) == 256  # clipped at both ends
+    assert 120 < sum(lengths) / len(lengths) < 138  # centred on (2 + 256) / 2
+    assert lengths == output_lengths(workload, "lightllm")  # seeded

@@ -28,7 +28,7 @@ def test_benchmark_smoke_run(name: str) -> None:
         [sys.executable, "-m", f"benchmarks.{name}", "--smoke"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,  # a loaded CI machine; vs_gateways starts up to 8 processes
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "wrote " in r.stdout
