@@ -147,9 +147,13 @@ def main(argv: list[str] | None = None) -> None:
         k.removeprefix(UNUSED): str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
     }
     identity = NodeIdentity(args.pd_node_id, args.run_mode, args.host, args.port, start_args)
+    codec = LightLLMCodec(args.lightllm_version)
+    # Every frame from a master is first tried on the token-pack fast path; compile its
+    # grammar (~1 s) before serving, not on the event loop at the first frame.
+    codec.prepare_token_packs()
     node = build_node(
         identity,
-        LightLLMCodec(args.lightllm_version),
+        codec,
         ModelTokenizer.from_model_dir(args.model_dir),
         timing_from_args(args),
         faults_from_args(args),
