@@ -202,9 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     start_args = registration_args(args)
     identity = NodeIdentity(args.pd_node_id, args.run_mode, args.host, args.port, start_args)
     codec = LightLLMCodec(args.lightllm_version)
-    # every frame from a master tries the token-pack fast path, whose grammar takes ~1 s to
-    # build: pay it before serving, not in the event loop at the first REQ (where it would
-    # hold back a v1.2.0 node's heartbeats past a short --heartbeat_timeout)
+    # Every frame from a master is first tried on the token-pack fast path; compile its
+    # grammar (~1 s) before serving, not on the event loop at the first frame.
     codec.prepare_token_packs()
     node = build_node(
         identity,

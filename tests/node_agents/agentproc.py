@@ -6,7 +6,6 @@ outlives its test even when an agent was killed before it could stop its engine.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -16,31 +15,11 @@ from typing import Any
 
 import httpx
 
+from pdcluster.formats import dump_toml
 from pdlocal.cluster import FAST_TIMING, Proc, ProcGroup, free_port
 from tests.node_agents.procutil import alive, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string for everything tests write
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def dump_toml(data: dict[str, Any]) -> str:
-    lines = [f"{k} = {toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
-    for section, values in data.items():
-        if isinstance(values, dict):
-            lines.append(f"\n[{section}]")
-            lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-    return "\n".join(lines) + "\n"
 
 
 def sim_node_config(
