@@ -37,11 +37,13 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def lone_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """No nodes: parameters are checked before dispatch."""
+    """No nodes: parameters are checked before dispatch. It accepts only the releases whose
+    requests have no seed and no banned-token list, so those are refused up front too (a
+    master that also accepts v1.2.0 nodes can carry them, and checks at pairing)."""
     group = ProcGroup(tmp_path_factory.mktemp("params_lone"))
     c = Cluster(group)
     try:
-        c.start_master("--max_new_tokens", "1000")
+        c.start_master("--max_new_tokens", "1000", "--lightllm_version", "v1.1.0,fc72ffa")
         yield c
     finally:
         group.stop_all()
