@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 #     --enable_fa3 \
 #     --config_server_host 127.0.3.1 \
 #     --config_server_port 60088 \
+#     --lightllm_version v1.1.0 \
 #     --nnodes 2 \
 #     --node_rank 1 \
 #     --nccl_host 127.0.2.1 \
