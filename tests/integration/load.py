@@ -43,6 +43,16 @@ class Tally:
         return self.fault, len(self.outcomes), ok, clean, hung
 
 
+def print_fault_table(first_column: str, tallies: list[Tally]) -> None:
+    """One row per fault (sent, succeeded, failed with a clean error, hung), aligned."""
+    header = (first_column, "sent", "succeeded", "failed (clean error)", "hung")
+    rows = [header] + [tuple(str(x) for x in t.row) for t in tallies]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    print()
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+
+
 async def stream_one(
     client: httpx.AsyncClient, url: str, prompt: str, max_new_tokens: int, timeout: float
 ) -> Outcome:

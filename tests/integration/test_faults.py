@@ -16,7 +16,7 @@ import pytest
 from pdlocal.cluster import Cluster, ProcGroup
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from tests.integration.echo_model import expected
-from tests.integration.load import Tally, run_load, stream_one
+from tests.integration.load import Tally, print_fault_table, run_load, stream_one
 
 TALLIES: list[Tally] = []
 FAST_FAILOVER = [
@@ -161,10 +161,5 @@ def test_drained_node_gets_no_new_requests_while_its_streams_finish(procs: ProcG
 def test_zz_fault_summary_table() -> None:
     if not TALLIES:
         pytest.skip("no fault scenario ran")
-    header = ("fault", "sent", "succeeded", "failed (clean error)", "hung")
-    rows = [header] + [tuple(str(x) for x in t.row) for t in TALLIES]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    print()
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print_fault_table("fault", TALLIES)
     assert all(t.row[4] == 0 for t in TALLIES)

@@ -15,7 +15,7 @@ import pytest
 from pdlocal.cluster import Cluster, ProcGroup
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from tests.integration.echo_model import expected
-from tests.integration.load import Outcome, Tally, run_load, stream_one
+from tests.integration.load import Outcome, Tally, print_fault_table, run_load, stream_one
 
 TALLIES: list[Tally] = []
 V12 = ["--lightllm_version", "v1.2.0", "--pd_heartbeat_s", "0.2"]
@@ -153,10 +153,5 @@ def test_client_disconnect_aborts_both_nodes_and_an_empty_pool_is_503(procs: Pro
 def test_zz_fault_table() -> None:
     if not TALLIES:
         pytest.skip("no fault scenario ran")
-    header = ("fault (v1.2.0 nodes)", "sent", "succeeded", "failed (clean error)", "hung")
-    rows = [header] + [tuple(str(x) for x in t.row) for t in TALLIES]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    print()
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print_fault_table("fault (v1.2.0 nodes)", TALLIES)
     assert all(t.row[4] == 0 for t in TALLIES)
