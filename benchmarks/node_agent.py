@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import httpx
 
 from benchmarks.common import QUIET, parser, print_table, workdir, write_json
+from pdcluster.formats import dump_toml
 from pdlocal.cluster import (
     Cluster,
     ProcGroup,
@@ -49,39 +50,33 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMING = ["--prefill_base_ms", "2", "--decode_base_ms", "5"]
 
 
+def decode_agent(
+    host: str, port: int, nccl_port: int, api_port: int, master: str, config_server: str
+) -> dict[str, Any]:
+    """A simulated decode node's agent config, restarting fast; callers add what differs."""
+    extra = [*QUIET, *TIMING, "--pd_reconnect_s", "0.2"]
+    return {
+        "role": "decode",
+        "engine": "sim",
+        "host": host,
+        "port": port,
+        "nccl_port": nccl_port,
+        "tp": 1,
+        "dp": 1,
+        "pd_master": master,
+        "config_server": config_server,
+        "python": sys.executable,
+        "extra_args": [*extra, "--pd_decode_rpyc_port", str(free_port(host))],
+        "restart": {"startsecs": 0.3, "backoff_s": 1.0, "backoff_reset_s": 2.0},
+        "api": {"host": "127.0.0.1", "port": api_port},
+    }
+
+
 def agent_toml(path: Path, master: str, config_server: str) -> tuple[Path, int, str]:
     host, port, api_port = "127.0.0.71", free_port("127.0.0.71"), free_port()
-    extra = ", ".join(
-        f'"{a}"'
-        for a in [*QUIET, *TIMING, "--pd_reconnect_s", "0.2", "--pd_decode_rpyc_port",
-                  str(free_port(host))]
-    )  # fmt: skip
-    path.write_text(
-        f"""role = "decode"
-engine = "sim"
-host = "{host}"
-port = {port}
-nccl_port = {free_port(host)}
-tp = 1
-dp = 1
-pd_master = "{master}"
-config_server = "{config_server}"
-python = "{sys.executable}"
-extra_args = [{extra}]
-
-[restart]
-startsecs = 0.3
-backoff_s = 1.0
-backoff_reset_s = 2.0
-
-[api]
-host = "127.0.0.1"
-port = {api_port}
-
-[logs]
-dir = "{path.parent / "agent-logs"}"
-"""
-    )
+    config = decode_agent(host, port, free_port(host), api_port, master, config_server)
+    config["logs"] = {"dir": str(path.parent / "agent-logs")}
+    path.write_text(dump_toml(config))
     return path, api_port, f"{host}:{port}"
 
 
@@ -89,48 +84,13 @@ def rank_toml(
     path: Path, rank: int, hosts: tuple[str, str], nccl_port: int, master: str, config_server: str
 ) -> tuple[Path, int]:
     host, api_port = hosts[rank], free_port()
-    extra = ", ".join(
-        f'"{a}"'
-        for a in [*QUIET, *TIMING, "--pd_reconnect_s", "0.2", "--pd_decode_rpyc_port",
-                  str(free_port(host))]
-    )  # fmt: skip
-    path.write_text(
-        f"""role = "decode"
-engine = "sim"
-host = "{host}"
-port = {free_port(host)}
-nccl_port = {nccl_port}
-tp = 2
-dp = 2
-nnodes = 2
-node_rank = {rank}
-nccl_host = "{hosts[0]}"
-pd_master = "{master}"
-config_server = "{config_server}"
-python = "{sys.executable}"
-extra_args = [{extra}]
-
-[restart]
-startsecs = 0.3
-backoff_s = 1.0
-backoff_reset_s = 2.0
-stopwaitsecs = 1.0
-
-[group]
-id = "bench-decode"
-poll_s = 0.2
-
-[api]
-host = "127.0.0.1"
-port = {api_port}
-
-[registration]
-node_id = "bench-rank{rank}"
-
-[logs]
-dir = "{path.parent / f"rank{rank}-logs"}"
-"""
-    )
+    config = decode_agent(host, free_port(host), nccl_port, api_port, master, config_server)
+    config.update(tp=2, dp=2, nnodes=2, node_rank=rank, nccl_host=hosts[0])
+    config["restart"]["stopwaitsecs"] = 1.0
+    config["group"] = {"id": "bench-decode", "poll_s": 0.2}
+    config["registration"] = {"node_id": f"bench-rank{rank}"}
+    config["logs"] = {"dir": str(path.parent / f"rank{rank}-logs")}
+    path.write_text(dump_toml(config))
     return path, api_port
 
 
