@@ -840,6 +840,51 @@ def api_prompts(
     return attack
 
 
+async def message_list_flood(target: Target, seconds: float = 1.5) -> Outcome:
+    """Message lists of tens of thousands of tiny messages, each body just under 6x the
+    prompt limit (the most a message list may be): parsed, validated and rendered off the
+    event loop, then refused as a prompt over the limit; from 2 clients, on the OpenAI and
+    Anthropic chat endpoints, while another client times /health."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        info = (await client.get(f"{target.url}/get_server_info")).json()
+        model = (await client.get(f"{target.url}/v1/models")).json()["data"][0]["id"]
+    room = 6 * (info["max_prompt_bytes"] or PROMPT_BYTES_PER_TOKEN * info["max_req_total_len"])
+    chat = {"role": "user", "content": "hi"}
+    block = {"role": "user", "content": [{"type": "text", "text": "hi"}]}
+    floods = [
+        (path, encoded({"model": model, "max_tokens": 4, "messages": [m] * ((room - 200) // size)}))
+        for path, m in (("/v1/chat/completions", chat), ("/v1/messages", block))
+        for size in [len(json.dumps(m)) + 2]  # ", " between messages
+    ]
+    statuses: list[int] = []
+    rendered = 0  # refused for the rendered prompt, not the body's size
+    stop = asyncio.Event()
+
+    async def attacker(path: str, body: bytes) -> None:
+        nonlocal rendered
+        headers = {"Content-Type": "application/json"}
+        async with httpx.AsyncClient(timeout=30) as client:
+            while not stop.is_set():
+                reply = await client.post(target.url + path, content=body, headers=headers)
+                statuses.append(reply.status_code)
+                rendered += b"the prompt is over" in reply.content
+
+    attackers = [asyncio.create_task(attacker(*flood)) for flood in floods]
+    slowest = await asyncio.to_thread(health_latency, target.url, seconds)
+    stop.set()
+    await asyncio.gather(*attackers)
+    return Outcome(
+        "message lists of ~1.1 MB (tens of thousands of messages) from 2 clients",
+        len(statuses),
+        sum(s == 413 for s in statuses),
+        details={
+            "statuses": sorted(set(statuses)),
+            "rendered": rendered,
+            "health_slowest_s": round(slowest, 3),
+        },
+    )
+
+
 def _text(n: int) -> str:
     """``n`` characters of English-like text."""
     words = "the quick brown fox jumps over a lazy dog while transformers attend to tokens "
@@ -896,6 +941,7 @@ ATTACKS: list[Attack] = [
     bad_path_parameters,
     heavy_prompts,
     *PROMPT_API_ATTACKS,
+    message_list_flood,
 ]
 
 

@@ -151,6 +151,14 @@ def test_every_api_refuses_oversized_prompts_and_tokenizes_big_ones_off_the_loop
     assert details["stream_ok"], details
 
 
+def test_long_message_lists_are_worked_off_the_loop(target: hp.Target) -> None:
+    outcome = run(hp.message_list_flood, target)
+    assert outcome.refused == outcome.attempts >= 2
+    assert outcome.details["statuses"] == [413]
+    assert outcome.details["rendered"] == outcome.attempts  # parsed and rendered, then refused
+    assert outcome.details["health_slowest_s"] < 1.0
+
+
 def test_zz_attack_table() -> None:
     headers = ["attack", "attempts", "refused", "still serving"]
     print_table("Hostile peers", headers, [o.row for o in OUTCOMES])
