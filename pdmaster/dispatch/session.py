@@ -26,7 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from pdmaster.errors import ApiError, BadRequest, DeadlineExceeded, NodeFailed
+from pdmaster.errors import ApiError, DeadlineExceeded, NodeFailed
 from pdmaster.nodes.pool import V12, NodeConnection
 from pdmaster.nodes.tracking import RequestState, RequestTable, Sink
 from pdmaster.routing.policies import RequestView
@@ -236,16 +236,15 @@ class PDSession:
     async def _attempt(self, tried: list[NodeConnection]) -> list[TokenEntry]:
         d = self._d
         self._v12 = False
-        prefill, decode = d.selector.pick_pair(self._view, tried, self.decode_tokens)
+        params = self._req.parameters
+        refused = {
+            version: field
+            for version, codec in d.codecs.items()
+            if (field := params.not_carried_by(codec.layout.SamplingParams)) is not None
+        }
+        prefill, decode = d.selector.pick_pair(self._view, tried, self.decode_tokens, refused)
         tried += [n for n in (prefill, decode) if n is not None]
         codec = d.codec_for(prefill)
-        refused = self._req.parameters.not_carried_by(codec.layout.SamplingParams)
-        if refused is not None:
-            raise BadRequest(
-                f"{refused}: the paired nodes run LightLLM {codec.version}, "
-                "whose requests have no field for it",
-                code="unsupported_field",
-            )
         if prefill.info.version == V12:
             assert decode is not None
             return await self._attempt_v12(prefill, decode)
