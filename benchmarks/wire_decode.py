@@ -2,7 +2,8 @@
 
 Frames of 1, 64 and 512 entries as the simulated engine sends them (v1.1.0, 8 metadata
 keys) and as LightLLM v1.2.0 does (11 keys with nested logprobs and input usage). Decoders:
-``codec`` is what the master runs (``decode_node_message``: the proved C-unpickler path);
+``codec`` is what the master runs (``decode_node_message``: the compiled one-pass decoder,
+``pdwire/_tokenpacks.c``);
 ``safepickle`` is the general decoder every other message takes (and a frame the fast path
 does not cover); ``previous`` is the decoder before issue 13, a ``pickle.Unpickler`` whose
 ``find_class`` allowlisted the globals (unsafe: BUILD, hash and memo bombs), plus its entry

@@ -56,8 +56,11 @@ def create_app(
     """The master's ASGI app: FastAPI for every route, with the streaming hot path in front."""
     tokenizer = tokenizer or ModelTokenizer.from_model_dir(settings.model_dir)
     codecs = {v: LightLLMCodec(v, share_statuses=True) for v in sorted(settings.lightllm_versions)}
-    for codec in codecs.values():
-        codec.prepare_token_packs()  # ~1 s now rather than on the loop at the first frame
+    if not all(codec.token_packs_accelerated for codec in codecs.values()):
+        logging.getLogger(__name__).warning(
+            "pdwire._tokenpacks is not built (no C compiler at install?): token packs are "
+            "decoded in Python, several times slower per token; reinstall with gcc"
+        )
     pool = NodePool(
         clock,
         lambda: CircuitBreaker(clock, settings.breaker_failures, settings.breaker_open_s),

@@ -21,7 +21,6 @@ from typing import Any
 from pdwire import fastpickle
 from pdwire.errors import MalformedMessageError
 from pdwire.fastdecode import TokenPacksDecoder, plain_entries
-from pdwire.fastdecode import grammar as fastdecode_grammar
 from pdwire.safepickle import Limits, ObjectSpec, SafeUnpickler, StructSpec, WireSchema
 from pdwire.structs import FinishStatus, Layout, SamplingParamsBase, layout_for, lightllm_name
 
@@ -281,9 +280,15 @@ class LightLLMCodec:
     """Encoder and safe decoder for one LightLLM version's PD messages."""
 
     def __init__(
-        self, version: str = "v1.1.0", *, share_statuses: bool = False, limits: Limits | None = None
+        self,
+        version: str = "v1.1.0",
+        *,
+        share_statuses: bool = False,
+        limits: Limits | None = None,
+        accelerated: bool = True,
     ) -> None:
         """``share_statuses``: decode every FinishStatus of a value to one shared instance.
+        ``accelerated=False``: token packs take safepickle too (tests compare the two paths).
 
         Saves an object per token for a reader that never changes or re-encodes them (a
         re-encoded frame would hold memo references where LightLLM's has copies).
@@ -305,7 +310,9 @@ class LightLLMCodec:
             lightllm_name(ObjType),
             self._obj_types,
             lightllm_name(FinishStatus),
+            self._statuses,  # filled only when sharing: else each entry gets a fresh one
             self._status_from_bytes,
+            accelerated=accelerated,
         )
         self._fast_names: dict[Any, tuple[str, str]] = {
             ObjType: lightllm_name(ObjType),
@@ -404,11 +411,10 @@ class LightLLMCodec:
         return dumps(objs)
 
     # -- decoding ---------------------------------------------------------------------------
-    @staticmethod
-    def prepare_token_packs() -> None:
-        """Compile the token-pack fast path's grammar (~1 s) now, for a reader of token packs
-        (a master) that would otherwise pay it at its first token frame."""
-        fastdecode_grammar()
+    @property
+    def token_packs_accelerated(self) -> bool:
+        """Whether TOKEN_PACKS frames take the compiled decoder (else safepickle, slower)."""
+        return self._token_packs.available
 
     def loads(self, data: bytes) -> Any:
         """Decode one of this version's messages; raise WireError for anything else."""

@@ -202,9 +202,6 @@ def main(argv: list[str] | None = None) -> None:
     start_args = registration_args(args)
     identity = NodeIdentity(args.pd_node_id, args.run_mode, args.host, args.port, start_args)
     codec = LightLLMCodec(args.lightllm_version)
-    # Every frame from a master is first tried on the token-pack fast path; compile its
-    # grammar (~1 s) before serving, not on the event loop at the first frame.
-    codec.prepare_token_packs()
     node = build_node(
         identity,
         codec,

@@ -19,6 +19,10 @@ from pdwire.structs import SamplingParamsBase
 
 log = logging.getLogger(__name__)
 
+# One connection per hand-off: a burst of prefills opens hundreds at once, and past the
+# listen queue the kernel resets them (asyncio's default backlog is 100).
+HANDOFF_BACKLOG = 4096
+
 
 @dataclass
 class Handoff:
@@ -47,7 +51,9 @@ class DecodeNode(SimNode):
 
     async def start(self) -> list[asyncio.Task[None]]:
         port = int(self.identity.start_args["pd_decode_rpyc_port"])
-        self._server = await asyncio.start_server(self._serve_handoff, self.identity.host, port)
+        self._server = await asyncio.start_server(
+            self._serve_handoff, self.identity.host, port, backlog=HANDOFF_BACKLOG
+        )
         return [asyncio.create_task(self._loop(), name="decode-loop")]
 
     async def stop(self) -> None:

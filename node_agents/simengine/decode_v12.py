@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from node_agents.simengine.decode import DecodeNode
+from node_agents.simengine.decode import HANDOFF_BACKLOG, DecodeNode
 from node_agents.simengine.engine import Running
 from node_agents.simengine.kvlink import read_frame, write_frame
 from node_agents.simengine.links import MasterLink
@@ -51,7 +51,9 @@ class DecodeNodeV12(DecodeNode):
         self.control_port = 0
 
     async def start(self) -> list[asyncio.Task[None]]:
-        self._server = await asyncio.start_server(self._serve_write, self.identity.host, 0)
+        self._server = await asyncio.start_server(
+            self._serve_write, self.identity.host, 0, backlog=HANDOFF_BACKLOG
+        )
         self.control_port = self._server.sockets[0].getsockname()[1]
         return [asyncio.create_task(self._loop(), name="decode-loop")]
 

@@ -8,6 +8,8 @@ first token, deadlines, abort on disconnect, metrics labelled ``messages``). The
 
 from __future__ import annotations
 
+from functools import partial
+
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -15,10 +17,12 @@ from fastapi.responses import JSONResponse, Response
 from pdmaster.api.anthropic_relay import MessageEvents, error_body, message_body, message_id
 from pdmaster.api.anthropic_schemas import CountTokensRequest, MessagesRequest, PromptFields
 from pdmaster.api.hot_path import Opened, SseEndpoint
+from pdmaster.api.lightllm_routes import encode_prompt, off_loop, read_prompt_body
 from pdmaster.api.openai_relay import Generation
 from pdmaster.api.openai_routes import accepted_model_names, check_model, served_model_name
 from pdmaster.api.service import ClientDisconnected, GenerateService
-from pdmaster.api.text_request import prepare_text, read_body, render, sampling
+from pdmaster.api.text_request import parse_body, prepare_text, render, sampling
+from pdmaster.dispatch.session import PreparedRequest
 from pdmaster.errors import ApiError
 from pdmaster.settings import MasterSettings
 from pdmodel.chat_template import ChatTemplate
@@ -49,8 +53,8 @@ def messages_endpoint(
 ) -> SseEndpoint:
     """POST /v1/messages: a stream on the hot path, or (``"stream": false``) one message."""
 
-    async def open_message(request: Request) -> Opened:
-        body = await read_body(request, MessagesRequest, settings.max_body_bytes)
+    def prepare_message(raw: bytes) -> tuple[MessagesRequest, PreparedRequest]:
+        body = parse_body(raw, MessagesRequest)
         params = sampling(
             body.max_tokens,
             body.temperature,
@@ -59,9 +63,12 @@ def messages_endpoint(
             body.stop_sequences,
             template.add_special_tokens,
         )
-        prepared = prepare_text(
-            _prompt(body, template, settings), params, tokenizer, settings, NAMES
-        )
+        prompt = _prompt(body, template, settings)
+        return body, prepare_text(prompt, params, tokenizer, settings, NAMES)
+
+    async def open_message(request: Request) -> Opened:
+        raw = await read_prompt_body(request, settings, "messages")
+        body, prepared = await off_loop(len(raw), partial(prepare_message, raw))
         gen = Generation(prepared.prompt_tokens, body.stop_sequences, keep_text=not body.stream)
         run = service.run(ENDPOINT, prepared)
         if body.stream:
@@ -81,13 +88,17 @@ def anthropic_router(
 ) -> APIRouter:
     router = APIRouter()
 
+    def count(raw: bytes) -> int:
+        prompt = _prompt(parse_body(raw, CountTokensRequest), template, settings)
+        return len(encode_prompt(prompt, tokenizer, settings, "messages"))
+
     @router.post("/v1/messages/count_tokens")
     async def count_tokens(request: Request) -> Response:
         try:
-            body = await read_body(request, CountTokensRequest, settings.max_body_bytes)
-            prompt = _prompt(body, template, settings)
+            raw = await read_prompt_body(request, settings, "messages")
+            tokens = await off_loop(len(raw), partial(count, raw))
         except ApiError as exc:
             return JSONResponse(error_body(exc), status_code=exc.status)
-        return JSONResponse({"input_tokens": tokenizer.count(prompt)})
+        return JSONResponse({"input_tokens": tokens})
 
     return router

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from pdmaster.api.lightllm_routes import read_json
+from pdmaster.api.lightllm_routes import encode_prompt, off_loop, parse_json, read_bytes
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.client import MultimodalInput
@@ -50,10 +51,14 @@ def _json_value(value: Any) -> Any:
 def info_router(tokenizer: ModelTokenizer, settings: MasterSettings, model_name: str) -> APIRouter:
     router = APIRouter()
 
+    def count(raw: bytes) -> int:
+        text = parse_json(raw, TokensRequest).text
+        return len(encode_prompt(text, tokenizer, settings, "text"))
+
     @router.api_route("/tokens", methods=["GET", "POST"])
     async def tokens(request: Request) -> dict[str, int]:
-        body = await read_json(request, TokensRequest, settings.max_body_bytes)
-        return {"ntokens": tokenizer.count(body.text)}
+        raw = await read_bytes(request, settings.max_body_bytes)
+        return {"ntokens": await off_loop(len(raw), partial(count, raw))}
 
     @router.api_route("/get_model_name", methods=["GET", "POST"])
     async def get_model_name() -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TypeVar
 
 import orjson
@@ -24,9 +25,15 @@ from pdwire.client import GenerateRequest
 from pdwire.structs import layout_for
 
 M = TypeVar("M", bound=BaseModel)
-# Prompts longer than this (in characters, at least as many bytes) are tokenized off the
-# event loop: 16 KB took ~10 ms to tokenize here (the simulated model's BPE, 2 shared cores).
-INLINE_TOKENIZE_CHARS = 16 * 1024
+T = TypeVar("T")
+# Bodies and prompts longer than this (bytes; characters: at least as many bytes) are parsed,
+# rendered and tokenized off the event loop: 16 KB took ~10 ms to tokenize here (the
+# simulated model's BPE, 2 shared cores), and a 16 KB message list as long to validate.
+INLINE_BYTES = 16 * 1024
+# A JSON string spends at most 6 bytes (a \u00XX escape) on one byte of text, so a message
+# list whose body is over 6x the prompt limit renders to a prompt over it (unless the body
+# is mostly fields the chat template leaves out).
+BODY_BYTES_PER_PROMPT_BYTE = 6
 
 
 class Unprocessable(ApiError):
@@ -34,8 +41,8 @@ class Unprocessable(ApiError):
     type = "invalid_request_error"
 
 
-async def read_json(request: Request, model: type[M], limit: int) -> M:
-    """The body as ``model``: 413 past ``limit`` bytes, 400 if not JSON, 422 naming the field."""
+async def read_bytes(request: Request, limit: int) -> bytes:
+    """The body: 413 past ``limit`` bytes (declared or sent), before reading any further."""
     declared = request.headers.get("content-length")
     if declared is not None and (decimal(declared) or 0) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
@@ -46,7 +53,28 @@ async def read_json(request: Request, model: type[M], limit: int) -> M:
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_prompt_body(request: Request, settings: MasterSettings, field: str) -> bytes:
+    """The body of a request whose prompt is the message list ``field``: 413 naming it when
+    the body is too long for its prompt to be within the byte limit (its parsing and
+    rendering cost as much as the body is long)."""
+    limit = BODY_BYTES_PER_PROMPT_BYTE * settings.prompt_byte_limit
+    if limit >= settings.max_body_bytes:
+        return await read_bytes(request, settings.max_body_bytes)
+    try:
+        return await read_bytes(request, limit)
+    except PayloadTooLarge:
+        raise PayloadTooLarge(
+            f"{field}: the request body is over {limit} bytes, {BODY_BYTES_PER_PROMPT_BYTE}x "
+            f"the prompt limit of {settings.prompt_byte_limit} bytes (--max_prompt_bytes)",
+            code="prompt_too_large",
+        ) from None
+
+
+def parse_json(raw: bytes, model: type[M]) -> M:
+    """``raw`` as ``model``: 400 if not JSON, 422 naming the field."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -59,6 +87,19 @@ async def read_json(request: Request, model: type[M], limit: int) -> M:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
         raise Unprocessable(f"{field}: {first['msg']}", code="invalid_field") from None
+
+
+async def read_json(request: Request, model: type[M], limit: int) -> M:
+    """The body as ``model``: 413 past ``limit`` bytes, 400 if not JSON, 422 naming the field."""
+    return parse_json(await read_bytes(request, limit), model)
+
+
+async def off_loop(size: int, work: Callable[[], T]) -> T:
+    """``work()``; in a worker thread when ``size`` (the bytes its cost grows with) is over
+    INLINE_BYTES: on the event loop it would stall every stream for as long."""
+    if size <= INLINE_BYTES:
+        return work()
+    return await asyncio.to_thread(work)
 
 
 def json_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
@@ -82,16 +123,27 @@ def check_prompt_size(prompt: str, settings: MasterSettings, field: str = "input
         )
 
 
-async def prepare_offloaded(
-    body: GenerateRequest, tokenizer: ModelTokenizer, settings: MasterSettings
+def encode_prompt(
+    prompt: str, tokenizer: ModelTokenizer, settings: MasterSettings, field: str = "inputs"
+) -> list[int]:
+    """The prompt's tokens, once ``check_prompt_size`` passes. A long prompt is tokenized
+    with the GIL released, so that a worker thread doing it leaves the event loop free."""
+    check_prompt_size(prompt, settings, field)
+    if len(prompt) > INLINE_BYTES:
+        return tokenizer.encode_unlocked(prompt)
+    return tokenizer.encode(prompt)
+
+
+async def prepare_generate(
+    request: Request, tokenizer: ModelTokenizer, settings: MasterSettings
 ) -> PreparedRequest:
-    """``prepare``, tokenizing a large prompt in a worker thread: on the event loop it would
-    stall every stream for as long (~10 ms per 16 KB, measured)."""
-    prompt_ids = None
-    if len(body.inputs) > INLINE_TOKENIZE_CHARS:
-        check_prompt_size(body.inputs, settings)
-        prompt_ids = await asyncio.to_thread(tokenizer.encode_unlocked, body.inputs)
-    return prepare(body, tokenizer, settings, prompt_ids)
+    """A /generate body read and ``prepare``d, off the event loop when it is long."""
+    raw = await read_bytes(request, settings.max_body_bytes)
+
+    def work() -> PreparedRequest:
+        return prepare(parse_json(raw, GenerateRequest), tokenizer, settings)
+
+    return await off_loop(len(raw), work)
 
 
 def prepare(
@@ -109,8 +161,7 @@ def prepare(
             code="invalid_field",
         )
     if prompt_ids is None:
-        check_prompt_size(body.inputs, settings)
-        prompt_ids = tokenizer.encode(body.inputs)
+        prompt_ids = encode_prompt(body.inputs, tokenizer, settings)
     prompt_tokens = len(prompt_ids)
     if prompt_tokens == 0:
         raise BadRequest("inputs: the prompt is empty", code="invalid_field")
@@ -157,8 +208,7 @@ def generate_stream_endpoint(
     events = LightLLMStream()
 
     async def open_run(request: Request) -> Opened:
-        body = await read_json(request, GenerateRequest, settings.max_body_bytes)
-        prepared = await prepare_offloaded(body, tokenizer, settings)
+        prepared = await prepare_generate(request, tokenizer, settings)
         return service.run("generate_stream", prepared), events
 
     return SseEndpoint(open_run)
@@ -171,8 +221,7 @@ def client_router(
 
     @router.post("/generate")
     async def generate(request: Request) -> Response:
-        body = await read_json(request, GenerateRequest, settings.max_body_bytes)
-        prepared = await prepare_offloaded(body, tokenizer, settings)
+        prepared = await prepare_generate(request, tokenizer, settings)
         collector = Collector(prepared.prompt_tokens, prepared.parameters.return_details)
         try:
             await service.run("generate", prepared).run_to_end(request, collector.add)

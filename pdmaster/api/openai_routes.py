@@ -10,6 +10,7 @@ request on both nodes.
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -17,7 +18,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from pdmaster.api.hot_path import Opened, SseEndpoint
-from pdmaster.api.lightllm_routes import check_prompt_size, prepare, read_json
+from pdmaster.api.lightllm_routes import (
+    encode_prompt,
+    off_loop,
+    parse_json,
+    prepare,
+    read_bytes,
+    read_prompt_body,
+)
 from pdmaster.api.openai_relay import (
     ChatFormat,
     CompletionFormat,
@@ -32,8 +40,9 @@ from pdmaster.api.openai_schemas import (
     SamplingFields,
 )
 from pdmaster.api.service import ClientDisconnected, GenerateService
+from pdmaster.api.text_request import output_room
 from pdmaster.dispatch.session import PreparedRequest
-from pdmaster.errors import BadRequest, NotFound
+from pdmaster.errors import ApiError, BadRequest, NotFound, PayloadTooLarge
 from pdmaster.settings import MasterSettings
 from pdmodel.chat_template import ChatTemplate, ChatTemplateError, load_chat_template
 from pdmodel.tokenizer import ModelTokenizer
@@ -62,7 +71,7 @@ def check_model(model: str | None, accepted: set[str], served: str) -> None:
         )
 
 
-def in_openai_terms(exc: BadRequest, prompt_field: str, max_field: str) -> BadRequest:
+def in_openai_terms(exc: ApiError, prompt_field: str, max_field: str) -> ApiError:
     """``prepare``'s error, naming the OpenAI fields instead of LightLLM's."""
     message = exc.message
     for old, new in (
@@ -74,7 +83,7 @@ def in_openai_terms(exc: BadRequest, prompt_field: str, max_field: str) -> BadRe
         message = message.replace(old, new)
     if message.startswith("inputs:"):
         message = prompt_field + message[len("inputs") :]
-    return BadRequest(message, code=exc.code)
+    return type(exc)(message, code=exc.code)
 
 
 def openai_endpoints(
@@ -97,21 +106,15 @@ def openai_endpoints(
         max_field: str,
         add_special_tokens: bool,
     ) -> PreparedRequest:
+        prompt_ids = None
         if limit is None:  # OpenAI's chat default: as many tokens as the context has left
-            check_prompt_size(prompt, settings, prompt_field)
-            prompt_tokens = tokenizer.count(prompt)
-            room = settings.max_req_total_len - prompt_tokens
-            if room < 1:
-                raise BadRequest(
-                    f"{prompt_field}: {prompt_tokens} prompt tokens leave no room for output "
-                    f"within max_req_total_len {settings.max_req_total_len}",
-                    code="invalid_field",
-                )
-            limit = min(settings.max_new_tokens, room)
+            prompt_ids = encode_prompt(prompt, tokenizer, settings, prompt_field)
+            limit = output_room(len(prompt_ids), settings, prompt_field)
         params = body.generate_parameters(limit, add_special_tokens, max_field)
+        request = GenerateRequest(inputs=prompt, parameters=params)
         try:
-            return prepare(GenerateRequest(inputs=prompt, parameters=params), tokenizer, settings)
-        except BadRequest as exc:
+            return prepare(request, tokenizer, settings, prompt_ids)
+        except (BadRequest, PayloadTooLarge) as exc:
             raise in_openai_terms(exc, prompt_field, max_field) from None
 
     async def respond(
@@ -131,8 +134,8 @@ def openai_endpoints(
             return Response(status_code=499)
         return Response(orjson.dumps(fmt.body(gen)), media_type="application/json")
 
-    async def completions(request: Request) -> Opened:
-        body = await read_json(request, CompletionRequest, settings.max_body_bytes)
+    def completion(raw: bytes) -> tuple[CompletionRequest, PreparedRequest]:
+        body = parse_json(raw, CompletionRequest)
         body.check_supported()
         check_model(body.model, model_names, model_name)
         req = prepared(
@@ -143,11 +146,10 @@ def openai_endpoints(
             max_field="max_tokens",
             add_special_tokens=True,
         )
-        fmt = CompletionFormat(model_name, body.stream_options.include_usage)
-        return await respond(request, body, req, fmt, "completions")
+        return body, req
 
-    async def chat_completions(request: Request) -> Opened:
-        body = await read_json(request, ChatCompletionRequest, settings.max_body_bytes)
+    def chat(raw: bytes) -> tuple[ChatCompletionRequest, PreparedRequest]:
+        body = parse_json(raw, ChatCompletionRequest)
         body.check_supported()
         check_model(body.model, model_names, model_name)
         try:
@@ -162,6 +164,17 @@ def openai_endpoints(
             max_field=body.max_tokens_field,
             add_special_tokens=template.add_special_tokens,
         )
+        return body, req
+
+    async def completions(request: Request) -> Opened:
+        raw = await read_bytes(request, settings.max_body_bytes)
+        body, req = await off_loop(len(raw), partial(completion, raw))
+        fmt = CompletionFormat(model_name, body.stream_options.include_usage)
+        return await respond(request, body, req, fmt, "completions")
+
+    async def chat_completions(request: Request) -> Opened:
+        raw = await read_prompt_body(request, settings, "messages")
+        body, req = await off_loop(len(raw), partial(chat, raw))
         fmt = ChatFormat(model_name, body.stream_options.include_usage)
         return await respond(request, body, req, fmt, "chat_completions")
 

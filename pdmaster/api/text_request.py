@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import orjson
-from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from pdmaster.api.lightllm_routes import Unprocessable, check_prompt_size, prepare, read_json
+from pdmaster.api.lightllm_routes import Unprocessable, parse_json, prepare
 from pdmaster.dispatch.session import PreparedRequest
-from pdmaster.errors import BadRequest
+from pdmaster.errors import BadRequest, PayloadTooLarge
 from pdmaster.settings import MasterSettings
 from pdmodel.chat_template import ChatTemplate, ChatTemplateError
 from pdmodel.tokenizer import ModelTokenizer
@@ -26,10 +25,10 @@ M = TypeVar("M", bound=BaseModel)
 _LIGHTLLM_NAMES = ("parameters.max_new_tokens", "parameters.stop_sequences", "max_new_tokens")
 
 
-async def read_body(request: Request, model: type[M], limit: int) -> M:
-    """``read_json``, with schema errors as 400: these APIs answer 400 for any bad field."""
+def parse_body(raw: bytes, model: type[M]) -> M:
+    """``parse_json``, with schema errors as 400: these APIs answer 400 for any bad field."""
     try:
-        return await read_json(request, model, limit)
+        return parse_json(raw, model)
     except Unprocessable as exc:
         raise BadRequest(exc.message, code=exc.code) from None
 
@@ -77,26 +76,25 @@ def prepare_text(
     tokenizer: ModelTokenizer,
     settings: MasterSettings,
     names: dict[str, str],
+    prompt_ids: list[int] | None = None,
 ) -> PreparedRequest:
     """``prepare``; its errors name ``names[x]`` for LightLLM's ``x`` (``inputs`` too)."""
     try:
-        return prepare(GenerateRequest(inputs=prompt, parameters=params), tokenizer, settings)
-    except BadRequest as exc:
+        return prepare(
+            GenerateRequest(inputs=prompt, parameters=params), tokenizer, settings, prompt_ids
+        )
+    except (BadRequest, PayloadTooLarge) as exc:
         message = exc.message
         for old in _LIGHTLLM_NAMES:
             if old in names:
                 message = message.replace(old, names[old])
         if message.startswith("inputs:"):
             message = names["inputs"] + message[len("inputs") :]
-        raise BadRequest(message, code=exc.code) from None
+        raise type(exc)(message, code=exc.code) from None
 
 
-def output_room(
-    prompt: str, tokenizer: ModelTokenizer, settings: MasterSettings, field: str
-) -> int:
+def output_room(prompt_tokens: int, settings: MasterSettings, field: str) -> int:
     """The output limit when the client sets none: what the context has left, capped."""
-    check_prompt_size(prompt, settings, field)
-    prompt_tokens = tokenizer.count(prompt)
     room = settings.max_req_total_len - prompt_tokens
     if room < 1:
         raise BadRequest(

@@ -26,14 +26,14 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from pdmaster.errors import ApiError, BadRequest, DeadlineExceeded, NodeFailed
+from pdmaster.errors import ApiError, DeadlineExceeded, NodeFailed
 from pdmaster.nodes.pool import V12, NodeConnection
 from pdmaster.nodes.tracking import RequestState, RequestTable, Sink
 from pdmaster.routing.policies import RequestView
 from pdmaster.routing.selection import PairSelector
 from pdwire.client import GenerateParameters
 from pdwire.lightllm import LightLLMCodec, TokenEntry, UpKVStatus
-from pdwire.sampling import fill
+from pdwire.sampling import FilledParams
 from pdwire.structs import FinishStatus, SamplingParamsBase
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,10 @@ class PDDispatcher:
         observer: DispatchObserver | None = None,
     ) -> None:
         self.codecs = codecs
+        self.sampling_params = {
+            version: FilledParams(codec.layout.new_sampling_params)
+            for version, codec in codecs.items()
+        }
         self.selector = selector
         self.table = table
         self.next_group_id = next_group_id
@@ -232,16 +236,15 @@ class PDSession:
     async def _attempt(self, tried: list[NodeConnection]) -> list[TokenEntry]:
         d = self._d
         self._v12 = False
-        prefill, decode = d.selector.pick_pair(self._view, tried, self.decode_tokens)
+        params = self._req.parameters
+        refused = {
+            version: field
+            for version, codec in d.codecs.items()
+            if (field := params.not_carried_by(codec.layout.SamplingParams)) is not None
+        }
+        prefill, decode = d.selector.pick_pair(self._view, tried, self.decode_tokens, refused)
         tried += [n for n in (prefill, decode) if n is not None]
         codec = d.codec_for(prefill)
-        refused = self._req.parameters.not_carried_by(codec.layout.SamplingParams)
-        if refused is not None:
-            raise BadRequest(
-                f"{refused}: the paired nodes run LightLLM {codec.version}, "
-                "whose requests have no field for it",
-                code="unsupported_field",
-            )
         if prefill.info.version == V12:
             assert decode is not None
             return await self._attempt_v12(prefill, decode)
@@ -460,8 +463,7 @@ class PDSession:
         self, codec: LightLLMCodec, max_new_tokens: int, group_id: int
     ) -> SamplingParamsBase:
         p = self._req.parameters
-        params = codec.layout.new_sampling_params()
-        fill(params, p.wire_values)
+        params = self._d.sampling_params[codec.version](p.wire_values)
         params.max_new_tokens = max_new_tokens
         params.min_new_tokens = min(p.min_new_tokens, max_new_tokens)
         params.group_request_id = group_id

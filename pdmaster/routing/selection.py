@@ -1,12 +1,15 @@
 """Pair selection: filter each pool (connected, not draining, breaker allows), ask its policy.
 
 A prefill node pairs only with decode nodes of its group (one LightLLM protocol version
-and, for v1.2.0, one ``pd_trans_mode``): a master may serve several groups at once.
+and, for v1.2.0, one ``pd_trans_mode``): a master may serve several groups at once. A
+request that sets a field some releases' requests cannot carry (``seed`` on v1.1.0) is
+paired only with nodes of the other releases; it is refused, naming the field, only when
+no node of those is connected.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 
 from pdmaster.errors import BadRequest, NoNodeAvailable
 from pdmaster.nodes.pool import V12, NodeConnection, NodePool, Role
@@ -23,13 +26,18 @@ class PairSelector:
         request: RequestView,
         exclude: Collection[NodeConnection] = (),
         total_len: int = 0,
+        refused: Mapping[str, str] | None = None,
     ) -> tuple[NodeConnection, NodeConnection | None]:
         """A prefill node and a decode node of its group (None: a v1.1.0 one-token request).
 
         ``total_len`` (prompt + max_new_tokens) must fit a v1.2.0 node's max_req_total_len.
+        ``refused``: LightLLM version -> a field of the request its requests cannot carry;
+        nodes of those versions are left out.
         """
-        prefills = self._healthy("prefill")
-        decodes = self._pool.candidates("decode")
+        refused = refused or {}
+        prefills = self._healthy("prefill", refused)
+        connected_decodes = self._pool.candidates("decode")
+        decodes = [n for n in connected_decodes if n.info.version not in refused]
         healthy_decodes = [n for n in decodes if n.breaker.allows()]
         groups = {n.info.group for n in healthy_decodes}
         one_token = request.max_new_tokens <= 1
@@ -47,6 +55,8 @@ class PairSelector:
                     f"{longest} of the nodes that could serve it",
                     code="invalid_field",
                 )
+            if connected_decodes and not decodes:
+                raise uncarried("decode", connected_decodes, refused)
             if not decodes:
                 raise NoNodeAvailable(
                     "no decode node is connected to this master", code="no_decode_node"
@@ -74,13 +84,16 @@ class PairSelector:
             )
         return prefill, self._choose("decode", mates, request, exclude)
 
-    def _healthy(self, role: Role) -> list[NodeConnection]:
+    def _healthy(self, role: Role, refused: Mapping[str, str]) -> list[NodeConnection]:
         connected = self._pool.candidates(role)
         if not connected:
             raise NoNodeAvailable(
                 f"no {role} node is connected to this master", code=f"no_{role}_node"
             )
-        healthy = [n for n in connected if n.breaker.allows()]
+        able = [n for n in connected if n.info.version not in refused]
+        if not able:
+            raise uncarried(role, connected, refused)
+        healthy = [n for n in able if n.breaker.allows()]
         if not healthy:
             raise NoNodeAvailable(
                 f"every {role} node is failing (circuit breakers open)",
@@ -110,6 +123,18 @@ class PairSelector:
         return any(
             n is not node and n.breaker.allows() for n in self._pool.candidates(node.info.mode)
         )
+
+
+def uncarried(
+    role: Role, connected: Sequence[NodeConnection], refused: Mapping[str, str]
+) -> BadRequest:
+    """400 naming the field that no connected node's release can carry."""
+    versions = sorted({n.info.version for n in connected})
+    return BadRequest(
+        f"{refused[versions[0]]}: the connected {role} nodes run LightLLM "
+        f"{', '.join(versions)}, whose requests have no field for it",
+        code="unsupported_field",
+    )
 
 
 def fits(node: NodeConnection, total_len: int) -> bool:

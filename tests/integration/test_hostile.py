@@ -137,6 +137,28 @@ def test_heavy_prompts_are_refused_without_stalling_other_clients(target: hp.Tar
     assert outcome.details["health_slowest_s"] < 1.0  # main: no answer within 10 s
 
 
+@pytest.mark.parametrize("attack", hp.PROMPT_API_ATTACKS, ids=lambda a: a.__name__)
+def test_every_api_refuses_oversized_prompts_and_tokenizes_big_ones_off_the_loop(
+    target: hp.Target, attack: hp.Attack
+) -> None:
+    outcome = run(attack, target)
+    details = outcome.details
+    assert details["oversized_named"] == details["oversized"] > 0  # 413 naming the field
+    assert details["loop_requests"] >= 2
+    # refused as too many tokens, once tokenized; the token counters answer them
+    assert details["statuses"] == ([200] if "count" in outcome.attack else [400])
+    assert details["health_slowest_s"] < 1.0
+    assert details["stream_ok"], details
+
+
+def test_long_message_lists_are_worked_off_the_loop(target: hp.Target) -> None:
+    outcome = run(hp.message_list_flood, target)
+    assert outcome.refused == outcome.attempts >= 2
+    assert outcome.details["statuses"] == [413]
+    assert outcome.details["rendered"] == outcome.attempts  # parsed and rendered, then refused
+    assert outcome.details["health_slowest_s"] < 1.0
+
+
 def test_zz_attack_table() -> None:
     headers = ["attack", "attempts", "refused", "still serving"]
     print_table("Hostile peers", headers, [o.row for o in OUTCOMES])

@@ -145,6 +145,38 @@ def test_mixed_pools_pair_within_one_version(procs: ProcGroup, tok: ModelTokeniz
         assert p["kv_handoffs"] == 3
 
 
+def test_seed_and_logit_bias_pair_with_v12_nodes_in_a_mixed_pool(procs: ProcGroup) -> None:
+    """Only v1.2.0 nodes' requests carry ``seed`` and banned tokens: such requests go to the
+    v1.2.0 pair whatever the policy's turn, and get a 400 naming the field only when no
+    v1.2.0 pair is connected."""
+    c = Cluster(procs)
+    c.start_master()
+    c.add_node("prefill", 0, "--lightllm_version", "v1.1.0")
+    c.add_node("decode", 0, "--lightllm_version", "v1.1.0")
+    c.add_node("prefill", 1, *V12)
+    c.add_node("decode", 1, *V12)
+    c.wait_ready(2, 2)
+    for i in range(4):  # round robin alone would send every other one to v1.1.0
+        r = generate(c.url, f"Seeded {i}", max_new_tokens=4, seed=7 + i)
+        assert r.status_code == 200, r.text
+        r = generate(c.url, f"Banned {i}", max_new_tokens=4, logit_bias={"5": -100})
+        assert r.status_code == 200, r.text
+    body = {"prompt": "hi", "max_tokens": 3, "seed": 3, "stream": True}
+    with httpx.stream("POST", f"{c.url}/v1/completions", json=body, timeout=30) as r:
+        assert r.status_code == 200 and b"data: [DONE]" in r.read()
+    assert c.node("prefill", 0).stats()["requests"] == 0
+    assert c.node("prefill", 1).stats()["requests"] == 9
+    for i in range(4):  # plain requests still use both pairs
+        assert generate(c.url, f"Plain {i}", max_new_tokens=4).status_code == 200
+    assert c.node("prefill", 0).stats()["requests"] == 2
+    c.node("decode", 1).proc.stop()
+    wait_until(lambda: len(nodes(c.url)) == 3, 10, "the v1.2.0 decode node to leave")
+    r = generate(c.url, "Seeded again", max_new_tokens=4, seed=7)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["message"].startswith("seed: the connected decode nodes run ")
+    assert generate(c.url, "Plain again", max_new_tokens=4).status_code == 200
+
+
 def test_mixed_pools_through_the_config_server_and_two_masters(
     procs: ProcGroup, tok: ModelTokenizer
 ) -> None:

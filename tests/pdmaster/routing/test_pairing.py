@@ -81,3 +81,23 @@ def test_no_decode_node_of_a_prefill_nodes_release_is_a_503() -> None:
     node(pool, "decode", "v1.1.0")
     with pytest.raises(NoNodeAvailable, match="different LightLLM versions"):
         selector(pool).pick_pair(RequestView(10, 20), total_len=30)
+
+
+def test_a_request_pairs_only_with_a_release_that_can_carry_its_fields() -> None:
+    pool = NodePool(lambda: 0.0)
+    node(pool, "prefill", "v1.1.0")
+    node(pool, "decode", "v1.1.0")
+    pick = selector(pool)
+    seed = {"v1.1.0": "seed", "fc72ffa": "seed"}  # their requests have no seed
+    with pytest.raises(BadRequest, match=r"^seed: the connected prefill nodes run LightLLM v1\.1"):
+        pick.pick_pair(RequestView(10, 20), total_len=30, refused=seed)
+    node(pool, "prefill", "v1.2.0", "nccl", 4096)
+    with pytest.raises(BadRequest, match=r"^seed: the connected decode nodes run LightLLM v1\.1"):
+        pick.pick_pair(RequestView(10, 20), total_len=30, refused=seed)
+    node(pool, "decode", "v1.2.0", "nccl", 4096)
+    for _ in range(4):  # round robin would give v1.1.0 every other time
+        prefill, decode = pick.pick_pair(RequestView(10, 20), total_len=30, refused=seed)
+        assert decode is not None
+        assert prefill.info.version == decode.info.version == "v1.2.0"
+    groups = {pick.pick_pair(RequestView(10, 20), total_len=30)[0].info.group for _ in range(4)}
+    assert groups == {("v1.1.0", None), ("v1.2.0", "nccl")}  # a plain request pairs with both

@@ -1,0 +1,207 @@
+"""The compiled TOKEN_PACKS decoder: built by the install, taken for every token-pack frame
+LightLLM and we send, and never accepting what safepickle refuses or building anything else.
+"""
+
+from __future__ import annotations
+
+import pickletools
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pdwire.errors import WireError
+from pdwire.fastdecode import TokenPacksDecoder, extension
+from pdwire.lightllm import MESSAGE_SETS, LightLLMCodec, ObjType, lightllm_name
+from pdwire.structs import FinishStatus
+
+VERSIONS = sorted(MESSAGE_SETS)
+
+
+def fast_decoder(version: str) -> TokenPacksDecoder:
+    """What a codec builds, for a test that needs to see whether the fast path decided."""
+    codec = LightLLMCodec(version)
+    statuses = MESSAGE_SETS[version].finish_statuses
+
+    def new_status(raw: bytes) -> FinishStatus:
+        status = FinishStatus.from_buffer_copy(raw)
+        if status.status not in statuses:
+            raise ValueError(status.status)
+        return status
+
+    return TokenPacksDecoder(
+        lightllm_name(ObjType),
+        {t.value: t for t in codec.messages.obj_types},
+        lightllm_name(FinishStatus),
+        {},
+        new_status,
+    )
+
+
+def plain(msg: Any) -> Any:
+    """A decoded message with each FinishStatus as its value, to compare two decoders."""
+    if isinstance(msg, FinishStatus):
+        return ("FinishStatus", msg.status)
+    if isinstance(msg, tuple | list):
+        return type(msg)(plain(m) for m in msg)
+    if isinstance(msg, dict):
+        return {k: plain(v) for k, v in msg.items()}
+    return msg
+
+
+def random_frame(codec: LightLLMCodec, rng: random.Random) -> bytes:
+    statuses = sorted(codec.messages.finish_statuses)
+    entries = []
+    for _ in range(rng.randint(0, 12)):
+        meta: dict[Any, Any] = {
+            "id": rng.choice([rng.randint(0, 200), rng.randint(-(2**70), 2**70)]),
+            "logprob": rng.uniform(-5, 0),
+            "special": rng.random() < 0.5,
+            "text": rng.choice(["", "é" * rng.randint(0, 300), "\U0001f600"]),
+            "n": None,
+            7: [1, 2.5, "x", [], {}],
+        }
+        if rng.random() < 0.5:
+            meta["logprobs"] = {rng.randint(0, 70000): {"logprob": -1.0, "rank": 1}}
+        entries.append(
+            (
+                rng.randint(0, 2**40),
+                rng.choice(["", " a", "b" * 300]),
+                meta,
+                FinishStatus(rng.choice(statuses)),
+            )
+        )
+    return codec.encode_token_packs(entries, {"total_token_usage_rate": 0.5, "x": {"y": [1]}})
+
+
+def test_the_install_built_it() -> None:
+    """CI installs with ``pip install -e .``: the master must not fall back to Python."""
+    assert extension() is not None
+    assert all(LightLLMCodec(v).token_packs_accelerated for v in VERSIONS)
+    assert not LightLLMCodec(accelerated=False).token_packs_accelerated
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_lightllms_own_token_packs_take_the_fast_path(golden_root: Path, version: str) -> None:
+    fast = fast_decoder(version)
+    safe = LightLLMCodec(version, accelerated=False)
+    frames = sorted((golden_root / version).glob("token_packs*.pkl"))
+    assert frames
+    for path in frames:
+        raw = path.read_bytes()
+        got = fast.decode(raw)
+        assert got is not None, path.name
+        kind, entries, load = safe.decode_node_message(raw)
+        assert plain(got) == plain((kind, entries, load))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_random_frames_decode_as_safepickle_decodes_them(version: str) -> None:
+    rng = random.Random(17)
+    codec = LightLLMCodec(version)
+    fast = fast_decoder(version)
+    for _ in range(200):
+        raw = random_frame(codec, rng)
+        got = fast.decode(raw)
+        assert got is not None
+        assert plain(got) == plain(
+            LightLLMCodec(version, accelerated=False).decode_node_message(raw)
+        )
+        assert plain(codec.decode_node_message(raw)) == plain(got)
+
+
+def _mutations(raw: bytes, rng: random.Random) -> bytes:
+    data = bytearray(raw)
+    for _ in range(rng.randint(1, 3)):
+        pos = rng.randrange(2, len(data))
+        action = rng.random()
+        if action < 0.5:
+            data[pos] = rng.randrange(256)
+        elif action < 0.7:
+            del data[pos]
+        elif action < 0.85:
+            data.insert(pos, rng.randrange(256))
+        else:  # an opcode the frame uses elsewhere
+            data[pos] = rng.choice(b"}](utse\x85\x86\x87\x93R\x94hj.K\x8c")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_mutated_frames_are_never_accepted_beyond_safepickle(version: str) -> None:
+    """Fuzzed bytes: where the fast path decodes a frame, safepickle decodes the same values;
+    where safepickle refuses it, the fast path returned None (and never crashed)."""
+    rng = random.Random(31)
+    codec = LightLLMCodec(version)
+    safe = LightLLMCodec(version, accelerated=False)
+    fast = fast_decoder(version)
+    seeds = [random_frame(codec, rng) for _ in range(20)]
+    accepted = 0
+    for i in range(3000):
+        raw = _mutations(seeds[i % len(seeds)], rng)
+        got = fast.decode(raw)
+        if got is None:
+            continue
+        accepted += 1
+        try:
+            reference = safe.decode_node_message(raw)
+        except WireError as exc:
+            pytest.fail(f"fast path accepted what safepickle refuses ({exc}): {raw!r}")
+        assert plain(got) == plain(reference), raw
+    assert accepted > 0  # some mutations (a changed digit) stay valid frames
+
+
+@pytest.mark.parametrize(
+    ("what", "edit"),
+    [
+        ("a memo reference to a dict", lambda body: body.replace(b"M\x2c\x01", b"h\x07", 1)),
+        ("a tuple key", lambda body: body.replace(b"M\x2c\x01", b"K\x01K\x01\x86N", 1)),
+        ("BUILD", lambda body: body.replace(b"M\x2c\x01", b"N}b", 1)),
+        ("another global", lambda body: body.replace(b"_unpickle", b"_unpickl3", 1)),
+        ("an open MARK", lambda body: body[:-1] + b"(."),
+        ("trailing bytes", lambda body: body + b"N"),
+    ],
+)
+def test_shapes_outside_token_packs_are_left_to_safepickle(what: str, edit: Any) -> None:
+    codec = LightLLMCodec("v1.1.0")
+    entries = [(8, "a", {"k": 1}, FinishStatus(0)), (16, "b", {"k": 300}, FinishStatus(0))]
+    raw = codec.encode_token_packs(entries, {})
+    assert fast_decoder("v1.1.0").decode(raw) is not None
+    tampered = edit(raw)
+    assert tampered != raw, what
+    assert fast_decoder("v1.1.0").decode(tampered) is None, what
+
+
+def test_nesting_and_size_caps() -> None:
+    codec = LightLLMCodec("v1.1.0")
+    fast = fast_decoder("v1.1.0")
+    deep: dict[str, Any] = {"a": {"b": {"c": 1}}}
+    assert fast.decode(codec.encode_token_packs([(8, "", deep, FinishStatus(0))], {})) is not None
+    deeper: dict[str, Any] = {"a": {"b": {"c": {"d": 1}}}}
+    raw = codec.encode_token_packs([(8, "", deeper, FinishStatus(0))], {})
+    assert fast.decode(raw) is None
+    with pytest.raises(WireError):
+        codec.decode_node_message(raw)  # nor does safepickle's entry check take it
+    big = codec.encode_token_packs([(8, "x" * 300_000, {}, FinishStatus(0))], {})
+    assert fast.decode(big) is None  # over 256 KiB: safepickle, with its own limits
+    assert codec.decode_node_message(big)[1][0][1] == "x" * 300_000
+    wide = {str(i): i for i in range(1025)}
+    raw = codec.encode_token_packs([(8, "", wide, FinishStatus(0))], {})
+    assert fast.decode(raw) is None
+
+
+def test_unknown_status_and_obj_type_are_left_to_safepickle() -> None:
+    codec = LightLLMCodec("v1.1.0")
+    fast = fast_decoder("v1.1.0")
+    raw = codec.encode_token_packs([(8, "a", {}, FinishStatus(0))], {})
+    ops = [(op.name, pos) for op, _, pos in pickletools.genops(raw)]
+    status_at = next(pos for name, pos in ops if name == "SHORT_BINBYTES")
+    bad_status = raw[: status_at + 2] + b"\x63\x00\x00\x00" + raw[status_at + 6 :]
+    assert fast.decode(bad_status) is None
+    with pytest.raises(WireError):
+        codec.decode_node_message(bad_status)
+    kind_at = next(pos for name, pos in ops if name == "BININT1")
+    bad_kind = raw[: kind_at + 1] + b"\x63" + raw[kind_at + 2 :]
+    assert fast.decode(bad_kind) is None
+    with pytest.raises(WireError):
+        codec.decode_node_message(bad_kind)
