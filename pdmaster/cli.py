@@ -13,6 +13,7 @@ import uvicorn
 
 from pdmaster.app import create_app
 from pdmaster.dispatch.session import DispatchSettings
+from pdmaster.nodes.socket import NodeSocketProtocol
 from pdmaster.routing.policies import POLICY_NAMES
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         loop="uvloop",
         http=header_timeout_protocol(),
-        ws="websockets-sansio",
+        ws=NodeSocketProtocol,
         ws_max_size=settings.ws_max_size,
         ws_per_message_deflate=False,  # token frames are small; compression only costs CPU
         ws_ping_interval=20.0,  # a node whose host vanished (no FIN) is dropped within ~40 s

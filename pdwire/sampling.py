@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import ctypes
 import math
-from collections.abc import Mapping
-from typing import Annotated, Any
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Generic, TypeVar
 
+import orjson
 from pydantic import AfterValidator
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -85,6 +86,40 @@ def fill(params: ctypes.Structure, values: Mapping[str, Any]) -> None:
             setattr(params, name, value)
             if not _same(getattr(params, name), value):
                 raise NotCarried(name, f"{value!r} does not fit the node's field")
+
+
+S = TypeVar("S", bound=ctypes.Structure)
+
+
+class FilledParams(Generic[S]):
+    """``fill`` of a fresh struct from ``new``, copied from an earlier fill of the same values.
+
+    A SamplingParams is ~20 KB of ctypes fields; filling one field by field took ~80 us, a
+    copy of its bytes ~2 (a request fills two: its prefill and its decode node's). The last
+    ``size`` distinct value sets are kept, by their JSON (exact: 0.0 and -0.0, 1, 1.0 and
+    true stay apart); refused values are never kept, so they are refused every time.
+    """
+
+    def __init__(self, new: Callable[[], S], size: int = 64) -> None:
+        self._new = new
+        self._size = size
+        self._filled: dict[bytes, S] = {}
+
+    def __call__(self, values: Mapping[str, Any]) -> S:
+        try:
+            key: bytes | None = orjson.dumps(values)
+        except TypeError:  # an int past 64 bits: filled each time (carried exactly or refused)
+            key = None
+        done = self._filled.get(key) if key is not None else None
+        if done is not None:
+            return type(done).from_buffer_copy(done)
+        params = self._new()
+        fill(params, values)
+        if key is not None:
+            if len(self._filled) >= self._size:
+                del self._filled[next(iter(self._filled))]
+            self._filled[key] = type(params).from_buffer_copy(params)
+        return params
 
 
 def read(params: ctypes.Structure) -> dict[str, Any]:

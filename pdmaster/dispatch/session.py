@@ -33,7 +33,7 @@ from pdmaster.routing.policies import RequestView
 from pdmaster.routing.selection import PairSelector
 from pdwire.client import GenerateParameters
 from pdwire.lightllm import LightLLMCodec, TokenEntry, UpKVStatus
-from pdwire.sampling import fill
+from pdwire.sampling import FilledParams
 from pdwire.structs import FinishStatus, SamplingParamsBase
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,10 @@ class PDDispatcher:
         observer: DispatchObserver | None = None,
     ) -> None:
         self.codecs = codecs
+        self.sampling_params = {
+            version: FilledParams(codec.layout.new_sampling_params)
+            for version, codec in codecs.items()
+        }
         self.selector = selector
         self.table = table
         self.next_group_id = next_group_id
@@ -459,8 +463,7 @@ class PDSession:
         self, codec: LightLLMCodec, max_new_tokens: int, group_id: int
     ) -> SamplingParamsBase:
         p = self._req.parameters
-        params = codec.layout.new_sampling_params()
-        fill(params, p.wire_values)
+        params = self._d.sampling_params[codec.version](p.wire_values)
         params.max_new_tokens = max_new_tokens
         params.min_new_tokens = min(p.min_new_tokens, max_new_tokens)
         params.group_request_id = group_id

@@ -23,6 +23,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from pdmaster.nodes.pool import V12, NodeConnection, NodeInfo, NodePool, RegistrationError
+from pdmaster.nodes.socket import MESSAGE_SINK
 from pdmaster.nodes.tracking import RequestTable
 from pdwire import jsonlimits
 from pdwire.errors import WireError
@@ -142,18 +143,17 @@ async def _serve(
     table: RequestTable,
 ) -> str:
     """v1.1.0 and fc72ffa: token packs until the socket closes (why it closed)."""
-    while True:
-        message = await ws.receive()
-        if message["type"] == "websocket.disconnect":
-            return _closed(ws, "/pd_register", message.get("code"))
-        data = message.get("bytes")
-        if data is None:
-            continue  # LightLLM nodes send only binary frames after registering
+
+    def handle(data: bytes | str) -> None:
+        if isinstance(data, str):
+            return  # LightLLM nodes send only binary frames after registering
         kind, payload, load = codec.decode_node_message(data)
         if load is not None:
             pool.record_load(conn, load)
         if kind is ObjType.TOKEN_PACKS:
             table.deliver(conn, payload)  # checked by decode_node_message
+
+    return await _read_messages(ws, handle, None)
 
 
 async def _serve_v12(
@@ -165,24 +165,20 @@ async def _serve_v12(
     heartbeat_timeout_s: float,
 ) -> str:
     """v1.2.0: token packs, prompt-id uploads and heartbeats, each within the heartbeat timeout."""
-    loop = asyncio.get_running_loop()
+
+    def handle(data: bytes | str) -> None:
+        if isinstance(data, str):
+            raise WireError("a text frame after registration")
+        kind, payload, extra = codec.decode_node_message(data)
+        if kind is ObjType.TOKEN_PACKS:
+            if extra is not None:
+                pool.record_load(conn, extra)
+            table.deliver(conn, payload)  # checked by decode_node_message
+        elif kind is ObjType.PD_UPLOAD_PREFILL_PROMPT_IDS:
+            table.prompt_ids_arrived(conn, payload, extra)
+
     try:
-        async with asyncio.timeout(None) as silence:
-            while True:
-                silence.reschedule(loop.time() + heartbeat_timeout_s)
-                message = await ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    return _closed(ws, "/pd_register", message.get("code"))
-                data = message.get("bytes")
-                if data is None:
-                    raise WireError("a text frame after registration")
-                kind, payload, extra = codec.decode_node_message(data)
-                if kind is ObjType.TOKEN_PACKS:
-                    if extra is not None:
-                        pool.record_load(conn, extra)
-                    table.deliver(conn, payload)  # checked by decode_node_message
-                elif kind is ObjType.PD_UPLOAD_PREFILL_PROMPT_IDS:
-                    table.prompt_ids_arrived(conn, payload, extra)
+        return await _read_messages(ws, handle, heartbeat_timeout_s)
     except TimeoutError:
         reason = "PD heartbeat timed out"
         log.warning("%s node %s: %s", conn.info.mode, conn.info.client_ip_port, reason)
@@ -190,6 +186,66 @@ async def _serve_v12(
         with contextlib.suppress(Exception):
             await ws.close(INTERNAL_ERROR, reason)
         return reason
+
+
+async def _read_messages(
+    ws: WebSocket, handle: Callable[[bytes | str], None], silence_s: float | None
+) -> str:
+    """Give each message to ``handle`` until the socket closes (why it closed); TimeoutError
+    if none comes for ``silence_s``. What ``handle`` raises ends the reading.
+
+    Under ``NodeSocketProtocol`` messages are handled as the server reads them (see
+    ``socket``); this task only waits for the end.
+    """
+    register = (ws.scope.get("extensions") or {}).get(MESSAGE_SINK)
+    if register is None:
+        return await _receive_loop(ws, handle, silence_s)
+    loop = asyncio.get_running_loop()
+    failed: asyncio.Future[None] = loop.create_future()
+    last = loop.time()
+
+    def sink(message: bytes | str) -> None:
+        nonlocal last
+        if failed.done():
+            return
+        last = loop.time()
+        try:
+            handle(message)
+        except Exception as exc:  # met by the task below, which closes the socket
+            failed.set_exception(exc)
+
+    register(sink)
+    closed = asyncio.ensure_future(ws.receive())  # the only message left for the queue
+    try:
+        while True:
+            wait = None if silence_s is None else last + silence_s - loop.time()
+            if wait is not None and wait <= 0:
+                raise TimeoutError
+            await asyncio.wait((closed, failed), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            if failed.done():
+                failed.result()
+            if closed.done():
+                return _closed(ws, "/pd_register", closed.result().get("code"))
+    finally:
+        closed.cancel()
+        if not failed.done():
+            failed.cancel()
+
+
+async def _receive_loop(
+    ws: WebSocket, handle: Callable[[bytes | str], None], silence_s: float | None
+) -> str:
+    """``_read_messages`` under any other server: each message through the app's queue."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(None) as silence:
+        while True:
+            if silence_s is not None:
+                silence.reschedule(loop.time() + silence_s)
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return _closed(ws, "/pd_register", message.get("code"))
+            data = message.get("bytes")
+            handle(data if data is not None else message.get("text") or "")
 
 
 async def _accept(ws: WebSocket, allows: Callable[[str | None], bool], path: str) -> str | None:

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from pdwire.client import GenerateParameters
-from pdwire.sampling import NotCarried, fill, not_carried, read
+from pdwire.sampling import FilledParams, NotCarried, fill, not_carried, read
 from pdwire.structs import LAYOUTS
 
 
@@ -166,3 +166,28 @@ def test_fill_reads_every_value_back_and_refuses_what_the_field_changes() -> Non
     with pytest.raises(NotCarried, match="seed"):
         fill(narrow, {"seed": 1})
     assert not_carried(Narrow, {"top_k": 1, "seed": 1}) == "seed"
+
+
+@pytest.mark.parametrize("version", sorted(LAYOUTS))
+def test_params_filled_again_from_a_copy_are_the_bytes_a_fresh_fill_makes(version: str) -> None:
+    layout = LAYOUTS[version]
+    filled = FilledParams(layout.new_sampling_params, size=2)
+    sets = [
+        GenerateParameters(**EVERY_PARAMETER).wire_values,
+        GenerateParameters(presence_penalty=0.0).wire_values,
+        GenerateParameters(presence_penalty=-0.0).wire_values,  # equal to 0.0, not the same
+        GenerateParameters(top_k=1).wire_values,
+    ]
+    for values in sets * 2:
+        fresh = layout.new_sampling_params()
+        fill(fresh, values)
+        for _ in range(2):
+            params = filled(values)
+            assert type(params) is type(fresh) and bytes(params) == bytes(fresh)
+    first, again = filled(sets[1]), filled(sets[1])
+    first.max_new_tokens = 7
+    assert again.max_new_tokens != 7  # each call is a struct of its own
+    refused = {"top_k": 2**40}
+    for _ in range(2):
+        with pytest.raises(NotCarried, match="top_k"):
+            filled(refused)

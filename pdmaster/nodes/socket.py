@@ -1,0 +1,148 @@
+"""The master's websocket server protocol: node messages handed to a sink as they are read.
+
+uvicorn's websockets server queues every message for the app's task and stops reading the
+socket until that task has taken it: per token frame a task wake-up, a pause and a resume of
+reading, and a frame parsed by the ``websockets`` library's generator-based reader. A node
+sends a frame per decode step, so this was a fifth of a master's CPU at 8 streams.
+
+``NodeSocketProtocol`` keeps uvicorn's protocol for everything (handshake, ping/pong, close,
+fragments, limits) and adds one thing an app may ask for through the scope's extension
+``MESSAGE_SINK``: a function that takes each message (bytes or str), called in the
+protocol's ``data_received`` in the order they arrive, instead of the queue. Then a whole,
+unfragmented, masked binary frame within the size limit is read here in one step; any other
+frame is passed, whole, to the ``websockets`` parser as before (which sees a stream of whole
+frames, so its state stays right), and a frame past the size limit hands that parser the
+rest of the connection. A sink reads synchronously, so the socket is read no faster than
+its messages are handled: that is the back-pressure. The app's ``receive`` then only ever
+yields the disconnect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
+
+try:  # websockets' C masking, as its own parser uses
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - built for every platform websockets ships wheels for
+    from websockets.utils import apply_mask
+
+MESSAGE_SINK = "pdctl.message_sink"
+"""Scope extension: call it with ``sink(message: bytes | str) -> None`` to take messages."""
+
+Sink = Callable[[bytes | str], None]
+_FIN_BINARY = 0x82  # FIN, no RSV bits (no extension is negotiated), opcode 2
+
+
+class NodeSocketProtocol(WebSocketsSansIOProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sink: Sink | None = None
+        self._buffer = bytearray()  # a frame's start, not yet whole (only while a sink reads)
+        self._parser_only = False  # a frame past the limit: the parser reads from here on
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        if self.handshake_initiated and not self.close_sent:
+            extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+            extensions[MESSAGE_SINK] = self._set_sink
+
+    def _set_sink(self, sink: Sink) -> None:
+        """From now on messages go to ``sink``, first those already queued, in order."""
+        self._sink = sink
+        kept = []
+        while not self.queue.empty():
+            message = self.queue.get_nowait()
+            if message["type"] != "websocket.receive":
+                kept.append(message)
+            else:
+                data = message.get("bytes")
+                sink(data if data is not None else message.get("text") or "")
+        for message in kept:
+            self.queue.put_nowait(message)
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def send_receive_event_to_app(self) -> None:
+        """A message the parser completed goes to the sink, if there is one."""
+        sink = self._sink
+        if sink is None:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.close_sent:
+            return  # the app is past websocket.close, as uvicorn's own rule
+        if self.curr_msg_data_type == "text":
+            try:
+                text = bytes(data).decode()
+            except UnicodeDecodeError:
+                self.logger.warning("invalid UTF-8 in a text message from a node")
+                self.conn.send_close(1007)
+                self.handle_parser_exception()
+                return
+            sink(text)
+        else:
+            sink(bytes(data))
+
+    def data_received(self, data: bytes) -> None:
+        parser_has_start = not self._buffer and self.conn.reader.buffer
+        if self._sink is None or self._parser_only or parser_has_start:
+            super().data_received(data)  # no sink, or the parser holds a frame's start
+            return
+        buf: bytes | bytearray = data
+        if self._buffer:
+            self._buffer += data
+            buf = self._buffer
+        end = len(buf)
+        limit = self.conn.max_message_size
+        pos = 0
+        while end - pos >= 6:  # a masked frame's head is at least 6 bytes
+            head1 = buf[pos + 1]
+            length = head1 & 0x7F
+            if length == 126:
+                if end - pos < 8:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                mask_at = pos + 4
+            elif length == 127:
+                if end - pos < 14:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                mask_at = pos + 10
+            else:
+                mask_at = pos + 2
+            if not head1 & 0x80 or (limit is not None and length > limit):
+                # unmasked, or past the limit: the parser refuses it, as it always did
+                self._parser_only = True
+                rest = bytes(buf[pos:])
+                self._buffer = bytearray()
+                super().data_received(rest)
+                return
+            start = mask_at + 4
+            stop = start + length
+            if stop > end:
+                break
+            if (
+                buf[pos] == _FIN_BINARY
+                and not self.conn.expect_continuation_frame
+                and self.conn.state is State.OPEN
+                and not self.close_sent
+            ):
+                self._sink(apply_mask(buf[start:stop], buf[mask_at:start]))
+            else:  # anything else, whole, to the parser (and uvicorn's handlers)
+                self.conn.receive_data(buf[pos:stop])
+                if self.conn.parser_exc is not None:
+                    self._buffer = bytearray()
+                    self.handle_parser_exception()
+                    return
+                self.handle_events()
+            pos = stop
+        if buf is self._buffer:
+            del buf[:pos]
+        elif pos < end:
+            self._buffer = bytearray(buf[pos:])
