@@ -21,7 +21,8 @@ from benchmarks.attacks.target import REGISTER_TOKEN, Outcome, Target, generate,
 from benchmarks.common import QUIET
 from pdlocal.cluster import free_port, start_master_proc
 from pdlocal.registry import start_config_server
-from pdwire.lightllm import LightLLMCodec, PD_Master_Obj
+from pdwire.lightllm import LightLLMCodec
+from pdwire.pd_io import PD_Master_Obj
 
 
 async def node_id_takeover(target: Target) -> Outcome:

@@ -19,7 +19,8 @@ from typing import Protocol
 from pdmaster.errors import NodeFailed
 from pdmaster.nodes.pool import NodeConnection
 from pdmaster.nodes.tracking import RequestState, RequestTable
-from pdwire.lightllm import LightLLMCodec, TokenEntry
+from pdwire.lightllm import LightLLMCodec
+from pdwire.pd_io import TokenEntry
 from pdwire.structs import FinishStatus, SamplingParamsBase
 
 FINISH_ERRORS = {3: "node_aborted", 4: "node_error"}  # v1.2.0's FINISHED_ABORTED, _ERROR

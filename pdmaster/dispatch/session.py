@@ -26,7 +26,8 @@ from pdmaster.nodes.tracking import RequestState, RequestTable, Sink
 from pdmaster.routing.policies import RequestView
 from pdmaster.routing.selection import PairSelector
 from pdwire.client import GenerateParameters
-from pdwire.lightllm import LightLLMCodec, TokenEntry, UpKVStatus
+from pdwire.lightllm import LightLLMCodec
+from pdwire.pd_io import TokenEntry, UpKVStatus
 from pdwire.sampling import FilledParams
 from pdwire.structs import SamplingParamsBase
 
