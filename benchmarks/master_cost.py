@@ -38,7 +38,7 @@ def main() -> None:
         for path, api, model in PATHS:  # warm up
             load(f"{c.url}{path}", 16, 8, 16, 16, api=api, model=model)
         for streams in levels:
-            requests = 32 if args.smoke else max(4 * streams, 256)
+            requests = 16 if args.smoke else max(4 * streams, 256)
             for path, api, model in PATHS:
                 before = cpu_seconds(pid)
                 records, duration = load(

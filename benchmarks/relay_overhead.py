@@ -99,7 +99,7 @@ def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds per level")
     args = p.parse_args()
-    levels = [1, 64] if args.smoke else [1, 64, 512, 2048]
+    levels = [1, 8] if args.smoke else [1, 64, 512, 2048]
     group = workdir()
     try:
         rounds = 1 if args.smoke else args.rounds
@@ -107,7 +107,7 @@ def main() -> None:
         group.stop_all()
         group.procs.clear()
         compare = pd_vs_direct(
-            group, 64 if args.smoke else 256, 16 if args.smoke else 64, args.lightllm_version
+            group, 16 if args.smoke else 256, 8 if args.smoke else 64, args.lightllm_version
         )
     finally:
         group.stop_all()

@@ -24,8 +24,8 @@ POLICIES = ["random", "round_robin", "least_load", "power_of_two", "prefix_affin
 
 def main() -> None:
     args = parser(__doc__ or "").parse_args()
-    policies = ["round_robin", "prefix_affinity"] if args.smoke else POLICIES
-    requests = 60 if args.smoke else 400
+    policies = ["prefix_affinity"] if args.smoke else POLICIES
+    requests = 24 if args.smoke else 400
     results = []
     for policy in policies:
         group = workdir()

@@ -20,7 +20,7 @@ PATHS = (("/generate_stream", "lightllm", ""), ("/v1/completions", "openai", "mo
 
 def main() -> None:
     args = parser(__doc__ or "").parse_args()
-    streams = 500 if args.smoke else 10_000
+    streams = 64 if args.smoke else 10_000
     results = [one_path(path, api, model, streams) for path, api, model in PATHS]
     print_table(
         "concurrent streams through one master",

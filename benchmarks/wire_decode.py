@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks.common import parser, print_table, write_json
-from pdwire.lightllm import LightLLMCodec, ObjType
+from pdwire.lightllm import LightLLMCodec
+from pdwire.pd_io import ObjType
 from pdwire.structs import FinishStatus
 
 

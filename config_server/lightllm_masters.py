@@ -24,7 +24,7 @@ from config_server.registry import MAX_NODE_ID, Registry, record_key
 from config_server.store.base import StoreError
 from pdwire.api import check_address
 from pdwire.errors import MalformedMessageError
-from pdwire.lightllm import PD_Master_Obj
+from pdwire.pd_io import PD_Master_Obj
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from config_server.node_view import joined_nodes
 from config_server.store.base import Store
 from config_server.store.view import Change, Item
 from pdwire.api import RegistrationRequest, is_valid_id
-from pdwire.lightllm import PD_Master_Obj
+from pdwire.pd_io import PD_Master_Obj
 
 KINDS = ("master", "node")
 DEFAULT_STATE = {"master": "serving", "node": "RUNNING"}

@@ -19,7 +19,7 @@ from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from pdwire.cli import CommandParser, add_lightllm_flags, lightllm_flags_given, port_number
 from pdwire.httpserver import header_timeout_protocol
-from pdwire.lightllm import MAX_FRAME_BYTES
+from pdwire.message_sets import MAX_FRAME_BYTES
 from pdwire.peers import split_cidrs
 from pdwire.structs import LAYOUTS
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pdmaster.dispatch.session import DispatchSettings
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR
-from pdwire.lightllm import MAX_FRAME_BYTES
+from pdwire.message_sets import MAX_FRAME_BYTES
 
 PROMPT_BYTES_PER_TOKEN = 8
 

@@ -1,9 +1,9 @@
-"""LightLLM's PD wire objects: mirror classes, a byte-compatible encoder, a safe decoder.
+"""LightLLM's PD messages: a byte-compatible encoder and a safe decoder, one codec per version.
 
-Pickles made here load into LightLLM's own classes (same module paths, same ctypes bytes),
-and pickles made by LightLLM decode here into the mirrors, without importing LightLLM.
-Each protocol version's messages are data (``MESSAGE_SETS``); decoding goes through
-``pdwire.safepickle``, which runs no code, builds only fresh objects and bounds its work.
+Each version's messages are data (``pdwire.message_sets``) over the mirror classes of
+``pdwire.pd_io``; encoding goes through ``pdwire.fastpickle`` where it applies, else
+``pdwire.mirrorpickle``; decoding goes through ``pdwire.safepickle``, which runs no code,
+builds only fresh objects and bounds its work (token packs: ``pdwire.fastdecode``).
 """
 
 from __future__ import annotations
@@ -11,269 +11,24 @@ from __future__ import annotations
 import _ctypes
 import base64
 import binascii
-import enum
-import io
-import pickle
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from pdwire import fastpickle
 from pdwire.errors import MalformedMessageError
 from pdwire.fastdecode import TokenPacksDecoder, plain_entries
+from pdwire.message_sets import MESSAGE_SETS, VERSIONS
+from pdwire.mirrorpickle import dumps
+from pdwire.pd_io import (
+    OBJECT_FIELDS,
+    MultimodalParams,
+    ObjType,
+    PD_Master_Obj,
+    PDDecodeNodeInfo,
+    PDUpKVStatus,
+    TokenEntry,
+)
 from pdwire.safepickle import Limits, ObjectSpec, SafeUnpickler, StructSpec, WireSchema
 from pdwire.structs import FinishStatus, Layout, SamplingParamsBase, layout_for, lightllm_name
-
-PD_IO_MODULE = "lightllm.server.pd_io_struct"
-MULTIMODAL_MODULE = "lightllm.server.multimodal_params"
-PICKLE_PROTOCOL = 4
-MAX_BEST_OF = 8
-# The largest frame of the protocol is a REQ to the decode node for the longest prompt (or
-# the prefill node's prompt-id upload, or its first token carrying the prompt ids): up to 5
-# bytes per token id (BININT) plus the 28 KiB SamplingParams, 5.3 MB for a 1M-token context
-# (tests/pdwire/test_wire_fixtures.py builds it). A REQ to P carries the prompt's text, at
-# most the master's 4 MiB body. 16 MiB, LightLLM v1.1.0's own websocket limit, leaves 3x.
-MAX_FRAME_BYTES = 16 * 1024 * 1024
-
-
-class ObjType(enum.Enum):
-    ABORT = 1
-    REQ = 2
-    TOKEN_PACKS = 3
-    PD_UPLOAD_PREFILL_PROMPT_IDS = 4  # v1.2.0 on
-    PD_REQ_DECODE_NODE_INFO = 5  # v1.2.0 on
-    HEARTBEAT = 6  # v1.2.0 on
-
-
-ObjType.__lightllm_name__ = (PD_IO_MODULE, "ObjType")  # type: ignore[attr-defined]
-
-
-@dataclass
-class PD_Master_Obj:  # noqa: N801 - LightLLM's class name travels on the wire
-    node_id: int
-    host_ip_port: str
-
-    __lightllm_name__ = (PD_IO_MODULE, "PD_Master_Obj")
-
-
-class MultimodalParams:
-    """LightLLM's multimodal payload; the control plane only carries it (empty for text)."""
-
-    __lightllm_name__ = (MULTIMODAL_MODULE, "MultimodalParams")
-
-    def __init__(self, images: list[Any] | None = None, audios: list[Any] | None = None) -> None:
-        self.images = images if images is not None else []
-        self.audios = audios if audios is not None else []
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, MultimodalParams)
-            and self.images == other.images
-            and self.audios == other.audios
-        )
-
-
-@dataclass
-class UpKVStatus:
-    """The decode node's notice that a request's KV cache has arrived (JSON text frame)."""
-
-    group_request_id: int
-    dp_index: int
-    pd_master_node_id: int
-    type: str = field(default="kv_move_status")
-
-    def to_json_dict(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "group_request_id": self.group_request_id,
-            "dp_index": self.dp_index,
-            "pd_master_node_id": self.pd_master_node_id,
-        }
-
-    @classmethod
-    def from_json_dict(cls, data: Any) -> UpKVStatus:
-        if not isinstance(data, dict) or data.get("type") != "kv_move_status":
-            raise MalformedMessageError(
-                "kv_move_status frame must be an object with type kv_move_status"
-            )
-        try:
-            return cls(
-                group_request_id=_as_int(data["group_request_id"], "group_request_id"),
-                dp_index=_as_int(data["dp_index"], "dp_index"),
-                pd_master_node_id=_as_int(data["pd_master_node_id"], "pd_master_node_id"),
-            )
-        except KeyError as exc:
-            raise MalformedMessageError(f"kv_move_status frame lacks {exc.args[0]}") from None
-
-
-@dataclass
-class PDDecodeNodeInfo:
-    """v1.2.0: where P must write a request's KV cache (D's transporter), relayed by the master.
-
-    ``agent_metadata`` and ``page_reg_desc`` are pickles of D's transporter; they travel as
-    bytes, never unpickled here.
-    """
-
-    decode_node_id: int
-    pd_master_node_id: int
-    agent_name: str
-    agent_metadata: bytes
-    num_pages: int
-    page_reg_desc: bytes
-    request_id: int
-    ready_kv_len: int
-
-    __lightllm_name__ = (PD_IO_MODULE, "PDDecodeNodeInfo")
-
-
-@dataclass
-class PDUpKVStatus:
-    """v1.2.0's binary ``/kv_move_status`` frame: D has reserved KV slots for a request.
-
-    ``pd_kv_trans_params`` is a pickled PDDecodeNodeInfo (``LightLLMCodec.decode_trans_params``).
-    """
-
-    group_request_id: int
-    pd_master_node_id: int
-    pd_kv_trans_params: bytes
-
-    __lightllm_name__ = (PD_IO_MODULE, "PDUpKVStatus")
-
-
-def _as_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise MalformedMessageError(f"{name} must be an integer, got {value!r}")
-    return value
-
-
-def group_request_id(sub_request_id: int) -> int:
-    return sub_request_id // MAX_BEST_OF * MAX_BEST_OF
-
-
-TokenEntry = tuple[int, str, dict[str, Any], FinishStatus]
-
-
-@dataclass(frozen=True)
-class MessageSet:
-    """What one LightLLM version puts on the wire, as data for the codec and its decoder."""
-
-    version: str
-    obj_types: frozenset[ObjType]
-    finish_statuses: frozenset[int]
-    token_packs_carry_load: bool  # (TOKEN_PACKS, entries, load) rather than a 2-tuple
-    kv_status_pickled: bool  # /kv_move_status: pickled PDUpKVStatus, else JSON UpKVStatus
-    objects: tuple[type, ...]  # plain wire classes (NEWOBJ + BUILD)
-    tuple_lengths: Mapping[ObjType, tuple[int, ...]]  # node frames: len of each kind's tuple
-
-
-_V11_KINDS = {ObjType.ABORT: (2,), ObjType.REQ: (2,), ObjType.TOKEN_PACKS: (3,)}
-MESSAGE_SETS: dict[str, MessageSet] = {
-    "v1.1.0": MessageSet(
-        "v1.1.0",
-        frozenset(_V11_KINDS),
-        frozenset({0, 1, 2}),
-        token_packs_carry_load=True,
-        kv_status_pickled=False,
-        objects=(PD_Master_Obj, MultimodalParams),
-        tuple_lengths=_V11_KINDS,
-    ),
-    "fc72ffa": MessageSet(
-        "fc72ffa",
-        frozenset(_V11_KINDS),
-        frozenset({0, 1, 2}),
-        token_packs_carry_load=False,
-        kv_status_pickled=False,
-        objects=(PD_Master_Obj, MultimodalParams),
-        tuple_lengths={**_V11_KINDS, ObjType.TOKEN_PACKS: (2,)},
-    ),
-    "v1.2.0": MessageSet(
-        "v1.2.0",
-        frozenset(ObjType),
-        frozenset({0, 1, 2, 3, 4}),
-        token_packs_carry_load=True,
-        kv_status_pickled=True,
-        objects=(PD_Master_Obj, MultimodalParams, PDUpKVStatus, PDDecodeNodeInfo),
-        tuple_lengths={
-            **_V11_KINDS,
-            ObjType.PD_UPLOAD_PREFILL_PROMPT_IDS: (3,),
-            ObjType.PD_REQ_DECODE_NODE_INFO: (3,),
-            ObjType.HEARTBEAT: (1,),
-        },
-    ),
-}
-VERSIONS = tuple(MESSAGE_SETS)
-
-# The fields of each plain wire class, in LightLLM's order, with the types they may hold.
-_OBJECT_FIELDS: dict[type, dict[str, tuple[type, ...]]] = {
-    PD_Master_Obj: {"node_id": (int,), "host_ip_port": (str,)},
-    MultimodalParams: {"images": (list,), "audios": (list,)},
-    PDUpKVStatus: {
-        "group_request_id": (int,),
-        "pd_master_node_id": (int,),
-        "pd_kv_trans_params": (bytes,),
-    },
-    PDDecodeNodeInfo: {
-        "decode_node_id": (int,),
-        "pd_master_node_id": (int,),
-        "agent_name": (str,),
-        "agent_metadata": (bytes,),
-        "num_pages": (int,),
-        "page_reg_desc": (bytes,),
-        "request_id": (int,),
-        "ready_kv_len": (int,),
-    },
-}
-
-
-def detect_version(registration: Any) -> str | None:
-    """A node's LightLLM version from its ``/pd_register`` registration frame, or None.
-
-    v1.2.0 dropped ``start_args.pd_decode_rpyc_port`` and added ``pd_trans_mode`` (its KV
-    transporter). v1.1.0 and fc72ffa speak the same frames and differ in arguments only
-    fc72ffa has (``cache_reserved_ratio``) or only v1.1.0 has (``select_p_d_node_strategy``,
-    ``dp_balancer``, ...); None when the arguments show neither (the caller's default).
-    """
-    args = registration.get("start_args") if isinstance(registration, dict) else None
-    if not isinstance(args, dict):
-        raise MalformedMessageError("registration has no start_args object")
-    if "pd_decode_rpyc_port" not in args:
-        if "pd_trans_mode" in args:
-            return "v1.2.0"
-        raise MalformedMessageError(
-            "start_args has neither pd_decode_rpyc_port (v1.1.0, fc72ffa) "
-            "nor pd_trans_mode (v1.2.0)"
-        )
-    if "cache_reserved_ratio" in args:
-        return "fc72ffa"
-    if "select_p_d_node_strategy" in args or "dp_balancer" in args:
-        return "v1.1.0"
-    return None
-
-
-class _MirrorPickler(pickle._Pickler):
-    """The pure-Python pickler, writing LightLLM's module paths for our mirror classes.
-
-    The C pickler insists that a class be importable under the name it is pickled as;
-    this one writes exactly the opcodes the C pickler would write for LightLLM's classes.
-    """
-
-    def save_global(self, obj: Any, name: str | None = None) -> None:
-        wire_name = obj.__dict__.get("__lightllm_name__") if isinstance(obj, type) else None
-        if wire_name is None:
-            super().save_global(obj, name)  # type: ignore[misc]
-            return
-        module_name, qualname = wire_name
-        pickler: Any = self  # the pure-Python pickler's helpers are not in typeshed
-        pickler.save(module_name)
-        pickler.save(qualname)
-        pickler.write(pickle.STACK_GLOBAL)
-        pickler.memoize(obj)
-
-
-def dumps(obj: Any) -> bytes:
-    buffer = io.BytesIO()
-    _MirrorPickler(buffer, protocol=PICKLE_PROTOCOL).dump(obj)
-    return buffer.getvalue()
 
 
 class LightLLMCodec:
@@ -335,7 +90,7 @@ class LightLLMCodec:
                 name(FinishStatus): StructSpec(FinishStatus, self._check_status),
             },
             objects={
-                name(cls): ObjectSpec(cls, _OBJECT_FIELDS[cls]) for cls in self.messages.objects
+                name(cls): ObjectSpec(cls, OBJECT_FIELDS[cls]) for cls in self.messages.objects
             },
         )
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import orjson
 
-from pdwire.lightllm import TokenEntry
+from pdwire.pd_io import TokenEntry
 
 FINISH_REASONS = {0: None, 1: "stop", 2: "length"}
 

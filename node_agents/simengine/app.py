@@ -24,7 +24,8 @@ from node_agents.simengine.prefill_v12 import PrefillNodeV12
 from node_agents.simengine.rankgroup import RankGroup
 from node_agents.simengine.timing import TimingModel
 from pdmodel.tokenizer import ModelTokenizer
-from pdwire.lightllm import MAX_FRAME_BYTES, LightLLMCodec
+from pdwire.lightllm import LightLLMCodec
+from pdwire.message_sets import MAX_FRAME_BYTES
 from pdwire.sampling import read
 from pdwire.structs import SamplingParamsBase
 

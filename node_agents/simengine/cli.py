@@ -29,7 +29,8 @@ from pdwire.cli import (
     port_number,
 )
 from pdwire.httpserver import header_timeout_protocol
-from pdwire.lightllm import MAX_FRAME_BYTES, LightLLMCodec
+from pdwire.lightllm import LightLLMCodec
+from pdwire.message_sets import MAX_FRAME_BYTES
 from pdwire.structs import LAYOUTS
 
 

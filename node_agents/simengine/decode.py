@@ -14,7 +14,8 @@ from node_agents.simengine.links import MasterLink
 from node_agents.simengine.textgen import Detokenizer
 from node_agents.simengine.timing import TimingModel
 from pdmodel.tokenizer import ModelTokenizer
-from pdwire.lightllm import LightLLMCodec, TokenEntry
+from pdwire.lightllm import LightLLMCodec
+from pdwire.pd_io import TokenEntry
 from pdwire.structs import SamplingParamsBase
 
 log = logging.getLogger(__name__)

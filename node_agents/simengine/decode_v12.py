@@ -24,7 +24,7 @@ from node_agents.simengine.links import MasterLink
 from node_agents.simengine.prefill_v12 import input_usage
 from node_agents.simengine.prefix_cache import PrefixCache
 from node_agents.simengine.textgen import Detokenizer
-from pdwire.lightllm import PDDecodeNodeInfo, PDUpKVStatus
+from pdwire.pd_io import PDDecodeNodeInfo, PDUpKVStatus
 from pdwire.structs import FinishStatus, SamplingParamsBase
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ import httpx
 
 from pdwire.api import base_url
 from pdwire.errors import WireError
-from pdwire.lightllm import LightLLMCodec, PD_Master_Obj
+from pdwire.lightllm import LightLLMCodec
+from pdwire.pd_io import PD_Master_Obj
 
 log = logging.getLogger(__name__)
 

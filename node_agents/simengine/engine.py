@@ -15,7 +15,8 @@ from node_agents.simengine.textgen import Detokenizer, Generation
 from node_agents.simengine.timing import KVCapacity, TimingModel
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.errors import WireError
-from pdwire.lightllm import LightLLMCodec, ObjType, TokenEntry
+from pdwire.lightllm import LightLLMCodec
+from pdwire.pd_io import ObjType, TokenEntry
 from pdwire.structs import FinishStatus, SamplingParamsBase
 
 log = logging.getLogger(__name__)

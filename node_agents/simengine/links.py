@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.frames import CloseCode
 
-from pdwire.lightllm import MAX_FRAME_BYTES
+from pdwire.message_sets import MAX_FRAME_BYTES
 
 log = logging.getLogger(__name__)
 

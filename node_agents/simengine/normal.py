@@ -19,7 +19,7 @@ from node_agents.simengine.decode import DecodeNode
 from node_agents.simengine.engine import Running
 from node_agents.simengine.textgen import Detokenizer
 from pdwire.client import GenerateRequest
-from pdwire.lightllm import MAX_BEST_OF, TokenEntry
+from pdwire.pd_io import MAX_BEST_OF, TokenEntry
 from pdwire.sse import sse_events
 
 

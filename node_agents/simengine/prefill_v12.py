@@ -22,7 +22,7 @@ from node_agents.simengine.kvlink import read_frame, write_frame
 from node_agents.simengine.links import MasterLink
 from node_agents.simengine.prefill import PrefillJob, PrefillNode
 from node_agents.simengine.textgen import Detokenizer
-from pdwire.lightllm import ObjType, TokenEntry
+from pdwire.pd_io import ObjType, TokenEntry
 from pdwire.structs import SamplingParamsBase
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 from pdmaster.api.openai_relay import Generation
 from pdmaster.api.text_request import sse_event
 from pdmaster.errors import ApiError
-from pdwire.lightllm import TokenEntry
+from pdwire.pd_io import TokenEntry
 
 # Anthropic's error types by our statuses: 429 and 503 are "overloaded" (retry later).
 ERROR_TYPES = {

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from starlette.types import Send
 
 from pdmaster.errors import ApiError
-from pdwire.lightllm import TokenEntry
+from pdwire.pd_io import TokenEntry
 
 try:  # httptools is optional for uvicorn; without it every chunk goes through send
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle

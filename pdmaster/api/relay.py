@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from pdmaster.errors import ApiError
-from pdwire.lightllm import TokenEntry
+from pdwire.pd_io import TokenEntry
 from pdwire.sse import FINISH_REASONS, sse_events
 
 

@@ -18,7 +18,7 @@ from pdmaster.api.openai_relay import Generation
 from pdmaster.api.responses_schemas import ResponsesRequest
 from pdmaster.api.text_request import sse_event
 from pdmaster.errors import ApiError
-from pdwire.lightllm import TokenEntry
+from pdwire.pd_io import TokenEntry
 
 
 class ResponseState:

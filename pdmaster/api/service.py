@@ -18,7 +18,7 @@ from pdmaster.errors import ApiError
 from pdmaster.metrics import MasterMetrics
 from pdmaster.nodes.tracking import Sink
 from pdmaster.routing.admission import Admission
-from pdwire.lightllm import TokenEntry
+from pdwire.pd_io import TokenEntry
 
 T = TypeVar("T")
 

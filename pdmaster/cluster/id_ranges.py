@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from pdwire.api import base_url
-from pdwire.lightllm import MAX_BEST_OF
+from pdwire.pd_io import MAX_BEST_OF
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,8 @@ from websockets.exceptions import WebSocketException
 
 from pdmaster.cluster.outage import ConfigServerStatus, is_lightllm_404
 from pdwire.api import base_url
-from pdwire.lightllm import LightLLMCodec, PD_Master_Obj
+from pdwire.lightllm import LightLLMCodec
+from pdwire.pd_io import PD_Master_Obj
 
 log = logging.getLogger(__name__)
 CONFIG_SERVER_FRAME_BYTES = 64 * 1024  # the config server sends no frames on this socket

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pdwire.lightllm import MAX_BEST_OF
+from pdwire.pd_io import MAX_BEST_OF
 
 
 class LocalIdSource:

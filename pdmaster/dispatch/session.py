@@ -4,14 +4,7 @@ v1.1.0 and fc72ffa nodes:
 prefill node P: REQ(max_new_tokens=1, move_kv_to_decode_node=D) -> first token + prompt_ids
 decode node D:  kv_move_status -> REQ(prompt_ids + [first token], suggested_dp_index) -> tokens
 
-v1.2.0 nodes (decode first):
-P: REQ(prompt, max_new_tokens=1) -> PD_UPLOAD_PREFILL_PROMPT_IDS
-D: REQ(prompt_ids, the block's budget) -> PDUpKVStatus on /kv_move_status (KV slots reserved)
-P: PD_REQ_DECODE_NODE_INFO -> prefill, KV written to D -> tokens from P and from D
-Only D's tokens are relayed: D's first token (the same as P's) is the sign that the KV cache
-arrived. Outputs past ``block_tokens`` run as LightLLM's master runs them, in blocks with
-fresh group ids on the same pair (prompt = the prompt + the text so far), and reach the
-client as one stream: counts go on, only the last block's finish status shows.
+v1.2.0 nodes (decode first, in blocks): see ``flow_v12``.
 
 The first token reaches the client only once the decode node holds the KV cache, so a
 failed prefill or a hand-off past its deadline can still be retried, once, on another
@@ -26,15 +19,17 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from pdmaster.dispatch.flow_v12 import BlockFlow
 from pdmaster.errors import ApiError, DeadlineExceeded, NodeFailed
 from pdmaster.nodes.pool import V12, NodeConnection
 from pdmaster.nodes.tracking import RequestState, RequestTable, Sink
 from pdmaster.routing.policies import RequestView
 from pdmaster.routing.selection import PairSelector
 from pdwire.client import RunParameters
-from pdwire.lightllm import LightLLMCodec, TokenEntry, UpKVStatus
+from pdwire.lightllm import LightLLMCodec
+from pdwire.pd_io import TokenEntry, UpKVStatus
 from pdwire.sampling import FilledParams
-from pdwire.structs import FinishStatus, SamplingParamsBase
+from pdwire.structs import SamplingParamsBase
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +38,6 @@ RETRYABLE_TIMEOUTS = {
     "kv_move_timeout": "decode",
     "prompt_ids_timeout": "prefill",
 }
-FINISH_ERRORS = {3: "node_aborted", 4: "node_error"}  # v1.2.0's FINISHED_ABORTED, _ERROR
 
 
 @dataclass(frozen=True)
@@ -119,12 +113,7 @@ class PDSession:
         "_sink",
         "finished",
         "closed",
-        "_v12",
-        "_prefill_pending",
-        "_left",
-        "_offset",
-        "_block_ended",
-        "_text",
+        "_flow",
     )
 
     def __init__(self, dispatcher: PDDispatcher, request: PreparedRequest) -> None:
@@ -140,17 +129,11 @@ class PDSession:
         self._sink: Sink | None = None
         self.finished = False
         self.closed = False
-        # v1.2.0
-        self._v12 = False
-        self._prefill_pending = False  # P counts this block until D's first token
-        self._left = request.parameters.max_new_tokens  # tokens still to generate
-        self._offset = 0  # tokens of the blocks before this one
-        self._block_ended = False  # a block ended by length with tokens left: start the next
-        self._text: list[str] | None = None  # the text so far, kept when blocks may follow
+        self._flow: BlockFlow | None = None  # v1.2.0
 
     @property
     def wants_decode(self) -> bool:
-        return self._v12 or self._req.parameters.max_new_tokens > 1
+        return self._flow is not None or self._req.parameters.max_new_tokens > 1
 
     @property
     def decode_tokens(self) -> int:
@@ -188,13 +171,14 @@ class PDSession:
         try:
             entries = self._after(
                 await state.take(
-                    *self._until(self._d.settings.token_idle_timeout_s),
+                    *self.until(self._d.settings.token_idle_timeout_s),
                     "token",
                     self._push if sink is not None else None,
                 )
             )
-            if self._block_ended:
-                await self._next_block()
+            if self._flow is not None and self._flow.block_ended:
+                self._flow.end_block(state)
+                await self._start_block(self._flow)
         except ApiError as exc:
             self._record_failure(decode, exc)
             await self.close()
@@ -208,7 +192,7 @@ class PDSession:
 
     def _push(self, entries: list[TokenEntry]) -> bool:
         """Offer tokens to the sink; a last token or a bad status goes the way of ``next``."""
-        if self._text is not None or self._prefill_pending:
+        if self._flow is not None and not self._flow.streams_through:
             return False  # counts to rewrite, or a block's P to release: the way of ``next``
         for entry in entries:
             if entry[3].status:
@@ -235,7 +219,7 @@ class PDSession:
 
     async def _attempt(self, tried: list[NodeConnection]) -> list[TokenEntry]:
         d = self._d
-        self._v12 = False
+        self._flow = None
         params = self._req.parameters
         refused = {
             version: field
@@ -248,7 +232,7 @@ class PDSession:
         if prefill.info.version == V12:
             assert decode is not None
             return await self._attempt_v12(prefill, decode)
-        state = RequestState(await self._group_id())
+        state = RequestState(await self.new_group_id())
         self._state, self._prefill, self._decode = state, prefill, decode
         d.table.add(state)
         prefill.attach(state, self._req.prompt_tokens)
@@ -260,13 +244,13 @@ class PDSession:
             lambda: codec.encode_req(self._req.prompt, self._prefill_params(state, decode))
         )
         first = self._after(
-            await state.take(*self._until(d.settings.first_token_timeout_s), "first token")
+            await state.take(*self.until(d.settings.first_token_timeout_s), "first token")
         )
         prefill.breaker.record(True)
         prefill.detach(state, self._req.prompt_tokens)  # its part is done; it may leave now
         if self.finished or decode is None:
             return first
-        status = await state.kv_status(*self._until(d.settings.kv_move_timeout_s))
+        status = await state.kv_status(*self.until(d.settings.kv_move_timeout_s))
         entry = first[0]
         prompt_ids = entry[2].get("prompt_ids")
         if not isinstance(prompt_ids, list):
@@ -275,10 +259,10 @@ class PDSession:
         await decode.send(lambda: self._decode_req(state, prompt_ids + [entry[2]["id"]], status))
         return first
 
-    async def _group_id(self) -> int:
+    async def new_group_id(self) -> int:
         """The next group request id, waiting (for the config server's id ranges) no longer
         than the first token may take."""
-        _, seconds = self._until(self._d.settings.first_token_timeout_s)
+        _, seconds = self.until(self._d.settings.first_token_timeout_s)
         try:
             async with asyncio.timeout(seconds):
                 return await self._d.next_group_id()
@@ -291,93 +275,40 @@ class PDSession:
     def _decode_req(self, state: RequestState, prompt_ids: list[int], status: UpKVStatus) -> bytes:
         assert self._decode is not None
         codec = self._d.codec_for(self._decode)
-        params = self._params(codec, self._req.parameters.max_new_tokens - 1, state.group_id)
+        params = self.req_params(codec, self._req.parameters.max_new_tokens - 1, state.group_id)
         params.suggested_dp_index = status.dp_index
         return codec.encode_req(prompt_ids, params)
 
-    # -- v1.2.0 --------------------------------------------------------------------------
     async def _attempt_v12(
         self, prefill: NodeConnection, decode: NodeConnection
     ) -> list[TokenEntry]:
-        d = self._d
-        self._v12 = True
+        d, req = self._d, self._req
         self._prefill, self._decode = prefill, decode
-        self._left = self._req.parameters.max_new_tokens
-        self._offset = 0
-        self._text = [] if self._left > d.settings.block_tokens else None
-        await self._start_block(self._req.prompt)
+        flow = BlockFlow(
+            self,
+            d.table,
+            d.settings,
+            d.codec_for(prefill),
+            prefill,
+            decode,
+            req.prompt,
+            req.prompt_tokens,
+            req.parameters.max_new_tokens,
+        )
+        self._flow = flow
+        await self._start_block(flow)
         state = self._state
         assert state is not None
         return self._after(
-            await state.take(*self._until(d.settings.first_token_timeout_s), "first token")
+            await state.take(*self.until(d.settings.first_token_timeout_s), "first token")
         )
 
-    async def _start_block(self, prompt: str) -> None:
-        """REQ to P, its prompt ids, REQ to D, D's KV reservation, D's descriptor to P."""
-        d = self._d
-        prefill, decode = self._prefill, self._decode
-        assert prefill is not None and decode is not None
-        codec = d.codec_for(prefill)
-        budget = min(self._left, d.settings.block_tokens)
-        state = RequestState(await self._group_id())
-        self._state = state
-        d.table.add(state)
-        prefill.attach(state, self._req.prompt_tokens)
-        decode.attach(state, self.decode_tokens)
-        self._prefill_pending = True
-        state.source, state.uploader, state.kv_host = decode, prefill, decode.peer_host
-        group_id = state.group_id
-        await prefill.send(lambda: codec.encode_req(prompt, self._params_v12(codec, 1, group_id)))
-        prompt_ids = await state.prompt_ids(*self._until(d.settings.prompt_ids_timeout_s))
-        await decode.send(
-            lambda: codec.encode_req(prompt_ids, self._params_v12(codec, budget, group_id))
-        )
-        info = await state.kv_status(*self._until(d.settings.kv_move_timeout_s))
-        await prefill.send(lambda: codec.encode_decode_node_info(group_id, info))
+    async def _start_block(self, flow: BlockFlow) -> None:
+        self._state = await flow.open_block()
+        await flow.run_block(self._state)
 
-    async def _next_block(self) -> None:
-        """The last block ended by length with tokens left: go on with a fresh group id."""
-        self._block_ended = False
-        old = self._state
-        assert old is not None and self._text is not None
-        self._d.table.remove(old)
-        for node in (self._prefill, self._decode):
-            if node is not None:
-                node.detach(
-                    old, self.decode_tokens if node is self._decode else self._req.prompt_tokens
-                )
-        await self._start_block(self._req.prompt + "".join(self._text))
-
-    def _params_v12(
-        self, codec: LightLLMCodec, max_new_tokens: int, group_id: int
-    ) -> SamplingParamsBase:
-        params = self._params(codec, max_new_tokens, group_id)
-        params.pd_master_node_id.node_id = self._d.master_node_id()
-        return params
-
-    def _after_v12(self, entries: list[TokenEntry]) -> list[TokenEntry]:
-        """Release P at D's first token; stitch blocks into one stream."""
-        if self._prefill_pending and self._prefill is not None and self._state is not None:
-            self._prefill_pending = False
-            self._prefill.breaker.record(True)
-            self._prefill.detach(self._state, self._req.prompt_tokens)
-        if self._text is None:
-            return entries
-        offset, out = self._offset, []
-        for sub_id, text, meta, status in entries:
-            count = meta.get("count_output_tokens")
-            if not isinstance(count, int):
-                raise NodeFailed("a token carries no count_output_tokens", code="bad_node_reply")
-            meta["count_output_tokens"] = count + offset
-            meta["prompt_tokens"] = self._req.prompt_tokens
-            self._text.append(text)
-            if status.status == 2 and self._left - count > 0:
-                self._left -= count
-                self._offset += count
-                self._block_ended = True
-                status = FinishStatus(0)
-            out.append((sub_id, text, meta, status))
-        return out
+    def master_node_id(self) -> int:
+        return self._d.master_node_id()
 
     def _blame(self, exc: ApiError) -> NodeConnection | None:
         """The node at fault for a retryable failure, with its breaker told; None: don't retry."""
@@ -418,24 +349,19 @@ class PDSession:
         self._state = self._prefill = self._decode = None
 
     def _after(self, entries: list[TokenEntry]) -> list[TokenEntry]:
-        status = entries[-1][3].status
-        if status in FINISH_ERRORS and self._v12:
-            what = "aborted" if status == 3 else "failed (KV hand-off)"
-            raise NodeFailed(
-                f"the decode node {what} the request",
-                code=FINISH_ERRORS[status],
-                node=self._prefill if status == 4 and self._prefill_pending else self._decode,
-            )
+        status, flow = entries[-1][3].status, self._flow
+        if flow is not None and (error := flow.finish_error(status)) is not None:
+            raise error
         if status not in (0, 1, 2):
             raise NodeFailed(f"node sent unknown finish status {status}", code="bad_node_reply")
-        if self._v12:
-            entries = self._after_v12(entries)
+        if flow is not None:
+            entries = flow.after(self._state, entries)
             status = entries[-1][3].status
         if status != 0 or not self.wants_decode:
             self.finished = True
         return entries
 
-    def _until(self, stage: float) -> tuple[float, float]:
+    def until(self, stage: float) -> tuple[float, float]:
         """(deadline, seconds) of a wait: the stage's timeout, cut by the request's deadline."""
         now = self._d.clock()
         left = self._deadline - now
@@ -448,7 +374,7 @@ class PDSession:
         self, state: RequestState, decode: NodeConnection | None
     ) -> SamplingParamsBase:
         assert self._prefill is not None
-        params = self._params(self._d.codec_for(self._prefill), 1, state.group_id)
+        params = self.req_params(self._d.codec_for(self._prefill), 1, state.group_id)
         if decode is not None:
             params.move_kv_to_decode_node.fill(
                 node_id=decode.node_id,
@@ -459,7 +385,7 @@ class PDSession:
             )
         return params
 
-    def _params(
+    def req_params(
         self, codec: LightLLMCodec, max_new_tokens: int, group_id: int
     ) -> SamplingParamsBase:
         p = self._req.parameters

@@ -14,7 +14,7 @@ from pdmaster.errors import NodeFailed
 from pdmaster.nodes.breaker import CircuitBreaker
 from pdwire.api import decimal
 from pdwire.errors import MalformedMessageError
-from pdwire.lightllm import detect_version
+from pdwire.message_sets import detect_version
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ from pdmaster.nodes.socket import MESSAGE_SINK
 from pdmaster.nodes.tracking import RequestTable
 from pdwire import jsonlimits
 from pdwire.errors import WireError
-from pdwire.lightllm import LightLLMCodec, ObjType, UpKVStatus
+from pdwire.lightllm import LightLLMCodec
+from pdwire.pd_io import ObjType, UpKVStatus
 
 log = logging.getLogger(__name__)
 

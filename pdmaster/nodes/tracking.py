@@ -16,7 +16,7 @@ from typing import Any
 
 from pdmaster.errors import DeadlineExceeded
 from pdmaster.nodes.pool import NodeConnection
-from pdwire.lightllm import MAX_BEST_OF, TokenEntry, UpKVStatus
+from pdwire.pd_io import MAX_BEST_OF, TokenEntry, UpKVStatus
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,14 @@ class Sink:
         self.status = 0
         self.headers: dict[str, str] = {}
         self.reads: list[tuple[bytes, float, float]] = []
+        self.arrived = asyncio.Event()
 
     def head(self, status: int, headers: dict[str, str]) -> None:
         self.status, self.headers = status, headers
 
     def data(self, body: bytes, now: float, wall: float) -> None:
         self.reads.append((body, now, wall))
+        self.arrived.set()
 
     @property
     def body(self) -> bytes:
@@ -35,18 +37,25 @@ class Sink:
 
 
 async def serve(
-    pieces: Sequence[bytes], close: bool = True, pause: float = 0.01
+    pieces: Sequence[bytes], close: bool = True, pause: float = 0.01, lockstep: Sink | None = None
 ) -> tuple[asyncio.Server, Target]:
-    """A server that reads the request, then sends ``pieces`` as separate writes."""
+    """A server that reads the request, then sends ``pieces`` as separate writes; with
+    ``lockstep``, each piece after the first only once that sink has taken a read more."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
         await reader.readexactly(length)
-        for piece in pieces:
+        for i, piece in enumerate(pieces):
+            if lockstep is not None and i:
+                while len(lockstep.reads) < i:  # bounded by the client's asyncio.timeout
+                    lockstep.arrived.clear()
+                    await lockstep.arrived.wait()
+                await asyncio.sleep(pause)  # counted from the client's stamp, however late
             writer.write(piece)
             await writer.drain()
-            await asyncio.sleep(pause)  # separate reads on the client's side
+            if lockstep is None:
+                await asyncio.sleep(pause)  # separate reads on the client's side
         if close:
             writer.close()
         else:
@@ -57,10 +66,12 @@ async def serve(
     return server, Target("127.0.0.1", port, "/generate_stream")
 
 
-def exchange(pieces: Sequence[bytes], close: bool = True, pause: float = 0.01) -> Sink:
+def exchange(
+    pieces: Sequence[bytes], close: bool = True, pause: float = 0.01, lockstep: bool = False
+) -> Sink:
     async def main() -> Sink:
-        server, target = await serve(pieces, close, pause)
         sink = Sink()
+        server, target = await serve(pieces, close, pause, sink if lockstep else None)
         try:
             async with asyncio.timeout(10):
                 await stream_post(target, b"{}", sink)
@@ -88,10 +99,11 @@ def test_chunked_body_cut_at_every_byte_arrives_whole_and_in_order() -> None:
 
 def test_each_read_is_stamped_on_arrival() -> None:
     events = [b"data:%d\n\n" % i for i in range(3)]
-    sink = exchange([HEAD + chunk(events[0]), chunk(events[1]) + chunk(events[2]), b"0\r\n\r\n"])
+    pieces = [HEAD + chunk(events[0]), chunk(events[1]) + chunk(events[2]), b"0\r\n\r\n"]
+    sink = exchange(pieces, lockstep=True)
     assert [r[0] for r in sink.reads] == [events[0], events[1] + events[2]]
     (_, t0, w0), (_, t1, w1) = sink.reads
-    assert t1 - t0 >= 0.009  # the server paused 10 ms between its writes
+    assert t1 - t0 >= 0.009  # the server wrote 10 ms after the client stamped the first read
     assert w1 - w0 >= 0.009
 
 

@@ -18,7 +18,6 @@ BENCHMARKS = [
     "node_agent",
     "wire_decode",
     "vs_gateways",
-    "wire_decode",
 ]
 
 

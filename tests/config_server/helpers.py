@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 
 from pdlocal.cluster import Proc, ProcGroup
-from pdwire.lightllm import LightLLMCodec, PD_Master_Obj
+from pdwire.lightllm import LightLLMCodec
+from pdwire.pd_io import PD_Master_Obj
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

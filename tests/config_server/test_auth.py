@@ -13,7 +13,8 @@ from websockets.exceptions import InvalidStatus
 
 from pdlocal.cluster import ProcGroup
 from pdlocal.registry import ConfigServer, start_config_server
-from pdwire.lightllm import LightLLMCodec, PD_Master_Obj
+from pdwire.lightllm import LightLLMCodec
+from pdwire.pd_io import PD_Master_Obj
 from tests.config_server.helpers import auth, http, node_body
 
 ADMIN, REGISTER = "admin-secret", "register-secret"

@@ -17,7 +17,8 @@ from websockets.exceptions import ConnectionClosed
 
 from pdlocal.cluster import wait_until
 from pdlocal.registry import ConfigServer
-from pdwire.lightllm import LightLLMCodec, PD_Master_Obj
+from pdwire.lightllm import LightLLMCodec
+from pdwire.pd_io import PD_Master_Obj
 from tests.config_server.helpers import http, items, registered_objects
 
 CODEC = LightLLMCodec("v1.1.0")

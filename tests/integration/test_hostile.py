@@ -15,72 +15,95 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import hostile_peers as hp
+from benchmarks.attacks.heavy_prompts import heavy_prompts, message_list_flood
+from benchmarks.attacks.identity import (
+    forged_kv_status,
+    id_range_flood,
+    master_id_on_v1,
+    master_id_on_websocket,
+    node_id_takeover,
+    outside_allow_cidr,
+)
+from benchmarks.attacks.load_signals import (
+    dripping_token_load,
+    endless_token_load,
+    poisoned_load_report,
+)
+from benchmarks.attacks.prompt_apis import PROMPT_API_ATTACKS
+from benchmarks.attacks.request_values import bad_path_parameters
+from benchmarks.attacks.slow_peers import id_range_wait, slowloris
+from benchmarks.attacks.target import Attack, Outcome, Target, start_target
+from benchmarks.attacks.wire_frames import (
+    JSON_BOMBS,
+    PICKLE_BOMBS,
+    kv_status_json_bombs,
+    pickled_frame_bombs,
+    registration_json_bombs,
+)
 from benchmarks.common import print_table
+from benchmarks.hostile_peers import run_attack
 from pdlocal.cluster import ProcGroup
 
-OUTCOMES: list[hp.Outcome] = []
+OUTCOMES: list[Outcome] = []
 
 
 @pytest.fixture(scope="module")
-def target() -> Iterator[hp.Target]:
+def target() -> Iterator[Target]:
     group = ProcGroup(Path(tempfile.mkdtemp(prefix="pdctl-hostile-")))
     try:
-        yield hp.start_target(group)
+        yield start_target(group)
     finally:
         group.stop_all()
 
 
-def run(attack: hp.Attack, target: hp.Target) -> hp.Outcome:
-    outcome = asyncio.run(hp.run_attack(attack, target))
+def run(attack: Attack, target: Target) -> Outcome:
+    outcome = asyncio.run(run_attack(attack, target))
     OUTCOMES.append(outcome)
     assert outcome.serving, target.procs.dump_logs()
     assert "Traceback" not in target.master_log()
     return outcome
 
 
-def test_pickled_build_hash_and_memo_bombs_are_refused_at_no_cost(target: hp.Target) -> None:
-    outcome = run(hp.pickled_frame_bombs, target)
-    assert outcome.refused == outcome.attempts == len(hp.PICKLE_BOMBS) + 2
+def test_pickled_build_hash_and_memo_bombs_are_refused_at_no_cost(target: Target) -> None:
+    outcome = run(pickled_frame_bombs, target)
+    assert outcome.refused == outcome.attempts == len(PICKLE_BOMBS) + 2
     assert outcome.details["slowest_health_s"] < 1.0
     assert outcome.details["rss_growth_mb"] < 100
     assert "closed /pd_register from 127.0.0.2" in target.master_log()
 
 
-def test_json_bombs_on_pd_register_close_the_socket_with_a_code(target: hp.Target) -> None:
-    outcome = run(hp.registration_json_bombs, target)
-    assert outcome.refused == outcome.attempts == len(hp.JSON_BOMBS)
+def test_json_bombs_on_pd_register_close_the_socket_with_a_code(target: Target) -> None:
+    outcome = run(registration_json_bombs, target)
+    assert outcome.refused == outcome.attempts == len(JSON_BOMBS)
     assert "refused node registration from 127.0.0.2" in target.master_log()
 
 
-def test_json_bombs_on_kv_move_status_close_the_socket_with_a_code(target: hp.Target) -> None:
-    outcome = run(hp.kv_status_json_bombs, target)
+def test_json_bombs_on_kv_move_status_close_the_socket_with_a_code(target: Target) -> None:
+    outcome = run(kv_status_json_bombs, target)
     assert outcome.refused == outcome.attempts
     assert "bad kv_move_status frame from 127.0.0.2" in target.master_log()
 
 
-def test_a_live_node_id_cannot_be_taken_from_another_address(target: hp.Target) -> None:
-    outcome = run(hp.node_id_takeover, target)
+def test_a_live_node_id_cannot_be_taken_from_another_address(target: Target) -> None:
+    outcome = run(node_id_takeover, target)
     assert outcome.refused == outcome.attempts == 2
     assert outcome.details["stream"], "the live node's stream failed"
 
 
-def test_forged_kv_move_status_releases_no_request(target: hp.Target) -> None:
-    outcome = run(hp.forged_kv_status, target)
+def test_forged_kv_move_status_releases_no_request(target: Target) -> None:
+    outcome = run(forged_kv_status, target)
     assert outcome.details["request_status"] == 504  # kv_move_timeout: nothing was released
     assert outcome.refused == outcome.attempts
 
 
-def test_requests_keep_succeeding_under_a_poisoned_load_report(target: hp.Target) -> None:
-    outcome = run(hp.poisoned_load_report, target)
+def test_requests_keep_succeeding_under_a_poisoned_load_report(target: Target) -> None:
+    outcome = run(poisoned_load_report, target)
     assert outcome.details["pages_and_requests_ok"]
     assert outcome.refused == outcome.attempts
 
 
-@pytest.mark.parametrize("attack", [hp.endless_token_load, hp.dripping_token_load])
-def test_a_hostile_token_load_answer_costs_one_short_poll(
-    target: hp.Target, attack: hp.Attack
-) -> None:
+@pytest.mark.parametrize("attack", [endless_token_load, dripping_token_load])
+def test_a_hostile_token_load_answer_costs_one_short_poll(target: Target, attack: Attack) -> None:
     outcome = run(attack, target)
     assert outcome.attempts >= 2, "the master did not poll the node's own address"
     assert outcome.refused == outcome.attempts
@@ -88,58 +111,58 @@ def test_a_hostile_token_load_answer_costs_one_short_poll(
     assert outcome.details["master_rss_growth_mb"] < 100
 
 
-def test_node_sockets_from_outside_allow_cidr_are_refused(target: hp.Target) -> None:
-    outcome = run(hp.outside_allow_cidr, target)
+def test_node_sockets_from_outside_allow_cidr_are_refused(target: Target) -> None:
+    outcome = run(outside_allow_cidr, target)
     assert outcome.refused == outcome.attempts == 2
 
 
-def test_a_live_master_id_cannot_be_taken_over_the_websocket(target: hp.Target) -> None:
-    outcome = run(hp.master_id_on_websocket, target)
+def test_a_live_master_id_cannot_be_taken_over_the_websocket(target: Target) -> None:
+    outcome = run(master_id_on_websocket, target)
     assert outcome.refused == outcome.attempts == 3  # and still_serving: listed at its address
 
 
 def test_a_live_master_cannot_be_repointed_or_removed_with_the_register_token(
-    target: hp.Target,
+    target: Target,
 ) -> None:
-    outcome = run(hp.master_id_on_v1, target)
+    outcome = run(master_id_on_v1, target)
     assert outcome.details["statuses"] == [409, 409]
 
 
-def test_id_ranges_are_limited_to_allow_cidr_or_the_register_token(target: hp.Target) -> None:
-    outcome = run(hp.id_range_flood, target)
+def test_id_ranges_are_limited_to_allow_cidr_or_the_register_token(target: Target) -> None:
+    outcome = run(id_range_flood, target)
     assert outcome.refused == outcome.attempts
     assert outcome.details["with_register_token"] == 200
     assert outcome.details["from_allowed_network"] == 200
 
 
-def test_the_id_range_wait_ends_at_the_request_deadline(target: hp.Target) -> None:
-    outcome = run(hp.id_range_wait, target)
+def test_the_id_range_wait_ends_at_the_request_deadline(target: Target) -> None:
+    outcome = run(id_range_wait, target)
     assert outcome.details["status"] == 504
     assert outcome.details["seconds"] < 4.0
 
 
-def test_normal_requests_get_through_during_slowloris(target: hp.Target) -> None:
-    outcome = run(hp.slowloris, target)
+def test_normal_requests_get_through_during_slowloris(target: Target) -> None:
+    outcome = run(slowloris, target)
     assert outcome.details["normal_requests"] >= 3
     assert outcome.details["normal_ok"] == outcome.details["normal_requests"]
     assert outcome.refused > 0  # the slow ones were closed
 
 
-def test_bad_path_parameters_get_a_4xx(target: hp.Target) -> None:
-    outcome = run(hp.bad_path_parameters, target)
+def test_bad_path_parameters_get_a_4xx(target: Target) -> None:
+    outcome = run(bad_path_parameters, target)
     assert outcome.refused == outcome.attempts, outcome.details
 
 
-def test_heavy_prompts_are_refused_without_stalling_other_clients(target: hp.Target) -> None:
-    outcome = run(hp.heavy_prompts, target)
+def test_heavy_prompts_are_refused_without_stalling_other_clients(target: Target) -> None:
+    outcome = run(heavy_prompts, target)
     assert outcome.refused == outcome.attempts > 0
     assert outcome.details["statuses"] == [400, 413]
     assert outcome.details["health_slowest_s"] < 1.0  # main: no answer within 10 s
 
 
-@pytest.mark.parametrize("attack", hp.PROMPT_API_ATTACKS, ids=lambda a: a.__name__)
+@pytest.mark.parametrize("attack", PROMPT_API_ATTACKS, ids=lambda a: a.__name__)
 def test_every_api_refuses_oversized_prompts_and_tokenizes_big_ones_off_the_loop(
-    target: hp.Target, attack: hp.Attack
+    target: Target, attack: Attack
 ) -> None:
     outcome = run(attack, target)
     details = outcome.details
@@ -151,8 +174,8 @@ def test_every_api_refuses_oversized_prompts_and_tokenizes_big_ones_off_the_loop
     assert details["stream_ok"], details
 
 
-def test_long_message_lists_are_worked_off_the_loop(target: hp.Target) -> None:
-    outcome = run(hp.message_list_flood, target)
+def test_long_message_lists_are_worked_off_the_loop(target: Target) -> None:
+    outcome = run(message_list_flood, target)
     assert outcome.refused == outcome.attempts >= 2
     assert outcome.details["statuses"] == [413]
     assert outcome.details["rendered"] == outcome.attempts  # parsed and rendered, then refused

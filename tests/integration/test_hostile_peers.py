@@ -17,7 +17,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from pdlocal.cluster import Cluster, ProcGroup, free_port, rss_bytes, start_sim_node, wait_until
-from pdwire.lightllm import LightLLMCodec, ObjType
+from pdwire.lightllm import LightLLMCodec
+from pdwire.pd_io import ObjType
 from tests.pdwire.test_hostile_frames import frame, g, hash_bomb, s, slotstate
 
 PD_IO = "lightllm.server.pd_io_struct"

@@ -16,11 +16,17 @@ from websockets.exceptions import ConnectionClosed
 from pdlocal.cluster import Cluster, ProcGroup
 
 
-@pytest.fixture
-def lone_master(procs: ProcGroup) -> Iterator[Cluster]:
-    c = Cluster(procs)
-    c.start_master("--max_new_tokens", "1000", "--max_body_bytes", "2048")
-    yield c
+@pytest.fixture(scope="module")
+def lone_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One master without nodes for the module: a test that lets a node in (or tries to)
+    leaves none behind, which the next one checks."""
+    group = ProcGroup(tmp_path_factory.mktemp("lone_master"))
+    c = Cluster(group)
+    try:
+        c.start_master("--max_new_tokens", "1000", "--max_body_bytes", "2048")
+        yield c
+    finally:
+        group.stop_all()
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -21,9 +22,8 @@ from tests.integration.multimaster import MasterProc, MultiMasterCluster
 LEASE_S = 3.0  # the masters' --lease_ttl
 
 
-@pytest.fixture
-def mm(procs: ProcGroup) -> MultiMasterCluster:
-    c = MultiMasterCluster(procs)
+def two_masters(group: ProcGroup) -> MultiMasterCluster:
+    c = MultiMasterCluster(group)
     c.start_config_server()
     for _ in range(2):
         c.start_master()
@@ -32,6 +32,22 @@ def mm(procs: ProcGroup) -> MultiMasterCluster:
         c.add_node("decode", i)
     c.wait_joined(c.masters, 2, 2)
     return c
+
+
+@pytest.fixture
+def mm(procs: ProcGroup) -> MultiMasterCluster:
+    """The test's own, for a test that kills a master or the config server."""
+    return two_masters(procs)
+
+
+@pytest.fixture(scope="module")
+def shared_mm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiMasterCluster]:
+    """Shared by the tests that kill nothing (a drain is undone before its test ends)."""
+    group = ProcGroup(tmp_path_factory.mktemp("shared_mm"))
+    try:
+        yield two_masters(group)
+    finally:
+        group.stop_all()
 
 
 def registered_ids(url: str) -> set[int]:
@@ -63,7 +79,8 @@ def connected_masters(mm: MultiMasterCluster) -> list[set[str]]:
     ]
 
 
-def test_nodes_join_both_masters_and_either_master_serves(mm: MultiMasterCluster) -> None:
+def test_nodes_join_both_masters_and_either_master_serves(shared_mm: MultiMasterCluster) -> None:
+    mm = shared_mm
     assert mm.config is not None
     tok = ModelTokenizer.from_model_dir(DEFAULT_MODEL_DIR)
     for i, master in enumerate(mm.masters * 3):
@@ -105,10 +122,10 @@ def assert_exact(mm: MultiMasterCluster, results: list[list[Outcome]]) -> None:
             assert outcome.text == expected(tok, prompt, 24, ignore_eos=True)[0]
 
 
-def test_group_ids_of_two_masters_never_collide(mm: MultiMasterCluster) -> None:
+def test_group_ids_of_two_masters_never_collide(shared_mm: MultiMasterCluster) -> None:
     """Both masters' requests land on the same nodes at once; a shared group id would mix
     their tokens or end one of them early."""
-    assert_exact(mm, asyncio.run(both_masters(mm, 60, 30)))
+    assert_exact(shared_mm, asyncio.run(both_masters(shared_mm, 60, 30)))
 
 
 def test_a_dead_master_leaves_the_registry_and_the_nodes(mm: MultiMasterCluster) -> None:
@@ -163,9 +180,10 @@ def test_config_server_restart_keeps_traffic_flowing(mm: MultiMasterCluster) -> 
         assert generate(master, "After the restart").status_code == 200
 
 
-def test_a_drain_in_the_config_server_reaches_every_master(mm: MultiMasterCluster) -> None:
+def test_a_drain_in_the_config_server_reaches_every_master(shared_mm: MultiMasterCluster) -> None:
     """What a node agent's drain does: its registration turns DRAINING in the config server;
     both masters stop selecting the node; back to RUNNING, both select it again."""
+    mm = shared_mm
     assert mm.config is not None
     node = mm.nodes[0]  # prefill0
     address = f"{node.host}:{node.port}"

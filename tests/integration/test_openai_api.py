@@ -70,7 +70,10 @@ def wait_for_aborts(cluster: Cluster, prefill: int, decode: int) -> tuple[int, i
     return aborts(cluster, "prefill"), aborts(cluster, "decode")
 
 
-def test_completion_returns_the_exact_text_and_usage(cluster: Cluster, tok: ModelTokenizer) -> None:
+def test_completion_returns_the_exact_text_and_usage(
+    shared_cluster: Cluster, tok: ModelTokenizer
+) -> None:
+    cluster = shared_cluster
     body = {"model": "model", "prompt": "What is AI?", "max_tokens": 12}
     r = post(cluster, "/v1/completions", body)
     assert r.status_code == 200, r.text
@@ -96,8 +99,9 @@ def test_completion_returns_the_exact_text_and_usage(cluster: Cluster, tok: Mode
 
 
 def test_completion_stream_sends_chunks_usage_and_done(
-    cluster: Cluster, tok: ModelTokenizer
+    shared_cluster: Cluster, tok: ModelTokenizer
 ) -> None:
+    cluster = shared_cluster
     prompt = "Hello world!"
     body = {"prompt": prompt, "max_tokens": 10, "stream_options": {"include_usage": True}}
     events = stream(cluster, "/v1/completions", body)
@@ -147,7 +151,8 @@ def test_stop_strings_are_left_out_of_the_text(cluster: Cluster) -> None:
     assert wait_for_aborts(cluster, 2, 2) == (2, 2)
 
 
-def test_chat_with_the_simple_template(cluster: Cluster, tok: ModelTokenizer) -> None:
+def test_chat_with_the_simple_template(shared_cluster: Cluster, tok: ModelTokenizer) -> None:
+    cluster = shared_cluster
     r = post(cluster, "/v1/chat/completions", {"messages": CHAT, "max_completion_tokens": 20})
     assert r.status_code == 200, r.text
     body = r.json()

@@ -1,4 +1,8 @@
-"""End to end through one master and 2 prefill + 2 decode simulated nodes (real processes)."""
+"""End to end through one master and 2 prefill + 2 decode simulated nodes (real processes).
+
+Most tests share one cluster (``shared_cluster``) and count what they did as differences of
+the nodes' and the master's counters; a test that kills a node or aborts a request has its
+own (``cluster``)."""
 
 from __future__ import annotations
 
@@ -25,7 +29,39 @@ def generate(cluster: Cluster, prompt: str, **params: object) -> httpx.Response:
     return httpx.post(f"{cluster.url}/generate", json=body, timeout=30)
 
 
-def test_generate_returns_the_exact_text(cluster: Cluster, tok: ModelTokenizer) -> None:
+def requests_per_node(cluster: Cluster) -> list[int]:
+    """Requests each node has taken so far, in the order the nodes were added."""
+    return [n.stats()["requests"] for n in cluster.nodes]
+
+
+def metric(cluster: Cluster, sample: str) -> float:
+    """The value of one sample (name and labels, as exposed) on the master's /metrics."""
+    for line in httpx.get(f"{cluster.url}/metrics", timeout=5).text.splitlines():
+        if line.rpartition(" ")[0] == sample:
+            return float(line.rpartition(" ")[2])
+    return 0.0
+
+
+def test_master_lists_its_nodes_with_polled_load(shared_cluster: Cluster) -> None:
+    cluster = shared_cluster
+    assert requests_per_node(cluster) == [0, 0, 0, 0]  # no traffic yet: the module's first test
+
+    def listing() -> list[dict]:
+        return httpx.get(f"{cluster.url}/v1/nodes", timeout=5).json()["items"]
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(n["reported_usage"] is None for n in listing()):
+        time.sleep(0.1)
+    items = listing()
+    assert sorted(n["role"] for n in items) == ["decode", "decode", "prefill", "prefill"]
+    for n in items:
+        assert isinstance(n["reported_usage"], float)  # from /token_load, with no traffic at all
+        assert n["breaker"] == "closed" and n["draining"] is False
+        assert n["connected_for_s"] >= 0 and n["in_flight_requests"] == 0
+
+
+def test_generate_returns_the_exact_text(shared_cluster: Cluster, tok: ModelTokenizer) -> None:
+    cluster = shared_cluster
     r = generate(cluster, "What is AI?", max_new_tokens=12)
     assert r.status_code == 200, r.text
     assert r.json() == {
@@ -40,22 +76,22 @@ def test_generate_returns_the_exact_text(cluster: Cluster, tok: ModelTokenizer) 
     assert r.json()["finish_reason"] == reason == "length"
 
 
-def test_stop_sequences_end_generation_after_the_stop_text(cluster: Cluster) -> None:
-    r = generate(cluster, "What is AI?", max_new_tokens=12, stop_sequences=[" AI"])
+def test_stop_sequences_end_generation_after_the_stop_text(shared_cluster: Cluster) -> None:
+    r = generate(shared_cluster, "What is AI?", max_new_tokens=12, stop_sequences=[" AI"])
     assert r.json()["generated_text"] == ["What is AI"]
     assert r.json()["finish_reason"] == "stop"
 
 
-def test_return_details_lists_every_token(cluster: Cluster) -> None:
-    r = generate(cluster, "What is AI?", max_new_tokens=3, return_details=True)
+def test_return_details_lists_every_token(shared_cluster: Cluster) -> None:
+    r = generate(shared_cluster, "What is AI?", max_new_tokens=3, return_details=True)
     tokens = r.json()["tokens"]
     assert [t["text"] for t in tokens] == ["What", " is", " AI"]
     assert [t["count_output_tokens"] for t in tokens] == [1, 2, 3]
 
 
-def test_generate_stream_sends_lightllm_events(cluster: Cluster) -> None:
+def test_generate_stream_sends_lightllm_events(shared_cluster: Cluster) -> None:
     body = {"inputs": "What is AI?", "parameters": {"max_new_tokens": 5}}
-    with httpx.stream("POST", f"{cluster.url}/generate_stream", json=body, timeout=30) as r:
+    with httpx.stream("POST", f"{shared_cluster.url}/generate_stream", json=body, timeout=30) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         raw = r.read().decode()
@@ -68,7 +104,9 @@ def test_generate_stream_sends_lightllm_events(cluster: Cluster) -> None:
     assert all(e["token"]["prompt_tokens"] == 4 and e["generated_text"] is None for e in events)
 
 
-def test_one_token_requests_finish_at_prefill(cluster: Cluster) -> None:
+def test_one_token_requests_finish_at_prefill(shared_cluster: Cluster) -> None:
+    cluster = shared_cluster
+    before = requests_per_node(cluster)
     for _ in range(4):
         r = generate(cluster, "What is AI?", max_new_tokens=1)
         assert r.json() == {
@@ -77,14 +115,16 @@ def test_one_token_requests_finish_at_prefill(cluster: Cluster) -> None:
             "finish_reason": "length",
             "prompt_tokens": 4,
         }
-    assert sum(n.stats()["requests"] for n in cluster.nodes if n.mode == "decode") == 0
-    assert [n.stats()["requests"] for n in cluster.nodes if n.mode == "prefill"] == [2, 2]
+    added = [b - a for a, b in zip(before, requests_per_node(cluster), strict=True)]
+    assert added == [2, 0, 2, 0]  # nodes were added prefill0, decode0, prefill1, decode1
 
 
-def test_round_robin_uses_every_node(cluster: Cluster) -> None:
+def test_round_robin_uses_every_node(shared_cluster: Cluster) -> None:
+    before = requests_per_node(shared_cluster)
     for _ in range(4):
-        assert generate(cluster, "Hello world!", max_new_tokens=4).status_code == 200
-    assert [n.stats()["requests"] for n in cluster.nodes] == [2, 2, 2, 2]
+        assert generate(shared_cluster, "Hello world!", max_new_tokens=4).status_code == 200
+    added = [b - a for a, b in zip(before, requests_per_node(shared_cluster), strict=True)]
+    assert added == [2, 2, 2, 2]
 
 
 async def _stream(
@@ -97,7 +137,10 @@ async def _stream(
     return "".join(e["token"]["text"] for e in events if "token" in e), events
 
 
-def test_fifty_concurrent_streams_all_get_their_text(cluster: Cluster, tok: ModelTokenizer) -> None:
+def test_fifty_concurrent_streams_all_get_their_text(
+    shared_cluster: Cluster, tok: ModelTokenizer
+) -> None:
+    cluster = shared_cluster
     prompts = [f"Question {i}: how many tokens per second can one GPU generate?" for i in range(50)]
 
     async def run() -> list[tuple[str, list[dict]]]:
@@ -158,27 +201,14 @@ def test_client_disconnect_aborts_on_both_nodes(cluster: Cluster) -> None:
     assert decode_kv == [0, 0]  # the aborted request's cache was freed
 
 
-def test_master_lists_its_nodes_with_polled_load(cluster: Cluster) -> None:
-    def listing() -> list[dict]:
-        return httpx.get(f"{cluster.url}/v1/nodes", timeout=5).json()["items"]
-
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(n["reported_usage"] is None for n in listing()):
-        time.sleep(0.1)
-    items = listing()
-    assert sorted(n["role"] for n in items) == ["decode", "decode", "prefill", "prefill"]
-    for n in items:
-        assert isinstance(n["reported_usage"], float)  # from /token_load, with no traffic at all
-        assert n["breaker"] == "closed" and n["draining"] is False
-        assert n["connected_for_s"] >= 0 and n["in_flight_requests"] == 0
-
-
-def test_request_id_is_kept_and_metrics_count_requests(cluster: Cluster) -> None:
+def test_request_id_is_kept_and_metrics_count_requests(shared_cluster: Cluster) -> None:
+    cluster = shared_cluster
+    ok = 'pd_requests_total{endpoint="generate",status="200"}'
+    ttft = "pd_time_to_first_token_seconds_count"
+    before = metric(cluster, ok), metric(cluster, ttft)
     body = {"inputs": "What is AI?", "parameters": {"max_new_tokens": 3}}
     r = httpx.post(f"{cluster.url}/generate", json=body, headers={"X-Request-Id": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123"
     assert len(httpx.post(f"{cluster.url}/generate", json=body).headers["x-request-id"]) == 32
-    metrics = httpx.get(f"{cluster.url}/metrics", timeout=5).text
-    assert 'pd_requests_total{endpoint="generate",status="200"} 2.0' in metrics
-    assert "pd_time_to_first_token_seconds_count 2.0" in metrics
-    assert "pd_node_breaker_state{" in metrics
+    assert (metric(cluster, ok) - before[0], metric(cluster, ttft) - before[1]) == (2.0, 2.0)
+    assert "pd_node_breaker_state{" in httpx.get(f"{cluster.url}/metrics", timeout=5).text

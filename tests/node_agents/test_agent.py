@@ -133,6 +133,7 @@ def test_hung_engine_is_restarted(
         tmp_path, "p1", "prefill", "127.0.0.23",
         pd_master="127.0.0.1:9", config_server=config_server.address,
     )  # fmt: skip
+    config["restart"]["stopwaitsecs"] = 0.5  # the hung engine ignores SIGTERM: SIGKILL sooner
     agent = launch(procs, agents, "p1", config)
     hung_pid = agent.wait_state("RUNNING")["engine"]["pid"]
     reply = httpx.put(f"{agent.engine_url}/sim/faults", json={"hang": True}, timeout=5)

@@ -8,7 +8,8 @@ import base64
 import httpx
 
 from node_agents.drain import Drainer, MasterDirectory
-from pdwire.lightllm import LightLLMCodec, PD_Master_Obj
+from pdwire.lightllm import LightLLMCodec
+from pdwire.pd_io import PD_Master_Obj
 from tests.node_agents.fakes import FakeClock
 
 ME = "127.0.0.2:8019"

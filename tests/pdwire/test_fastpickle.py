@@ -4,7 +4,9 @@ import random
 
 import pytest
 
-from pdwire.lightllm import LightLLMCodec, MultimodalParams, ObjType, dumps
+from pdwire.lightllm import LightLLMCodec
+from pdwire.mirrorpickle import dumps
+from pdwire.pd_io import MultimodalParams, ObjType
 from pdwire.structs import FinishStatus
 
 TEXTS = ["", " is", "é", "✓ unicode", "x" * 255, "y" * 256, "long " * 100, "\ud800"[:0]]

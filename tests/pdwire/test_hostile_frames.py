@@ -11,13 +11,10 @@ import tracemalloc
 import pytest
 
 from pdwire.errors import ForbiddenGlobalError, FrameLimitError, MalformedMessageError, WireError
-from pdwire.lightllm import (
-    MESSAGE_SETS,
-    LightLLMCodec,
-    ObjType,
-    PD_Master_Obj,
-    dumps,
-)
+from pdwire.lightllm import LightLLMCodec
+from pdwire.message_sets import MESSAGE_SETS
+from pdwire.mirrorpickle import dumps
+from pdwire.pd_io import ObjType, PD_Master_Obj
 from pdwire.structs import FinishStatus
 
 PD_IO = "lightllm.server.pd_io_struct"

@@ -9,15 +9,9 @@ from pathlib import Path
 import pytest
 
 from pdwire.errors import ForbiddenGlobalError, MalformedMessageError
-from pdwire.lightllm import (
-    LightLLMCodec,
-    MultimodalParams,
-    ObjType,
-    PD_Master_Obj,
-    UpKVStatus,
-    dumps,
-    group_request_id,
-)
+from pdwire.lightllm import LightLLMCodec
+from pdwire.mirrorpickle import dumps
+from pdwire.pd_io import MultimodalParams, ObjType, PD_Master_Obj, UpKVStatus, group_request_id
 from pdwire.structs import (
     DecodeNode,
     FinishStatus,

@@ -8,15 +8,10 @@ from pathlib import Path
 import pytest
 
 from pdwire.errors import MalformedMessageError
-from pdwire.lightllm import (
-    LightLLMCodec,
-    MultimodalParams,
-    ObjType,
-    PDDecodeNodeInfo,
-    PDUpKVStatus,
-    detect_version,
-    dumps,
-)
+from pdwire.lightllm import LightLLMCodec
+from pdwire.message_sets import detect_version
+from pdwire.mirrorpickle import dumps
+from pdwire.pd_io import MultimodalParams, ObjType, PDDecodeNodeInfo, PDUpKVStatus
 from pdwire.structs import FinishStatus
 
 MASTER_ID = 20095106327972375235668719608427373040

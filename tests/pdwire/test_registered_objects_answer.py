@@ -7,7 +7,8 @@ import base64
 import pytest
 
 from pdwire.errors import MalformedMessageError
-from pdwire.lightllm import LightLLMCodec, PD_Master_Obj
+from pdwire.lightllm import LightLLMCodec
+from pdwire.pd_io import PD_Master_Obj
 
 
 def test_decodes_the_base64_pickle() -> None:

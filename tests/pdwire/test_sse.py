@@ -5,7 +5,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pdwire.lightllm import TokenEntry
+from pdwire.pd_io import TokenEntry
 from pdwire.sse import FINISH_REASONS, sse_events
 from pdwire.structs import FinishStatus
 

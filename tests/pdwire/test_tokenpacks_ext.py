@@ -13,8 +13,10 @@ import pytest
 
 from pdwire.errors import WireError
 from pdwire.fastdecode import TokenPacksDecoder, extension
-from pdwire.lightllm import MESSAGE_SETS, LightLLMCodec, ObjType, lightllm_name
-from pdwire.structs import FinishStatus
+from pdwire.lightllm import LightLLMCodec
+from pdwire.message_sets import MESSAGE_SETS
+from pdwire.pd_io import ObjType
+from pdwire.structs import FinishStatus, lightllm_name
 
 VERSIONS = sorted(MESSAGE_SETS)
 

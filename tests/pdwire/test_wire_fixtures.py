@@ -12,16 +12,10 @@ import struct
 
 import pytest
 
-from pdwire.lightllm import (
-    MAX_FRAME_BYTES,
-    LightLLMCodec,
-    MultimodalParams,
-    ObjType,
-    PD_Master_Obj,
-    PDDecodeNodeInfo,
-    PDUpKVStatus,
-    dumps,
-)
+from pdwire.lightllm import LightLLMCodec
+from pdwire.message_sets import MAX_FRAME_BYTES
+from pdwire.mirrorpickle import dumps
+from pdwire.pd_io import MultimodalParams, ObjType, PD_Master_Obj, PDDecodeNodeInfo, PDUpKVStatus
 from pdwire.structs import FinishStatus
 
 M = b"\x94"  # MEMOIZE

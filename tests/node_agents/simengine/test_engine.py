@@ -8,7 +8,8 @@ import pytest
 from node_agents.simengine.engine import NodeIdentity, SimNode
 from node_agents.simengine.timing import TimingModel
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
-from pdwire.lightllm import LightLLMCodec, TokenEntry
+from pdwire.lightllm import LightLLMCodec
+from pdwire.pd_io import TokenEntry
 from pdwire.structs import FinishStatus
 
 

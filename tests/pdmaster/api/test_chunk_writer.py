@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from pdmaster.api.chunk_writer import ChunkWriter, send_now
-from pdwire.lightllm import TokenEntry
+from pdwire.pd_io import TokenEntry
 from pdwire.structs import FinishStatus
 
 

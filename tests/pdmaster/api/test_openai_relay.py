@@ -12,7 +12,7 @@ from pdmaster.api.openai_relay import (
     sse,
 )
 from pdmaster.errors import BadRequest, NodeFailed, PayloadTooLarge
-from pdwire.lightllm import TokenEntry
+from pdwire.pd_io import TokenEntry
 from pdwire.structs import FinishStatus
 
 

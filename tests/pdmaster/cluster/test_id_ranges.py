@@ -9,7 +9,7 @@ import httpx
 from pdlocal.cluster import ProcGroup, free_port
 from pdlocal.registry import start_config_server
 from pdmaster.cluster.id_ranges import IdRangeSource
-from pdwire.lightllm import MAX_BEST_OF
+from pdwire.pd_io import MAX_BEST_OF
 
 IDS_PER_RANGE = 800_000 // MAX_BEST_OF
 

@@ -7,7 +7,7 @@ import pytest
 
 from pdmaster.errors import DeadlineExceeded
 from pdmaster.nodes.tracking import RequestState, RequestTable
-from pdwire.lightllm import TokenEntry
+from pdwire.pd_io import TokenEntry
 from pdwire.structs import FinishStatus
 
 NODE: Any = object()  # tracking only compares a state's source by identity
