@@ -235,7 +235,7 @@ class GenerateParameters(BaseModel):
 
     def not_carried_by(self, sampling_params: type) -> str | None:
         """The first field set here that this SamplingParams layout cannot carry, or None."""
-        return self.for_run().not_carried_by(sampling_params)
+        return first_uncarried(sampling_params, self.wire_values)
 
     def for_run(self) -> RunParameters:
         """What a run needs of these parameters, without the model around them."""
@@ -277,8 +277,13 @@ class RunParameters:
 
     def not_carried_by(self, sampling_params: type) -> str | None:
         """The first field set here that this SamplingParams layout cannot carry, or None."""
-        name = not_carried(sampling_params, self.wire_values)
-        return None if name is None else WIRE_NAMES.get(name, name)
+        return first_uncarried(sampling_params, self.wire_values)
+
+
+def first_uncarried(sampling_params: type, wire_values: dict[str, Any]) -> str | None:
+    """The request field of the first wire value the layout has no field for, or None."""
+    name = not_carried(sampling_params, wire_values)
+    return None if name is None else WIRE_NAMES.get(name, name)
 
 
 class MultimodalInput(BaseModel):
