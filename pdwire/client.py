@@ -235,8 +235,55 @@ class GenerateParameters(BaseModel):
 
     def not_carried_by(self, sampling_params: type) -> str | None:
         """The first field set here that this SamplingParams layout cannot carry, or None."""
-        name = not_carried(sampling_params, self.wire_values)
-        return None if name is None else WIRE_NAMES.get(name, name)
+        return first_uncarried(sampling_params, self.wire_values)
+
+    def for_run(self) -> RunParameters:
+        """What a run needs of these parameters, without the model around them."""
+        return RunParameters(
+            self.max_new_tokens,
+            self.min_new_tokens,
+            self.stop_sequences,
+            self.wire_values,
+            self.return_details,
+        )
+
+
+class RunParameters:
+    """A checked request's parameters as a run uses them: its output limits, stop strings,
+    ``wire_values`` and whether /generate details each token. Every open stream holds one,
+    so it is a few slots rather than the ~1.3 KB validated model it comes from."""
+
+    __slots__ = (
+        "max_new_tokens",
+        "min_new_tokens",
+        "stop_sequences",
+        "wire_values",
+        "return_details",
+    )
+
+    def __init__(
+        self,
+        max_new_tokens: int,
+        min_new_tokens: int,
+        stop_sequences: list[str],
+        wire_values: dict[str, Any],
+        return_details: bool = False,
+    ) -> None:
+        self.max_new_tokens = max_new_tokens
+        self.min_new_tokens = min_new_tokens
+        self.stop_sequences = stop_sequences
+        self.wire_values = wire_values
+        self.return_details = return_details
+
+    def not_carried_by(self, sampling_params: type) -> str | None:
+        """The first field set here that this SamplingParams layout cannot carry, or None."""
+        return first_uncarried(sampling_params, self.wire_values)
+
+
+def first_uncarried(sampling_params: type, wire_values: dict[str, Any]) -> str | None:
+    """The request field of the first wire value the layout has no field for, or None."""
+    name = not_carried(sampling_params, wire_values)
+    return None if name is None else WIRE_NAMES.get(name, name)
 
 
 class MultimodalInput(BaseModel):

@@ -69,6 +69,8 @@ def loads(
 
 
 def check_depth(raw: bytes, max_depth: int) -> None:
+    if raw.count(b"[") + raw.count(b"{") <= max_depth:
+        return  # no deeper than its openers, strings' included: the scan is not needed
     depth = 0
     for match in _TOKENS.finditer(raw):
         token = match.group()

@@ -70,7 +70,9 @@ class NotCarried(ValueError):
 def not_carried(cls: type, values: Mapping[str, Any]) -> str | None:
     """The first of ``values`` that struct ``cls`` has no field for, or None."""
     fields = _fields(cls)
-    return next((name for name in values if name not in fields), None)
+    if fields.keys() >= values.keys():  # the usual answer, at C speed
+        return None
+    return next(name for name in values if name not in fields)
 
 
 def fill(params: ctypes.Structure, values: Mapping[str, Any]) -> None:

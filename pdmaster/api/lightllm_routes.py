@@ -197,7 +197,7 @@ def prepare(
             "parameters.stop_sequences: a stop sequence is over 256 tokens", code="invalid_field"
         )
     view = RequestView(prompt_tokens, params.max_new_tokens, prefix_blocks(prompt_ids))
-    return PreparedRequest(body.inputs, prompt_tokens, params, stop_ids, view)
+    return PreparedRequest(body.inputs, prompt_tokens, params.for_run(), stop_ids, view)
 
 
 def generate_stream_endpoint(

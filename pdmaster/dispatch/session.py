@@ -25,7 +25,7 @@ from pdmaster.nodes.pool import V12, NodeConnection
 from pdmaster.nodes.tracking import RequestState, RequestTable, Sink
 from pdmaster.routing.policies import RequestView
 from pdmaster.routing.selection import PairSelector
-from pdwire.client import GenerateParameters
+from pdwire.client import RunParameters
 from pdwire.lightllm import LightLLMCodec
 from pdwire.pd_io import TokenEntry, UpKVStatus
 from pdwire.sampling import FilledParams
@@ -55,7 +55,7 @@ class DispatchSettings:
 class PreparedRequest:
     prompt: str
     prompt_tokens: int
-    parameters: GenerateParameters
+    parameters: RunParameters
     stop_token_ids: list[list[int]]
     view: RequestView | None = None
 
@@ -393,5 +393,6 @@ class PDSession:
         params.max_new_tokens = max_new_tokens
         params.min_new_tokens = min(p.min_new_tokens, max_new_tokens)
         params.group_request_id = group_id
-        params.set_stop_sequences(self._req.stop_token_ids, p.stop_sequences)
+        if self._req.stop_token_ids:  # a filled struct holds none
+            params.set_stop_sequences(self._req.stop_token_ids, p.stop_sequences)
         return params

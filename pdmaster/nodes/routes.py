@@ -99,34 +99,30 @@ def node_router(
         if host is None:
             return
         v12 = codecs.get(V12)
+
+        def handle(message: bytes | str) -> None:
+            if isinstance(message, bytes) and v12 is not None:  # v1.2.0: a PDUpKVStatus
+                if len(message) > MAX_KV_STATUS_BYTES:
+                    raise WireError(f"a {len(message)}-byte kv_move_status frame")
+                status = v12.decode_kv_status(message)
+                group_id = status.group_request_id
+                accepted_here = table.kv_reserved(group_id, v12.decode_trans_params(status), host)
+            elif isinstance(message, str):
+                frame = jsonlimits.loads(message, max_bytes=MAX_KV_STATUS_BYTES)
+                kv_status = UpKVStatus.from_json_dict(frame)
+                group_id = kv_status.group_request_id
+                accepted_here = table.kv_arrived(kv_status, host)
+            else:
+                raise WireError("a kv_move_status frame of a version not served here")
+            if not accepted_here:
+                log.warning(
+                    "ignored kv_move_status for group %d from %s: not its decode node",
+                    group_id,
+                    _peer(ws),
+                )
+
         try:
-            while True:
-                message = await ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    _closed(ws, "/kv_move_status", message.get("code"))
-                    break
-                data, text = message.get("bytes"), message.get("text")
-                if data is not None and v12 is not None:  # v1.2.0: a pickled PDUpKVStatus
-                    if len(data) > MAX_KV_STATUS_BYTES:
-                        raise WireError(f"a {len(data)}-byte kv_move_status frame")
-                    status = v12.decode_kv_status(data)
-                    group_id = status.group_request_id
-                    accepted_here = table.kv_reserved(
-                        group_id, v12.decode_trans_params(status), host
-                    )
-                elif text is not None:
-                    frame = jsonlimits.loads(text, max_bytes=MAX_KV_STATUS_BYTES)
-                    kv_status = UpKVStatus.from_json_dict(frame)
-                    group_id = kv_status.group_request_id
-                    accepted_here = table.kv_arrived(kv_status, host)
-                else:
-                    raise WireError("a kv_move_status frame of a version not served here")
-                if not accepted_here:
-                    log.warning(
-                        "ignored kv_move_status for group %d from %s: not its decode node",
-                        group_id,
-                        _peer(ws),
-                    )
+            await _read_messages(ws, "/kv_move_status", handle, None)
         except (WireError, KeyError) as exc:
             log.warning("bad kv_move_status frame from %s: %s", _peer(ws), exc)
             await ws.close(getattr(exc, "close_code", POLICY_VIOLATION), str(exc)[:120])
@@ -154,7 +150,7 @@ async def _serve(
         if kind is ObjType.TOKEN_PACKS:
             table.deliver(conn, payload)  # checked by decode_node_message
 
-    return await _read_messages(ws, handle, None)
+    return await _read_messages(ws, "/pd_register", handle, None)
 
 
 async def _serve_v12(
@@ -179,7 +175,7 @@ async def _serve_v12(
             table.prompt_ids_arrived(conn, payload, extra)
 
     try:
-        return await _read_messages(ws, handle, heartbeat_timeout_s)
+        return await _read_messages(ws, "/pd_register", handle, heartbeat_timeout_s)
     except TimeoutError:
         reason = "PD heartbeat timed out"
         log.warning("%s node %s: %s", conn.info.mode, conn.info.client_ip_port, reason)
@@ -190,7 +186,7 @@ async def _serve_v12(
 
 
 async def _read_messages(
-    ws: WebSocket, handle: Callable[[bytes | str], None], silence_s: float | None
+    ws: WebSocket, path: str, handle: Callable[[bytes | str], None], silence_s: float | None
 ) -> str:
     """Give each message to ``handle`` until the socket closes (why it closed); TimeoutError
     if none comes for ``silence_s``. What ``handle`` raises ends the reading.
@@ -200,7 +196,7 @@ async def _read_messages(
     """
     register = (ws.scope.get("extensions") or {}).get(MESSAGE_SINK)
     if register is None:
-        return await _receive_loop(ws, handle, silence_s)
+        return await _receive_loop(ws, path, handle, silence_s)
     loop = asyncio.get_running_loop()
     failed: asyncio.Future[None] = loop.create_future()
     last = loop.time()
@@ -226,7 +222,7 @@ async def _read_messages(
             if failed.done():
                 failed.result()
             if closed.done():
-                return _closed(ws, "/pd_register", closed.result().get("code"))
+                return _closed(ws, path, closed.result().get("code"))
     finally:
         closed.cancel()
         if not failed.done():
@@ -234,7 +230,7 @@ async def _read_messages(
 
 
 async def _receive_loop(
-    ws: WebSocket, handle: Callable[[bytes | str], None], silence_s: float | None
+    ws: WebSocket, path: str, handle: Callable[[bytes | str], None], silence_s: float | None
 ) -> str:
     """``_read_messages`` under any other server: each message through the app's queue."""
     loop = asyncio.get_running_loop()
@@ -244,7 +240,7 @@ async def _receive_loop(
                 silence.reschedule(loop.time() + silence_s)
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
-                return _closed(ws, "/pd_register", message.get("code"))
+                return _closed(ws, path, message.get("code"))
             data = message.get("bytes")
             handle(data if data is not None else message.get("text") or "")
 

@@ -9,7 +9,7 @@ sends a frame per decode step, so this was a fifth of a master's CPU at 8 stream
 fragments, limits) and adds one thing an app may ask for through the scope's extension
 ``MESSAGE_SINK``: a function that takes each message (bytes or str), called in the
 protocol's ``data_received`` in the order they arrive, instead of the queue. Then a whole,
-unfragmented, masked binary frame within the size limit is read here in one step; any other
+unfragmented, masked data frame within the size limit is read here in one step; any other
 frame is passed, whole, to the ``websockets`` parser as before (which sees a stream of whole
 frames, so its state stays right), and a frame past the size limit hands that parser the
 rest of the connection. A sink reads synchronously, so the socket is read no faster than
@@ -34,7 +34,8 @@ MESSAGE_SINK = "pdctl.message_sink"
 """Scope extension: call it with ``sink(message: bytes | str) -> None`` to take messages."""
 
 Sink = Callable[[bytes | str], None]
-_FIN_BINARY = 0x82  # FIN, no RSV bits (no extension is negotiated), opcode 2
+_FIN_TEXT = 0x81  # FIN, no RSV bits (no extension is negotiated), opcode 1
+_FIN_DATA = (_FIN_TEXT, 0x82)  # and binary, opcode 2
 
 
 class NodeSocketProtocol(WebSocketsSansIOProtocol):
@@ -127,13 +128,18 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
             stop = start + length
             if stop > end:
                 break
+            message: bytes | str | None = None
             if (
-                buf[pos] == _FIN_BINARY
+                buf[pos] in _FIN_DATA
                 and not self.conn.expect_continuation_frame
                 and self.conn.state is State.OPEN
                 and not self.close_sent
             ):
-                self._sink(apply_mask(buf[start:stop], buf[mask_at:start]))
+                message = apply_mask(buf[start:stop], buf[mask_at:start])
+                if buf[pos] == _FIN_TEXT:
+                    message = _utf8(message)  # None: the parser's path refuses it (1007)
+            if message is not None:
+                self._sink(message)
             else:  # anything else, whole, to the parser (and uvicorn's handlers)
                 self.conn.receive_data(buf[pos:stop])
                 if self.conn.parser_exc is not None:
@@ -146,3 +152,10 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
             del buf[:pos]
         elif pos < end:
             self._buffer = bytearray(buf[pos:])
+
+
+def _utf8(data: bytes) -> str | None:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return None
