@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from pdlocal.cluster import Cluster, ProcGroup
+from pdlocal.cluster import Cluster, ProcGroup, wait_until
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from tests.integration.echo_model import expected
 from tests.integration.load import Tally, print_fault_table, run_load, stream_one
@@ -137,20 +137,31 @@ def test_overload_is_429_not_5xx_and_breakers_stay_closed(procs: ProcGroup) -> N
 def test_drained_node_gets_no_new_requests_while_its_streams_finish(procs: ProcGroup) -> None:
     c = start(procs, [], [[], []], [[], []])
     drained = c.node("decode", 0)
-    node_id = master_nodes(c)[f"{drained.host}:{drained.port}"]["node_id"]
+    address = f"{drained.host}:{drained.port}"
+    node_id = master_nodes(c)[address]["node_id"]
     results: list = []
+
+    def crawl(step_ms: float) -> None:  # the drained node's streams outlast the checks
+        reply = httpx.put(f"{drained.url}/sim/faults", json={"extra_latency_ms": step_ms})
+        assert reply.status_code == 200, reply.text
 
     def long_streams() -> None:
         prompts = [f"Long story {i}" for i in range(4)]
         results.extend(asyncio.run(run_load(c.url, prompts, 150, concurrency=4)))
 
+    crawl(100)
     runner = threading.Thread(target=long_streams)
     runner.start()
-    time.sleep(0.5)
+    wait_until(
+        lambda: master_nodes(c)[address]["in_flight_requests"] == 2,
+        10,
+        "two streams running on the node to drain",
+    )
     r = httpx.post(f"{c.url}/v1/nodes/{node_id}/drain", timeout=5)
     assert r.status_code == 200 and r.json()["draining"] is True
     before = drained.stats()["requests"]
     after = asyncio.run(run_load(c.url, [f"New {i}" for i in range(6)], 4, concurrency=3))
+    crawl(0)
     runner.join(60)
     tally = record("decode node drained", results + after)
     assert tally.row[2:] == (10, 0, 0)
