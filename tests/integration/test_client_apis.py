@@ -38,23 +38,25 @@ def pd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """
     group = ProcGroup(tmp_path_factory.mktemp("client_apis"))
     c = Cluster(group)
-    c.start_master(
-        "--max_inflight",
-        "2",
-        "--max_queue",
-        "0",
-        "--max_new_tokens",
-        "1000",
-        "--served-model-name",
-        "pd-sim",
-        "--admin-token",
-        "s3cret",
-    )
-    c.add_node("prefill", 0)
-    c.add_node("decode", 0)
-    c.wait_ready(1, 1)
-    yield c
-    group.stop_all()
+    try:  # a start that fails or is interrupted stops what it started too
+        c.start_master(
+            "--max_inflight",
+            "2",
+            "--max_queue",
+            "0",
+            "--max_new_tokens",
+            "1000",
+            "--served-model-name",
+            "pd-sim",
+            "--admin-token",
+            "s3cret",
+        )
+        c.add_node("prefill", 0)
+        c.add_node("decode", 0)
+        c.wait_ready(1, 1)
+        yield c
+    finally:
+        group.stop_all()
 
 
 def claude(c: Cluster) -> anthropic.Anthropic:

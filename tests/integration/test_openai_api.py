@@ -34,11 +34,13 @@ def lone_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A master without nodes: enough for input checks, which come before dispatch."""
     group = ProcGroup(tmp_path_factory.mktemp("lone_master"))
     c = Cluster(group)
-    c.start_master(
-        "--max_new_tokens", "1000", "--max_body_bytes", "2048", "--served-model-name", "pd-sim"
-    )
-    yield c
-    group.stop_all()
+    try:
+        c.start_master(
+            "--max_new_tokens", "1000", "--max_body_bytes", "2048", "--served-model-name", "pd-sim"
+        )
+        yield c
+    finally:
+        group.stop_all()
 
 
 def post(cluster: Cluster, path: str, body: dict[str, Any]) -> httpx.Response:
