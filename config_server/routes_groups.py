@@ -12,23 +12,18 @@ Writes take the register token (agents), or the admin token; reads the admin tok
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ValidationError
 
 from config_server.auth import check_bearer
-from config_server.errors import BadRequest
 from config_server.groups import GroupRegistry
 from config_server.responses import json_response
-from config_server.routes_v1 import check_int_range, describe_validation_error, read_body
+from config_server.routes_v1 import Body, read_model
 from config_server.settings import ConfigServerSettings
-from pdwire import jsonlimits
 from pdwire.groups import GroupDrain, GroupFatal, GroupJoin, GroupRestart, GroupUndrain
 
 MAX_GROUP_BODY = 4096  # a group call is a few small fields
-
-Body = TypeVar("Body", bound=BaseModel)
 
 
 def groups_router(groups: GroupRegistry, settings: ConfigServerSettings) -> APIRouter:
@@ -38,18 +33,7 @@ def groups_router(groups: GroupRegistry, settings: ConfigServerSettings) -> APIR
 
     async def parse(request: Request, model: type[Body]) -> Body:
         check_bearer(request, register, f"{request.method} /v1/groups")
-        raw = await read_body(request, MAX_GROUP_BODY)
-        try:
-            data = jsonlimits.loads(raw or b"{}", max_bytes=MAX_GROUP_BODY)
-        except jsonlimits.JsonRefused as exc:
-            raise BadRequest(f"body is not acceptable JSON: {exc}", code="invalid_json") from None
-        if not isinstance(data, dict):
-            raise BadRequest("body must be a JSON object", code="invalid_json")
-        check_int_range(data)
-        try:
-            return model.model_validate(data)
-        except ValidationError as exc:
-            raise BadRequest(describe_validation_error(exc), code="invalid_field") from None
+        return await read_model(request, model, MAX_GROUP_BODY, empty=b"{}")
 
     @router.put("/{group_id}")
     async def join(request: Request, group_id: str) -> Any:

@@ -15,10 +15,10 @@ token may remove any).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from config_server.auth import bearer_is, check_bearer, peer_host
 from config_server.errors import BadRequest, PayloadTooLarge
@@ -27,6 +27,8 @@ from config_server.responses import json_response
 from config_server.settings import ConfigServerSettings
 from pdwire import jsonlimits
 from pdwire.api import STATE_PATTERN, RegistrationRequest, decimal
+
+Body = TypeVar("Body", bound=BaseModel)
 
 ROLES = frozenset({"prefill", "decode"})
 
@@ -111,16 +113,35 @@ def parse_list(value: str | None, name: str, valid: Any, expected: str) -> set[s
 
 
 async def read_registration(request: Request, max_bytes: int) -> RegistrationRequest:
-    body = await read_body(request, max_bytes)
-    try:  # exact big integers (orjson would make them floats), bounded depth and digits
-        raw = jsonlimits.loads(body, max_bytes=max_bytes, max_depth=32, max_int_digits=40)
+    # exact big integers (orjson would make them floats); 128-bit ids need 40 digits
+    return await read_model(
+        request, RegistrationRequest, max_bytes, max_depth=32, max_int_digits=40
+    )
+
+
+async def read_model(
+    request: Request,
+    model: type[Body],
+    max_bytes: int,
+    *,
+    empty: bytes = b"",
+    max_depth: int = 16,
+    max_int_digits: int = 39,
+) -> Body:
+    """A bounded JSON object body (``empty`` stands for no body), validated as ``model``;
+    every refusal a 4xx naming its field."""
+    body = await read_body(request, max_bytes) or empty
+    try:
+        raw = jsonlimits.loads(
+            body, max_bytes=max_bytes, max_depth=max_depth, max_int_digits=max_int_digits
+        )
     except jsonlimits.JsonRefused as exc:
         raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(raw, dict):
         raise BadRequest("body must be a JSON object", code="invalid_json")
     check_int_range(raw)
     try:
-        return RegistrationRequest.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         raise BadRequest(describe_validation_error(exc), code="invalid_field") from None
 
