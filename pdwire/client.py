@@ -147,19 +147,13 @@ class GenerateParameters(BaseModel):
     @field_validator("guided_grammar")
     @classmethod
     def _one_grammar(cls, value: str, info: ValidationInfo) -> str:
-        if value:
-            for other in ("regular_constraint", "guided_json"):
-                if info.data.get(other):
-                    raise ValueError(f"cannot be used together with {other}")
+        _alone(value, info, ("regular_constraint", "guided_json"))
         return value
 
     @field_validator("allowed_token_ids")
     @classmethod
     def _allowed_alone(cls, value: list[int], info: ValidationInfo) -> list[int]:
-        if value:
-            for other in ("regular_constraint", "guided_json", "guided_grammar"):
-                if info.data.get(other):
-                    raise ValueError(f"cannot be used together with {other}")
+        _alone(value, info, ("regular_constraint", "guided_json", "guided_grammar"))
         return value
 
     @field_validator("logit_bias")
@@ -299,3 +293,11 @@ class GenerateRequest(BaseModel):
     inputs: str
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
     multimodal_params: MultimodalInput | None = None
+
+
+def _alone(value: Any, info: ValidationInfo, others: tuple[str, ...]) -> None:
+    """A constraint set with one of ``others`` (validated before it) is refused."""
+    if value:
+        for other in others:
+            if info.data.get(other):
+                raise ValueError(f"cannot be used together with {other}")
