@@ -22,8 +22,6 @@
 
 #define MAX_MARKS 16
 #define MAX_HEIGHT 3       /* plain containers: metadata dict -> dict -> dict -> scalars */
-#define MAX_DICT_ITEMS 1024
-#define MAX_LONG_BYTES 17
 
 enum kind {
     K_SCALAR,   /* str, int, float, bool, None */
@@ -61,6 +59,7 @@ typedef struct {
     PyObject *obj_types;   /* dict: int -> ObjType member */
     PyObject *statuses;    /* dict: 4 bytes -> FinishStatus (a hit needs no call) */
     PyObject *status_fn;   /* callable: 4 bytes -> FinishStatus, or raises */
+    Py_ssize_t max_dict_items, max_int_bytes;  /* safepickle's limits, so never past them */
 } reader;
 
 static int slots_push(slots *s, PyObject *o, int kind, int height) {
@@ -141,7 +140,7 @@ static int op_setitems(reader *r, Py_ssize_t start) {
         if (!plain_value(vk, vh)) return -1;
         if (vh + 1 > height) height = vh + 1;
         if (PyDict_SetItem(dict, key, r->stack.obj[i + 1]) < 0) return -1;
-        if (PyDict_GET_SIZE(dict) > MAX_DICT_ITEMS) return -1;
+        if (PyDict_GET_SIZE(dict) > r->max_dict_items) return -1;
     }
     r->stack.height[d] = (unsigned char)height;
     stack_cut(r, start);
@@ -265,7 +264,7 @@ static int op_reduce(reader *r) {
 static int read_long1(reader *r) {
     if (!need(r, 1)) return -1;
     Py_ssize_t n = *r->p++;
-    if (n > MAX_LONG_BYTES || !need(r, n)) return -1;
+    if (n > r->max_int_bytes || !need(r, n)) return -1;
     PyObject *v;
     if (n == 0) {
         v = PyLong_FromLong(0);
@@ -429,12 +428,13 @@ static int run(reader *r) {
 PyDoc_STRVAR(decode_doc,
 "decode(data, config) -> (member, entries, load or None) or None\n\n"
 "config: (objtype_module, objtype_name, status_module, status_name, obj_types,\n"
-"statuses, status_fn, max_bytes); see pdwire/fastdecode.py.");
+"statuses, status_fn, max_bytes, max_dict_items, max_int_bytes); see\n"
+"pdwire/fastdecode.py.");
 
 static PyObject *decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyBytes_Check(args[0]) || !PyTuple_CheckExact(args[1])
-        || PyTuple_GET_SIZE(args[1]) != 8) {
-        PyErr_SetString(PyExc_TypeError, "decode(data: bytes, config: tuple of 8)");
+        || PyTuple_GET_SIZE(args[1]) != 10) {
+        PyErr_SetString(PyExc_TypeError, "decode(data: bytes, config: tuple of 10)");
         return NULL;
     }
     PyObject *config = args[1];
@@ -455,6 +455,10 @@ static PyObject *decode(PyObject *module, PyObject *const *args, Py_ssize_t narg
     r.status_fn = PyTuple_GET_ITEM(config, 6);
     Py_ssize_t max_bytes = PyLong_AsSsize_t(PyTuple_GET_ITEM(config, 7));
     if (max_bytes == -1 && PyErr_Occurred()) return NULL;
+    r.max_dict_items = PyLong_AsSsize_t(PyTuple_GET_ITEM(config, 8));
+    if (r.max_dict_items == -1 && PyErr_Occurred()) return NULL;
+    r.max_int_bytes = PyLong_AsSsize_t(PyTuple_GET_ITEM(config, 9));
+    if (r.max_int_bytes == -1 && PyErr_Occurred()) return NULL;
     if (!PyDict_CheckExact(r.obj_types) || !PyDict_CheckExact(r.statuses)
         || !PyCallable_Check(r.status_fn)) {
         PyErr_SetString(PyExc_TypeError, "config: obj_types and statuses dicts, a status_fn");

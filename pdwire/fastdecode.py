@@ -20,7 +20,10 @@ from itertools import chain, compress
 from types import ModuleType
 from typing import Any
 
-MAX_FRAME_BYTES = 256 * 1024  # larger frames take safepickle (a frame of 1,000 entries is ~90 KB)
+from pdwire.safepickle import CONTAINER_WEIGHT, Limits
+
+MAX_FAST_BYTES = 256 * 1024  # larger frames take safepickle (a frame of 1,000 entries is ~90 KB)
+TOKEN_PACKS_DEPTH = 6  # message, entries, entry, metadata and its two levels
 _SCALARS = frozenset({int, float, str, bool, type(None)})
 _KEYS = frozenset({str, int})
 _PLAIN = _SCALARS | {dict, list}
@@ -44,15 +47,18 @@ class TokenPacksDecoder:
         status_name: tuple[str, str],
         statuses: dict[bytes, Any],
         new_status: Callable[[bytes], Any],
+        limits: Limits,
         *,
         accelerated: bool = True,
     ) -> None:
         """``obj_types``: ObjType value -> member; ``statuses``: a FinishStatus's 4 bytes -> the
         instance to use (the caller may add to it); ``new_status``: the same for bytes not in it,
-        raising for a status the version does not have. ``accelerated=False``: never decode
-        here (every frame takes safepickle), as where the extension is missing."""
-        module = extension() if accelerated else None
-        self.available = module is not None
+        raising for a status the version does not have. ``limits``: safepickle's, which this
+        path never goes past (it is off where they are below a token pack's nesting).
+        ``accelerated=False``: never decode here (every frame takes safepickle), as where the
+        extension is missing."""
+        usable = accelerated and limits.max_depth >= TOKEN_PACKS_DEPTH
+        module = extension() if usable else None
         self._decode: Callable[[bytes, tuple[Any, ...]], Any] | None = (
             module.decode if module is not None else None
         )
@@ -62,8 +68,17 @@ class TokenPacksDecoder:
             dict(obj_types),
             statuses,
             new_status,
-            MAX_FRAME_BYTES,
+            # a frame's bytes bound its opcodes, containers (each as safepickle counts it: its
+            # opcode and its weight) and MEMOIZEs
+            min(MAX_FAST_BYTES, limits.max_objects // (1 + CONTAINER_WEIGHT), limits.max_memo),
+            limits.max_dict_items,
+            limits.max_int_bytes,
         )
+
+    @property
+    def available(self) -> bool:
+        """Whether frames are decoded here (else every one takes safepickle)."""
+        return self._decode is not None
 
     def decode(self, data: bytes) -> tuple[Any, list[Any], Any] | None:
         """(ObjType member, entries, load dict or None), or None: use safepickle."""

@@ -60,6 +60,7 @@ class LightLLMCodec:
         self._share_statuses = share_statuses
         self._statuses: dict[bytes, FinishStatus] = {}  # raw bytes -> the shared instance
         self._obj_types = {t.value: t for t in self.messages.obj_types}
+        limits = limits or Limits()
         self._decoder = SafeUnpickler(self._schema(), limits)
         self._token_packs = TokenPacksDecoder(
             lightllm_name(ObjType),
@@ -67,6 +68,7 @@ class LightLLMCodec:
             lightllm_name(FinishStatus),
             self._statuses,  # filled only when sharing: else each entry gets a fresh one
             self._status_from_bytes,
+            limits,
             accelerated=accelerated,
         )
         self._fast_names: dict[Any, tuple[str, str]] = {

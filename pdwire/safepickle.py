@@ -41,7 +41,7 @@ _SHARED = frozenset({str, bytes, int, float})  # what a BINGET may push again
 _CONTAINERS = frozenset({list, dict, tuple})
 _KEYS = frozenset({str, int})  # hashing them costs their length, and they cannot collide at will
 _OPAQUE = object()  # memo slot of a value no BINGET may reach (args tuples, objects)
-_CONTAINER_WEIGHT = 7  # an empty dict or list is ~8 pointers: counted as 8 values
+CONTAINER_WEIGHT = 7  # an empty dict or list is ~8 pointers: counted as 8 values
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ class SafeUnpickler:
                 marks.append(len(stack))
             elif op == 0x7D or op == 0x5D:  # EMPTY_DICT, EMPTY_LIST
                 push({} if op == 0x7D else [])
-                count += _CONTAINER_WEIGHT
+                count += CONTAINER_WEIGHT
             elif op == 0x47:  # BINFLOAT
                 push(_F64(data, pos)[0])
                 pos += 8
@@ -210,7 +210,7 @@ class SafeUnpickler:
                 if not _CONTAINERS.isdisjoint(map(type, items)):
                     _nest(value, items, depths, limits.max_depth)
                 push(value)
-                count += _CONTAINER_WEIGHT
+                count += CONTAINER_WEIGHT
             elif op == 0x4A or op == 0x4D:  # BININT, BININT2
                 if op == 0x4A:
                     push(_I32(data, pos)[0])

@@ -16,6 +16,7 @@ from pdwire.fastdecode import TokenPacksDecoder, extension
 from pdwire.lightllm import LightLLMCodec
 from pdwire.message_sets import MESSAGE_SETS
 from pdwire.pd_io import ObjType
+from pdwire.safepickle import Limits
 from pdwire.structs import FinishStatus, lightllm_name
 
 VERSIONS = sorted(MESSAGE_SETS)
@@ -38,6 +39,7 @@ def fast_decoder(version: str) -> TokenPacksDecoder:
         lightllm_name(FinishStatus),
         {},
         new_status,
+        Limits(),
     )
 
 
@@ -207,3 +209,28 @@ def test_unknown_status_and_obj_type_are_left_to_safepickle() -> None:
     assert fast.decode(bad_kind) is None
     with pytest.raises(WireError):
         codec.decode_node_message(bad_kind)
+
+
+def test_a_codecs_own_limits_bound_the_fast_path_too() -> None:
+    """Limits below the defaults: what safepickle refuses under them is never taken by the
+    compiled path either (it returns None, and safepickle refuses)."""
+    wide = {str(i): i for i in range(20)}
+    big_id = 2**100  # a 14-byte LONG1
+    frames = {
+        "max_dict_items": ([(8, "", wide, FinishStatus(0))], Limits(max_dict_items=10)),
+        "max_int_bytes": ([(8, "", {"id": big_id}, FinishStatus(0))], Limits(max_int_bytes=8)),
+        "max_memo": (
+            [(8 * i, "t", {"k": i}, FinishStatus(0)) for i in range(50)],
+            Limits(max_memo=100),
+        ),
+    }
+    for what, (entries, limits) in frames.items():
+        raw = LightLLMCodec().encode_token_packs(entries, {})
+        assert fast_decoder("v1.1.0").decode(raw) is not None, what
+        strict = LightLLMCodec(limits=limits)
+        assert strict.token_packs_accelerated
+        assert strict._token_packs.decode(raw) is None, what
+        with pytest.raises(WireError):
+            strict.decode_node_message(raw)
+    shallow = LightLLMCodec(limits=Limits(max_depth=5))
+    assert not shallow.token_packs_accelerated  # safepickle refuses every token pack then
