@@ -1,9 +1,7 @@
 """The node agent: MPS, the supervised engine, its health, its registration, its API.
 
 ``NodeAgent`` owns no process state itself (``EngineProcess`` does) and does no waiting in
-its request methods; ``serve()`` wires it to real processes, sockets and signals, whose
-handlers only record the signal: the main coroutine then stops the engine (stop signal,
-SIGKILL after ``stopwaitsecs``), quits the MPS daemon it started and deregisters.
+its request methods; ``node_agents.serve`` wires it to real processes, sockets and signals.
 """
 
 from __future__ import annotations
@@ -12,17 +10,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
-import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
-from node_agents.api import create_app
 from node_agents.config import NodeConfig
 from node_agents.drain import Drainer, MasterDirectory
 from node_agents.group import GroupMember
@@ -31,8 +25,7 @@ from node_agents.lightllm_cmd import engine_command
 from node_agents.mps import MpsDaemon, MpsError
 from node_agents.process import LIVE, SETTLED, EngineProcess, State, Transition
 from node_agents.registration import Registrar
-from node_agents.spawner import Child, ProcessSpawner, Spawner
-from pdwire.httpserver import header_timeout_protocol
+from node_agents.spawner import Child, Spawner
 
 log = logging.getLogger(__name__)
 
@@ -324,78 +317,3 @@ class NodeAgent:
             "group": self.group.snapshot() if self.group is not None else None,
             "command": {"argv": self.command.argv, "env": self.command.env},
         }
-
-
-class AgentServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the agent's own handlers decide what a signal
-    does (stop the engine first, then the API)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """Bind the API socket before anything starts, so a taken port fails the start."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(
-            f"api.port = {port}: cannot listen on {host}:{port}: {exc.strerror}"
-        ) from None
-    sock.listen(128)
-    return sock
-
-
-async def serve(config: NodeConfig, env: Mapping[str, str]) -> int:
-    """Run the agent until SIGTERM or SIGINT; the process exit status."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        sock = listen(config.api.host, config.api_port)
-    except OSError as exc:
-        log.error("%s", exc)
-        return 1
-    logs = config.logs
-    spawner = ProcessSpawner(logs.dir, logs.max_bytes, logs.backups, env)
-    async with httpx.AsyncClient() as client:
-        agent = NodeAgent(
-            config,
-            spawner=spawner,
-            clock=time.monotonic,
-            client=client,
-            mps=MpsDaemon(env) if config.mps_enabled else None,
-            gpus=visible_gpus(),
-            env=env,
-            stderr_tail=spawner.stderr_tail,
-        )
-        try:
-            await agent.start()
-        except MpsError as exc:
-            log.error("%s", exc)
-            sock.close()
-            return 1
-        server = AgentServer(
-            uvicorn.Config(
-                create_app(agent, config.api.token),
-                http=header_timeout_protocol(),
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-                timeout_graceful_shutdown=2,
-            )
-        )
-        api = asyncio.create_task(server.serve(sockets=[sock]), name="api")
-        log.info("agent API on http://%s:%d", config.api.host, config.api_port)
-        await stop.wait()
-        log.info("stopping: engine first, then the API")
-        await agent.shutdown()
-        server.should_exit = True
-        await api
-    return 0

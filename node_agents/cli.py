@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from node_agents.agent import serve
+from node_agents.serve import serve
 from node_agents.config import ConfigError, NodeConfig, load_config
 from node_agents.lightllm_cmd import engine_command
 from pdwire.cli import CommandParser, port_number
