@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from node_agents.serve import serve
 from node_agents.config import ConfigError, NodeConfig, load_config
 from node_agents.lightllm_cmd import engine_command
+from node_agents.serve import serve
 from pdwire.cli import CommandParser, port_number
 
 # (dotted config key, flag name, help); flags without a value in OPTIONS are booleans.
