@@ -133,8 +133,9 @@ async def _serve(
 ) -> None:
     """Start the run, then stream it; a client that leaves cancels this task, wherever it is.
 
-    A stream's last chunk and the end of the body go out in one write. An answer that ends
-    before its run (``encoder.done``) ends the run, which aborts it on the nodes.
+    A stream's head and first chunk go out in one write, and so do its last chunk and the end
+    of the body. An answer that ends before its run (``encoder.done``) ends the run, which
+    aborts it on the nodes.
     """
     task = asyncio.current_task()
     assert task is not None
@@ -157,14 +158,17 @@ async def _serve(
             await _respond_error(send, exc, request_id, endpoint.error_body)
             return
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [*headers, (HEADER, request_id)],
-            }
-        )
+        head = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [*headers, (HEADER, request_id)],
+        }
         body = encoder.chunk(first)
+        if run.finished or encoder.done:
+            await send(head)  # the body ends below, with its last send
+        else:
+            await writer.start(head, body)  # in one write, where the server allows it
+            body = b""
         while not (run.finished or encoder.done):
             if body:
                 await send({"type": "http.response.body", "body": body, "more_body": True})
