@@ -10,8 +10,10 @@
  * itself (its shortest round-trip format differs between orjson versions and from repr).
  * Anything else (another value type or a subclass, an int beyond 64 bits, a str with a lone
  * surrogate, an entry that is not an exact 4-tuple of int, str, dict and FinishStatus, a
- * status of another class) returns None before any code of the caller's objects ran, and the
- * caller takes the Python path, which writes the same bytes or raises what orjson raises.
+ * status of another class) returns None, and the caller takes the Python path, which writes
+ * the same bytes or raises what orjson raises. Nothing before that ran code of the entries'
+ * objects (a node's metadata keys are str or int, which compare in C), so nothing is done
+ * twice.
  *
  * Work and memory are linear in the entries' size; no state is kept between calls.
  */
