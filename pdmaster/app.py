@@ -72,7 +72,7 @@ def create_app(
         lambda: CircuitBreaker(clock, settings.breaker_failures, settings.breaker_open_s),
         settings.load_max_age_s,
     )
-    table = RequestTable()
+    table = RequestTable(clock)
 
     def policy(name: str) -> Policy:
         return make_policy(
