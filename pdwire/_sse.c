@@ -283,8 +283,37 @@ static PyObject *events(PyObject *module, PyObject *const *args, Py_ssize_t narg
     return result;
 }
 
+PyDoc_STRVAR(http_chunk_doc,
+"http_chunk(body: bytes) -> bytes\n\n"
+"body framed as one HTTP/1.1 chunk: its length in hex, CRLF, body, CRLF (body not empty:\n"
+"an empty chunk ends a chunked body).");
+
+static PyObject *http_chunk(PyObject *module, PyObject *body) {
+    if (!PyBytes_CheckExact(body) || PyBytes_GET_SIZE(body) == 0) {
+        PyErr_SetString(PyExc_TypeError, "http_chunk(body): body must be non-empty bytes");
+        return NULL;
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(body);
+    char head[2 * sizeof(size_t) + 2];
+    int digits = 0;
+    for (size_t left = (size_t)size; left != 0; left >>= 4) digits++;
+    for (int i = digits - 1, shift = 0; i >= 0; i--, shift += 4)
+        head[i] = "0123456789abcdef"[((size_t)size >> shift) & 0xF];
+    head[digits] = '\r';
+    head[digits + 1] = '\n';
+    PyObject *out = PyBytes_FromStringAndSize(NULL, digits + 2 + size + 2);
+    if (out == NULL) return NULL;
+    char *p = PyBytes_AS_STRING(out);
+    memcpy(p, head, (size_t)digits + 2);
+    memcpy(p + digits + 2, PyBytes_AS_STRING(body), (size_t)size);
+    p[digits + 2 + size] = '\r';
+    p[digits + 2 + size + 1] = '\n';
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"events", (PyCFunction)(void (*)(void))events, METH_FASTCALL, events_doc},
+    {"http_chunk", (PyCFunction)http_chunk, METH_O, http_chunk_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -32,6 +32,8 @@ from pdwire.sse import (
     COMPILED_CONFIG,
     CompiledEvents,
     compiled_events,
+    compiled_http_chunk,
+    python_http_chunk,
     python_sse_events,
     sse_events,
 )
@@ -73,6 +75,22 @@ def same_as_python(compiled: CompiledEvents, entries: Any) -> bytes | None:
 def test_the_install_built_it() -> None:
     """CI installs with ``pip install -e .``: the master must not fall back to Python."""
     assert compiled_events() is not None
+    assert compiled_http_chunk() is not python_http_chunk
+
+
+@pytest.mark.parametrize("size", [1, 9, 15, 16, 17, 255, 256, 4095, 4096, 65535, 65536, 1 << 20])
+def test_http_chunks_are_framed_as_python_frames_them(size: int) -> None:
+    body = random.Random(size).randbytes(size)
+    framed = compiled_http_chunk()(body)
+    assert framed == python_http_chunk(body)
+    assert framed.startswith(b"%x\r\n" % size) and framed.endswith(body + b"\r\n")
+
+
+@pytest.mark.parametrize("bad", [b"", "text", bytearray(b"x"), memoryview(b"x"), None])
+def test_only_non_empty_bytes_make_a_chunk(bad: Any) -> None:
+    """An empty chunk would end the body: the caller skips it, and a mistake is an error."""
+    with pytest.raises(TypeError):
+        compiled_http_chunk()(bad)
 
 
 @pytest.mark.parametrize("version", sorted(MESSAGE_SETS))
