@@ -10,8 +10,8 @@ nodes).
 from __future__ import annotations
 
 import re
+import secrets
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -165,7 +165,7 @@ class CompletionFormat:
     chunk_object = "text_completion"
 
     def __init__(self, model: str, include_usage: bool = False) -> None:
-        self.id = f"{self.id_prefix}-{uuid.uuid4().hex}"
+        self.id = f"{self.id_prefix}-{secrets.token_hex(16)}"  # as random as a uuid4's hex
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
