@@ -24,6 +24,7 @@ from starlette.types import Message, Send
 
 from pdmaster.errors import ApiError
 from pdwire.pd_io import TokenEntry
+from pdwire.sse import http_chunk
 
 try:  # httptools is optional for uvicorn; without it every chunk goes through send
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
@@ -146,7 +147,7 @@ class ChunkWriter:
             and not c.disconnected
             and not c.flow.write_paused
         ):
-            c.transport.write(b"%b%x\r\n%b\r\n" % (before, len(body), body))
+            c.transport.write(before + http_chunk(body) if before else http_chunk(body))
             return True
         return False
 
