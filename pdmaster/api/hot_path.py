@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pdmaster.api.chunk_writer import ChunkWriter, StreamEncoder
-from pdmaster.api.request_id import HEADER, client_request_id
+from pdmaster.api.request_id import HEADER, client_request_id, new_request_id
 from pdmaster.api.service import RequestRun
 from pdmaster.errors import ApiError, Overloaded
 
@@ -80,7 +79,7 @@ class HotPathApp:
         if endpoint is None:
             await self.app(scope, receive, send)
             return
-        request_id = client_request_id(scope["headers"]) or uuid.uuid4().hex.encode()
+        request_id = client_request_id(scope["headers"]) or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id.decode("latin-1")
         if scope["method"] != "POST":
             await _respond_error(send, MethodNotAllowed(scope), request_id)
