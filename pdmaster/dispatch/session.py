@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pdmaster.dispatch.flow_v12 import BlockFlow
+from pdmaster.dispatch.ids import IdSource
 from pdmaster.errors import ApiError, DeadlineExceeded, NodeFailed
 from pdmaster.nodes.pool import V12, NodeConnection
 from pdmaster.nodes.tracking import RequestState, RequestTable, Sink
@@ -75,7 +76,7 @@ class PDDispatcher:
         codecs: Mapping[str, LightLLMCodec],
         selector: PairSelector,
         table: RequestTable,
-        next_group_id: Callable[[], Awaitable[int]],
+        ids: IdSource,
         master_node_id: Callable[[], int],
         settings: DispatchSettings,
         clock: Callable[[], float],
@@ -88,7 +89,7 @@ class PDDispatcher:
         }
         self.selector = selector
         self.table = table
-        self.next_group_id = next_group_id
+        self.ids = ids
         self.master_node_id = master_node_id
         self.settings = settings
         self.clock = clock
@@ -262,9 +263,12 @@ class PDSession:
         """The next group request id, waiting (for the config server's id ranges) no longer
         than the first token may take."""
         _, seconds = self.until(self._d.settings.first_token_timeout_s)
+        group_id = self._d.ids.take()  # at hand, as nearly always: no timer to arm
+        if group_id is not None:
+            return group_id
         try:
             async with asyncio.timeout(seconds):
-                return await self._d.next_group_id()
+                return await self._d.ids.next()
         except TimeoutError:
             raise DeadlineExceeded(
                 f"no group request id within {seconds:.1f} s (config server id ranges)",
