@@ -26,7 +26,7 @@ from pdmaster.nodes.pool import V12, NodeConnection
 from pdmaster.nodes.tracking import RequestState, RequestTable, Sink
 from pdmaster.routing.policies import RequestView
 from pdmaster.routing.selection import PairSelector
-from pdwire.client import RunParameters
+from pdwire.client import RunParameters, refusals
 from pdwire.lightllm import LightLLMCodec
 from pdwire.pd_io import TokenEntry, UpKVStatus
 from pdwire.sampling import FilledParams
@@ -83,6 +83,7 @@ class PDDispatcher:
         observer: DispatchObserver | None = None,
     ) -> None:
         self.codecs = codecs
+        self.versions = frozenset(codecs)
         self.sampling_params = {
             version: FilledParams(codec.layout.new_sampling_params)
             for version, codec in codecs.items()
@@ -220,12 +221,7 @@ class PDSession:
     async def _attempt(self, tried: list[NodeConnection]) -> list[TokenEntry]:
         d = self._d
         self._flow = None
-        params = self._req.parameters
-        refused = {
-            version: field
-            for version, codec in d.codecs.items()
-            if (field := params.not_carried_by(codec.layout.SamplingParams)) is not None
-        }
+        refused = refusals(d.versions, self._req.parameters.wire_values)
         prefill, decode = d.selector.pick_pair(self._view, tried, self.decode_tokens, refused)
         tried += [n for n in (prefill, decode) if n is not None]
         codec = d.codec_for(prefill)
