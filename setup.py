@@ -1,18 +1,18 @@
-"""The one compiled piece: pdwire's TOKEN_PACKS decoder (see pdwire/_tokenpacks.c).
+"""The compiled pieces of the master's per-token path, each with a Python twin it must agree with:
+pdwire's TOKEN_PACKS decoder (pdwire/_tokenpacks.c) and its client event writer (pdwire/_sse.c).
 
 Everything else is in pyproject.toml. ``optional``: without a C compiler the install still
-succeeds and the master decodes token packs with the pure-Python ``safepickle`` (slower).
+succeeds and the master decodes token packs with the pure-Python ``safepickle`` and writes
+events with orjson per token (slower).
 """
 
 from setuptools import Extension, setup
 
+FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+
 setup(
     ext_modules=[
-        Extension(
-            "pdwire._tokenpacks",
-            ["pdwire/_tokenpacks.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-            optional=True,
-        )
+        Extension(f"pdwire.{name}", [f"pdwire/{name}.c"], extra_compile_args=FLAGS, optional=True)
+        for name in ("_tokenpacks", "_sse")
     ]
 )

@@ -41,6 +41,7 @@ from pdmodel.chat_template import load_chat_template
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.lightllm import LightLLMCodec
 from pdwire.peers import NetworkAllowlist
+from pdwire.sse import compiled_events
 
 log = logging.getLogger(__name__)
 DEADLINE_SWEEP_S = 0.1  # how late a deadline may fire
@@ -61,12 +62,17 @@ def create_app(
             "pdwire._tokenpacks is not built (no C compiler at install?): token packs are "
             "decoded in Python, several times slower per token; reinstall with gcc"
         )
+    if compiled_events() is None:
+        log.warning(
+            "pdwire._sse is not built (no C compiler at install?): client events are written "
+            "in Python, slower per token; reinstall with gcc"
+        )
     pool = NodePool(
         clock,
         lambda: CircuitBreaker(clock, settings.breaker_failures, settings.breaker_open_s),
         settings.load_max_age_s,
     )
-    table = RequestTable()
+    table = RequestTable(clock)
 
     def policy(name: str) -> Policy:
         return make_policy(

@@ -312,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         ws=NodeSocketProtocol,
         ws_max_size=settings.ws_max_size,
         ws_per_message_deflate=False,  # token frames are small; compression only costs CPU
+        proxy_headers=False,  # --allow-cidr and the KV hand-off's peer check see the real peer
         ws_ping_interval=20.0,  # a node whose host vanished (no FIN) is dropped within ~40 s
         ws_ping_timeout=20.0,
         log_level=args.log_level,

@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import httpx
+from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from benchmarks.attacks.attacker import (
@@ -76,20 +77,28 @@ async def forged_kv_status(target: Target) -> Outcome:
 
 
 async def outside_allow_cidr(target: Target) -> Outcome:
-    """A master with --allow-cidr refuses node sockets from other networks at the handshake."""
+    """A master with --allow-cidr refuses node sockets from other networks at the handshake,
+    also from a loopback peer that names an allowed address in X-Forwarded-For."""
     port = free_port()
     proc = start_master_proc(
-        target.procs, "cidr-master", port, *QUIET, "--allow-cidr", "127.0.0.1/32"
+        target.procs, "cidr-master", port, *QUIET, "--allow-cidr", "10.0.0.0/8"
     )
+    forged = {"X-Forwarded-For": "10.0.0.5", "X-Real-IP": "10.0.0.5"}
     refused = []
     try:
         for path in ("/pd_register", "/kv_move_status"):
-            try:
-                async with attacker_socket(f"ws://127.0.0.1:{port}{path}") as ws:
-                    await ws.send(json.dumps(registration(7, "prefill")))
-                    refused.append(await close_code(ws) in REFUSED_CODES)
-            except InvalidStatus as exc:
-                refused.append(exc.response.status_code == 403)
+            for local, headers in ((ATTACKER, None), ("127.0.0.1", forged)):
+                try:
+                    async with connect(
+                        f"ws://127.0.0.1:{port}{path}",
+                        local_addr=(local, 0),
+                        additional_headers=headers,
+                        open_timeout=5,
+                    ) as ws:
+                        await ws.send(json.dumps(registration(7, "prefill")))
+                        refused.append(await close_code(ws) in REFUSED_CODES)
+                except InvalidStatus as exc:
+                    refused.append(exc.response.status_code == 403)
     finally:
         proc.stop()
     return Outcome("node sockets from outside --allow-cidr", len(refused), sum(refused))

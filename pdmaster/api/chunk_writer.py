@@ -22,6 +22,7 @@ from starlette.types import Send
 
 from pdmaster.errors import ApiError
 from pdwire.pd_io import TokenEntry
+from pdwire.sse import http_chunk
 
 try:  # httptools is optional for uvicorn; without it every chunk goes through send
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
@@ -123,7 +124,7 @@ class ChunkWriter:
             and not c.disconnected
             and not c.flow.write_paused
         ):  # what uvicorn's send would do for this message: frame it as a chunk and write
-            c.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+            c.transport.write(http_chunk(body))
             return True
         message = {"type": "http.response.body", "body": body, "more_body": True}
         self._pending = send_now(self._send(message))

@@ -9,8 +9,9 @@ nodes).
 
 from __future__ import annotations
 
+import re
+import secrets
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -37,10 +38,15 @@ def error_body(exc: ApiError) -> dict[str, Any]:
 
 
 class StopScanner:
-    __slots__ = ("_stops", "_held", "stopped", "matched")
+    __slots__ = ("_stops", "_starts", "_window", "_held", "stopped", "matched")
 
     def __init__(self, stops: list[str]) -> None:
         self._stops = stops
+        # A held-back end begins at one of the stops' first characters, at most the longest
+        # stop's length but one from the end: one search finds where it may begin.
+        firsts = "".join({s[0] for s in stops if s})
+        self._starts = re.compile(f"[{re.escape(firsts)}]" if firsts else "(?!)")
+        self._window = max(map(len, stops), default=1) - 1
         self._held = ""
         self.stopped = False
         self.matched: str | None = None  # the stop string that ended the text
@@ -49,12 +55,14 @@ class StopScanner:
         """What of ``text`` may be sent now; sets ``stopped`` at the first stop string."""
         if self.stopped:
             return ""
-        if not self._stops:
-            return text
-        text = self._held + text
-        found = [(i, s) for i, s in ((text.find(s), s) for s in self._stops) if i >= 0]
-        if found:
-            at, self.matched = min(found, key=lambda hit: hit[0])
+        if self._held:
+            text = self._held + text
+        at = -1
+        for stop in self._stops:  # the earliest stop; of two at one place, the first listed
+            i = text.find(stop)
+            if i >= 0 and (at < 0 or i < at):
+                at, self.matched = i, stop
+        if at >= 0:
             self.stopped = True
             self._held = ""
             return text[:at]
@@ -69,47 +77,59 @@ class StopScanner:
 
     def _stop_prefix_at_end(self, text: str) -> int:
         """Length of the longest end of ``text`` that is the start of a stop string."""
-        longest = 0
-        for stop in self._stops:
-            for n in range(min(len(stop) - 1, len(text)), longest, -1):
-                if text.endswith(stop[:n]):
-                    longest = n
-                    break
-        return longest
+        end = len(text)
+        found = self._starts.search(text, max(end - self._window, 0))
+        while found is not None:
+            at = found.start()
+            tail = text[at:]
+            for stop in self._stops:
+                if stop.startswith(tail):
+                    return end - at
+            found = self._starts.search(text, at + 1)
+        return 0
 
 
 class Generation:
-    """One choice's text, token counts and finish reason as node entries arrive."""
+    """One choice's text, token counts and finish reason as node entries arrive.
 
-    __slots__ = ("prompt_tokens", "completion_tokens", "_scanner", "_status", "_parts")
+    Without stop strings there is no ``StopScanner``: each token's text goes out as it
+    came, which is what the scanner would let out.
+    """
+
+    __slots__ = ("prompt_tokens", "completion_tokens", "done", "_scanner", "_status", "_parts")
 
     def __init__(self, prompt_tokens: int, stops: list[str], keep_text: bool = True) -> None:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
-        self._scanner = StopScanner(stops)
+        self.done = False  # a stop string or a finish status ended the answer
+        self._scanner = StopScanner(stops) if stops else None
         self._status = 0
         self._parts: list[str] | None = [] if keep_text else None  # a stream sends, not keeps
 
     def add(self, entries: list[TokenEntry]) -> str:
         """Take the entries; return the text they add to the answer."""
+        scanner = self._scanner
+        count, prompt = self.completion_tokens, self.prompt_tokens
         out = []
         for _, text, meta, status in entries:
-            self.completion_tokens = meta.get("count_output_tokens", self.completion_tokens + 1)
-            self.prompt_tokens = meta.get("prompt_tokens", self.prompt_tokens)
+            count = meta.get("count_output_tokens", count + 1)
+            prompt = meta.get("prompt_tokens", prompt)
             self._status = status.status
-            out.append(self._scanner.push(text))
-            if self._scanner.stopped:
-                break
-        if self._status != 0 and not self._scanner.stopped:
-            out.append(self._scanner.flush())
+            if scanner is not None:
+                text = scanner.push(text)
+                if scanner.stopped:
+                    out.append(text)
+                    break
+            out.append(text)
+        self.completion_tokens, self.prompt_tokens = count, prompt
+        stopped = scanner is not None and scanner.stopped
+        if self._status != 0 and scanner is not None and not stopped:
+            out.append(scanner.flush())
+        self.done = stopped or self._status != 0
         added = out[0] if len(out) == 1 else "".join(out)
         if self._parts is not None:
             self._parts.append(added)
         return added
-
-    @property
-    def done(self) -> bool:
-        return self._scanner.stopped or self._status != 0
 
     @property
     def text(self) -> str:
@@ -118,12 +138,14 @@ class Generation:
 
     @property
     def finish_reason(self) -> str | None:
-        return "stop" if self._scanner.stopped else FINISH_REASONS.get(self._status)
+        if self._scanner is not None and self._scanner.stopped:
+            return "stop"
+        return FINISH_REASONS.get(self._status)
 
     @property
     def stop_sequence(self) -> str | None:
         """The stop string the answer ended at, if any."""
-        return self._scanner.matched
+        return None if self._scanner is None else self._scanner.matched
 
     def usage(self) -> dict[str, int]:
         return {
@@ -143,7 +165,7 @@ class CompletionFormat:
     chunk_object = "text_completion"
 
     def __init__(self, model: str, include_usage: bool = False) -> None:
-        self.id = f"{self.id_prefix}-{uuid.uuid4().hex}"
+        self.id = f"{self.id_prefix}-{secrets.token_hex(16)}"  # as random as a uuid4's hex
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
@@ -231,13 +253,17 @@ class OpenAIStream:
     def chunk(self, entries: list[TokenEntry]) -> bytes:
         if self.done:
             return b""
-        out, self._opening = self._opening, b""
-        text = self._gen.add(entries)
-        if self._gen.done:
-            return out + self._end(text)
-        if text:
-            return out + self._head + orjson.dumps(text) + self._tail
-        return out
+        gen = self._gen
+        text = gen.add(entries)
+        if gen.done:
+            body = self._end(text)
+        elif text:
+            body = self._head + orjson.dumps(text) + self._tail
+        else:
+            body = b""
+        if self._opening:  # the chat's role chunk, before the first tokens
+            body, self._opening = self._opening + body, b""
+        return body
 
     def error(self, exc: ApiError) -> bytes:
         self.done = True

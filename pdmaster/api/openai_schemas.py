@@ -44,7 +44,7 @@ class OpenAIModel(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _null_means_default(cls, data: Any) -> Any:
-        if isinstance(data, dict):
+        if isinstance(data, dict) and None in data.values():
             return {k: v for k, v in data.items() if v is not None}
         return data
 
@@ -84,6 +84,19 @@ OPENAI_NAMES = {
     "guided_json": "response_format",
     "guided_grammar": "response_format",
 }
+
+
+# The sampling fields LightLLM's parameters take under the same name and meaning.
+_PASSED_AS_IS = (
+    "top_p",
+    "top_k",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "ignore_eos",
+    "seed",
+    "logit_bias",
+)
 
 
 class SamplingFields(OpenAIModel):
@@ -138,25 +151,25 @@ class SamplingFields(OpenAIModel):
         LightLLM's checks apply here too: a value they refuse is a 400 naming the OpenAI
         field (``max_field`` for the output limit).
         """
+        values: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": self.temperature > 0,
+            "add_special_tokens": add_special_tokens,
+        }
+        # A field the client left out is at OpenAI's default, which is LightLLM's too (a
+        # test holds them equal): only the fields it sent cost a second validation.
+        sent = self.model_fields_set
+        if "temperature" in sent:
+            values["temperature"] = self.temperature or 1.0
+        for name in _PASSED_AS_IS:
+            if name in sent:
+                values[name] = getattr(self, name)
+        if "stop" in sent:
+            values["stop_sequences"] = self.stop
+        if self.response_format:
+            values |= self.response_format.constraint()
         try:
-            return GenerateParameters.model_validate(
-                {
-                    "max_new_tokens": max_new_tokens,
-                    "do_sample": self.temperature > 0,
-                    "temperature": self.temperature or 1.0,
-                    "top_p": self.top_p,
-                    "top_k": self.top_k,
-                    "presence_penalty": self.presence_penalty,
-                    "frequency_penalty": self.frequency_penalty,
-                    "repetition_penalty": self.repetition_penalty,
-                    "ignore_eos": self.ignore_eos,
-                    "stop_sequences": self.stop,
-                    "add_special_tokens": add_special_tokens,
-                    "seed": self.seed,
-                    "logit_bias": self.logit_bias,
-                    **(self.response_format.constraint() if self.response_format else {}),
-                }
-            )
+            return GenerateParameters.model_validate(values)
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = [str(p) for p in first["loc"]]
@@ -236,9 +249,14 @@ class ChatMessage(OpenAIModel):
 
     def for_template(self) -> dict[str, Any]:
         """The message as chat templates expect it; "developer" is OpenAI's newer "system"."""
-        message = self.model_dump(exclude_none=True)
-        if self.role == "developer":
-            message["role"] = "system"
+        message: dict[str, Any] = {
+            "role": "system" if self.role == "developer" else self.role,
+            "content": self.content,
+        }
+        for name in ("name", "tool_call_id", "tool_calls"):
+            value = getattr(self, name)
+            if value is not None:
+                message[name] = value
         return message
 
 

@@ -16,11 +16,13 @@ from fastapi import Request
 from pdmaster.dispatch.session import PDDispatcher, PDSession, PreparedRequest
 from pdmaster.errors import ApiError
 from pdmaster.metrics import MasterMetrics
-from pdmaster.nodes.tracking import Sink
 from pdmaster.routing.admission import Admission
 from pdwire.pd_io import TokenEntry
 
 T = TypeVar("T")
+
+Writer = Callable[[list[TokenEntry]], bool]
+"""Writes tokens to the client as they come; False leaves them to ``next``'s caller."""
 
 
 class ClientDisconnected(Exception):
@@ -77,7 +79,7 @@ class RequestRun:
         self._admitted = False
         self._ended = False
         self._last = 0.0
-        self._sink: Sink | None = None
+        self._sink: Writer | None = None
 
     @property
     def finished(self) -> bool:
@@ -108,18 +110,17 @@ class RequestRun:
         self._s.metrics.ttft.observe(self._last - started)
         return first
 
-    async def next(self, sink: Sink | None = None) -> list[TokenEntry]:
+    async def next(self, sink: Writer | None = None) -> list[TokenEntry]:
         """The next tokens; meanwhile ``sink`` may take those that end nothing, as they come."""
         self._sink = sink
         entries = await self._session.next(self._push if sink is not None else None)
         self._delivered()
         return entries
 
-    def _push(self, entries: list[TokenEntry]) -> bool:
+    def _push(self, entries: list[TokenEntry], now: float) -> bool:
         if self._sink is None or not self._sink(entries):
             return False
-        now = self._s.clock()  # as _delivered, inline: this runs per stream per decode step
-        self._s.metrics.itl.observe(now - self._last)
+        self._s.metrics.itl.observe(now - self._last)  # as _delivered: per stream per step
         self._last = now
         return True
 

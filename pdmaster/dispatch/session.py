@@ -190,7 +190,7 @@ class PDSession:
             decode.breaker.record(True)
         return entries
 
-    def _push(self, entries: list[TokenEntry]) -> bool:
+    def _push(self, entries: list[TokenEntry], now: float) -> bool:
         """Offer tokens to the sink; a last token or a bad status goes the way of ``next``."""
         if self._flow is not None and not self._flow.streams_through:
             return False  # counts to rewrite, or a block's P to release: the way of ``next``
@@ -198,9 +198,8 @@ class PDSession:
             if entry[3].status:
                 return False
         state, sink = self._state, self._sink
-        now = self._d.clock()
         left = self._deadline - now
-        if state is None or sink is None or left <= 0 or not sink(entries):
+        if state is None or sink is None or left <= 0 or not sink(entries, now):
             return False
         seconds = min(self._d.settings.token_idle_timeout_s, left)
         state.extend_wait(now + seconds, seconds)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,8 +24,9 @@ log = logging.getLogger(__name__)
 KV_WAIT = ("KV cache hand-off confirmation", "kv_move_timeout")
 PROMPT_IDS_WAIT = ("prompt ids from the prefill node", "prompt_ids_timeout")
 
-Sink = Callable[[list[TokenEntry]], bool]
-"""Takes tokens while a wait is parked; False leaves them to the waiting task."""
+Sink = Callable[[list[TokenEntry], float], bool]
+"""Takes tokens while a wait is parked, with the time they were handed over (one clock read
+per hand-over, not one per stream); False leaves them to the waiting task."""
 
 
 class RequestState:
@@ -61,23 +63,16 @@ class RequestState:
         self._seconds = 0.0
         self._waiting: tuple[str, str] = ("", "")
 
-    def add(self, node: NodeConnection, entry: TokenEntry) -> bool:
-        """Queue a token; True if it is the first one queued (then call ``ready``)."""
-        if node is not self.source:
-            return False  # a late token of a node this request no longer listens to
-        items = self._items
-        items.append(entry)
-        return len(items) == 1
-
-    def ready(self) -> None:
-        """Tokens were queued: give them to the parked wait's sink, or wake the wait."""
+    def ready(self, now: float) -> None:
+        """Tokens were queued (handed over at ``now``): give them to the parked wait's sink,
+        or wake the wait."""
         waiter, sink = self._waiter, self._sink
         if waiter is None or waiter.done():
             return
         if sink is not None and self._error is None:
             items, self._items = self._items, []
             try:
-                if sink(items):
+                if sink(items, now):
                     return
             except Exception:  # the waiting task meets it again on its own way
                 log.exception("group %d: token sink failed", self.group_id)
@@ -162,7 +157,8 @@ class RequestState:
 
 
 class RequestTable:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._by_group: dict[int, RequestState] = {}
         self._ready: list[RequestState] = []
 
@@ -181,10 +177,13 @@ class RequestTable:
         table = self._by_group
         ready = self._ready
         idle = not ready
-        for entry in entries:
-            state = table.get(entry[0] // MAX_BEST_OF * MAX_BEST_OF)
-            if state is not None and state.add(node, entry):
-                ready.append(state)
+        for entry in entries:  # per token, so inline; a late token of a node the request
+            state = table.get(entry[0] // MAX_BEST_OF * MAX_BEST_OF)  # left is dropped
+            if state is not None and state.source is node:
+                items = state._items
+                items.append(entry)
+                if len(items) == 1:
+                    ready.append(state)
         if idle and ready:
             asyncio.get_running_loop().call_soon(self._hand_over)
 
@@ -195,8 +194,9 @@ class RequestTable:
         fell behind gets its tokens in one write instead of one write per frame.
         """
         ready, self._ready = self._ready, []
+        now = self._clock()
         for state in ready:
-            state.ready()
+            state.ready(now)
 
     def kv_arrived(self, status: UpKVStatus, peer_host: str) -> bool:
         """Give a KV hand-off status to its request; False if ``peer_host`` is not the

@@ -17,6 +17,7 @@ BENCHMARKS = [
     "routing_quality",
     "node_agent",
     "wire_decode",
+    "sse_encode",
     "vs_gateways",
 ]
 

@@ -50,6 +50,24 @@ def test_scanner_cuts_at_the_earliest_of_several_stops() -> None:
     assert scanner.push("hello world") == "hel"
 
 
+def test_scanner_holds_back_ends_that_begin_stops_of_regex_characters() -> None:
+    scanner = StopScanner(["]^", "-\\n", "a.b"])
+    assert scanner.push("x]") == "x"
+    assert scanner.push("y-") == "]y"
+    assert scanner.push("\\") == ""  # "-\\" may still become "-\\n"
+    assert scanner.push("a") == "-\\"
+    assert scanner.push(".") == ""
+    assert scanner.push("c") == "a.c" and not scanner.stopped
+
+
+def test_scanner_looks_back_only_as_far_as_the_longest_stop() -> None:
+    scanner = StopScanner(["<end>", "ab"])
+    assert scanner.push("a<en") == "a"  # "<en" may begin "<end>"
+    assert scanner.push("d") == ""
+    assert scanner.push("x a") == "<endx "
+    assert scanner.push("b more") == "" and scanner.matched == "ab"
+
+
 def test_generation_counts_tokens_and_leaves_the_stop_text_out() -> None:
     gen = Generation(prompt_tokens=3, stops=[" AI"])
     assert gen.add(entries("What", " is")) == "What is"
@@ -140,3 +158,21 @@ def test_a_stream_that_fails_ends_with_an_error_event_and_done() -> None:
     stream.chunk(entries("a"))
     error, done = events(stream.error(NodeFailed("node: gone")))
     assert (error["error"]["code"], done, stream.done) == ("node_failed", "[DONE]", True)
+
+
+def test_a_stream_without_stop_strings_is_the_stream_whose_stops_never_match() -> None:
+    steps = [
+        entries("Hi", ' "you"', start=1),
+        entries(),
+        entries("\n", start=3),
+        entries("é", "!", last_status=2, start=4),
+    ]
+    for fmt_type in (CompletionFormat, ChatFormat):
+        for usage in (False, True):
+            fmt = fmt_type("m", include_usage=usage)
+            bodies = []
+            for stops in ([], ["\x00never"]):
+                stream = OpenAIStream(Generation(4, stops, keep_text=False), fmt)
+                bodies.append([stream.chunk(step) for step in steps] + [stream.close()])
+            assert bodies[0] == bodies[1]
+            assert bodies[0][-2].endswith(b"data: [DONE]\n\n")

@@ -23,6 +23,44 @@ def test_temperature_zero_is_greedy_and_top_k_zero_is_off() -> None:
     assert (params.max_new_tokens, params.stop_sequences) == (8, ["x"])
 
 
+SAMPLING = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "ignore_eos",
+    "stop",
+    "logit_bias",
+)
+
+
+def test_sampling_fields_left_out_are_the_same_as_sent_at_openais_defaults() -> None:
+    """Only the sampling fields a client sends go through LightLLM's checks again."""
+    fields = CompletionRequest.model_fields
+    defaults = {name: fields[name].get_default(call_default_factory=True) for name in SAMPLING}
+    sent = CompletionRequest.model_validate({"prompt": "hi", **defaults})
+    left_out = CompletionRequest.model_validate({"prompt": "hi", "seed": None})
+    assert sent.model_fields_set >= set(SAMPLING) and not left_out.model_fields_set & {
+        *SAMPLING,
+        "seed",
+    }
+    params = [body.generate_parameters(8, add_special_tokens=False) for body in (sent, left_out)]
+    assert params[0].model_dump() == params[1].model_dump()
+    assert params[0].wire_values == params[1].wire_values
+
+
+def test_sampling_fields_a_client_sends_are_checked_by_lightllms_bounds() -> None:
+    for field, value in (("presence_penalty", -0.5), ("repetition_penalty", 0.5)):
+        body = CompletionRequest.model_validate({"prompt": "hi", field: value})
+        with pytest.raises(BadRequest, match=f"^{field}: "):
+            body.generate_parameters(8, add_special_tokens=True)
+    body = CompletionRequest.model_validate({"prompt": "hi", "top_p": 0.5, "seed": 3})
+    params = body.generate_parameters(8, add_special_tokens=True)
+    assert (params.top_p, params.seed, params.do_sample) == (0.5, 3, True)
+
+
 @pytest.mark.parametrize(
     ("prompt", "text"),
     [("hi", "hi"), (["hi"], "hi")],
@@ -48,6 +86,7 @@ def test_chat_content_parts_are_joined_and_developer_is_system() -> None:
                 {"role": "developer", "content": "Be brief."},
                 {"role": "user", "content": [{"type": "text", "text": t} for t in "ab"]},
                 {"role": "assistant", "content": None},
+                {"role": "tool", "content": "4", "tool_call_id": "c1", "name": None},
             ],
             "max_tokens": 5,
             "max_completion_tokens": 7,
@@ -57,6 +96,7 @@ def test_chat_content_parts_are_joined_and_developer_is_system() -> None:
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "a\nb"},
         {"role": "assistant", "content": ""},
+        {"role": "tool", "content": "4", "tool_call_id": "c1"},
     ]
     assert (body.output_limit, body.max_tokens_field) == (7, "max_completion_tokens")
 

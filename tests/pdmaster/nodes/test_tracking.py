@@ -30,14 +30,17 @@ def tracked(table: RequestTable, group_id: int) -> RequestState:
 
 def test_a_parked_waits_sink_takes_tokens_and_its_task_wakes_for_the_rest() -> None:
     async def run() -> None:
-        table = RequestTable()
+        ticks = iter(range(100, 200))
+        table = RequestTable(lambda: next(ticks))
         state = tracked(table, 8)
         taken: list[list[str]] = []
+        times: list[float] = []
 
-        def sink(entries: list[TokenEntry]) -> bool:
+        def sink(entries: list[TokenEntry], now: float) -> bool:
             if entries[-1][3].status:
                 return False
             taken.append(texts(entries))
+            times.append(now)
             return True
 
         waiting = asyncio.ensure_future(state.take(1e9, 60, "token", sink))
@@ -48,6 +51,7 @@ def test_a_parked_waits_sink_takes_tokens_and_its_task_wakes_for_the_rest() -> N
         table.deliver(NODE, [entry(8, "c")])  # one batch for the sink
         await asyncio.sleep(0)
         assert taken == [["a"], ["b", "c"]] and not waiting.done()
+        assert times == [100, 101]  # the table's clock, read once per hand-over
         table.deliver(NODE, [entry(8, "d", status=1)])
         assert texts(await waiting) == ["d"]
         assert taken == [["a"], ["b", "c"]]
@@ -72,7 +76,7 @@ def test_a_sink_that_fails_leaves_its_tokens_to_the_task() -> None:
         table = RequestTable()
         state = tracked(table, 8)
 
-        def sink(entries: list[TokenEntry]) -> bool:
+        def sink(entries: list[TokenEntry], now: float) -> bool:
             raise RuntimeError("broken client")
 
         waiting = asyncio.ensure_future(state.take(1e9, 60, "token", sink))
@@ -88,7 +92,7 @@ def test_tokens_a_sink_takes_move_the_waits_deadline() -> None:
         table = RequestTable()
         state = tracked(table, 8)
 
-        def sink(entries: list[TokenEntry]) -> bool:
+        def sink(entries: list[TokenEntry], now: float) -> bool:
             state.extend_wait(15.0, 5.0)
             return True
 
