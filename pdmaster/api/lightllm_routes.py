@@ -10,6 +10,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from pdmaster.api.hot_path import Opened, SseEndpoint
 from pdmaster.api.relay import Collector, LightLLMStream
@@ -41,18 +42,38 @@ class Unprocessable(ApiError):
 
 
 async def read_bytes(request: Request, limit: int) -> bytes:
-    """The body: 413 past ``limit`` bytes (declared or sent), before reading any further."""
-    declared = request.headers.get("content-length")
+    """The body: 413 past ``limit`` bytes (declared or sent), before reading any further.
+
+    Read from the ASGI messages as ``request.stream()`` reads them, without its async
+    generator (asyncio registers each one, a few us per request).
+    """
+    declared = header(request.scope["headers"], b"content-length")
     if declared is not None and (decimal(declared) or 0) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+
+
+def header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """The first value of header ``name`` (lower case, as the server passes names)."""
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 async def read_prompt_body(request: Request, settings: MasterSettings, field: str) -> bytes:

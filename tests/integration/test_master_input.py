@@ -72,6 +72,27 @@ def test_non_json_and_oversized_bodies(lone_master: Cluster) -> None:
     assert httpx.get(f"{lone_master.url}/health", timeout=5).status_code == 200
 
 
+@pytest.mark.parametrize("path", ["/generate", "/generate_stream"])
+def test_a_body_sent_in_chunks_is_read_whole_and_refused_past_the_limit(
+    lone_master: Cluster, path: str
+) -> None:
+    def chunks(body: bytes, size: int) -> Iterator[bytes]:  # no content-length: chunked
+        for start in range(0, len(body), size):
+            yield body[start : start + size]
+
+    url = f"{lone_master.url}{path}"
+    whole = json.dumps({"inputs": "What is AI?", "parameters": {"max_new_tokens": 4}}).encode()
+    r = httpx.post(url, content=chunks(whole, 7), timeout=10)
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "no_prefill_node")  # read, no node
+    big = json.dumps({"inputs": "x" * 4096}).encode()
+    r = httpx.post(url, content=chunks(big, 512), timeout=10)
+    assert r.status_code == 413
+    assert r.json()["error"]["message"] == "request body exceeds the limit of 2048 bytes"
+    r = httpx.post(url, content=big, timeout=10)
+    assert r.status_code == 413
+    assert r.json()["error"]["message"] == f"request body is {len(big)} bytes; the limit is 2048"
+
+
 def test_unknown_routes_methods_and_raw_bytes_get_our_error_body(lone_master: Cluster) -> None:
     r = httpx.get(f"{lone_master.url}/no/such/route", timeout=10)
     assert r.status_code == 404
