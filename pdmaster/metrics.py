@@ -110,6 +110,7 @@ class MasterMetrics(DispatchObserver):
             ["endpoint", "status"],
             registry=self.registry,
         )
+        self._request_counts: dict[tuple[str, str], Counter] = {}
         self.ttft = LoopHistogram(
             "pd_time_to_first_token_seconds", "Request arrival to first token sent", LATENCY_BUCKETS
         )
@@ -127,6 +128,12 @@ class MasterMetrics(DispatchObserver):
             registry=self.registry,
         )
         self.registry.register(_PoolCollector(pool, admission))
+
+    def count_request(self, endpoint: str, status: str) -> None:
+        child = self._request_counts.get((endpoint, status))
+        if child is None:  # a few endpoints and statuses: each pair's child is looked up once
+            child = self._request_counts[endpoint, status] = self.requests.labels(endpoint, status)
+        child.inc()
 
     def retried(self, error: ApiError) -> None:
         self.retries.labels(error.code).inc()

@@ -31,13 +31,15 @@ try:  # httptools is optional for uvicorn; without it every chunk goes through s
 except ImportError:  # pragma: no cover - the project installs uvicorn[standard]
     RequestResponseCycle = None  # type: ignore[assignment,misc]
 
-_CYCLE_FIELDS = (
-    "transport",
-    "flow",
-    "chunked_encoding",
-    "response_started",
-    "response_complete",
-    "disconnected",
+_CYCLE_FIELDS = frozenset(
+    {
+        "transport",
+        "flow",
+        "chunked_encoding",
+        "response_started",
+        "response_complete",
+        "disconnected",
+    }
 )
 
 
@@ -52,7 +54,7 @@ def direct_body(send: Send) -> RequestResponseCycle | None:
     cycle = getattr(send, "__self__", None)
     if type(cycle) is not RequestResponseCycle or send != cycle.send:
         return None
-    if not all(hasattr(cycle, name) for name in _CYCLE_FIELDS):
+    if not vars(cycle).keys() >= _CYCLE_FIELDS:  # its own fields, as uvicorn's __init__ sets
         return None
     if not hasattr(cycle.flow, "write_paused"):
         return None

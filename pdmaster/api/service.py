@@ -155,4 +155,4 @@ class RequestRun:
         await self._session.close()
         if self._admitted:
             self._s.admission.release()
-        self._s.metrics.requests.labels(self._endpoint, status).inc()
+        self._s.metrics.count_request(self._endpoint, status)
