@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from functools import cached_property
 from typing import Annotated, Any
 
 import interegular
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from pdwire.sampling import (
@@ -48,7 +50,8 @@ MASTER_FIELDS = (
 
 
 class GenerateParameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # frozen: a validated set may be shared by the requests that send it (ParameterSets)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_new_tokens: Int32 = Field(default=16, ge=1)
     min_new_tokens: Int32 = Field(default=1, ge=1)
@@ -316,6 +319,42 @@ class GenerateRequest(BaseModel):
     inputs: str
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
     multimodal_params: MultimodalInput | None = None
+
+
+class ParameterSets:
+    """``GenerateRequest`` validation that reuses the ``parameters`` of a request whose
+    ``parameters`` JSON is one of the last ``size`` distinct sets that passed.
+
+    Validating them (and working out ``wire_values``) depends on nothing but that JSON,
+    and clients send the same few sets again and again; keyed by its exact JSON (1, 1.0
+    and true, 0.0 and -0.0 stay apart), a set found here gives the same model the
+    validation would. A set that fails is never kept: it is refused, with the same error,
+    every time. The models are frozen, as they are shared.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._sets: dict[bytes, GenerateParameters] = {}
+        self._lock = threading.Lock()  # long bodies are validated in worker threads
+
+    def validate(self, data: Any) -> GenerateRequest:
+        """``GenerateRequest.model_validate(data)``."""
+        params = data.get("parameters") if type(data) is dict else None
+        if type(params) is not dict:
+            return GenerateRequest.model_validate(data)
+        try:
+            key = orjson.dumps(params)
+        except TypeError:  # an int past 64 bits: validated every time
+            return GenerateRequest.model_validate(data)
+        known = self._sets.get(key)
+        if known is not None:
+            return GenerateRequest.model_validate({**data, "parameters": known})
+        request = GenerateRequest.model_validate(data)
+        with self._lock:
+            if len(self._sets) >= self._size:
+                del self._sets[next(iter(self._sets))]
+            self._sets[key] = request.parameters
+        return request
 
 
 def _alone(value: Any, info: ValidationInfo, others: tuple[str, ...]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
@@ -22,7 +22,7 @@ from pdmaster.routing.policies import RequestView, prefix_blocks
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.api import decimal
-from pdwire.client import GenerateRequest, refusals
+from pdwire.client import GenerateRequest, ParameterSets, refusals
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -95,14 +95,23 @@ async def read_prompt_body(request: Request, settings: MasterSettings, field: st
 
 def parse_json(raw: bytes, model: type[M]) -> M:
     """``raw`` as ``model``: 400 if not JSON, 422 naming the field."""
+    return validated(json_body(raw), model.model_validate)
+
+
+def json_body(raw: bytes) -> Any:
+    """``raw`` parsed: 400 if it is not JSON."""
     try:
-        data = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(
             f"request body is not valid JSON: {json_problem(raw, exc)}", code="invalid_json"
         ) from None
+
+
+def validated(data: Any, validate: Callable[[Any], T]) -> T:
+    """``validate(data)``: 422 naming the first field it refuses."""
     try:
-        return model.model_validate(data)
+        return validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
@@ -155,13 +164,13 @@ def encode_prompt(
 
 
 async def prepare_generate(
-    request: Request, tokenizer: ModelTokenizer, settings: MasterSettings
+    request: Request, tokenizer: ModelTokenizer, settings: MasterSettings, sets: ParameterSets
 ) -> PreparedRequest:
     """A /generate body read and ``prepare``d, off the event loop when it is long."""
     raw = await read_bytes(request, settings.max_body_bytes)
 
     def work() -> PreparedRequest:
-        return prepare(parse_json(raw, GenerateRequest), tokenizer, settings)
+        return prepare(validated(json_body(raw), sets.validate), tokenizer, settings)
 
     return await off_loop(len(raw), work)
 
@@ -226,9 +235,10 @@ def generate_stream_endpoint(
     """LightLLM's POST /generate_stream, served on the hot path (see hot_path.py)."""
 
     events = LightLLMStream()
+    sets = ParameterSets()
 
     async def open_run(request: Request) -> Opened:
-        prepared = await prepare_generate(request, tokenizer, settings)
+        prepared = await prepare_generate(request, tokenizer, settings, sets)
         return service.run("generate_stream", prepared), events
 
     return SseEndpoint(open_run)
@@ -238,10 +248,11 @@ def client_router(
     service: GenerateService, pool: NodePool, tokenizer: ModelTokenizer, settings: MasterSettings
 ) -> APIRouter:
     router = APIRouter()
+    sets = ParameterSets()
 
     @router.post("/generate")
     async def generate(request: Request) -> Response:
-        prepared = await prepare_generate(request, tokenizer, settings)
+        prepared = await prepare_generate(request, tokenizer, settings, sets)
         collector = Collector(prepared.prompt_tokens, prepared.parameters.return_details)
         try:
             await service.run("generate", prepared).run_to_end(request, collector.add)

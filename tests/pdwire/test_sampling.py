@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from pdwire.client import GenerateParameters, refusals
+from pdwire.client import GenerateParameters, GenerateRequest, ParameterSets, refusals
 from pdwire.sampling import FilledParams, NotCarried, fill, not_carried, read
 from pdwire.structs import LAYOUTS
 
@@ -215,3 +215,53 @@ def test_refusals_name_for_each_version_the_field_its_struct_lacks(
                 if (field := wanted.not_carried_by(LAYOUTS[v].SamplingParams)) is not None
             }
             assert refusals(frozenset(chosen), wanted.wire_values) == expected
+
+
+def validation(validate: Any, body: Any) -> Any:
+    """What validating ``body`` gives: the model's fields and wire values, or the errors."""
+    try:
+        request = validate(body)
+    except ValidationError as exc:
+        return ("refused", [(e["type"], e["loc"], e["msg"]) for e in exc.errors()])
+    return ("valid", request.model_dump(), request.parameters.wire_values)
+
+
+BODIES: list[Any] = [
+    {"inputs": "hi"},
+    {"inputs": "hi", "parameters": {}},
+    {"inputs": "hi", "parameters": EVERY_PARAMETER},
+    {"inputs": "hi", "parameters": {"temperature": 1, "max_new_tokens": 3}},
+    {"inputs": "hi", "parameters": {"temperature": 1.0, "max_new_tokens": 3}},
+    {"inputs": "hi", "parameters": {"do_sample": True, "top_p": 0.5, "seed": 2**63 - 1}},
+    {"inputs": "hi", "parameters": {"seed": 2**70}},  # past 64 bits: no key, validated anew
+    {"inputs": "hi", "parameters": {"stop_sequences": "\n\n", "logit_bias": {"5": -100}}},
+    {"inputs": "hi", "parameters": {"top_k": 0}},
+    {"inputs": "hi", "parameters": {"max_new_tokens": 4, "min_new_tokens": 5}},
+    {"inputs": 7, "parameters": {"max_new_tokens": 3}},  # a known set, a bad prompt
+    {"parameters": {"max_new_tokens": 3}},
+    {"inputs": "hi", "parameters": {"max_new_tokens": 3}, "extra": 1},
+    {"inputs": "hi", "parameters": [1]},
+    [1, 2],
+]
+
+
+def test_parameter_sets_validate_as_the_model_does_the_first_time_and_after() -> None:
+    sets = ParameterSets(size=4)
+    for _ in range(3):  # the sets passed are found again; those refused are refused again
+        for body in BODIES:
+            assert validation(sets.validate, body) == validation(
+                GenerateRequest.model_validate, body
+            ), body
+
+
+def test_a_found_set_is_shared_frozen_and_the_sets_kept_are_bounded() -> None:
+    sets = ParameterSets(size=2)
+    first = sets.validate({"inputs": "a", "parameters": {"max_new_tokens": 3}})
+    again = sets.validate({"inputs": "b", "parameters": {"max_new_tokens": 3}})
+    assert again.parameters is first.parameters and again.inputs == "b"
+    with pytest.raises(ValidationError):
+        first.parameters.max_new_tokens = 5
+    for n in (4, 5):  # two other sets: the first one is no longer kept
+        sets.validate({"inputs": "c", "parameters": {"max_new_tokens": n}})
+    third = sets.validate({"inputs": "d", "parameters": {"max_new_tokens": 3}})
+    assert third.parameters is not first.parameters and third.parameters == first.parameters
