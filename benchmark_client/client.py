@@ -128,8 +128,9 @@ class _EventSink:
         if self.stamped:
             for text in texts:
                 sent = stamps(text)
-                record.delivery_s.extend(wall - t for t in sent)
-                n += max(len(sent) - 1, 0)  # an OpenAI chunk's merged tokens, one stamp each
+                if sent:  # an OpenAI chunk's merged tokens: one per stamp, one unstamped
+                    record.delivery_s.extend(wall - t for t in sent)
+                    n += len(sent) - 1 + int(len(text) > STAMP_WIDTH * len(sent))
         record.token_times.extend([now] * n)
         record.output_tokens += n
         if error:
@@ -188,12 +189,14 @@ def _error_type(raw: bytes) -> str | None:
 
 # The simulated engine's ``--text_mode timestamp`` text: f"{time.time():.6f}", 17 characters
 # (its frame slot's width) until the year 2286.
+STAMP_WIDTH = 17
 _STAMP = re.compile(r"\d{10}\.\d{6}")
 
 
 def stamps(text: str) -> list[float]:
     """The send times in one event's text: one per token, as many as an OpenAI chunk merged
-    (their texts run together); none in a token that is not stamped (a prefill node's)."""
+    (their texts run together); none in a token that is not stamped (a prefill node's first),
+    which a chunk may carry before them."""
     return [float(s) for s in _STAMP.findall(text)]
 
 

@@ -161,7 +161,8 @@ def test_a_request_record_from_a_stream_and_from_an_error() -> None:
 
 def test_stamps_of_tokens_an_openai_chunk_merged_each_count() -> None:
     """``--stamped`` on /v1/completions: a chunk may carry several tokens' send times run
-    together; each is a token and a delivery time, and an unstamped text is one token."""
+    together; each is a token and a delivery time, and an unstamped text is one token (a
+    prefill node's first, alone or merged before stamped ones)."""
     now = time.time()
     sent = [now - 0.3, now - 0.2, now - 0.1]
     merged = "".join(f"{t:.6f}" for t in sent[1:])
@@ -170,7 +171,8 @@ def test_stamps_of_tokens_an_openai_chunk_merged_each_count() -> None:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
         return b"data: " + json.dumps({"object": "text_completion", "choices": [choice]}).encode()
 
-    body = b"\n\n".join([event("Hi"), event(f"{sent[0]:.6f}"), event(merged, "length")])
+    texts = ["Hi", f" there{sent[0]:.6f}", merged]
+    body = b"\n\n".join([event(texts[0]), event(texts[1]), event(texts[2], "length")])
     stream = [HEAD + chunk(body[:40]), chunk(body[40:] + b"\n\ndata: [DONE]\n\n") + b"0\r\n\r\n"]
 
     async def main() -> RequestRecord:
@@ -181,7 +183,7 @@ def test_stamps_of_tokens_an_openai_chunk_merged_each_count() -> None:
         return record
 
     record = asyncio.run(main())
-    assert (record.ok, record.output_tokens, len(record.token_times)) == (True, 4, 4)
+    assert (record.ok, record.output_tokens, len(record.token_times)) == (True, 5, 5)
     assert len(record.delivery_s) == 3
     for delivery, expected in zip(record.delivery_s, (0.3, 0.2, 0.1), strict=True):
         assert expected - 1e-3 < delivery < expected + 5  # arrival (after ``now``) minus send
