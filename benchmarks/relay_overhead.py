@@ -11,7 +11,8 @@ on LightLLM's /generate_stream and on OpenAI's /v1/completions (stream=true).
     range of the rounds' own differences is printed beside the pooled one.
 (b) The same workload (64 streams, 128 prompt / 64 output tokens) through the PD master on
     each path and against the simulated engine serving /generate_stream itself
-    (``--run_mode normal``): TTFT and inter-token latency, and their ratio. On
+    (``--run_mode normal``), in ``--rounds`` alternating rounds, pooled: TTFT and
+    inter-token latency, their ratio, and the range of the rounds' own ratios. On
     /v1/completions the gaps are between chunks, as OpenAI clients see them.
 
 JSON: ``delivery`` and ``pd_vs_direct``'s ``pd`` are /generate_stream, under the keys of
@@ -40,6 +41,11 @@ from pdlocal.cluster import ProcGroup, free_port, http_ok, wait_until
 # path through the master, the load generator's API, the model name it sends
 PATHS = (("/generate_stream", "lightllm", ""), ("/v1/completions", "openai", "model"))
 DIRECT = "/generate_stream"  # the normal-mode engine serves LightLLM's API only
+# Every path and round sends the same prompts; the PD nodes' prompt cache would serve the
+# later ones faster (a 128-token prompt's TTFT: ~36 ms first, ~20 ms again at 8 streams),
+# and the normal-mode engine has none.
+UNCACHED = ["--prefix_cache_tokens", "0"]
+METRICS = [(m, p) for m in ("ttft_s", "itl_s") for p in ("p50", "p99")]
 
 
 def normal_engine(group: ProcGroup, name: str, *extra: str) -> tuple[str, int]:
@@ -69,7 +75,9 @@ def delivery(
     from the engine; each side's percentiles come from all its rounds' tokens together, and
     each round's own p50 difference is kept too, to show how far one round can swing.
     Rows per master path; each row holds the engine's direct figures it is compared with."""
-    c = cluster(group, decode=[["--text_mode", "timestamp"]], version=version)
+    c = cluster(
+        group, prefill=[UNCACHED], decode=[[*UNCACHED, "--text_mode", "timestamp"]], version=version
+    )
     host, port = normal_engine(group, "normal-stamped", "--text_mode", "timestamp")
     direct_url = f"http://{host}:{port}{DIRECT}"
     out: dict[str, list[dict[str, Any]]] = {path: [] for path, _, _ in PATHS}
@@ -120,30 +128,43 @@ def _stats(records: list[RequestRecord]) -> dict[str, Any]:
 
 
 def pd_vs_direct(
-    group: ProcGroup, requests: int, streams: int, output_len: int, version: str
+    group: ProcGroup, requests: int, streams: int, output_len: int, rounds: int, version: str
 ) -> dict[str, Any]:
-    """TTFT and inter-token gaps of one workload through the master on each path and
-    straight from the engine; ``pd`` is /generate_stream, ``pd_openai`` /v1/completions."""
-    c = cluster(group, version=version)
+    """TTFT and inter-token gaps of one workload, ``rounds`` alternating rounds through the
+    master on each path and straight from the engine, pooled; each round's p50 and p99 are
+    kept too. ``pd`` is /generate_stream, ``pd_openai`` /v1/completions."""
+    c = cluster(group, prefill=[UNCACHED], decode=[UNCACHED], version=version)
+    host, port = normal_engine(group, "normal")
+    keys = ("pd", "pd_openai")
+    runs = [
+        (key, path, f"{c.url}{path}", api, model)
+        for key, (path, api, model) in zip(keys, PATHS, strict=True)
+    ]
+    runs.append(("direct", DIRECT, f"http://{host}:{port}{DIRECT}", "lightllm", ""))
+    pooled: dict[str, list[RequestRecord]] = {key: [] for key, *_ in runs}
+    seconds = dict.fromkeys(pooled, 0.0)
+    by_round: dict[str, list[dict[str, float]]] = {key: [] for key in pooled}
+    for _ in range(rounds):
+        for key, _path, url, api, model in runs:
+            records, duration = load(url, requests, streams, 128, output_len, api=api, model=model)
+            pooled[key] += records
+            seconds[key] += duration
+            s = summarize(records, duration)
+            by_round[key].append({f"{m[:-2]}_{p}_ms": s[m][p] * 1e3 for m, p in METRICS})
     out = {}
-    for (path, api, model), key in zip(PATHS, ("pd", "pd_openai"), strict=True):
-        records, duration = load(
-            f"{c.url}{path}", requests, streams, 128, output_len, api=api, model=model
-        )
-        out[key] = {"path": path, **summarize(records, duration)}
+    for key, path, _url, api, _model in runs:
+        out[key] = {"path": path, **summarize(pooled[key], seconds[key])}
+        out[key]["by_round"] = by_round[key]
         if api == "openai":  # unstamped, a chunk counts as one token: how many it carried
-            ok = [r for r in records if r.ok]
+            ok = [r for r in pooled[key] if r.ok]
             chunks = sum(r.output_tokens for r in ok)
             out[key]["tokens_per_chunk"] = len(ok) * output_len / max(chunks, 1)
-    host, port = normal_engine(group, "normal")
-    direct = load(f"http://{host}:{port}{DIRECT}", requests, streams, 128, output_len)
-    out["direct"] = {"path": DIRECT, **summarize(*direct)}
     return out
 
 
 def main() -> None:
     p = parser(__doc__ or "")
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds per level")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds per level, and of (b)")
     args = p.parse_args()
     levels = [1, 8] if args.smoke else [1, 64, 512, 2048]
     group = workdir()
@@ -153,7 +174,12 @@ def main() -> None:
         group.stop_all()
         group.procs.clear()
         compare = pd_vs_direct(
-            group, 16 if args.smoke else 256, 8 if args.smoke else 64, 64, args.lightllm_version
+            group,
+            16 if args.smoke else 256,
+            8 if args.smoke else 64,
+            64,
+            rounds,
+            args.lightllm_version,
         )
     finally:
         group.stop_all()
@@ -190,19 +216,32 @@ def main() -> None:
         ],
     )
     table = []
-    for metric in ("ttft_s", "itl_s"):
-        for pct in ("p50", "p99"):
-            direct = compare["direct"][metric][pct]
-            for key in ("pd", "pd_openai"):
-                pd = compare[key][metric][pct]
-                ratio = pd / direct if direct else 0.0
-                table.append(
-                    [f"{metric[:-2]} {pct}", compare[key]["path"], pd * 1e3, direct * 1e3, ratio]
+    for metric, pct in METRICS:
+        direct = compare["direct"][metric][pct]
+        name = f"{metric[:-2]}_{pct}_ms"
+        for key in ("pd", "pd_openai"):
+            pd = compare[key][metric][pct]
+            ratios = [
+                a[name] / b[name]
+                for a, b in zip(
+                    compare[key]["by_round"], compare["direct"]["by_round"], strict=True
                 )
+                if b[name]
+            ]
+            table.append(
+                [
+                    f"{metric[:-2]} {pct}",
+                    compare[key]["path"],
+                    pd * 1e3,
+                    direct * 1e3,
+                    pd / direct if direct else 0.0,
+                    f"{min(ratios):.2f}..{max(ratios):.2f}" if ratios else "",
+                ]
+            )
     print_table(
         "PD master vs the engine's own /generate_stream (same workload; on /v1/completions,"
         f" {compare['pd_openai']['tokens_per_chunk']:.2f} tokens per chunk, gaps between chunks)",
-        ["metric", "path", "PD ms", "direct ms", "ratio"],
+        ["metric", "path", "PD ms", "direct ms", "ratio", "rounds' ratio"],
         table,
     )
     write_json(
