@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pdmaster.api.chunk_writer import ChunkWriter, StreamEncoder
-from pdmaster.api.request_id import HEADER, client_request_id
+from pdmaster.api.request_id import HEADER, client_request_id, new_request_id
 from pdmaster.api.service import RequestRun
 from pdmaster.errors import ApiError, Overloaded
 from pdwire.httpserver import DISCONNECT_WATCH
@@ -81,7 +80,7 @@ class HotPathApp:
         if endpoint is None:
             await self.app(scope, receive, send)
             return
-        request_id = client_request_id(scope["headers"]) or uuid.uuid4().hex.encode()
+        request_id = client_request_id(scope["headers"]) or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id.decode("latin-1")
         if scope["method"] != "POST":
             await _respond_error(send, MethodNotAllowed(scope), request_id)
@@ -135,8 +134,9 @@ async def _serve(
 ) -> None:
     """Start the run, then stream it; a client that leaves cancels this task, wherever it is.
 
-    A stream's last chunk and the end of the body go out in one write. An answer that ends
-    before its run (``encoder.done``) ends the run, which aborts it on the nodes.
+    A stream's head and first chunk go out in one write, and so do its last chunk and the end
+    of the body. An answer that ends before its run (``encoder.done``) ends the run, which
+    aborts it on the nodes.
     """
     task = asyncio.current_task()
     assert task is not None
@@ -157,14 +157,17 @@ async def _serve(
             await _respond_error(send, exc, request_id, endpoint.error_body)
             return
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [*headers, (HEADER, request_id)],
-            }
-        )
+        head = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [*headers, (HEADER, request_id)],
+        }
         body = encoder.chunk(first)
+        if run.finished or encoder.done:
+            await send(head)  # the body ends below, with its last send
+        else:
+            await writer.start(head, body)  # in one write, where the server allows it
+            body = b""
         while not (run.finished or encoder.done):
             if body:
                 await send({"type": "http.response.body", "body": body, "more_body": True})
