@@ -163,6 +163,7 @@ async def _serve(
             "headers": [*headers, (HEADER, request_id)],
         }
         body = encoder.chunk(first)
+        del first  # an open stream keeps no entries (the first carries the prompt's token ids)
         if run.finished or encoder.done:
             await send(head)  # the body ends below, with its last send
         else:
@@ -171,6 +172,7 @@ async def _serve(
         while not (run.finished or encoder.done):
             if body:
                 await send({"type": "http.response.body", "body": body, "more_body": True})
+                body = b""
             try:
                 entries = await run.next(writer)
             except ApiError as exc:
@@ -180,6 +182,7 @@ async def _serve(
                 break
             await writer.drain()
             body = writer.take_held() + encoder.chunk(entries)
+            del entries
         else:
             status = "200"
             body += encoder.close()
