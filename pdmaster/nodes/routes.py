@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from pdmaster.nodes.pool import V12, NodeConnection, NodeInfo, NodePool, RegistrationError
-from pdmaster.nodes.socket import MESSAGE_SINK
+from pdmaster.nodes.socket import FRAME_SENDER, MESSAGE_SINK
 from pdmaster.nodes.tracking import RequestTable
 from pdwire import jsonlimits
 from pdwire.errors import WireError
@@ -68,7 +68,7 @@ def node_router(
                 first = await ws.receive_text()
             frame = jsonlimits.loads(first, max_bytes=MAX_REGISTRATION_BYTES)
             info = NodeInfo.from_registration(frame, accepted)
-            conn = pool.connect(info, ws.send_bytes, host)
+            conn = pool.connect(info, _sender(ws), host)
         except (TimeoutError, RegistrationError, jsonlimits.JsonRefused, KeyError) as exc:
             reason = str(exc) or "no registration frame in time"
             code = getattr(exc, "close_code", POLICY_VIOLATION)
@@ -243,6 +243,13 @@ async def _receive_loop(
                 return _closed(ws, path, message.get("code"))
             data = message.get("bytes")
             handle(data if data is not None else message.get("text") or "")
+
+
+def _sender(ws: WebSocket) -> Callable[[bytes], Awaitable[None]]:
+    """How frames go to a node: under ``NodeSocketProtocol`` written by the protocol itself
+    while the socket is open (see ``socket``), else (and then) through ``ws.send_bytes``."""
+    wrap = (ws.scope.get("extensions") or {}).get(FRAME_SENDER)
+    return ws.send_bytes if wrap is None else wrap(ws.send_bytes)
 
 
 async def _accept(ws: WebSocket, allows: Callable[[str | None], bool], path: str) -> str | None:

@@ -82,8 +82,16 @@ async def server(app: Recorder) -> AsyncIterator[int]:
         await asyncio.wait_for(task, 10)
 
 
-async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def connect(
+    port: int, rcvbuf: int | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw websocket client on /pd_register; ``rcvbuf`` caps its socket's receive buffer."""
+    sock = socket.socket()
+    if rcvbuf is not None:  # before connecting: the window is agreed then
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(
         (
