@@ -88,6 +88,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         for done in [c for c in self._watchers if c.response_complete]:
             del self._watchers[done]  # answered: a keep-alive connection keeps no old ones
         self._watchers[cycle] = callback
+        if self.flow is not None:  # as receive() does: a paused socket would not see the EOF
+            self.flow.resume_reading()
 
         def unwatch() -> None:
             if self._watchers is not None and self._watchers.get(cycle) is callback:
