@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 from fastapi import FastAPI, Request
@@ -24,7 +24,7 @@ from pdmaster.api.request_id import RequestIdMiddleware
 from pdmaster.api.responses_routes import responses_endpoint
 from pdmaster.api.service import GenerateService
 from pdmaster.cluster.link import ConfigServerLink
-from pdmaster.dispatch.ids import LocalIdSource
+from pdmaster.dispatch.ids import IdSource, LocalIdSource
 from pdmaster.dispatch.session import PDDispatcher
 from pdmaster.errors import ApiError
 from pdmaster.metrics import MasterMetrics
@@ -51,7 +51,7 @@ def create_app(
     settings: MasterSettings,
     *,
     tokenizer: ModelTokenizer | None = None,
-    next_group_id: Callable[[], Awaitable[int]] | None = None,
+    ids: IdSource | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> HotPathApp:
     """The master's ASGI app: FastAPI for every route, with the streaming hot path in front."""
@@ -86,13 +86,13 @@ def create_app(
     admission = Admission(settings.max_inflight, settings.max_queue, settings.queue_timeout_s)
     metrics = MasterMetrics(pool, admission)
     link = _config_server_link(settings, pool, admission)
-    if next_group_id is None:
-        next_group_id = link.ids.next if link else LocalIdSource().next
+    if ids is None:
+        ids = link.ids if link else LocalIdSource()
     dispatcher = PDDispatcher(
         codecs,
         selector,
         table,
-        next_group_id,
+        ids,
         lambda: settings.node_id,
         settings.dispatch,
         clock,

@@ -8,6 +8,7 @@ into each node's SamplingParams, as LightLLM's own master writes it.
 
 from __future__ import annotations
 
+import functools
 import json
 from functools import cached_property
 from typing import Annotated, Any
@@ -21,6 +22,7 @@ from pdwire.sampling import (
     Float32,
     Int32,
     constraint_text,
+    field_names,
     not_carried,
 )
 from pdwire.structs import (
@@ -28,6 +30,7 @@ from pdwire.structs import (
     INVALID_TOKEN_IDS_MAX_LENGTH,
     MAX_STOP_SEQUENCES,
     REGULAR_CONSTRAINT_MAX_LENGTH,
+    layout_for,
 )
 
 TokenId = Annotated[Int32, Field(ge=0)]
@@ -269,15 +272,35 @@ class RunParameters:
         self.wire_values = wire_values
         self.return_details = return_details
 
-    def not_carried_by(self, sampling_params: type) -> str | None:
-        """The first field set here that this SamplingParams layout cannot carry, or None."""
-        return first_uncarried(sampling_params, self.wire_values)
-
 
 def first_uncarried(sampling_params: type, wire_values: dict[str, Any]) -> str | None:
     """The request field of the first wire value the layout has no field for, or None."""
     name = not_carried(sampling_params, wire_values)
     return None if name is None else WIRE_NAMES.get(name, name)
+
+
+def refusals(versions: frozenset[str], wire_values: dict[str, Any]) -> dict[str, str]:
+    """Version -> the request field its SamplingParams has no field for, for each of
+    ``versions`` that cannot carry ``wire_values``; nearly always none, which one set
+    comparison tells."""
+    carried_by_all, layouts = _sampling_params_of(versions)
+    if wire_values.keys() <= carried_by_all:
+        return {}
+    return {
+        version: field
+        for version, cls in layouts
+        if (field := first_uncarried(cls, wire_values)) is not None
+    }
+
+
+@functools.cache
+def _sampling_params_of(
+    versions: frozenset[str],
+) -> tuple[frozenset[str], tuple[tuple[str, type], ...]]:
+    """The fields every one of ``versions``' SamplingParams has, and each one's struct."""
+    layouts = tuple((version, layout_for(version).SamplingParams) for version in sorted(versions))
+    fields = [field_names(cls) for _, cls in layouts]
+    return (fields[0].intersection(*fields[1:]) if fields else frozenset()), layouts
 
 
 class MultimodalInput(BaseModel):

@@ -199,8 +199,12 @@ class ReqPickler:
             + _saved("audios")
             + b"]\x94ub\x87\x94\x86\x94."
         )
+        self._frame = b"\x80\x04\x95"  # PROTO 4, FRAME (its length follows)
+        self._fixed = len(self._head) + len(self._params_head) + 5 + len(self._tail)
 
-    def dumps(self, prompt: str | list[int], params: Any, multimodal: Any) -> bytes | None:
+    def dumps(
+        self, prompt: str | list[int], params: ctypes.Structure, multimodal: Any
+    ) -> bytes | None:
         if type(params) is not self._params or params.__dict__:
             return None
         if multimodal is not None and (multimodal.images or multimodal.audios):
@@ -218,13 +222,13 @@ class ReqPickler:
             head = raw[11:-1]
         else:
             return None
-        struct = bytes(params)  # type: ignore[call-overload]  # a ctypes struct is a buffer
-        body = b"".join(
-            (self._head, head, self._params_head, b"B", _U32(len(struct)), struct, self._tail)
-        )
-        if len(body) >= _FRAME_SIZE_TARGET:
+        size = ctypes.sizeof(params)
+        length = self._fixed + len(head) + size
+        if length >= _FRAME_SIZE_TARGET:
             return None
-        return b"\x80\x04\x95" + _U64(len(body)) + body
+        # one copy of the ~20 KB struct, straight from its buffer into the message
+        parts = (self._frame, _U64(length), self._head, head, self._params_head, b"B", _U32(size))
+        return b"".join((*parts, params, self._tail))
 
 
 def _saved(obj: Any) -> bytes:

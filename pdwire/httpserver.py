@@ -12,6 +12,16 @@ for their head at once: past that, the peer address with the most connections wa
 loses its oldest one. A real client sends its head in one write right after connecting
 and has one or a few waiting at a time, so the slow peer pays, and descriptors stay free
 for everyone else. Bodies and streamed answers are not limited.
+
+A client may open a connection per request, so the waiting connections share one timer
+rather than arming one each: they share a timeout, so the oldest deadline is the next.
+
+It also offers each request a way to hear of a lost connection without a task: the scope
+extension ``DISCONNECT_WATCH``, ``watch(callback) -> unwatch``, calls ``callback()`` (once,
+from ``connection_lost``) if the connection goes before the response is complete. A streaming
+answer would otherwise keep a task waiting in ``receive`` for ``http.disconnect``: a task, two
+coroutines and a future per open stream.
+
 Usage::
 
     uvicorn.Config(app, http=header_timeout_protocol(), ...)
@@ -22,67 +32,124 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from collections.abc import Callable
+from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 log = logging.getLogger(__name__)
 
 HEADER_TIMEOUT_S = 10.0
 MIN_PENDING_HEADS = 64
+DISCONNECT_WATCH = "pdctl.disconnect_watch"
+"""Scope extension: ``watch(callback: () -> None) -> unwatch: () -> None``."""
+# a deadline this close is due: the loop's timers fire to the millisecond
+_CLOCK_SLACK_S = 0.001
+
+
+class HeadWaits:
+    """One server's connections waiting for a request head: by deadline, oldest first (one
+    timeout for all, so that is the order they were added in), and by peer address."""
+
+    def __init__(self, timeout_s: float, max_pending: int) -> None:
+        self.timeout_s = timeout_s
+        self.max_pending = max_pending
+        self.deadlines: dict[HeaderTimeoutProtocol, float] = {}
+        self.by_peer: dict[str, dict[HeaderTimeoutProtocol, None]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, conn: HeaderTimeoutProtocol, peer: str, loop: asyncio.AbstractEventLoop) -> None:
+        deadline = loop.time() + self.timeout_s
+        self.deadlines[conn] = deadline
+        waiting = self.by_peer.get(peer)
+        if waiting is None:
+            waiting = self.by_peer[peer] = {}
+        waiting[conn] = None
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire, loop)
+        if len(self.deadlines) > self.max_pending:
+            busiest = max(self.by_peer.values(), key=len)
+            next(iter(busiest))._close_slow("too many connections waiting for a request head")
+
+    def discard(self, conn: HeaderTimeoutProtocol, peer: str) -> None:
+        if self.deadlines.pop(conn, None) is None:
+            return
+        waiting = self.by_peer[peer]
+        del waiting[conn]
+        if not waiting:
+            del self.by_peer[peer]
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        due = loop.time() + _CLOCK_SLACK_S
+        while self.deadlines:
+            conn, deadline = next(iter(self.deadlines.items()))
+            if deadline > due:
+                self._timer = loop.call_at(deadline, self._expire, loop)
+                return
+            conn._head_timed_out()  # which discards it
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
-    header_timeout_s = HEADER_TIMEOUT_S
-    max_pending = MIN_PENDING_HEADS
-    # the server's connections waiting for a head by peer address, oldest first, and how
-    # many in all (one of each per server class: see header_timeout_protocol)
-    pending: dict[str, dict[HeaderTimeoutProtocol, None]] = {}
-    pending_count = [0]
-    _head_timer: asyncio.TimerHandle | None = None
+    # the server's connections waiting for a head (one per server class: see
+    # header_timeout_protocol)
+    head_waits = HeadWaits(HEADER_TIMEOUT_S, MIN_PENDING_HEADS)
+    _watchers: dict[RequestResponseCycle, Callable[[], None]] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_timer()
+        self.head_waits.add(self, self._peer_host, self.loop)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._head_timer is None:
-            self._arm_head_timer()
+        if self not in self.head_waits.deadlines:
+            self.head_waits.add(self, self._peer_host, self.loop)
 
     def on_headers_complete(self) -> None:
         self._cancel_head_timer()
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # not a websocket upgrade
+            extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+            extensions[DISCONNECT_WATCH] = lambda callback: self._watch(cycle, callback)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
+        watchers, self._watchers = self._watchers, None
+        for cycle, callback in (watchers or {}).items():
+            if cycle.disconnected:  # lost before its response completed
+                try:
+                    callback()
+                except Exception:
+                    log.exception("a disconnect callback failed")
 
-    def _arm_head_timer(self) -> None:
-        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
-        self.pending.setdefault(self._peer_host, {})[self] = None
-        self.pending_count[0] += 1
-        if self.pending_count[0] > self.max_pending:
-            busiest = max(self.pending.values(), key=len)
-            next(iter(busiest))._close_slow("too many connections waiting for a request head")
+    def _watch(
+        self, cycle: RequestResponseCycle, callback: Callable[[], None]
+    ) -> Callable[[], None]:
+        if self._watchers is None:
+            self._watchers = {}
+        for done in [c for c in self._watchers if c.response_complete]:
+            del self._watchers[done]  # answered: a keep-alive connection keeps no old ones
+        self._watchers[cycle] = callback
+        if self.flow is not None:  # as receive() does: a paused socket would not see the EOF
+            self.flow.resume_reading()
+
+        def unwatch() -> None:
+            if self._watchers is not None and self._watchers.get(cycle) is callback:
+                del self._watchers[cycle]
+
+        return unwatch
 
     def _cancel_head_timer(self) -> None:
-        if self._head_timer is None:
-            return
-        self._head_timer.cancel()
-        self._head_timer = None
-        waiting = self.pending.get(self._peer_host)
-        if waiting is not None and self in waiting:
-            del waiting[self]
-            self.pending_count[0] -= 1
-            if not waiting:
-                del self.pending[self._peer_host]
+        self.head_waits.discard(self, self._peer_host)
 
     @property
     def _peer_host(self) -> str:
         return self.client[0] if self.client else ""
 
     def _head_timed_out(self) -> None:
-        self._close_slow(f"no complete request head within {self.header_timeout_s:.0f} s")
+        self._close_slow(f"no complete request head within {self.head_waits.timeout_s:.0f} s")
 
     def _close_slow(self, reason: str) -> None:
         self._cancel_head_timer()
@@ -100,10 +167,5 @@ def header_timeout_protocol(
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         fds = soft if soft != resource.RLIM_INFINITY else 1 << 20
         max_pending = max(MIN_PENDING_HEADS, fds // 4)
-    attrs = {
-        "header_timeout_s": seconds,
-        "max_pending": max_pending,
-        "pending": {},
-        "pending_count": [0],
-    }
+    attrs = {"head_waits": HeadWaits(seconds, max_pending)}
     return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), attrs)

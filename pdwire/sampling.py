@@ -75,6 +75,11 @@ def not_carried(cls: type, values: Mapping[str, Any]) -> str | None:
     return next(name for name in values if name not in fields)
 
 
+def field_names(cls: type) -> frozenset[str]:
+    """The names of struct ``cls``'s fields, its bases' included."""
+    return frozenset(_fields(cls))
+
+
 def fill(params: ctypes.Structure, values: Mapping[str, Any]) -> None:
     """Copy ``values`` (struct field name -> value) into ``params``, each read back as sent."""
     fields = _fields(type(params))

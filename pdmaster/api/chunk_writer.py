@@ -8,7 +8,9 @@ Under uvicorn's httptools server, a chunk of a started chunked body is all ``sen
 write, so it is written to the connection's transport here, in uvicorn's framing, while the
 connection is open and not paused (``direct_body``); anything else goes through ``send``.
 On a node's step every stream gets a chunk, so the writes are back to back, and that is
-about a fifth of each write's cost.
+about a fifth of each write's cost. A stream's head goes out with its first chunk
+(``ChunkWriter.start``): uvicorn's ``send`` writes the head, into a buffer, and the chunk
+follows it in the same write.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Coroutine
 from types import CoroutineType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from starlette.types import Send
+from starlette.types import Message, Send
 
 from pdmaster.errors import ApiError
 from pdwire.pd_io import TokenEntry
@@ -102,6 +104,53 @@ class ChunkWriter:
         """Whether chunks may skip ``send`` (uvicorn's httptools server)."""
         return self._cycle is not None
 
+    async def start(self, head: Message, body: bytes) -> None:
+        """Send ``head`` (``http.response.start``), then ``body`` as the body's first chunk.
+
+        Directly, both go out in one write: ``send`` writes the head into a buffer in place
+        of the connection (so its bytes, checks and state are uvicorn's own), and the head
+        and the chunk are written together.
+        """
+        c = self._cycle
+        if c is None or c.response_started or c.disconnected or c.flow.write_paused:
+            await self._send(head)  # what send would wait for, or refuse: its own way
+        else:
+            transport = c.transport
+            buffer = _HeadBuffer(transport)
+            sending = cast(Coroutine[Any, Any, None], self._send(head))  # the cycle's own
+            c.transport = buffer  # type: ignore[assignment]
+            try:
+                waiting = sending.send(None)
+            except StopIteration:
+                waiting = None
+            finally:
+                c.transport = transport
+            if waiting is not None:  # a uvicorn whose send waits here: it goes on as sent
+                transport.write(buffer.head)
+                buffer.head = b""
+                await _resume(sending, waiting)
+            if body and self._write(body, buffer.head):
+                return
+            if buffer.head:
+                transport.write(buffer.head)
+        if body:
+            await self._send({"type": "http.response.body", "body": body, "more_body": True})
+
+    def _write(self, body: bytes, before: bytes = b"") -> bool:
+        """Write ``body`` as a chunk, after ``before``, if ``send`` would write just that."""
+        c = self._cycle
+        if (
+            c is not None
+            and c.chunked_encoding
+            and c.response_started
+            and not c.response_complete
+            and not c.disconnected
+            and not c.flow.write_paused
+        ):
+            c.transport.write(before + http_chunk(body) if before else http_chunk(body))
+            return True
+        return False
+
     def __call__(self, entries: list[TokenEntry]) -> bool:
         pending = self._pending
         if pending is not None:
@@ -115,16 +164,7 @@ class ChunkWriter:
             return False
         if not body:  # an empty chunk would end the body; uvicorn's send skips it too
             return True
-        c = self._cycle
-        if (
-            c is not None
-            and c.chunked_encoding
-            and c.response_started
-            and not c.response_complete
-            and not c.disconnected
-            and not c.flow.write_paused
-        ):  # what uvicorn's send would do for this message: frame it as a chunk and write
-            c.transport.write(http_chunk(body))
+        if self._write(body):  # what uvicorn's send would do for this message
             return True
         message = {"type": "http.response.body", "body": body, "more_body": True}
         self._pending = send_now(self._send(message))
@@ -144,6 +184,22 @@ class ChunkWriter:
     def cancel(self) -> None:
         if self._pending is not None:
             self._pending.cancel()
+
+
+class _HeadBuffer:
+    """Stands in for a connection while ``send`` writes a response head: keeps the bytes."""
+
+    __slots__ = ("_transport", "head")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.head = b""
+
+    def write(self, data: bytes) -> None:
+        self.head += data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def send_now(sending: Awaitable[None]) -> asyncio.Future[None] | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +24,10 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pdmaster.api.chunk_writer import ChunkWriter, StreamEncoder
-from pdmaster.api.request_id import HEADER, client_request_id
+from pdmaster.api.request_id import HEADER, client_request_id, new_request_id
 from pdmaster.api.service import RequestRun
 from pdmaster.errors import ApiError, Overloaded
+from pdwire.httpserver import DISCONNECT_WATCH
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class HotPathApp:
         if endpoint is None:
             await self.app(scope, receive, send)
             return
-        request_id = client_request_id(scope["headers"]) or uuid.uuid4().hex.encode()
+        request_id = client_request_id(scope["headers"]) or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id.decode("latin-1")
         if scope["method"] != "POST":
             await _respond_error(send, MethodNotAllowed(scope), request_id)
@@ -93,7 +93,7 @@ class HotPathApp:
         if isinstance(opened, Response):
             await _respond(send, opened, request_id)
             return
-        await _serve(endpoint, *opened, receive, send, request_id)
+        await _serve(endpoint, *opened, scope, receive, send, request_id)
 
 
 async def _respond(send: Send, response: Response, request_id: bytes) -> None:
@@ -127,27 +127,27 @@ async def _serve(
     endpoint: SseEndpoint,
     run: RequestRun,
     encoder: StreamEncoder,
+    scope: Scope,
     receive: Receive,
     send: Send,
     request_id: bytes,
 ) -> None:
     """Start the run, then stream it; a client that leaves cancels this task, wherever it is.
 
-    A stream's last chunk and the end of the body go out in one write. An answer that ends
-    before its run (``encoder.done``) ends the run, which aborts it on the nodes.
+    A stream's head and first chunk go out in one write, and so do its last chunk and the end
+    of the body. An answer that ends before its run (``encoder.done``) ends the run, which
+    aborts it on the nodes.
     """
     task = asyncio.current_task()
     assert task is not None
     gone = False
 
-    async def watch() -> None:
+    def lost() -> None:
         nonlocal gone
-        while (await receive())["type"] != "http.disconnect":
-            pass
         gone = True
         task.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    unwatch = _watch_disconnect(scope, receive, lost)
     writer = ChunkWriter(encoder, send)
     status = "client_closed"
     try:
@@ -157,17 +157,22 @@ async def _serve(
             await _respond_error(send, exc, request_id, endpoint.error_body)
             return
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [*headers, (HEADER, request_id)],
-            }
-        )
+        head = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [*headers, (HEADER, request_id)],
+        }
         body = encoder.chunk(first)
+        del first  # an open stream keeps no entries (the first carries the prompt's token ids)
+        if run.finished or encoder.done:
+            await send(head)  # the body ends below, with its last send
+        else:
+            await writer.start(head, body)  # in one write, where the server allows it
+            body = b""
         while not (run.finished or encoder.done):
             if body:
                 await send({"type": "http.response.body", "body": body, "more_body": True})
+                body = b""
             try:
                 entries = await run.next(writer)
             except ApiError as exc:
@@ -177,6 +182,7 @@ async def _serve(
                 break
             await writer.drain()
             body = writer.take_held() + encoder.chunk(entries)
+            del entries
         else:
             status = "200"
             body += encoder.close()
@@ -188,6 +194,32 @@ async def _serve(
     except OSError:
         pass  # the connection broke while writing
     finally:
-        watcher.cancel()
+        unwatch()
         writer.cancel()
         await run.end(status)
+
+
+def _watch_disconnect(
+    scope: Scope, receive: Receive, lost: Callable[[], None]
+) -> Callable[[], None]:
+    """Call ``lost()`` if the client goes; returns the function that stops watching.
+
+    Our HTTP protocol tells from ``connection_lost`` (see ``pdwire.httpserver``); under any
+    other server a task waits in ``receive`` for ``http.disconnect``.
+    """
+    watch = scope.get("extensions", {}).get(DISCONNECT_WATCH)
+    if watch is not None:
+        unwatch: Callable[[], None] = watch(lost)
+        return unwatch
+
+    async def wait() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        lost()
+
+    waiting = asyncio.ensure_future(wait())
+
+    def unwatch_task() -> None:
+        waiting.cancel()
+
+    return unwatch_task

@@ -21,8 +21,7 @@ from pdmaster.routing.policies import RequestView, prefix_blocks
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.api import decimal
-from pdwire.client import GenerateRequest
-from pdwire.structs import layout_for
+from pdwire.client import GenerateRequest, refusals
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -172,12 +171,12 @@ def prepare(
             code="invalid_field",
         )
     # refused here when no accepted release can carry it; else at pairing, if the pair can't
-    versions = sorted(settings.lightllm_versions)
-    refusals = [params.not_carried_by(layout_for(v).SamplingParams) for v in versions]
-    if all(r is not None for r in refusals):
+    refused = refusals(settings.lightllm_versions, params.wire_values)
+    if len(refused) == len(settings.lightllm_versions):
+        versions = sorted(settings.lightllm_versions)
         raise BadRequest(
-            f"parameters.{refusals[0]}: LightLLM {', '.join(versions)} nodes cannot take it "
-            "(their requests have no field for it)",
+            f"parameters.{refused[versions[0]]}: LightLLM {', '.join(versions)} nodes cannot "
+            "take it (their requests have no field for it)",
             code="unsupported_field",
         )
     vocab = tokenizer.vocab_size

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,7 +21,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = client_request_id(scope["headers"]) or uuid.uuid4().hex.encode()
+        request_id = client_request_id(scope["headers"]) or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id.decode("latin-1")
 
         async def send_with_id(message: Message) -> None:
@@ -37,3 +37,12 @@ def client_request_id(headers: list[tuple[bytes, Any]]) -> bytes | None:
         if name == HEADER and 0 < len(value) <= MAX_LENGTH and value.isascii():
             return bytes(value)
     return None
+
+
+def new_request_id() -> bytes:
+    """A random id as ``uuid.uuid4().hex`` writes it (122 random bits), without building the
+    UUID object, which took most of its ~3 us."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    return raw.hex().encode()

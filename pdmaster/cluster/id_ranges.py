@@ -4,7 +4,8 @@
 master, ids start at the first multiple of 8 above ``start_id``, advance by 8
 (``MAX_BEST_OF``, so a group's sub-request ids stay in the range) and stop 8 before
 ``end_id``. The next range is fetched in the background once the current one is half used,
-so ``next()`` only waits for the network when ranges run out faster than they arrive.
+so ``next()`` only waits for the network when ranges run out faster than they arrive
+(``take()`` is None then).
 Usage::
 
     async with IdRangeSource(client, "cfg:60088") as ids:
@@ -65,22 +66,26 @@ class IdRangeSource:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    def take(self) -> int | None:
+        """The next id if the ranges at hand hold one, else None (``next`` waits for one)."""
+        if self._next_id + self._step >= self._end and self._spare is not None:
+            self._use(*self._spare)
+            self._spare = None
+        if self._next_id + self._step >= self._end:
+            return None
+        value = self._next_id
+        self._next_id += self._step
+        if self._spare is None and self._fetch is None and self._running_low():
+            self._start_fetch()
+        return value
+
     async def next(self) -> int:
-        while True:
-            if self._next_id + self._step < self._end:
-                value = self._next_id
-                self._next_id += self._step
-                if self._spare is None and self._fetch is None and self._running_low():
-                    self._start_fetch()
-                return value
-            if self._spare is not None:
-                self._use(*self._spare)
-                self._spare = None
-                continue
+        while (value := self.take()) is None:
             if self._fetch is None:
                 self._start_fetch()
             assert self._fetch is not None
             await asyncio.shield(self._fetch)
+        return value
 
     async def aclose(self) -> None:
         if self._fetch is not None:

@@ -8,7 +8,7 @@ DRAINING (then DRAINED) in the config server, and every master watching stops se
 that node. Usage::
 
     link = ConfigServerLink(client, settings, pool, admission)
-    dispatcher = PDDispatcher(..., link.ids.next, ...)
+    dispatcher = PDDispatcher(..., link.ids, ...)
     async with link:  # in the app's lifespan
         ...
 """

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from pdwire.pd_io import MAX_BEST_OF
+
+
+class IdSource(Protocol):
+    def take(self) -> int | None:
+        """The next id, if one is at hand (no wait), else None."""
+        ...
+
+    async def next(self) -> int:
+        """The next id, once there is one."""
+        ...
 
 
 class LocalIdSource:
@@ -13,7 +25,10 @@ class LocalIdSource:
             raise ValueError(f"group ids are multiples of {MAX_BEST_OF}, got start={start}")
         self._next = start
 
-    async def next(self) -> int:
+    def take(self) -> int:
         value = self._next
         self._next += MAX_BEST_OF
         return value
+
+    async def next(self) -> int:
+        return self.take()

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pdmaster.dispatch.flow_v12 import BlockFlow
+from pdmaster.dispatch.ids import IdSource
 from pdmaster.errors import ApiError, DeadlineExceeded, NodeFailed
 from pdmaster.nodes.pool import V12, NodeConnection
 from pdmaster.nodes.tracking import RequestState, RequestTable, Sink
 from pdmaster.routing.policies import RequestView
 from pdmaster.routing.selection import PairSelector
-from pdwire.client import RunParameters
+from pdwire.client import RunParameters, refusals
 from pdwire.lightllm import LightLLMCodec
 from pdwire.pd_io import TokenEntry, UpKVStatus
 from pdwire.sampling import FilledParams
@@ -75,20 +76,21 @@ class PDDispatcher:
         codecs: Mapping[str, LightLLMCodec],
         selector: PairSelector,
         table: RequestTable,
-        next_group_id: Callable[[], Awaitable[int]],
+        ids: IdSource,
         master_node_id: Callable[[], int],
         settings: DispatchSettings,
         clock: Callable[[], float],
         observer: DispatchObserver | None = None,
     ) -> None:
         self.codecs = codecs
+        self.versions = frozenset(codecs)
         self.sampling_params = {
             version: FilledParams(codec.layout.new_sampling_params)
             for version, codec in codecs.items()
         }
         self.selector = selector
         self.table = table
-        self.next_group_id = next_group_id
+        self.ids = ids
         self.master_node_id = master_node_id
         self.settings = settings
         self.clock = clock
@@ -219,12 +221,7 @@ class PDSession:
     async def _attempt(self, tried: list[NodeConnection]) -> list[TokenEntry]:
         d = self._d
         self._flow = None
-        params = self._req.parameters
-        refused = {
-            version: field
-            for version, codec in d.codecs.items()
-            if (field := params.not_carried_by(codec.layout.SamplingParams)) is not None
-        }
+        refused = refusals(d.versions, self._req.parameters.wire_values)
         prefill, decode = d.selector.pick_pair(self._view, tried, self.decode_tokens, refused)
         tried += [n for n in (prefill, decode) if n is not None]
         codec = d.codec_for(prefill)
@@ -262,9 +259,12 @@ class PDSession:
         """The next group request id, waiting (for the config server's id ranges) no longer
         than the first token may take."""
         _, seconds = self.until(self._d.settings.first_token_timeout_s)
+        group_id = self._d.ids.take()  # at hand, as nearly always: no timer to arm
+        if group_id is not None:
+            return group_id
         try:
             async with asyncio.timeout(seconds):
-                return await self._d.next_group_id()
+                return await self._d.ids.next()
         except TimeoutError:
             raise DeadlineExceeded(
                 f"no group request id within {seconds:.1f} s (config server id ranges)",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import httpx
 import pytest
@@ -102,6 +103,18 @@ def test_generate_stream_sends_lightllm_events(shared_cluster: Cluster) -> None:
     assert [e["finished"] for e in events] == [False] * 4 + [True]
     assert events[-1]["finish_reason"] == "length"
     assert all(e["token"]["prompt_tokens"] == 4 and e["generated_text"] is None for e in events)
+
+
+def test_streams_keep_the_clients_request_id_or_get_a_uuid4(shared_cluster: Cluster) -> None:
+    body = {"inputs": "What is AI?", "parameters": {"max_new_tokens": 2}}
+    url = f"{shared_cluster.url}/generate_stream"
+    kept = httpx.post(url, json=body, headers={"X-Request-Id": "abc-123"}, timeout=30)
+    assert kept.headers["x-request-id"] == "abc-123"
+    made = {httpx.post(url, json=body, timeout=30).headers["x-request-id"] for _ in range(3)}
+    assert len(made) == 3
+    assert all(
+        uuid.UUID(made_id).version == 4 and uuid.UUID(made_id).hex == made_id for made_id in made
+    )
 
 
 def test_one_token_requests_finish_at_prefill(shared_cluster: Cluster) -> None:

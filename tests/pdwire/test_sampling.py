@@ -4,13 +4,14 @@ version's SamplingParams struct."""
 from __future__ import annotations
 
 import ctypes
+import itertools
 import struct
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from pdwire.client import GenerateParameters
+from pdwire.client import GenerateParameters, refusals
 from pdwire.sampling import FilledParams, NotCarried, fill, not_carried, read
 from pdwire.structs import LAYOUTS
 
@@ -191,3 +192,26 @@ def test_params_filled_again_from_a_copy_are_the_bytes_a_fresh_fill_makes(versio
     for _ in range(2):
         with pytest.raises(NotCarried, match="top_k"):
             filled(refused)
+
+
+@pytest.mark.parametrize(
+    "wanted",
+    [
+        GenerateParameters(),
+        GenerateParameters(seed=7),
+        GenerateParameters(logit_bias={"3": -100}),
+        GenerateParameters(seed=7, logit_bias={"3": -100}, top_k=5, do_sample=True),
+    ],
+)
+def test_refusals_name_for_each_version_the_field_its_struct_lacks(
+    wanted: GenerateParameters,
+) -> None:
+    versions = sorted(LAYOUTS)
+    for size in range(1, len(versions) + 1):
+        for chosen in itertools.combinations(versions, size):
+            expected = {
+                v: field
+                for v in chosen
+                if (field := wanted.not_carried_by(LAYOUTS[v].SamplingParams)) is not None
+            }
+            assert refusals(frozenset(chosen), wanted.wire_values) == expected

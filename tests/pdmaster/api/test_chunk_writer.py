@@ -204,3 +204,76 @@ def test_under_uvicorn_chunks_reach_the_client_framed_as_send_would(
 
     asyncio.run(run())
     assert seen == [direct]
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_a_head_started_with_its_first_chunk_reads_as_two_sends(http: str) -> None:
+    """``start`` writes the head and the first chunk (in one write under httptools); a raw
+    client reads the very bytes two ``send``s give, whether the connection is kept alive
+    (two answers on it), closed by the client's request, HTTP/1.0, or expects a 100."""
+    import re
+    import socket
+
+    import uvicorn
+
+    direct: set[bool] = set()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive())["more_body"]:
+            pass
+        head = {"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1")]}
+        writer = ChunkWriter(Texts(), send)
+        direct.add(writer.direct)
+        if scope["path"] == "/start":
+            await writer.start(head, b"first")
+        else:
+            await send(head)
+            await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        assert writer([token("next")])
+        await writer.drain()
+        await send({"type": "http.response.body", "body": b"end"})
+
+    def exchange(port: int, path: str, extra: bytes, version: bytes = b"1.1") -> bytes:
+        request = b"POST %b HTTP/%b\r\nhost: x\r\ncontent-length: 2\r\n%b\r\n{}" % (
+            path.encode(),
+            version,
+            extra,
+        )
+        got = b""
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            for answers in range(1, 3 if version == b"1.1" and not extra else 2):
+                client.sendall(request)
+                while got.count(b"0\r\n\r\n") < answers:
+                    data = client.recv(65536)
+                    if not data:  # a body the close ends (h11, to HTTP/1.0)
+                        return got + b"<closed>"
+                    got += data
+            client.settimeout(0.2)
+            try:
+                got += b"<closed>" if client.recv(1) == b"" else b"<more>"
+            except TimeoutError:
+                got += b"<open>"
+        return re.sub(rb"date: [^\r]*", b"date: -", got)
+
+    async def run() -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, http=http, log_level="warning")
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        cases = [(b"",), (b"connection: close\r\n",), (b"", b"1.0"), (b"expect: 100-continue\r\n",)]
+        for case in cases:
+            answers = [
+                await asyncio.to_thread(exchange, port, path, *case) for path in ("/start", "/")
+            ]
+            assert answers[0] == answers[1]
+            assert answers[0].count(b"HTTP/1.1 200 OK") == (2 if case == (b"",) else 1)
+            assert b"first" in answers[0] and b"next" in answers[0] and b"end" in answers[0]
+        server.should_exit = True
+        await serving
+
+    asyncio.run(run())
+    assert direct == {http == "httptools"}

@@ -56,3 +56,18 @@ def test_next_waits_for_a_config_server_that_is_not_up_yet(procs: ProcGroup) -> 
                 return await asyncio.wait_for(pending, 10)
 
     assert asyncio.run(scenario()) % MAX_BEST_OF == 0
+
+
+def test_take_hands_out_the_ids_at_hand_and_none_before_a_range_arrives(procs: ProcGroup) -> None:
+    server = start_config_server(procs)
+
+    async def scenario() -> tuple[int | None, list[int | None]]:
+        async with httpx.AsyncClient() as client:
+            async with IdRangeSource(client, server.address) as ids:
+                before = ids.take()
+                first = await ids.next()
+                return before, [first, *(ids.take() for _ in range(5))]
+
+    before, taken = asyncio.run(scenario())
+    assert before is None
+    assert taken[0] is not None and taken == [taken[0] + MAX_BEST_OF * i for i in range(6)]
