@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,10 +125,14 @@ class _EventSink:
             return
         n, error, texts = parse_events(complete, self.api)
         record = self.record
+        if self.stamped:
+            for text in texts:
+                sent = stamps(text)
+                if sent:  # an OpenAI chunk's merged tokens: one per stamp, one unstamped
+                    record.delivery_s.extend(wall - t for t in sent)
+                    n += len(sent) - 1 + int(len(text) > STAMP_WIDTH * len(sent))
         record.token_times.extend([now] * n)
         record.output_tokens += n
-        if self.stamped:
-            record.delivery_s.extend(wall - sent for sent in _stamps(texts))
         if error:
             record.error = error
 
@@ -182,14 +187,17 @@ def _error_type(raw: bytes) -> str | None:
     return error.get("type") if isinstance(error, dict) else None
 
 
-def _stamps(texts: list[str]) -> list[float]:
-    out = []
-    for text in texts:
-        try:
-            out.append(float(text))
-        except ValueError:
-            pass
-    return out
+# The simulated engine's ``--text_mode timestamp`` text: f"{time.time():.6f}", 17 characters
+# (its frame slot's width) until the year 2286.
+STAMP_WIDTH = 17
+_STAMP = re.compile(r"\d{10}\.\d{6}")
+
+
+def stamps(text: str) -> list[float]:
+    """The send times in one event's text: one per token, as many as an OpenAI chunk merged
+    (their texts run together); none in a token that is not stamped (a prefill node's first),
+    which a chunk may carry before them."""
+    return [float(s) for s in _STAMP.findall(text)]
 
 
 async def run_workload(

@@ -15,6 +15,13 @@ for everyone else. Bodies and streamed answers are not limited.
 
 A client may open a connection per request, so the waiting connections share one timer
 rather than arming one each: they share a timeout, so the oldest deadline is the next.
+
+It also offers each request a way to hear of a lost connection without a task: the scope
+extension ``DISCONNECT_WATCH``, ``watch(callback) -> unwatch``, calls ``callback()`` (once,
+from ``connection_lost``) if the connection goes before the response is complete. A streaming
+answer would otherwise keep a task waiting in ``receive`` for ``http.disconnect``: a task, two
+coroutines and a future per open stream.
+
 Usage::
 
     uvicorn.Config(app, http=header_timeout_protocol(), ...)
@@ -25,13 +32,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from collections.abc import Callable
+from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 log = logging.getLogger(__name__)
 
 HEADER_TIMEOUT_S = 10.0
 MIN_PENDING_HEADS = 64
+DISCONNECT_WATCH = "pdctl.disconnect_watch"
+"""Scope extension: ``watch(callback: () -> None) -> unwatch: () -> None``."""
 # a deadline this close is due: the loop's timers fire to the millisecond
 _CLOCK_SLACK_S = 0.001
 
@@ -83,6 +94,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     # the server's connections waiting for a head (one per server class: see
     # header_timeout_protocol)
     head_waits = HeadWaits(HEADER_TIMEOUT_S, MIN_PENDING_HEADS)
+    _watchers: dict[RequestResponseCycle, Callable[[], None]] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -96,10 +108,38 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._cancel_head_timer()
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # not a websocket upgrade
+            extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+            extensions[DISCONNECT_WATCH] = lambda callback: self._watch(cycle, callback)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
+        watchers, self._watchers = self._watchers, None
+        for cycle, callback in (watchers or {}).items():
+            if cycle.disconnected:  # lost before its response completed
+                try:
+                    callback()
+                except Exception:
+                    log.exception("a disconnect callback failed")
+
+    def _watch(
+        self, cycle: RequestResponseCycle, callback: Callable[[], None]
+    ) -> Callable[[], None]:
+        if self._watchers is None:
+            self._watchers = {}
+        for done in [c for c in self._watchers if c.response_complete]:
+            del self._watchers[done]  # answered: a keep-alive connection keeps no old ones
+        self._watchers[cycle] = callback
+        if self.flow is not None:  # as receive() does: a paused socket would not see the EOF
+            self.flow.resume_reading()
+
+        def unwatch() -> None:
+            if self._watchers is not None and self._watchers.get(cycle) is callback:
+                del self._watchers[cycle]
+
+        return unwatch
 
     def _cancel_head_timer(self) -> None:
         self.head_waits.discard(self, self._peer_host)

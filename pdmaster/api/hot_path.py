@@ -27,6 +27,7 @@ from pdmaster.api.chunk_writer import ChunkWriter, StreamEncoder
 from pdmaster.api.request_id import HEADER, client_request_id, new_request_id
 from pdmaster.api.service import RequestRun
 from pdmaster.errors import ApiError, Overloaded
+from pdwire.httpserver import DISCONNECT_WATCH
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class HotPathApp:
         if isinstance(opened, Response):
             await _respond(send, opened, request_id)
             return
-        await _serve(endpoint, *opened, receive, send, request_id)
+        await _serve(endpoint, *opened, scope, receive, send, request_id)
 
 
 async def _respond(send: Send, response: Response, request_id: bytes) -> None:
@@ -126,6 +127,7 @@ async def _serve(
     endpoint: SseEndpoint,
     run: RequestRun,
     encoder: StreamEncoder,
+    scope: Scope,
     receive: Receive,
     send: Send,
     request_id: bytes,
@@ -140,14 +142,12 @@ async def _serve(
     assert task is not None
     gone = False
 
-    async def watch() -> None:
+    def lost() -> None:
         nonlocal gone
-        while (await receive())["type"] != "http.disconnect":
-            pass
         gone = True
         task.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    unwatch = _watch_disconnect(scope, receive, lost)
     writer = ChunkWriter(encoder, send)
     status = "client_closed"
     try:
@@ -163,6 +163,7 @@ async def _serve(
             "headers": [*headers, (HEADER, request_id)],
         }
         body = encoder.chunk(first)
+        del first  # an open stream keeps no entries (the first carries the prompt's token ids)
         if run.finished or encoder.done:
             await send(head)  # the body ends below, with its last send
         else:
@@ -171,6 +172,7 @@ async def _serve(
         while not (run.finished or encoder.done):
             if body:
                 await send({"type": "http.response.body", "body": body, "more_body": True})
+                body = b""
             try:
                 entries = await run.next(writer)
             except ApiError as exc:
@@ -180,6 +182,7 @@ async def _serve(
                 break
             await writer.drain()
             body = writer.take_held() + encoder.chunk(entries)
+            del entries
         else:
             status = "200"
             body += encoder.close()
@@ -191,6 +194,32 @@ async def _serve(
     except OSError:
         pass  # the connection broke while writing
     finally:
-        watcher.cancel()
+        unwatch()
         writer.cancel()
         await run.end(status)
+
+
+def _watch_disconnect(
+    scope: Scope, receive: Receive, lost: Callable[[], None]
+) -> Callable[[], None]:
+    """Call ``lost()`` if the client goes; returns the function that stops watching.
+
+    Our HTTP protocol tells from ``connection_lost`` (see ``pdwire.httpserver``); under any
+    other server a task waits in ``receive`` for ``http.disconnect``.
+    """
+    watch = scope.get("extensions", {}).get(DISCONNECT_WATCH)
+    if watch is not None:
+        unwatch: Callable[[], None] = watch(lost)
+        return unwatch
+
+    async def wait() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        lost()
+
+    waiting = asyncio.ensure_future(wait())
+
+    def unwatch_task() -> None:
+        waiting.cancel()
+
+    return unwatch_task

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -155,3 +157,34 @@ def test_a_request_record_from_a_stream_and_from_an_error() -> None:
     assert ok.token_times[0] == ok.token_times[1] < ok.token_times[2]  # one read, then another
     assert ok.start < ok.token_times[0] and ok.token_times[2] <= ok.end
     assert (failed.error, failed.output_tokens) == ("http_503:no_decode", 0)
+
+
+def test_stamps_of_tokens_an_openai_chunk_merged_each_count() -> None:
+    """``--stamped`` on /v1/completions: a chunk may carry several tokens' send times run
+    together; each is a token and a delivery time, and an unstamped text is one token (a
+    prefill node's first, alone or merged before stamped ones)."""
+    now = time.time()
+    sent = [now - 0.3, now - 0.2, now - 0.1]
+    merged = "".join(f"{t:.6f}" for t in sent[1:])
+
+    def event(text: str, finish: str | None = None) -> bytes:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return b"data: " + json.dumps({"object": "text_completion", "choices": [choice]}).encode()
+
+    texts = ["Hi", f" there{sent[0]:.6f}", merged]
+    body = b"\n\n".join([event(texts[0]), event(texts[1]), event(texts[2], "length")])
+    stream = [HEAD + chunk(body[:40]), chunk(body[40:] + b"\n\ndata: [DONE]\n\n") + b"0\r\n\r\n"]
+
+    async def main() -> RequestRecord:
+        server, target = await serve(stream)
+        record = RequestRecord(4)
+        await run_request(target, b"{}", record, "openai", 10, stamped=True)
+        server.close()
+        return record
+
+    record = asyncio.run(main())
+    assert (record.ok, record.output_tokens, len(record.token_times)) == (True, 5, 5)
+    assert len(record.delivery_s) == 3
+    for delivery, expected in zip(record.delivery_s, (0.3, 0.2, 0.1), strict=True):
+        assert expected - 1e-3 < delivery < expected + 5  # arrival (after ``now``) minus send
+    assert record.delivery_s[1] - record.delivery_s[2] == pytest.approx(0.1, abs=1e-5)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,27 @@ BENCHMARKS = [
 ]
 
 
+def relay_overhead_has_both_paths(data: dict[str, Any]) -> None:
+    """Through the master on /generate_stream and /v1/completions, every stamped token
+    reaches the client on both (an OpenAI chunk's merged stamps each count)."""
+    lightllm, openai = data["delivery"], data["delivery_openai"]
+    assert {r["path"] for r in lightllm} == {"/generate_stream"}
+    assert {r["path"] for r in openai} == {"/v1/completions"}
+    for a, b in zip(lightllm, openai, strict=True):
+        assert a["streams"] == b["streams"]
+        assert a["pd"]["tokens"] == b["pd"]["tokens"] > 0
+        assert b["pd"]["p50_ms"] > 0 and b["added_p50_ms_by_round"]
+    compare = data["pd_vs_direct"]
+    assert compare["pd_openai"]["path"] == "/v1/completions"
+    assert compare["pd_openai"]["succeeded"] == compare["pd"]["succeeded"] > 0
+    assert compare["pd_openai"]["ttft_s"]["count"] == compare["pd"]["ttft_s"]["count"]
+
+
+CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "relay_overhead": relay_overhead_has_both_paths,
+}
+
+
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_benchmark_smoke_run(name: str) -> None:
     r = subprocess.run(
@@ -36,3 +59,4 @@ def test_benchmark_smoke_run(name: str) -> None:
     assert data["meta"]["python"]
     text = json.dumps(data)
     assert '"errors": 0' in text or '"errors": {}' in text
+    CHECKS.get(name, lambda data: None)(data)

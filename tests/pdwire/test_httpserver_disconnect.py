@@ -1,0 +1,92 @@
+"""The HTTP protocol's disconnect watch: a streaming answer hears of a lost client from
+``connection_lost``, without a task of its own. Real uvicorn, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+from pdwire.httpserver import DISCONNECT_WATCH, header_timeout_protocol
+
+REQUEST = b"GET /%s HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+class App:
+    """/stream starts an answer and waits (till lost); /done answers at once. Both watch."""
+
+    def __init__(self) -> None:
+        self.lost: list[str] = []
+        self.started = asyncio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"].strip("/")
+        watch: Callable[[Callable[[], None]], Callable[[], None]] = scope["extensions"][
+            DISCONNECT_WATCH
+        ]
+        gone = asyncio.Event()
+
+        def lost() -> None:
+            self.lost.append(path)
+            gone.set()
+
+        unwatch = watch(lost)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        if path == "stream":
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+            self.started.set()
+            await asyncio.wait_for(gone.wait(), 5)
+            unwatch()
+            return
+        await send({"type": "http.response.body", "body": b"ok"})
+        unwatch()
+
+
+async def serve(app: App) -> tuple[uvicorn.Server, int, asyncio.Task[None]]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, http=header_timeout_protocol(), lifespan="off", log_level="error")
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    return server, sock.getsockname()[1], task
+
+
+async def stop(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)
+
+
+def test_a_client_that_leaves_mid_answer_is_heard_once_and_answered_ones_never() -> None:
+    async def run() -> None:
+        app = App()
+        server, port, task = await serve(app)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(20):  # keep-alive: answered requests, then one left mid-answer
+                writer.write(REQUEST % b"done")
+                await reader.readuntil(b"ok")
+            writer.write(REQUEST % b"stream")
+            await asyncio.wait_for(app.started.wait(), 5)
+            writer.close()
+            for _ in range(100):
+                if app.lost:
+                    break
+                await asyncio.sleep(0.02)
+            assert app.lost == ["stream"]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(REQUEST % b"done")
+            await reader.readuntil(b"ok")
+            writer.close()
+            await asyncio.sleep(0.2)
+            assert app.lost == ["stream"]  # answered before its connection closed: not lost
+        finally:
+            await stop(server, task)
+
+    asyncio.run(run())
