@@ -11,13 +11,14 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 PREFIX_BLOCK_TOKENS = 16
 
 
-@dataclass(frozen=True)
-class NodeView:
+class NodeView(NamedTuple):
+    """A node as a policy sees it (a tuple: one is made per candidate per request)."""
+
     node_id: int
     in_flight: int = 0
     in_flight_tokens: int = 0

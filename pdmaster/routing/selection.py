@@ -37,15 +37,17 @@ class PairSelector:
         refused = refused or {}
         prefills = self._healthy("prefill", refused)
         connected_decodes = self._pool.candidates("decode")
-        decodes = [n for n in connected_decodes if n.info.version not in refused]
+        decodes = (
+            [n for n in connected_decodes if n.info.version not in refused]
+            if refused
+            else connected_decodes
+        )
         healthy_decodes = [n for n in decodes if n.breaker.allows()]
         groups = {n.info.group for n in healthy_decodes}
         one_token = request.max_new_tokens <= 1
-
-        def pairs(node: NodeConnection) -> bool:
-            return node.info.group in groups or (one_token and node.info.version != V12)
-
-        paired = [n for n in prefills if pairs(n)]
+        paired = [
+            n for n in prefills if n.info.group in groups or (one_token and n.info.version != V12)
+        ]
         fitting = [n for n in paired if fits(n, total_len)]
         if not fitting:
             if paired:
@@ -90,7 +92,7 @@ class PairSelector:
             raise NoNodeAvailable(
                 f"no {role} node is connected to this master", code=f"no_{role}_node"
             )
-        able = [n for n in connected if n.info.version not in refused]
+        able = [n for n in connected if n.info.version not in refused] if refused else connected
         if not able:
             raise uncarried(role, connected, refused)
         healthy = [n for n in able if n.breaker.allows()]
@@ -108,12 +110,14 @@ class PairSelector:
         request: RequestView,
         exclude: Collection[NodeConnection],
     ) -> NodeConnection:
-        fresh = [n for n in healthy if n not in exclude] or healthy
-        by_id = {n.node_id: n for n in fresh}
-        views = [
-            NodeView(n.node_id, n.in_flight, n.in_flight_tokens, self._pool.reported_usage(n))
-            for n in fresh
-        ]
+        fresh = [n for n in healthy if n not in exclude] if exclude else healthy
+        usage = self._pool.reported_usage
+        by_id: dict[int, NodeConnection] = {}
+        views = []
+        for n in fresh or healthy:
+            node_id = n.info.node_id
+            by_id[node_id] = n
+            views.append(NodeView(node_id, n.in_flight, n.in_flight_tokens, usage(n)))
         chosen = by_id[self._policies[role].select(views, request).node_id]
         chosen.breaker.on_dispatch()
         return chosen

@@ -101,3 +101,16 @@ def test_a_request_pairs_only_with_a_release_that_can_carry_its_fields() -> None
         assert prefill.info.version == decode.info.version == "v1.2.0"
     groups = {pick.pick_pair(RequestView(10, 20), total_len=30)[0].info.group for _ in range(4)}
     assert groups == {("v1.1.0", None), ("v1.2.0", "nccl")}  # a plain request pairs with both
+
+
+def test_a_retry_avoids_the_nodes_it_tried_unless_no_other_is_left() -> None:
+    pool = NodePool(lambda: 0.0)
+    prefills = [node(pool, "prefill", "v1.1.0") for _ in range(2)]
+    decodes = [node(pool, "decode", "v1.1.0") for _ in range(2)]
+    pick = selector(pool)
+    for _ in range(4):  # round robin would take each node every other time
+        prefill, decode = pick.pick_pair(RequestView(10, 20), [prefills[0], decodes[1]], 30)
+        assert (prefill, decode) == (prefills[1], decodes[0])
+    tried = [*prefills, *decodes]  # every node tried: any may be taken again
+    chosen = {pick.pick_pair(RequestView(10, 20), tried, 30) for _ in range(4)}
+    assert chosen == {(prefills[0], decodes[0]), (prefills[1], decodes[1])}
