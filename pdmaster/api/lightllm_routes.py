@@ -22,7 +22,7 @@ from pdmaster.routing.policies import RequestView, prefix_blocks
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.api import decimal
-from pdwire.client import GenerateRequest, ParameterSets, refusals
+from pdwire.client import GenerateParameters, GenerateRequest, ParameterSets, refusals
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -209,7 +209,19 @@ def prepare(
             "take it (their requests have no field for it)",
             code="unsupported_field",
         )
-    vocab = tokenizer.vocab_size
+    if params.allowed_token_ids or params.logit_bias:
+        check_vocabulary(params, tokenizer.vocab_size)
+    stop_ids = [tokenizer.encode(s) for s in params.stop_sequences]
+    if stop_ids and any(len(ids) > 256 for ids in stop_ids):
+        raise BadRequest(
+            "parameters.stop_sequences: a stop sequence is over 256 tokens", code="invalid_field"
+        )
+    view = RequestView(prompt_tokens, params.max_new_tokens, prefix_blocks(prompt_ids))
+    return PreparedRequest(body.inputs, prompt_tokens, params.for_run(), stop_ids, view)
+
+
+def check_vocabulary(params: GenerateParameters, vocab: int) -> None:
+    """400 naming the field of a token id the model's vocabulary does not have."""
     for name, ids in (
         ("allowed_token_ids", params.allowed_token_ids),
         ("logit_bias", [int(k) for k in params.logit_bias]),
@@ -220,13 +232,6 @@ def prepare(
                 f"of {vocab}",
                 code="invalid_field",
             )
-    stop_ids = [tokenizer.encode(s) for s in params.stop_sequences]
-    if any(len(ids) > 256 for ids in stop_ids):
-        raise BadRequest(
-            "parameters.stop_sequences: a stop sequence is over 256 tokens", code="invalid_field"
-        )
-    view = RequestView(prompt_tokens, params.max_new_tokens, prefix_blocks(prompt_ids))
-    return PreparedRequest(body.inputs, prompt_tokens, params.for_run(), stop_ids, view)
 
 
 def generate_stream_endpoint(
