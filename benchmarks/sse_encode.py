@@ -12,12 +12,11 @@ Best of 7 rounds of thread CPU time, microseconds per entry.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 from benchmarks import wire_decode
-from benchmarks.common import parser, print_table, write_json
+from benchmarks.common import best_call_s, parser, print_table, write_json
 from pdwire.pd_io import TokenEntry
 from pdwire.sse import python_sse_events, sse_events
 
@@ -42,13 +41,7 @@ def per_entry_us(
     write: Callable[[list[TokenEntry]], bytes], entries: list[TokenEntry], smoke: bool
 ) -> float:
     reps = max((2000 if smoke else 200_000) // len(entries), 3)
-    best = float("inf")
-    for _ in range(2 if smoke else 7):
-        start = time.thread_time()
-        for _ in range(reps):
-            write(entries)
-        best = min(best, (time.thread_time() - start) / reps)
-    return best / len(entries) * 1e6
+    return best_call_s(write, entries, reps, 2 if smoke else 7) / len(entries) * 1e6
 
 
 def main() -> None:
