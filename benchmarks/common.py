@@ -8,9 +8,9 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvloop
 
@@ -20,6 +20,8 @@ from benchmark_client.workload import PromptMaker, Workload, build_prompts
 from pdlocal.cluster import Cluster, ProcGroup
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR
 from pdwire.cli import CommandParser
+
+T = TypeVar("T")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INSTANT = [
@@ -138,3 +140,14 @@ def write_json(name: str, data: dict[str, Any]) -> Path:
     path.write_text(json.dumps({"meta": meta, **data}, indent=1))
     print(f"\nwrote {path}")
     return path
+
+
+def best_call_s(call: Callable[[T], object], arg: T, reps: int, rounds: int) -> float:
+    """The least thread CPU seconds one ``call(arg)`` took, over ``rounds`` runs of ``reps``."""
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.thread_time()
+        for _ in range(reps):
+            call(arg)
+        best = min(best, (time.thread_time() - start) / reps)
+    return best

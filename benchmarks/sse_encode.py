@@ -12,59 +12,36 @@ Best of 7 rounds of thread CPU time, microseconds per entry.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.common import parser, print_table, write_json
+from benchmarks import wire_decode
+from benchmarks.common import best_call_s, parser, print_table, write_json
 from pdwire.pd_io import TokenEntry
 from pdwire.sse import python_sse_events, sse_events
-from pdwire.structs import FinishStatus
 
 
 def sim_entry(i: int) -> TokenEntry:
-    meta = {
-        "id": 1234 + i,
-        "logprob": -0.25,
-        "cumlogprob": -0.25 * i,
-        "special": False,
-        "count_output_tokens": i + 1,
-        "prompt_cache_len": 0,
-        "mtp_accepted_token_num": 0,
-        "prompt_tokens": 1024,
-    }
-    return (8, " tok", meta, FinishStatus(0))
+    """One stream's entries (one group id), as the simulated engine sends them."""
+    _, text, meta, status = wire_decode.sim_entry(i)
+    return (8, text, meta, status)
 
 
 def lightllm_v120_entry(i: int) -> TokenEntry:
-    text = f" w{i % 50}"
+    """As LightLLM v1.2.0 sends them, with a float32 logprob (orjson formats it)."""
+    _, text, meta, status = wire_decode.lightllm_v120_entry(i)
     logprob = -0.0012345678954315186 * (1 + i % 7)
-    meta = {
-        "id": 1234 + i,
-        "logprob": logprob,
-        "cumlogprob": logprob * (i + 1),
-        "special": False,
-        "count_output_tokens": i + 1,
-        "mtp_accepted_token_num": 0,
-        "logprobs": {1234 + i: {"logprob": logprob, "rank": None, "decoded_token": text}},
-        "prompt_tokens": 1024,
-        "prompt_cache_len": 0,
-        "node_mode": "decode",
-    }
-    return (8, text, meta, FinishStatus(0))
+    meta["logprob"] = logprob
+    meta["cumlogprob"] = logprob * (i + 1)
+    meta["logprobs"] = {1234 + i: {"logprob": logprob, "rank": None, "decoded_token": text}}
+    return (8, text, meta, status)
 
 
 def per_entry_us(
     write: Callable[[list[TokenEntry]], bytes], entries: list[TokenEntry], smoke: bool
 ) -> float:
     reps = max((2000 if smoke else 200_000) // len(entries), 3)
-    best = float("inf")
-    for _ in range(2 if smoke else 7):
-        start = time.thread_time()
-        for _ in range(reps):
-            write(entries)
-        best = min(best, (time.thread_time() - start) / reps)
-    return best / len(entries) * 1e6
+    return best_call_s(write, entries, reps, 2 if smoke else 7) / len(entries) * 1e6
 
 
 def main() -> None:

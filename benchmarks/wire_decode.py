@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import io
 import pickle
-import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.common import parser, print_table, write_json
+from benchmarks.common import best_call_s, parser, print_table, write_json
 from pdwire.lightllm import LightLLMCodec
 from pdwire.pd_io import ObjType
 from pdwire.structs import FinishStatus
@@ -103,13 +102,7 @@ def lightllm_v120_entry(i: int) -> tuple[int, str, dict[str, Any], FinishStatus]
 
 def per_entry_us(decode: Callable[[bytes], Any], frame: bytes, entries: int, smoke: bool) -> float:
     reps = max((200 if smoke else 20000) // entries, 3)
-    best = float("inf")
-    for _ in range(2 if smoke else 7):
-        start = time.thread_time()
-        for _ in range(reps):
-            decode(frame)
-        best = min(best, (time.thread_time() - start) / reps)
-    return best / entries * 1e6
+    return best_call_s(decode, frame, reps, 2 if smoke else 7) / entries * 1e6
 
 
 def main() -> None:

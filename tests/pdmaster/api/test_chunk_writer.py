@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -8,6 +10,23 @@ import pytest
 from pdmaster.api.chunk_writer import ChunkWriter, send_now
 from pdwire.pd_io import TokenEntry
 from pdwire.structs import FinishStatus
+
+
+@asynccontextmanager
+async def serving(app: Any, http: str) -> AsyncIterator[int]:
+    """``app`` under a real uvicorn server on 127.0.0.1 (``http``: its HTTP protocol); the port."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, http=http, log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
 
 
 class FakeClient:
@@ -163,7 +182,6 @@ def test_under_uvicorn_chunks_reach_the_client_framed_as_send_would(
     """A real uvicorn server on 127.0.0.1: with httptools chunks skip ``send``; with h11
     they go through it; the client reads the same chunked body either way, and an empty
     chunk does not end it."""
-    import uvicorn
 
     from benchmark_client.http import Target, stream_post
 
@@ -189,17 +207,9 @@ def test_under_uvicorn_chunks_reach_the_client_framed_as_send_would(
             self.body += body
 
     async def run() -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, http=http, log_level="warning")
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
         sink = Sink()
-        async with asyncio.timeout(10):
+        async with serving(app, http) as port, asyncio.timeout(10):
             await stream_post(Target("127.0.0.1", port, "/"), b"{}", sink)
-        server.should_exit = True
-        await serving
         assert sink.body == b"abcend"
 
     asyncio.run(run())
@@ -213,8 +223,6 @@ def test_a_head_started_with_its_first_chunk_reads_as_two_sends(http: str) -> No
     (two answers on it), closed by the client's request, HTTP/1.0, or expects a 100."""
     import re
     import socket
-
-    import uvicorn
 
     direct: set[bool] = set()
 
@@ -258,22 +266,15 @@ def test_a_head_started_with_its_first_chunk_reads_as_two_sends(http: str) -> No
         return re.sub(rb"date: [^\r]*", b"date: -", got)
 
     async def run() -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, http=http, log_level="warning")
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
         cases = [(b"",), (b"connection: close\r\n",), (b"", b"1.0"), (b"expect: 100-continue\r\n",)]
-        for case in cases:
-            answers = [
-                await asyncio.to_thread(exchange, port, path, *case) for path in ("/start", "/")
-            ]
-            assert answers[0] == answers[1]
-            assert answers[0].count(b"HTTP/1.1 200 OK") == (2 if case == (b"",) else 1)
-            assert b"first" in answers[0] and b"next" in answers[0] and b"end" in answers[0]
-        server.should_exit = True
-        await serving
+        async with serving(app, http) as port:
+            for case in cases:
+                answers = [
+                    await asyncio.to_thread(exchange, port, path, *case) for path in ("/start", "/")
+                ]
+                assert answers[0] == answers[1]
+                assert answers[0].count(b"HTTP/1.1 200 OK") == (2 if case == (b"",) else 1)
+                assert b"first" in answers[0] and b"next" in answers[0] and b"end" in answers[0]
 
     asyncio.run(run())
     assert direct == {http == "httptools"}

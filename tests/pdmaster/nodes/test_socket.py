@@ -60,23 +60,24 @@ class Recorder:
 
 
 @asynccontextmanager
-async def server(app: Recorder) -> AsyncIterator[int]:
+async def server(app: Any, **options: Any) -> AsyncIterator[tuple[int, uvicorn.Server]]:
+    """``app`` served with NodeSocketProtocol on 127.0.0.1: its port and the server."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(
-        app,  # type: ignore[arg-type]
+        app,
         ws=NodeSocketProtocol,
-        ws_max_size=MAX_SIZE,
         ws_per_message_deflate=False,
         log_level="warning",
         lifespan="off",
+        **options,
     )
     srv = uvicorn.Server(config)
     task = asyncio.create_task(srv.serve(sockets=[sock]))
     while not srv.started:
         await asyncio.sleep(0.01)
     try:
-        yield sock.getsockname()[1]
+        yield sock.getsockname()[1], srv
     finally:
         srv.should_exit = True
         await asyncio.wait_for(task, 10)
@@ -133,7 +134,7 @@ def test_a_sink_gets_every_message_in_order_however_the_frames_are_cut() -> None
 
     async def run() -> None:
         app = Recorder()
-        async with server(app) as port:
+        async with server(app, ws_max_size=MAX_SIZE) as (port, _):
             reader, writer = await connect(port)
             # the first two in one write: the second is queued before the app takes a sink
             writer.write(frame(1, b"register") + frame(2, b"queued before the sink"))
@@ -171,7 +172,7 @@ def test_a_sink_gets_every_message_in_order_however_the_frames_are_cut() -> None
 def test_what_the_parser_refused_is_still_refused_with_a_sink(bad: bytes, code: int) -> None:
     async def run() -> None:
         app = Recorder()
-        async with server(app) as port:
+        async with server(app, ws_max_size=MAX_SIZE) as (port, _):
             reader, writer = await connect(port)
             writer.write(frame(1, b"register"))
             await asyncio.sleep(0.2)

@@ -9,18 +9,16 @@ import os
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
-import uvicorn
 import uvloop
 
 from pdmaster.errors import NodeFailed
 from pdmaster.nodes.pool import NodeInfo, NodePool
-from pdmaster.nodes.socket import FRAME_SENDER, NodeSocketProtocol, Send
-from tests.pdmaster.nodes.test_socket import connect, frame
+from pdmaster.nodes.socket import FRAME_SENDER, Send
+from tests.pdmaster.nodes.test_socket import connect, frame, server
 
 FRAME = 20_000  # about a REQ frame
 HIGH_WATER = 64 * 1024  # the transports' default write buffer limit, asyncio's and uvloop's
@@ -62,29 +60,6 @@ class Master:
             while self.send is None:
                 await asyncio.sleep(0.01)
         return self.send
-
-
-@asynccontextmanager
-async def server(app: Master, **options: Any) -> AsyncIterator[tuple[int, uvicorn.Server]]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        ws=NodeSocketProtocol,
-        ws_per_message_deflate=False,
-        log_level="warning",
-        lifespan="off",
-        **options,
-    )
-    srv = uvicorn.Server(config)
-    task = asyncio.create_task(srv.serve(sockets=[sock]))
-    while not srv.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield sock.getsockname()[1], srv
-    finally:
-        srv.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 class Node:

@@ -66,7 +66,7 @@ def test_without_a_parked_wait_tokens_queue_for_the_next_take() -> None:
         table.deliver(NODE, [entry(16, "a"), entry(17, "b"), entry(24, "not ours")])
         table.deliver(object(), [entry(16, "from a node it no longer listens to")])
         await asyncio.sleep(0)
-        assert texts(await state.take(1e9, 60, "token", lambda _: True)) == ["a", "b"]
+        assert texts(await state.take(1e9, 60, "token", lambda _entries, _now: True)) == ["a", "b"]
 
     asyncio.run(run())
 
@@ -114,7 +114,7 @@ def test_tokens_a_sink_takes_move_the_waits_deadline() -> None:
 def test_a_failed_request_wakes_its_wait_with_the_error() -> None:
     async def run() -> None:
         state = RequestState(8)
-        waiting = asyncio.ensure_future(state.take(1e9, 60, "token", lambda _: True))
+        waiting = asyncio.ensure_future(state.take(1e9, 60, "token", lambda _entries, _now: True))
         await asyncio.sleep(0)
         state.fail(RuntimeError("node left"))
         with pytest.raises(RuntimeError, match="node left"):
