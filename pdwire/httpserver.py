@@ -131,6 +131,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self._watchers = {}
         for done in [c for c in self._watchers if c.response_complete]:
             del self._watchers[done]  # answered: a keep-alive connection keeps no old ones
+        if cycle.disconnected:  # gone before the watch began: tell at once, as receive() would
+            self.loop.call_soon(callback)
+            return _nothing
         self._watchers[cycle] = callback
         if self.flow is not None:  # as receive() does: a paused socket would not see the EOF
             self.flow.resume_reading()
@@ -169,3 +172,7 @@ def header_timeout_protocol(
         max_pending = max(MIN_PENDING_HEADS, fds // 4)
     attrs = {"head_waits": HeadWaits(seconds, max_pending)}
     return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), attrs)
+
+
+def _nothing() -> None:
+    """The unwatch of a watch that has already called back."""

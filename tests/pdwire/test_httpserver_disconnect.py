@@ -16,7 +16,8 @@ REQUEST = b"GET /%s HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
 class App:
-    """/stream starts an answer and waits (till lost); /done answers at once. Both watch."""
+    """/stream starts an answer and waits (till lost); /done answers at once; /late watches
+    only after its client has left. All watch."""
 
     def __init__(self) -> None:
         self.lost: list[str] = []
@@ -35,7 +36,12 @@ class App:
             self.lost.append(path)
             gone.set()
 
+        if path == "late":  # the client is gone before the watch begins
+            await asyncio.sleep(0.3)
         unwatch = watch(lost)
+        if path == "late":
+            await asyncio.wait_for(gone.wait(), 5)
+            return
         await send({"type": "http.response.start", "status": 200, "headers": []})
         if path == "stream":
             await send({"type": "http.response.body", "body": b"x", "more_body": True})
@@ -86,6 +92,26 @@ def test_a_client_that_leaves_mid_answer_is_heard_once_and_answered_ones_never()
             writer.close()
             await asyncio.sleep(0.2)
             assert app.lost == ["stream"]  # answered before its connection closed: not lost
+        finally:
+            await stop(server, task)
+
+    asyncio.run(run())
+
+
+def test_a_client_gone_before_the_watch_began_is_heard_too() -> None:
+    async def run() -> None:
+        app = App()
+        server, port, task = await serve(app)
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(REQUEST % b"late")
+            await writer.drain()
+            writer.close()
+            for _ in range(100):
+                if app.lost:
+                    break
+                await asyncio.sleep(0.02)
+            assert app.lost == ["late"]
         finally:
             await stop(server, task)
 
