@@ -13,13 +13,13 @@ could not be built (no C compiler), every frame takes safepickle.
 from __future__ import annotations
 
 import functools
-import importlib
 import operator
 from collections.abc import Callable, Mapping
 from itertools import chain, compress
 from types import ModuleType
 from typing import Any
 
+from pdwire.extensions import optional_extension
 from pdwire.safepickle import CONTAINER_WEIGHT, Limits
 
 MAX_FAST_BYTES = 256 * 1024  # larger frames take safepickle (a frame of 1,000 entries is ~90 KB)
@@ -31,10 +31,7 @@ _PLAIN = _SCALARS | {dict, list}
 
 def extension() -> ModuleType | None:
     """The compiled decoder, or None where the install could not build it."""
-    try:
-        return importlib.import_module("pdwire._tokenpacks")
-    except ImportError:
-        return None
+    return optional_extension("pdwire._tokenpacks")
 
 
 class TokenPacksDecoder:

@@ -8,12 +8,12 @@ way it does not, or refuses), by ``python_sse_events``, which it must agree with
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+from pdwire.extensions import optional_extension
 from pdwire.pd_io import TokenEntry
 from pdwire.structs import FinishStatus
 
@@ -40,9 +40,8 @@ CompiledEvents = Callable[[list[TokenEntry], tuple[Any, ...]], bytes | None]
 def compiled_events() -> CompiledEvents | None:
     """The C writer (``events(entries, config)``: the chunk, or None for the Python path), or
     None where the install could not build it."""
-    try:
-        module = importlib.import_module("pdwire._sse")
-    except ImportError:
+    module = optional_extension("pdwire._sse")
+    if module is None:
         return None
     events: CompiledEvents = module.events
     return events
@@ -58,9 +57,8 @@ def python_http_chunk(body: bytes) -> bytes:
 
 def compiled_http_chunk() -> Callable[[bytes], bytes]:
     """``python_http_chunk`` in C where the install built it (a third of the cost)."""
-    try:
-        module = importlib.import_module("pdwire._sse")
-    except ImportError:
+    module = optional_extension("pdwire._sse")
+    if module is None:
         return python_http_chunk
     framer: Callable[[bytes], bytes] = module.http_chunk
     return framer
