@@ -21,6 +21,16 @@ def two_by_two(group: ProcGroup) -> Cluster:
     return c
 
 
+def one_by_one(group: ProcGroup, *master_flags: str) -> Cluster:
+    """One master (started with ``master_flags``) with a prefill and a decode node, joined."""
+    c = Cluster(group)
+    c.start_master(*master_flags)
+    c.add_node("prefill", 0)
+    c.add_node("decode", 0)
+    c.wait_ready(1, 1)
+    return c
+
+
 @pytest.fixture
 def cluster(procs: ProcGroup) -> Cluster:
     """A 2P/2D cluster of the test's own, for a test that kills or breaks part of it."""

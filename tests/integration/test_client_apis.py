@@ -18,6 +18,7 @@ import pytest
 
 from pdlocal.cluster import Cluster, ProcGroup
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
+from tests.integration.conftest import one_by_one
 from tests.integration.echo_model import expected
 
 BRIEF = [{"role": "user", "content": "What is AI?"}]
@@ -37,9 +38,9 @@ def pd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     The module's last test kills the decode node.
     """
     group = ProcGroup(tmp_path_factory.mktemp("client_apis"))
-    c = Cluster(group)
     try:  # a start that fails or is interrupted stops what it started too
-        c.start_master(
+        yield one_by_one(
+            group,
             "--max_inflight",
             "2",
             "--max_queue",
@@ -51,10 +52,6 @@ def pd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "--admin-token",
             "s3cret",
         )
-        c.add_node("prefill", 0)
-        c.add_node("decode", 0)
-        c.wait_ready(1, 1)
-        yield c
     finally:
         group.stop_all()
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from pdlocal.cluster import Cluster, ProcGroup
+from tests.integration.conftest import one_by_one
 
 
 def f32(value: float) -> float:
@@ -24,13 +25,8 @@ def f32(value: float) -> float:
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One master (LightLLM v1.1.0 nodes) with one prefill and one decode node."""
     group = ProcGroup(tmp_path_factory.mktemp("params_pair"))
-    c = Cluster(group)
     try:
-        c.start_master("--max_new_tokens", "1000")
-        c.add_node("prefill", 0)
-        c.add_node("decode", 0)
-        c.wait_ready(1, 1)
-        yield c
+        yield one_by_one(group, "--max_new_tokens", "1000")
     finally:
         group.stop_all()
 

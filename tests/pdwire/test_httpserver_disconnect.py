@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
@@ -53,7 +54,9 @@ class App:
         unwatch()
 
 
-async def serve(app: App) -> tuple[uvicorn.Server, int, asyncio.Task[None]]:
+@asynccontextmanager
+async def serving(app: App) -> AsyncIterator[int]:
+    """``app`` under uvicorn with our protocol on 127.0.0.1: its port."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(app, http=header_timeout_protocol(), lifespan="off", log_level="error")
@@ -61,19 +64,26 @@ async def serve(app: App) -> tuple[uvicorn.Server, int, asyncio.Task[None]]:
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)
-    return server, sock.getsockname()[1], task
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
 
 
-async def stop(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+async def heard(app: App) -> list[str]:
+    """The paths whose client the app heard leave, within 2 s of the first."""
+    for _ in range(100):
+        if app.lost:
+            break
+        await asyncio.sleep(0.02)
+    return app.lost
 
 
 def test_a_client_that_leaves_mid_answer_is_heard_once_and_answered_ones_never() -> None:
     async def run() -> None:
         app = App()
-        server, port, task = await serve(app)
-        try:
+        async with serving(app) as port:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             for _ in range(20):  # keep-alive: answered requests, then one left mid-answer
                 writer.write(REQUEST % b"done")
@@ -81,19 +91,13 @@ def test_a_client_that_leaves_mid_answer_is_heard_once_and_answered_ones_never()
             writer.write(REQUEST % b"stream")
             await asyncio.wait_for(app.started.wait(), 5)
             writer.close()
-            for _ in range(100):
-                if app.lost:
-                    break
-                await asyncio.sleep(0.02)
-            assert app.lost == ["stream"]
+            assert await heard(app) == ["stream"]
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(REQUEST % b"done")
             await reader.readuntil(b"ok")
             writer.close()
             await asyncio.sleep(0.2)
             assert app.lost == ["stream"]  # answered before its connection closed: not lost
-        finally:
-            await stop(server, task)
 
     asyncio.run(run())
 
@@ -101,18 +105,11 @@ def test_a_client_that_leaves_mid_answer_is_heard_once_and_answered_ones_never()
 def test_a_client_gone_before_the_watch_began_is_heard_too() -> None:
     async def run() -> None:
         app = App()
-        server, port, task = await serve(app)
-        try:
+        async with serving(app) as port:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(REQUEST % b"late")
             await writer.drain()
             writer.close()
-            for _ in range(100):
-                if app.lost:
-                    break
-                await asyncio.sleep(0.02)
-            assert app.lost == ["late"]
-        finally:
-            await stop(server, task)
+            assert await heard(app) == ["late"]
 
     asyncio.run(run())
