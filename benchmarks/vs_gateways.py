@@ -1,6 +1,7 @@
 """Benchmark 6, side by side: pdmaster against SGLang's and vLLM's PD routers.
 
-Every router relays 128-token streams from a prefill/decode pair whose steps take 0 ms:
+Every router relays 128-token streams from a prefill/decode pair whose steps take
+``--step_ms`` (0 by default: as fast as the backend turns):
 pdmaster from simulated LightLLM nodes (on /generate_stream and /v1/completions), the
 peers (``pip install -e .[peers]``: sglang-router, vllm-router, both in Rust) from
 ``mock_worker``s over HTTP, on /v1/completions. The floors are the same client straight
@@ -31,7 +32,16 @@ from typing import Any
 
 from benchmark_client.client import RequestRecord
 from benchmark_client.report import summarize
-from benchmarks.common import INSTANT, cluster, load, parser, print_table, workdir, write_json
+from benchmarks.common import (
+    INSTANT,
+    cluster,
+    load,
+    parser,
+    print_table,
+    result_name,
+    workdir,
+    write_json,
+)
 from benchmarks.peers import installed, mock_workers, start_router
 from benchmarks.relay_overhead import normal_engine
 from pdlocal.cluster import ProcGroup, tree_cpu_seconds, tree_rss_bytes
@@ -77,13 +87,29 @@ def run_once(target: Target, streams: int, requests: int) -> dict[str, Any]:
     }
 
 
+def steps(step_ms: float) -> list[str]:
+    """The simulated nodes' timing: every prefill and decode step takes ``step_ms``, as the
+    mock workers' steps do."""
+    if not step_ms:
+        return INSTANT
+    ms = format(step_ms, "g")
+    return [*INSTANT, "--prefill_base_ms", ms, "--decode_base_ms", ms]  # the last flag wins
+
+
 def cost_phase(
-    group: ProcGroup, peers: list[str], levels: list[int], rounds: int, smoke: bool
+    group: ProcGroup,
+    peers: list[str],
+    levels: list[int],
+    rounds: int,
+    smoke: bool,
+    version: str,
+    step_ms: float,
 ) -> list[Target]:
-    c = cluster(group, prefill=[INSTANT], decode=[INSTANT])
+    timing = steps(step_ms)
+    c = cluster(group, prefill=[timing], decode=[timing], version=version)
     assert c.master is not None and c.master.popen is not None
     master = c.master.popen.pid
-    host, port = normal_engine(group, "normal", *INSTANT)
+    host, port = normal_engine(group, "normal", *timing)
     targets = [
         Target("pdmaster /generate_stream", f"{c.url}/generate_stream", "lightllm", master),
         Target("pdmaster /v1/completions", f"{c.url}/v1/completions", "openai", master, "model"),
@@ -91,7 +117,7 @@ def cost_phase(
     floor = f"http://{host}:{port}/generate_stream"
     targets.append(Target("floor: engine /generate_stream", floor, "lightllm", None))
     if peers:
-        workers = mock_workers(group, 0, "mock")
+        workers = mock_workers(group, step_ms, "mock")
         for i, name in enumerate(peers):
             proc, url = start_router(group, name, workers)
             assert proc.popen is not None
@@ -104,6 +130,8 @@ def cost_phase(
     for r in range(rounds):
         for streams in levels:
             requests = 2 * streams if smoke else max(2 * streams, 256)
+            if step_ms and not smoke:  # 4 waves: each stream lasts 128 steps
+                requests = max(4 * streams, 64)
             for t in targets:
                 t.rounds.setdefault(streams, []).append(run_once(t, streams, requests))
         print(f"round {r + 1}/{rounds} done", flush=True)
@@ -160,10 +188,10 @@ def memory_of(name: str, start: Callable[[ProcGroup], Target], streams: int) -> 
     }
 
 
-def memory_phase(peers: list[str], streams: int) -> list[dict[str, Any]]:
+def memory_phase(peers: list[str], streams: int, version: str) -> list[dict[str, Any]]:
     def ours(path: str, api: str, model: str) -> Callable[[ProcGroup], Target]:
         def start(group: ProcGroup) -> Target:
-            c = cluster(group, prefill=[[]], decode=[SLOW_DECODE])
+            c = cluster(group, prefill=[[]], decode=[SLOW_DECODE], version=version)
             assert c.master is not None and c.master.popen is not None
             return Target("", f"{c.url}{path}", api, c.master.popen.pid, model)
 
@@ -218,6 +246,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds")
     p.add_argument("--mem_streams", type=int, default=2000, help="open streams, memory phase")
     p.add_argument("--no_memory", action="store_true", help="skip the memory phase")
+    p.add_argument(
+        "--step_ms",
+        type=float,
+        default=0.0,
+        help="every prefill and decode step of the backends, ms (results get a _step<N>ms suffix)",
+    )
     args = p.parse_args()
     levels = [8] if args.smoke else [8, 64, 512]
     rounds = 1 if args.smoke else args.rounds
@@ -229,23 +263,26 @@ def main() -> None:
     load_before = os.getloadavg()
     group = workdir()
     try:
-        targets = cost_phase(group, peers, levels, rounds, args.smoke)
+        targets = cost_phase(
+            group, peers, levels, rounds, args.smoke, args.lightllm_version, args.step_ms
+        )
     finally:
         group.stop_all()
     rows = summary(targets)
     if args.no_memory:
         memory = []
     elif args.smoke:  # the peers' rows need two more routers started: left to full runs
-        memory = memory_phase([], 100)
+        memory = memory_phase([], 100, args.lightllm_version)
     else:
-        memory = memory_phase(peers, args.mem_streams)
+        memory = memory_phase(peers, args.mem_streams, args.lightllm_version)
     load_after = os.getloadavg()
 
     def fmt(v: float | None, spec: str = ".1f") -> str:
         return "-" if v is None else format(v, spec)
 
     print_table(
-        f"CPU per relayed token, {OUTPUT_LEN}-token streams, 0 ms steps "
+        f"CPU per relayed token, {OUTPUT_LEN}-token streams, {args.step_ms:g} ms steps, "
+        f"LightLLM {args.lightllm_version} "
         f"(median of {rounds} alternating rounds; "
         f"load avg {load_before[0]:.1f} -> {load_after[0]:.1f})",
         [
@@ -293,8 +330,10 @@ def main() -> None:
             ],
         )
     write_json(
-        "vs_gateways" + ("_smoke" if args.smoke else ""),
+        result_name("vs_gateways" + (f"_step{args.step_ms:g}ms" if args.step_ms else ""), args),
         {
+            "lightllm_version": args.lightllm_version,
+            "step_ms": args.step_ms,
             "peers": peers,
             "missing_peers": missing,
             "rounds": rounds,
