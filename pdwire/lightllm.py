@@ -64,13 +64,15 @@ class LightLLMCodec:
         self._decoder = SafeUnpickler(self._schema(), limits)
         self._token_packs = TokenPacksDecoder(
             lightllm_name(ObjType),
-            self._obj_types,
+            ObjType.TOKEN_PACKS,
+            self.messages.tuple_lengths[ObjType.TOKEN_PACKS],
             lightllm_name(FinishStatus),
             self._statuses,  # filled only when sharing: else each entry gets a fresh one
             self._status_from_bytes,
             limits,
             accelerated=accelerated,
         )
+        self._fast_token_packs = self._token_packs.decode  # checked as the tuple_lengths say
         self._fast_names: dict[Any, tuple[str, str]] = {
             ObjType: lightllm_name(ObjType),
             FinishStatus: lightllm_name(FinishStatus),
@@ -124,6 +126,18 @@ class LightLLMCodec:
         if fast is not None:
             return fast
         return self._dumps((ObjType.REQ, (prompt, params, multimodal or MultimodalParams())))
+
+    def req_frame(
+        self, prompt: str | list[int], params: SamplingParamsBase
+    ) -> tuple[bytearray, SamplingParamsBase] | None:
+        """``encode_req(prompt, params)`` as a bytearray, with a struct over the frame's copy
+        of ``params``: a field set on it makes the frame ``encode_req`` writes for a copy of
+        ``params`` with that field set. None where ``encode_req`` takes the general pickler."""
+        built = self._req_pickler.frame(prompt, params)
+        if built is None:
+            return None
+        frame, offset = built
+        return frame, type(params).from_buffer(frame, offset)
 
     def encode_abort(self, group_request_id: int) -> bytes:
         return self._dumps((ObjType.ABORT, group_request_id))
@@ -185,11 +199,9 @@ class LightLLMCodec:
         3-tuples ``(PD_UPLOAD_PREFILL_PROMPT_IDS, gid, ids)`` and
         ``(PD_REQ_DECODE_NODE_INFO, gid, info)``: gid, then ids or info, both checked.
         """
-        fast = self._token_packs.decode(data)  # the per-token path; None: not covered
-        if fast is not None and fast[0] is ObjType.TOKEN_PACKS:
-            length = 2 if fast[2] is None else 3
-            if length in self.messages.tuple_lengths[ObjType.TOKEN_PACKS]:
-                return fast
+        fast = self._fast_token_packs(data)  # the per-token path; None: not covered
+        if fast is not None:
+            return fast
         msg = self.loads(data)
         if type(msg) is not tuple or not msg or type(msg[0]) is not ObjType:
             raise MalformedMessageError("frame is not a (ObjType, ...) tuple")
