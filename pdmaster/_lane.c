@@ -1,4 +1,5 @@
-/* The master's per-token relay in one compiled call per hand-over: ``hand_over(ready, now)``.
+/* The master's per-token relay in one compiled call per hand-over: ``hand_over(ready, now)``;
+ * and ``deliver``, RequestTable.deliver's loop over a frame's entries.
  *
  * The Python chain stays the reference and the fallback (pdmaster/nodes/tracking.py
  * RequestState.ready -> PDSession._push -> RequestRun._push -> ChunkWriter.__call__ ->
@@ -30,7 +31,7 @@
 
 /* The __slots__ read and written per token, by offset: resolved once per class from its
  * member descriptors (each a writable object slot, else the class is not used here). */
-enum { F_LANE, F_WAITER, F_ERROR, F_ITEMS, F_DEADLINE, F_SECONDS, STATE_FIELDS };
+enum { F_LANE, F_WAITER, F_ERROR, F_ITEMS, F_DEADLINE, F_SECONDS, F_SOURCE, STATE_FIELDS };
 #define MAX_FIELDS STATE_FIELDS
 
 typedef struct {
@@ -45,7 +46,7 @@ typedef struct {
         *s_pending, *s_held, *s_done, *s_chunk, *s_chunked_encoding, *s_response_started,
         *s_response_complete, *s_disconnected, *s_flow, *s_write_paused, *s_transport,
         *s_write, *s_set_result, *s_ready, *s_sum, *s_counts, *s_bounds, *s_sink_failed,
-        *s_status, *s_streams_through, *s_session_flow;
+        *s_status, *s_streams_through, *s_session_flow, *s_source;
     PyTypeObject *lane_type;
     layout state, run, writer, session;  /* RequestState, RequestRun, ChunkWriter, PDSession */
 } module_state;
@@ -482,6 +483,97 @@ static int push(module_state *st, Lane *lane, PyObject *state, double now) {
     return 1;
 }
 
+static void state_field_names(module_state *st, PyObject **names) {
+    names[F_LANE] = st->s_lane;
+    names[F_WAITER] = st->s_waiter;
+    names[F_ERROR] = st->s_error;
+    names[F_ITEMS] = st->s_items;
+    names[F_DEADLINE] = st->s_deadline;
+    names[F_SECONDS] = st->s_seconds;
+    names[F_SOURCE] = st->s_source;
+}
+
+PyDoc_STRVAR(deliver_doc,
+"deliver(by_group: dict[int, RequestState], ready: list, node, entries: list, best_of: int)\n\n"
+"RequestTable.deliver's loop: each entry appended to the _items of the request of its group\n"
+"(entry[0] // best_of * best_of) if that request listens to node (its source); a request\n"
+"whose _items was empty is appended to ready.");
+
+/* The group id of a request id: id // best_of * best_of, a new reference. */
+static PyObject *group_of(PyObject *id, PyObject *best_of, long long b) {
+    if (PyLong_CheckExact(id) && b > 0) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(id, &overflow);
+        if (overflow == 0 && !(v == -1 && PyErr_Occurred())) {
+            long long m = v % b;
+            if (m < 0) m += b;  /* Python's floor */
+            if (m == 0) return Py_NewRef(id);
+            return PyLong_FromLongLong(v - m);
+        }
+        PyErr_Clear();
+    }
+    PyObject *q = PyNumber_FloorDivide(id, best_of);
+    if (q == NULL) return NULL;
+    PyObject *g = PyNumber_Multiply(q, best_of);
+    Py_DECREF(q);
+    return g;
+}
+
+static PyObject *deliver(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyDict_CheckExact(args[0]) || !PyList_CheckExact(args[1])
+        || !PyList_CheckExact(args[3]) || !PyLong_CheckExact(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "deliver(by_group: dict, ready: list, node, entries: list, best_of: int)");
+        return NULL;
+    }
+    module_state *st = PyModule_GetState(module);
+    PyObject *table = args[0], *ready = args[1], *node = args[2], *entries = args[3];
+    PyObject *best_of = args[4];
+    long long b = PyLong_AsLongLong(best_of);
+    if (b == -1 && PyErr_Occurred()) return NULL;
+    PyObject *state_names[STATE_FIELDS];
+    state_field_names(st, state_names);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(entries); i++) {
+        PyObject *entry = Py_NewRef(PyList_GET_ITEM(entries, i));
+        PyObject *id = PySequence_GetItem(entry, 0);
+        PyObject *key = id == NULL ? NULL : group_of(id, best_of, b);
+        Py_XDECREF(id);
+        PyObject *state = key == NULL ? NULL : PyDict_GetItemWithError(table, key);
+        Py_XDECREF(key);
+        int rc = 0;
+        if (state != NULL) {
+            Py_INCREF(state);
+            PyObject *source, *items;
+            if (resolve(&st->state, Py_TYPE(state), state_names, STATE_FIELDS) == 0) {
+                source = Py_XNewRef(SLOT(state, st->state.offset[F_SOURCE]));
+                items = Py_XNewRef(SLOT(state, st->state.offset[F_ITEMS]));
+                if (source == NULL || items == NULL) {
+                    PyErr_SetString(PyExc_AttributeError, "RequestState.source or _items");
+                }
+            } else {  /* another class: by name */
+                PyErr_Clear();
+                source = PyObject_GetAttr(state, st->s_source);
+                items = source == NULL ? NULL : PyObject_GetAttr(state, st->s_items);
+            }
+            if (source == NULL || items == NULL) {
+                rc = -1;
+            } else if (source == node) {
+                rc = PyList_Check(items) ? PyList_Append(items, entry)
+                                         : (PyErr_SetString(PyExc_TypeError, "_items"), -1);
+                if (rc == 0 && PyList_GET_SIZE(items) == 1) rc = PyList_Append(ready, state);
+            }
+            Py_XDECREF(source);
+            Py_XDECREF(items);
+            Py_DECREF(state);
+        } else if (PyErr_Occurred()) {
+            rc = -1;
+        }
+        Py_DECREF(entry);
+        if (rc < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(hand_over_doc,
 "hand_over(ready: list[RequestState], now: float) -> (relayed, declined)\n\n"
 "RequestTable._hand_over's loop: each state's tokens relayed by its armed Lane where the\n"
@@ -498,8 +590,8 @@ static PyObject *hand_over(PyObject *module, PyObject *const *args, Py_ssize_t n
     double now = PyFloat_AsDouble(now_obj);
     if (now == -1.0 && PyErr_Occurred()) return NULL;
     Py_ssize_t relayed = 0, declined = 0;
-    PyObject *state_names[STATE_FIELDS] = {st->s_lane,  st->s_waiter,   st->s_error,
-                                           st->s_items, st->s_deadline, st->s_seconds};
+    PyObject *state_names[STATE_FIELDS];
+    state_field_names(st, state_names);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ready); i++) {
         PyObject *state = Py_NewRef(PyList_GET_ITEM(ready, i));
         int r = 0, armed = 0;
@@ -529,6 +621,7 @@ static PyObject *hand_over(PyObject *module, PyObject *const *args, Py_ssize_t n
 
 static PyMethodDef methods[] = {
     {"hand_over", (PyCFunction)(void (*)(void))hand_over, METH_FASTCALL, hand_over_doc},
+    {"deliver", (PyCFunction)(void (*)(void))deliver, METH_FASTCALL, deliver_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -582,6 +675,7 @@ static int exec_module(PyObject *module) {
     INTERN(s_status, "status");
     INTERN(s_streams_through, "streams_through");
     INTERN(s_session_flow, "_flow");
+    INTERN(s_source, "source");
     st->lane_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &lane_spec, NULL);
     if (st->lane_type == NULL) return -1;
     return PyModule_AddType(module, st->lane_type);
@@ -592,7 +686,7 @@ static int exec_module(PyObject *module) {
     X(s_pending) X(s_held) X(s_done) X(s_chunk) X(s_chunked_encoding) X(s_response_started) \
     X(s_response_complete) X(s_disconnected) X(s_flow) X(s_write_paused) X(s_transport)     \
     X(s_write) X(s_set_result) X(s_ready) X(s_sum) X(s_counts) X(s_bounds) X(s_sink_failed) \
-    X(s_status) X(s_streams_through) X(s_session_flow)
+    X(s_status) X(s_streams_through) X(s_session_flow) X(s_source)
 
 static int traverse(PyObject *module, visitproc visit, void *arg) {
     module_state *st = PyModule_GetState(module);
