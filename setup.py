@@ -1,9 +1,10 @@
 """The compiled pieces of the master's per-token path, each with a Python twin it must agree with:
-pdwire's TOKEN_PACKS decoder (pdwire/_tokenpacks.c) and its client event writer (pdwire/_sse.c).
+pdwire's TOKEN_PACKS decoder (pdwire/_tokenpacks.c), its client event writer (pdwire/_sse.c) and
+its reader of a node's websocket frames (pdwire/_wsframes.c).
 
 Everything else is in pyproject.toml. ``optional``: without a C compiler the install still
-succeeds and the master decodes token packs with the pure-Python ``safepickle`` and writes
-events with orjson per token (slower).
+succeeds and the master decodes token packs with the pure-Python ``safepickle``, writes events
+with orjson per token and reads node frames in Python (slower).
 """
 
 from setuptools import Extension, setup
@@ -13,6 +14,6 @@ FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 setup(
     ext_modules=[
         Extension(f"pdwire.{name}", [f"pdwire/{name}.c"], extra_compile_args=FLAGS, optional=True)
-        for name in ("_tokenpacks", "_sse")
+        for name in ("_tokenpacks", "_sse", "_wsframes")
     ]
 )
