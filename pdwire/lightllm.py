@@ -127,6 +127,18 @@ class LightLLMCodec:
             return fast
         return self._dumps((ObjType.REQ, (prompt, params, multimodal or MultimodalParams())))
 
+    def req_frame(
+        self, prompt: str | list[int], params: SamplingParamsBase
+    ) -> tuple[bytearray, SamplingParamsBase] | None:
+        """``encode_req(prompt, params)`` as a bytearray, with a struct over the frame's copy
+        of ``params``: a field set on it makes the frame ``encode_req`` writes for a copy of
+        ``params`` with that field set. None where ``encode_req`` takes the general pickler."""
+        built = self._req_pickler.frame(prompt, params)
+        if built is None:
+            return None
+        frame, offset = built
+        return frame, type(params).from_buffer(frame, offset)
+
     def encode_abort(self, group_request_id: int) -> bytes:
         return self._dumps((ObjType.ABORT, group_request_id))
 

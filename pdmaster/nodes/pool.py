@@ -159,7 +159,7 @@ class NodeInfo:
 @dataclass(eq=False)
 class NodeConnection:
     info: NodeInfo
-    _send: Callable[[bytes], Awaitable[None]]
+    _send: Callable[[bytes | bytearray], Awaitable[None]]
     connected_at: float
     breaker: CircuitBreaker
     peer_host: str  # the IP the node's socket comes from: what the node can speak for
@@ -176,7 +176,7 @@ class NodeConnection:
     def node_id(self) -> int:
         return self.info.node_id
 
-    async def send(self, data: bytes | Callable[[], bytes]) -> None:
+    async def send(self, data: bytes | bytearray | Callable[[], bytes | bytearray]) -> None:
         """Send one frame; a callable is encoded only when the frame's turn comes.
 
         Sends to a node go one at a time and wait while its socket is backed up; a burst of
@@ -224,7 +224,7 @@ class NodePool:
         self.bad_load_reports = 0
 
     def connect(
-        self, info: NodeInfo, send: Callable[[bytes], Awaitable[None]], peer_host: str
+        self, info: NodeInfo, send: Callable[[bytes | bytearray], Awaitable[None]], peer_host: str
     ) -> NodeConnection:
         """Add a node; a live node's id is taken over only from the address it is live at
         (a restarted node), never by another peer: node ids are public."""

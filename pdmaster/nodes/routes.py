@@ -254,11 +254,15 @@ async def _receive_loop(
             handle(data if data is not None else message.get("text") or "")
 
 
-def _sender(ws: WebSocket) -> Callable[[bytes], Awaitable[None]]:
+def _sender(ws: WebSocket) -> Callable[[bytes | bytearray], Awaitable[None]]:
     """How frames go to a node: under ``NodeSocketProtocol`` written by the protocol itself
     while the socket is open (see ``socket``), else (and then) through ``ws.send_bytes``."""
+
+    def send_bytes(data: bytes | bytearray) -> Awaitable[None]:
+        return ws.send_bytes(bytes(data))
+
     wrap = (ws.scope.get("extensions") or {}).get(FRAME_SENDER)
-    return ws.send_bytes if wrap is None else wrap(ws.send_bytes)
+    return send_bytes if wrap is None else wrap(send_bytes)
 
 
 async def _accept(ws: WebSocket, allows: Callable[[str | None], bool], path: str) -> str | None:

@@ -47,7 +47,7 @@ FRAME_SENDER = "pdctl.frame_sender"
 frame itself while it can and otherwise awaits ``send_bytes(data)`` (the app's own send)."""
 
 Sink = Callable[[bytes | str], None]
-Send = Callable[[bytes], Awaitable[None]]
+Send = Callable[[bytes | bytearray], Awaitable[None]]
 _HEAD16 = struct.Struct("!BBH")
 _HEAD64 = struct.Struct("!BBQ")
 _FIN_BINARY = 0x82
@@ -87,7 +87,7 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
 
     def _sender(self, fallback: Send) -> Send:
-        async def send(data: bytes) -> None:
+        async def send(data: bytes | bytearray) -> None:
             if not self.writable.is_set():
                 await self.writable.wait()  # set again by the drain, or by connection_lost
             conn = self.conn

@@ -194,6 +194,29 @@ def test_params_filled_again_from_a_copy_are_the_bytes_a_fresh_fill_makes(versio
             filled(refused)
 
 
+@pytest.mark.parametrize("version", sorted(LAYOUTS))
+def test_a_filled_struct_is_shared_by_equal_values_and_found_again_by_their_object(
+    version: str,
+) -> None:
+    layout = LAYOUTS[version]
+    filled = FilledParams(layout.new_sampling_params, size=2)
+    values = GenerateParameters(top_k=3, do_sample=True).wire_values
+    shared = filled.filled(values)
+    fresh = layout.new_sampling_params()
+    fill(fresh, values)
+    assert bytes(shared) == bytes(fresh)
+    assert filled.filled(values) is shared
+    assert filled.filled(dict(values)) is shared  # equal JSON, another object
+    assert filled(values) is not shared and bytes(filled(values)) == bytes(shared)
+    others = [GenerateParameters(top_k=k, do_sample=True).wire_values for k in (4, 5, 6)]
+    for other in others:  # past the size: the oldest go, and come back filled afresh
+        filled.filled(other)
+    again = filled.filled(values)
+    assert again is not shared and bytes(again) == bytes(shared)
+    with pytest.raises(NotCarried, match="top_k"):
+        filled.filled({"top_k": 2**40})
+
+
 @pytest.mark.parametrize(
     "wanted",
     [
