@@ -209,6 +209,13 @@ def build_parser() -> CommandParser:
         "--timeout_keep_alive", type=float, default=30.0, help="idle seconds before closing"
     )
     p.add_argument("--log_level", default="info")
+    p.add_argument(
+        "--python_relay",
+        action="store_true",
+        default=os.environ.get("PDCTL_PYTHON_RELAY", "") == "1",
+        help="relay tokens to streams by the Python chain only, not pdmaster._lane "
+        "(env PDCTL_PYTHON_RELAY=1; for comparisons)",
+    )
     add_lightllm_flags(p)  # LightLLM's pd_master takes its node flags too, and ignores them
     return p
 
@@ -273,6 +280,7 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
         register_token=args.register_token,
         advertise_address=args.advertise_address,
         lease_ttl_s=args.lease_ttl,
+        compiled_relay=not args.python_relay,
     )
 
 

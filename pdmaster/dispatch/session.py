@@ -183,11 +183,12 @@ class PDSession:
                 await self.close()
                 raise
 
-    async def next(self, sink: Sink | None = None) -> list[TokenEntry]:
+    async def next(self, sink: Sink | None = None, lane: object | None = None) -> list[TokenEntry]:
         """The next tokens from the decode node.
 
         Meanwhile ``sink`` gets the tokens that end nothing as they arrive (see ``tracking``);
-        what it takes counts as delivered, and is not returned.
+        what it takes counts as delivered, and is not returned. ``lane``: the compiled relay
+        of ``_push`` and that sink (see ``pdmaster/_lane.c``).
         """
         state, decode = self._state, self._decode
         assert state is not None and decode is not None and not self.finished
@@ -198,6 +199,7 @@ class PDSession:
                     *self.until(self._d.settings.token_idle_timeout_s),
                     "token",
                     self._push if sink is not None else None,
+                    lane,
                 )
             )
             if self._flow is not None and self._flow.block_ended:
@@ -214,8 +216,19 @@ class PDSession:
             decode.breaker.record(True)
         return entries
 
+    @property
+    def deadline(self) -> float:
+        """The request's deadline, on the dispatcher's clock."""
+        return self._deadline
+
+    @property
+    def idle_timeout(self) -> float:
+        return self._d.settings.token_idle_timeout_s
+
     def _push(self, entries: list[TokenEntry], now: float) -> bool:
-        """Offer tokens to the sink; a last token or a bad status goes the way of ``next``."""
+        """Offer tokens to the sink; a last token or a bad status goes the way of ``next``.
+
+        ``pdmaster/_lane.c`` does the same (and reads ``_flow``): change both together."""
         if self._flow is not None and not self._flow.streams_through:
             return False  # counts to rewrite, or a block's P to release: the way of ``next``
         for entry in entries:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from pdmaster.api.openai_relay import (
     ChatFormat,
@@ -8,6 +9,7 @@ from pdmaster.api.openai_relay import (
     Generation,
     OpenAIStream,
     StopScanner,
+    StreamEvents,
     error_body,
     sse,
 )
@@ -176,3 +178,55 @@ def test_a_stream_without_stop_strings_is_the_stream_whose_stops_never_match() -
                 bodies.append([stream.chunk(step) for step in steps] + [stream.close()])
             assert bodies[0] == bodies[1]
             assert bodies[0][-2].endswith(b"data: [DONE]\n\n")
+
+
+def reference_stream(
+    fmt: CompletionFormat, gen: Generation, steps: list[list[TokenEntry]]
+) -> list[bytes]:
+    """The stream's bodies as its format's chunks (dicts) word them, one ``sse`` each."""
+    out, opening, done = [], b"".join(sse(c) for c in fmt.opening_chunks()), False
+
+    def end(text: str) -> bytes:
+        last = sse(fmt.chunk(text, gen.finish_reason))
+        if fmt.include_usage:
+            last += sse(fmt.usage_chunk(gen.usage()))
+        return last + b"data: [DONE]\n\n"
+
+    for step in steps:
+        if done:
+            out.append(b"")
+            continue
+        text = gen.add(step)
+        body = end(text) if gen.done else sse(fmt.chunk(text, None)) if text else b""
+        done = gen.done
+        body, opening = opening + body, b""
+        out.append(body)
+    out.append(b"" if done else end(""))
+    return out
+
+
+STEPS = [
+    [entries("Hi", ' "you"\n', "\\", start=1)],
+    [entries(), entries("é\U0001f600", "\x00\x1f<>&'", start=4), entries("", start=6)],
+    [entries("a", start=1), entries("b", last_status=1, start=2)],
+    [entries("a", start=1), entries("b", "c", last_status=2, start=2), entries("d", start=4)],
+    [entries("", last_status=2, start=1)],
+    [entries("go S", start=1), entries("TO", start=2), entries("P and", start=3)],
+    [entries("no stop ST", start=1), entries("ART", last_status=2, start=2)],
+]
+
+
+@pytest.mark.parametrize("steps", STEPS)
+@pytest.mark.parametrize("model", ["m", 'a "quoted"/model\\é', "\U0001f600"])
+def test_stream_bytes_are_the_formats_chunks_byte_for_byte(
+    steps: list[list[TokenEntry]], model: str
+) -> None:
+    for fmt_type in (CompletionFormat, ChatFormat):
+        for usage in (False, True):
+            for stops in ([], ["STOP"], ["ST", "\n"]):
+                fmt = fmt_type(model, include_usage=usage)
+                fmt.created = 2**40 + 7
+                stream = OpenAIStream(Generation(4, stops, False), fmt, StreamEvents(fmt))
+                got = [stream.chunk(step) for step in steps] + [stream.close()]
+                want = reference_stream(fmt, Generation(4, stops, False), steps)
+                assert got == want

@@ -1,0 +1,162 @@
+"""The compiled relay of tokens to streams (``pdmaster._lane``) against the Python chain it
+stands in for: two masters, one of each (``--python_relay``), each with its own simulated
+prefill and decode node, take the same requests; clients must get the same bytes (OpenAI's
+per-response id and time aside), the same metrics, and the same deadlines."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from pdlocal.cluster import Cluster, ProcGroup
+from pdwire.extensions import optional_extension
+
+PATHS = ("compiled", "python")
+# steps of 20 ms, one stream at a time: every step is one hand-over on either path
+SLOW_DECODE = ["--decode_base_ms", "20", "--decode_per_seq_us", "0"]
+
+
+def start(group: ProcGroup, relay: str, *master_flags: str) -> Cluster:
+    c = Cluster(group)
+    c.start_master(*master_flags, *(["--python_relay"] if relay == "python" else []))
+    c.add_node("prefill", 0)
+    c.add_node("decode", 0, *SLOW_DECODE)
+    c.wait_ready(1, 1)
+    return c
+
+
+@pytest.fixture(scope="module")
+def masters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Cluster]]:
+    group = ProcGroup(tmp_path_factory.mktemp("relay"))
+    try:
+        flags = ("--token_idle_timeout", "1")  # streams below run longer than this
+        yield {relay: start(group, relay, *flags) for relay in PATHS}
+    finally:
+        group.stop_all()
+
+
+def metrics(cluster: Cluster) -> dict[str, float]:
+    text = httpx.get(f"{cluster.url}/metrics", timeout=5).text
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def raw_stream(cluster: Cluster, path: str, body: dict[str, Any]) -> bytes:
+    with httpx.stream("POST", f"{cluster.url}{path}", json=body, timeout=30) as r:
+        assert r.status_code == 200, r.read()
+        return b"".join(r.iter_raw())
+
+
+def normalized(raw: bytes) -> bytes:
+    """OpenAI's response id and creation time differ per response."""
+    raw = re.sub(rb'"id":"(cmpl|chatcmpl)-[^"]*"', b'"id":"-"', raw)
+    return re.sub(rb'"created":\d+', b'"created":0', raw)
+
+
+REQUESTS: list[tuple[str, dict[str, Any]]] = [
+    ("/generate_stream", {"inputs": "Hello world", "parameters": {"max_new_tokens": 60}}),
+    (
+        "/generate_stream",
+        {
+            "inputs": "The quick brown fox",
+            "parameters": {"max_new_tokens": 40, "ignore_eos": True, "stop_sequences": ["dog"]},
+        },
+    ),
+    (
+        "/v1/completions",
+        {
+            "prompt": "Hello world",
+            "max_tokens": 60,
+            "stream": True,
+            "ignore_eos": True,
+            "stream_options": {"include_usage": True},
+        },
+    ),
+    (  # a stop string: the encoder completes the answer before the run ends
+        "/v1/completions",
+        {"prompt": "Hello world", "max_tokens": 60, "stream": True, "stop": ["d H"]},
+    ),
+    (
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "Say something long"}],
+            "max_tokens": 50,
+            "stream": True,
+            "ignore_eos": True,
+        },
+    ),
+]
+
+
+def test_the_install_built_it() -> None:
+    assert optional_extension("pdmaster._lane") is not None
+
+
+def test_clients_get_the_same_bytes_and_metrics_on_both_paths(
+    masters: dict[str, Cluster],
+) -> None:
+    before = {relay: metrics(c) for relay, c in masters.items()}
+    for path, body in REQUESTS:
+        got = {relay: normalized(raw_stream(c, path, body)) for relay, c in masters.items()}
+        assert got["compiled"] == got["python"], path
+        assert got["compiled"].count(b"data:") >= 3
+    after = {relay: metrics(c) for relay, c in masters.items()}
+
+    def grew(relay: str, sample: str) -> float:
+        return after[relay].get(sample, 0.0) - before[relay].get(sample, 0.0)
+
+    compiled = 'pd_stream_hand_overs_total{path="compiled"}'
+    declined = 'pd_stream_hand_overs_total{path="python"}'
+    assert grew("python", compiled) == 0 and grew("python", declined) == 0
+    # the plain case is every token but a stream's last (its finish status)
+    assert grew("compiled", compiled) >= 150
+    assert grew("compiled", declined) <= len(REQUESTS)
+    itl = "pd_inter_token_latency_seconds"
+    assert grew("compiled", f"{itl}_count") == grew("python", f"{itl}_count") > 150
+    for bound in ("0.01", "0.025", "0.05", "+Inf"):  # steps of 20 ms
+        bucket = f'{itl}_bucket{{le="{bound}"}}'
+        assert grew("compiled", bucket) == pytest.approx(grew("python", bucket), abs=8)
+    per_gap = {relay: grew(relay, f"{itl}_sum") / grew(relay, f"{itl}_count") for relay in PATHS}
+    assert 0.015 < per_gap["compiled"] < 0.1
+    assert per_gap["compiled"] == pytest.approx(per_gap["python"], rel=0.3)
+    requests = [k for k in after["compiled"] if k.startswith("pd_requests_total")]
+    assert requests
+    for sample in requests:
+        assert grew("compiled", sample) == grew("python", sample), sample
+
+
+def test_a_stream_longer_than_the_idle_timeout_runs_to_its_end(
+    masters: dict[str, Cluster],
+) -> None:
+    """Each relayed chunk moves the wait's deadline (1 s here; the stream takes ~2 s)."""
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 100, "ignore_eos": True}}
+    for c in masters.values():
+        raw = raw_stream(c, "/generate_stream", body)
+        assert raw.count(b"data:") == 100 and b'"finish_reason":"length"' in raw
+
+
+def test_the_request_deadline_ends_a_stream_the_same_way(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    group = ProcGroup(tmp_path_factory.mktemp("deadline"))
+    try:
+        clusters = {relay: start(group, relay, "--request_timeout", "1") for relay in PATHS}
+        body = {"inputs": "Hello", "parameters": {"max_new_tokens": 200, "ignore_eos": True}}
+        ends = {}
+        for relay, c in clusters.items():
+            raw = raw_stream(c, "/generate_stream", body)
+            events = raw.split(b"\n\n")
+            assert 20 < raw.count(b"data:") < 200, relay
+            ends[relay] = re.sub(rb"[\d.]+ s", b"N s", events[-2])
+        assert ends["compiled"] == ends["python"]
+        assert b"timeout" in ends["compiled"]
+    finally:
+        group.stop_all()
