@@ -33,6 +33,8 @@
 #define LOCAL_SLOTS 256    /* the stack and the memo of a usual frame live on the C stack */
 #define STR_CACHE 256      /* short ASCII strings kept across frames (a power of 2) */
 #define STR_CACHE_LEN 40   /* the longest string cached */
+#define TEMPLATES 4        /* dict shapes a frame repeats: metadata, and in it logprobs' */
+#define TEMPLATE_KEYS 16
 
 enum kind {
     K_SCALAR,   /* str, int, float, bool, None */
@@ -83,6 +85,14 @@ typedef struct {
     cached_str strs[STR_CACHE];
 } Decoder;
 
+/* A dict the frame built, whose keys the next dicts of its shape repeat (each entry's
+ * metadata): such a dict is a copy of it with the values that differ set, not n inserts. */
+typedef struct {
+    PyObject *dict;        /* owned; NULL: none */
+    Py_ssize_t n;          /* its n distinct keys, in order, and the values they were given */
+    PyObject *keys[TEMPLATE_KEYS], *values[TEMPLATE_KEYS];  /* borrowed from dict */
+} template;
+
 typedef struct {
     const unsigned char *p, *end;
     slots stack, memo;
@@ -91,6 +101,8 @@ typedef struct {
     Decoder *d;
     PyObject *status;      /* the frame's last FinishStatus from the statuses map, and its bytes */
     uint32_t status_raw;
+    template templates[TEMPLATES];
+    int next_template;     /* the one a new shape replaces */
 } reader;
 
 static int grow(slots *s) {
@@ -202,35 +214,76 @@ static int push_str(reader *r, Py_ssize_t n) {
     return push_obj(&r->stack, PyUnicode_DecodeUTF8((const char *)p, n, "surrogatepass"), K_SCALAR);
 }
 
+/* The template with these keys (pointers, in order), or NULL. */
+static template *find_template(reader *r, slot *items, Py_ssize_t pairs) {
+    for (int t = 0; t < TEMPLATES; t++) {
+        template *tp = &r->templates[t];
+        if (tp->dict == NULL || tp->n != pairs) continue;
+        Py_ssize_t i = 0;
+        while (i < pairs && items[2 * i].obj == tp->keys[i]) i++;
+        if (i == pairs) return tp;
+    }
+    return NULL;
+}
+
+static void keep_template(reader *r, PyObject *dict, slot *items, Py_ssize_t pairs) {
+    if (pairs < 2 || pairs > TEMPLATE_KEYS || PyDict_GET_SIZE(dict) != pairs) return;
+    template *tp = &r->templates[r->next_template];
+    r->next_template = (r->next_template + 1) % TEMPLATES;
+    Py_INCREF(dict);
+    Py_XSETREF(tp->dict, dict);
+    tp->n = pairs;
+    for (Py_ssize_t i = 0; i < pairs; i++) {
+        tp->keys[i] = items[2 * i].obj;
+        tp->values[i] = items[2 * i + 1].obj;
+    }
+}
+
 static int op_setitems(reader *r, Py_ssize_t start) {
     /* stack[start - 1] is the dict, then key, value pairs */
     if (start - 1 < fence(r) || start > r->stack.len || (r->stack.len - start) % 2) return -1;
-    slot *t = &r->stack.s[start - 1];
+    slot *t = &r->stack.s[start - 1], *items = t + 1;
     Py_ssize_t pairs = (r->stack.len - start) / 2;
-    if (t->kind == K_EMPTYDICT) {
-        if (pairs == 0) return 0;
-#if PY_VERSION_HEX < 0x030D0000
-        t->obj = _PyDict_NewPresized(pairs);
-#else
-        t->obj = PyDict_New();
-#endif
-        if (t->obj == NULL) return -1;
-        t->kind = K_PLAIN;
-    } else if (t->kind != K_PLAIN || !PyDict_CheckExact(t->obj)) {
-        return -1;
-    }
-    PyObject *dict = t->obj;
+    int empty = t->kind == K_EMPTYDICT;
+    if (!empty && (t->kind != K_PLAIN || !PyDict_CheckExact(t->obj))) return -1;
+    if (pairs == 0) return 0;
     int height = t->height;
-    for (Py_ssize_t i = start; i < r->stack.len; i += 2) {
-        slot *k = &r->stack.s[i], *v = k + 1;
+    for (Py_ssize_t i = 0; i < pairs; i++) {
+        slot *k = &items[2 * i], *v = k + 1;
         if (k->kind != K_SCALAR || !(PyUnicode_CheckExact(k->obj) || PyLong_CheckExact(k->obj)))
             return -1;
         if (!plain_value(v->kind, v->height)) return -1;
         if (v->height + 1 > height) height = v->height + 1;
-        PyObject *o = value(v);
-        if (o == NULL || PyDict_SetItem(dict, k->obj, o) < 0) return -1;
+        if (value(v) == NULL) return -1;
+    }
+    PyObject *dict;
+    template *tp = NULL;
+    if (empty) {
+        tp = find_template(r, items, pairs);
+        if (tp != NULL) {
+            dict = t->obj = PyDict_Copy(tp->dict);
+        } else {
+#if PY_VERSION_HEX < 0x030D0000
+            dict = t->obj = _PyDict_NewPresized(pairs);
+#else
+            dict = t->obj = PyDict_New();
+#endif
+        }
+        if (dict == NULL) return -1;
+        t->kind = K_PLAIN;
+    } else {
+        dict = t->obj;
+        for (int i = 0; i < TEMPLATES; i++) {  /* a template stays as it was made */
+            if (r->templates[i].dict == dict) Py_CLEAR(r->templates[i].dict);
+        }
+    }
+    for (Py_ssize_t i = 0; i < pairs; i++) {
+        PyObject *o = items[2 * i + 1].obj;
+        if (tp != NULL && o == tp->values[i]) continue;  /* the copy has it: distinct keys */
+        if (PyDict_SetItem(dict, items[2 * i].obj, o) < 0) return -1;
     }
     if (PyDict_GET_SIZE(dict) > r->d->max_dict_items) return -1;
+    if (empty && tp == NULL) keep_template(r, dict, items, pairs);
     t->height = (unsigned char)height;
     stack_cut(r, start);
     return 0;
@@ -419,7 +472,7 @@ static int memoize(reader *r) {
     return push(&r->memo, NULL, K_OTHER, 0, 0);  /* never pushed again: a container, say */
 }
 
-static int binget(reader *r, Py_ssize_t i) {
+static inline int binget(reader *r, Py_ssize_t i) {
     if (i >= r->memo.len) return -1;
     slot *m = &r->memo.s[i];
     if (m->kind == K_OTHER) return -1;  /* only a scalar or a marker again, never a container */
@@ -577,6 +630,8 @@ static PyObject *Decoder_decode(Decoder *self, PyObject *data) {
     r.d = self;
     r.status = NULL;
     r.status_raw = 0;
+    memset(r.templates, 0, sizeof r.templates);
+    r.next_template = 0;
 
     PyObject *result = NULL;
     if (run(&r) == 0) {
@@ -586,6 +641,7 @@ static PyObject *Decoder_decode(Decoder *self, PyObject *data) {
     slots_free(&r.stack);
     slots_free(&r.memo);
     Py_XDECREF(r.status);
+    for (int i = 0; i < TEMPLATES; i++) Py_XDECREF(r.templates[i].dict);
     if (result == NULL) {
         /* any failure, a refused shape or an error raised while building: safepickle decides */
         PyErr_Clear();

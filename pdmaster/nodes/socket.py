@@ -9,7 +9,8 @@ sends a frame per decode step, so this was a fifth of a master's CPU at 8 stream
 fragments, limits) and adds one thing an app may ask for through the scope's extension
 ``MESSAGE_SINK``: a function that takes each message (bytes or str), called in the
 protocol's ``data_received`` in the order they arrive, instead of the queue. Then a whole,
-unfragmented, masked data frame within the size limit is read here in one step; any other
+unfragmented, masked data frame within the size limit is read here in one step (its head,
+unmasking and copy in one call of ``pdwire.wsframes.read_frame``, compiled); any other
 frame is passed, whole, to the ``websockets`` parser as before (which sees a stream of whole
 frames, so its state stays right), and a frame past the size limit hands that parser the
 rest of the connection. A sink reads synchronously, so the socket is read no faster than
@@ -36,10 +37,7 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
-try:  # websockets' C masking, as its own parser uses
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - built for every platform websockets ships wheels for
-    from websockets.utils import apply_mask
+from pdwire.wsframes import INCOMPLETE, OTHER, REFUSED, TEXT, frame_reader
 
 MESSAGE_SINK = "pdctl.message_sink"
 """Scope extension: call it with ``sink(message: bytes | str) -> None`` to take messages."""
@@ -53,8 +51,7 @@ Send = Callable[[bytes | bytearray], Awaitable[None]]
 _HEAD16 = struct.Struct("!BBH")
 _HEAD64 = struct.Struct("!BBQ")
 _FIN_BINARY = 0x82
-_FIN_TEXT = 0x81  # FIN, no RSV bits (no extension is negotiated), opcode 1
-_FIN_DATA = (_FIN_TEXT, _FIN_BINARY)  # and binary, opcode 2
+_OPEN = State.OPEN  # read per frame: a constant, not the enum class's attribute
 
 
 class NodeSocketProtocol(WebSocketsSansIOProtocol):
@@ -63,6 +60,7 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
         self._sink: Sink | None = None
         self._buffer = bytearray()  # a frame's start, not yet whole (only while a sink reads)
         self._parser_only = False  # a frame past the limit: the parser reads from here on
+        self._read_frame = frame_reader()
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -140,50 +138,35 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
         if self._buffer:
             self._buffer += data
             buf = self._buffer
-        end = len(buf)
-        limit = self.conn.max_message_size
-        pos = 0
-        while end - pos >= 6:  # a masked frame's head is at least 6 bytes
-            head1 = buf[pos + 1]
-            length = head1 & 0x7F
-            if length == 126:
-                if end - pos < 8:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                mask_at = pos + 4
-            elif length == 127:
-                if end - pos < 14:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                mask_at = pos + 10
-            else:
-                mask_at = pos + 2
-            if not head1 & 0x80 or (limit is not None and length > limit):
+        conn = self.conn
+        limit = conn.max_message_size
+        read_frame = self._read_frame
+        pos, end = 0, len(buf)
+        while pos < end:
+            kind, message, stop = read_frame(buf, pos, limit)
+            if kind == INCOMPLETE:
+                break
+            if kind == REFUSED:
                 # unmasked, or past the limit: the parser refuses it, as it always did
                 self._parser_only = True
                 rest = bytes(buf[pos:])
                 self._buffer = bytearray()
                 super().data_received(rest)
                 return
-            start = mask_at + 4
-            stop = start + length
-            if stop > end:
-                break
-            message: bytes | str | None = None
+            received: bytes | str | None = None
             if (
-                buf[pos] in _FIN_DATA
-                and not self.conn.expect_continuation_frame
-                and self.conn.state is State.OPEN
+                kind != OTHER
+                and not conn.expect_continuation_frame
+                and conn.state is _OPEN
                 and not self.close_sent
             ):
-                message = apply_mask(buf[start:stop], buf[mask_at:start])
-                if buf[pos] == _FIN_TEXT:
-                    message = _utf8(message)  # None: the parser's path refuses it (1007)
-            if message is not None:
-                self._sink(message)
+                # a text frame's invalid UTF-8 (None) takes the parser's path: 1007
+                received = _utf8(message) if kind == TEXT and message is not None else message
+            if received is not None:
+                self._sink(received)
             else:  # anything else, whole, to the parser (and uvicorn's handlers)
-                self.conn.receive_data(buf[pos:stop])
-                if self.conn.parser_exc is not None:
+                conn.receive_data(buf[pos:stop])
+                if conn.parser_exc is not None:
                     self._buffer = bytearray()
                     self.handle_parser_exception()
                     return
