@@ -96,7 +96,7 @@ class PDDispatcher:
         self.settings = settings
         self.clock = clock
         self.observer = observer or DispatchObserver()
-        self._decode_targets: dict[tuple[object, ...], DecodeNode] = {}
+        self._decode_targets: dict[NodeConnection, tuple[type[DecodeNode], int, DecodeNode]] = {}
 
     def session(self, request: PreparedRequest) -> PDSession:
         return PDSession(self, request)
@@ -106,22 +106,23 @@ class PDDispatcher:
 
     def decode_target(self, kind: type[DecodeNode], decode: NodeConnection) -> DecodeNode:
         """A prefill REQ's ``move_kv_to_decode_node`` for ``decode``, but its max_new_tokens:
-        filled once per node (and master id), not field by field per request."""
-        info, master = decode.info, self.master_node_id()
-        key = (kind, decode.node_id, info.host, info.rpyc_port or 0, master)
-        target = self._decode_targets.get(key)
-        if target is None:
-            target = kind()
-            target.fill(
-                node_id=decode.node_id,
-                ip=info.host,
-                rpyc_port=info.rpyc_port or 0,
-                max_new_tokens=0,  # set per request
-                pd_master_node_id=master,
-            )
-            if len(self._decode_targets) >= DECODE_TARGETS_KEPT:
-                del self._decode_targets[next(iter(self._decode_targets))]
-            self._decode_targets[key] = target
+        filled once per node connection (and master id), not field by field per request."""
+        master = self.master_node_id()
+        kept = self._decode_targets.get(decode)  # a connection's info does not change
+        if kept is not None and kept[0] is kind and kept[1] == master:
+            return kept[2]
+        info = decode.info
+        target = kind()
+        target.fill(
+            node_id=decode.node_id,
+            ip=info.host,
+            rpyc_port=info.rpyc_port or 0,
+            max_new_tokens=0,  # set per request
+            pd_master_node_id=master,
+        )
+        if len(self._decode_targets) >= DECODE_TARGETS_KEPT:
+            del self._decode_targets[next(iter(self._decode_targets))]
+        self._decode_targets[decode] = (kind, master, target)
         return target
 
 
