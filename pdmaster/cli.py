@@ -16,7 +16,7 @@ from pdmaster.dispatch.session import DispatchSettings
 from pdmaster.nodes.socket import NodeSocketProtocol
 from pdmaster.routing.policies import POLICY_NAMES
 from pdmaster.settings import MasterSettings
-from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
+from pdmodel.tokenizer import DEFAULT_MODEL_DIR, PARALLELISM, ModelTokenizer
 from pdwire.cli import CommandParser, add_lightllm_flags, lightllm_flags_given, port_number
 from pdwire.httpserver import header_timeout_protocol
 from pdwire.message_sets import MAX_FRAME_BYTES
@@ -298,6 +298,9 @@ def main(argv: list[str] | None = None) -> None:
         settings = settings_from_args(args)
     except ValueError as exc:
         parser.error(f"--allow-cidr: {exc}")
+    # One prompt at a time, on the event loop or in a worker thread: the tokenizers library's
+    # thread pool would only add a hand-off per prompt (and, off, encode skips offsets)
+    os.environ.setdefault(PARALLELISM, "false")
     try:
         tokenizer = ModelTokenizer.from_model_dir(settings.model_dir)
     except FileNotFoundError as exc:

@@ -184,9 +184,13 @@ class NodeConnection:
         """
         if self.closed:
             raise NodeFailed(f"{self.info.mode} node {self.info.client_ip_port} is gone", node=self)
+        lock = self._lock
         try:
-            async with self._lock:
+            await lock.acquire()  # as ``async with`` does, without its two coroutine calls
+            try:
                 await self._send(data() if callable(data) else data)
+            finally:
+                lock.release()
         except Exception as exc:
             raise NodeFailed(
                 f"{self.info.mode} node {self.info.client_ip_port} failed: {type(exc).__name__}",
