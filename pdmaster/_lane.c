@@ -1,4 +1,5 @@
-/* The master's per-token relay in one compiled call per hand-over: ``hand_over(ready, now)``.
+/* The master's per-token relay in one compiled call per hand-over: ``hand_over(ready, now)``;
+ * and ``deliver``, RequestTable.deliver's loop over a frame's entries.
  *
  * The Python chain stays the reference and the fallback (pdmaster/nodes/tracking.py
  * RequestState.ready -> PDSession._push -> RequestRun._push -> ChunkWriter.__call__ ->
@@ -24,16 +25,30 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
+#include "structmember.h"
 
 #define MAX_BOUNDS 24  /* the inter-token histogram has 15 */
+
+/* The __slots__ read and written per token, by offset: resolved once per class from its
+ * member descriptors (each a writable object slot, else the class is not used here). */
+enum { F_LANE, F_WAITER, F_ERROR, F_ITEMS, F_DEADLINE, F_SECONDS, F_SOURCE, STATE_FIELDS };
+#define MAX_FIELDS STATE_FIELDS
+
+typedef struct {
+    PyTypeObject *type;  /* NULL: none resolved yet */
+    Py_ssize_t offset[MAX_FIELDS];
+} layout;
+
+#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 
 typedef struct {
     PyObject *s_lane, *s_waiter, *s_error, *s_items, *s_deadline, *s_seconds, *s_last,
         *s_pending, *s_held, *s_done, *s_chunk, *s_chunked_encoding, *s_response_started,
         *s_response_complete, *s_disconnected, *s_flow, *s_write_paused, *s_transport,
         *s_write, *s_set_result, *s_ready, *s_sum, *s_counts, *s_bounds, *s_sink_failed,
-        *s_status, *s_streams_through, *s_session_flow;
+        *s_status, *s_streams_through, *s_session_flow, *s_source;
     PyTypeObject *lane_type;
+    layout state, run, writer, session;  /* RequestState, RequestRun, ChunkWriter, PDSession */
 } module_state;
 
 typedef struct {
@@ -43,11 +58,16 @@ typedef struct {
     PyObject *writer;   /* ChunkWriter: _pending, _held */
     PyObject *encoder;  /* chunk(entries) and done, when events is NULL */
     PyObject *cycle;    /* uvicorn's RequestResponseCycle */
-    PyObject *itl;      /* LoopHistogram: _sum */
+    PyObject *cycle_dict;  /* its attributes */
+    PyObject *flow;     /* its FlowControl */
+    PyObject *flow_dict;
+    PyObject *itl;      /* LoopHistogram */
+    PyObject *itl_dict; /* its _sum */
     PyObject *counts;   /* its _counts */
     PyObject *events;   /* pdwire._sse.events, or NULL */
     PyObject *config;   /* its config */
     PyObject *http_chunk;
+    Py_ssize_t flow_off, last_off, pending_off, held_off;
     double deadline;    /* the request's */
     double idle;        /* token_idle_timeout_s */
     Py_ssize_t nbounds;
@@ -56,6 +76,36 @@ typedef struct {
 
 static module_state *state_of_type(PyTypeObject *type) {
     return PyType_GetModuleState(type);
+}
+
+/* ``l`` for ``type``, whose ``names`` must be writable object slots: 0, or -1 (TypeError). */
+static int resolve(layout *l, PyTypeObject *type, PyObject *const *names, int n) {
+    if (l->type == type) return 0;
+    Py_ssize_t offset[MAX_FIELDS];
+    for (int i = 0; i < n; i++) {
+        PyObject *d = PyObject_GetAttr((PyObject *)type, names[i]);
+        if (d == NULL) return -1;
+        int ok = Py_IS_TYPE(d, &PyMemberDescr_Type);
+        if (ok) {
+            PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+            ok = m->type == T_OBJECT_EX && !(m->flags & READONLY) && m->offset > 0;
+            offset[i] = m->offset;
+        }
+        Py_DECREF(d);
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "%s.%U is not a slot", type->tp_name, names[i]);
+            return -1;
+        }
+    }
+    Py_XSETREF(l->type, (PyTypeObject *)Py_NewRef(type));
+    memcpy(l->offset, offset, sizeof(Py_ssize_t) * n);
+    return 0;
+}
+
+static void set_slot(PyObject *obj, Py_ssize_t off, PyObject *value) {
+    PyObject *old = SLOT(obj, off);
+    SLOT(obj, off) = Py_NewRef(value);
+    Py_XDECREF(old);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -67,7 +117,11 @@ static int lane_traverse(Lane *self, visitproc visit, void *arg) {
     Py_VISIT(self->writer);
     Py_VISIT(self->encoder);
     Py_VISIT(self->cycle);
+    Py_VISIT(self->cycle_dict);
+    Py_VISIT(self->flow);
+    Py_VISIT(self->flow_dict);
     Py_VISIT(self->itl);
+    Py_VISIT(self->itl_dict);
     Py_VISIT(self->counts);
     Py_VISIT(self->events);
     Py_VISIT(self->config);
@@ -81,7 +135,11 @@ static int lane_clear(Lane *self) {
     Py_CLEAR(self->writer);
     Py_CLEAR(self->encoder);
     Py_CLEAR(self->cycle);
+    Py_CLEAR(self->cycle_dict);
+    Py_CLEAR(self->flow);
+    Py_CLEAR(self->flow_dict);
     Py_CLEAR(self->itl);
+    Py_CLEAR(self->itl_dict);
     Py_CLEAR(self->counts);
     Py_CLEAR(self->events);
     Py_CLEAR(self->config);
@@ -104,6 +162,16 @@ PyDoc_STRVAR(lane_doc,
 "timeout; events and config: pdwire._sse's events and its config for LightLLM's stateless\n"
 "encoder, or None to call encoder.chunk; http_chunk frames a body.");
 
+/* obj's instance dict (a new reference): its attributes, read without a lookup in its class. */
+static PyObject *instance_dict(PyObject *obj) {
+    PyObject *d = PyObject_GenericGetDict(obj, NULL);
+    if (d != NULL && !PyDict_CheckExact(d)) {
+        Py_CLEAR(d);
+        PyErr_SetString(PyExc_TypeError, "Lane: an attribute dict that is not a dict");
+    }
+    return d;
+}
+
 static PyObject *lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     module_state *st = state_of_type(type);
     if (st == NULL) return NULL;
@@ -124,47 +192,55 @@ static PyObject *lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
         PyErr_SetString(PyExc_TypeError, "Lane: http_chunk must be callable");
         return NULL;
     }
-    PyObject *counts = PyObject_GetAttr(itl, st->s_counts);
-    if (counts == NULL) return NULL;
-    PyObject *bounds = PyObject_GetAttr(itl, st->s_bounds);
-    if (bounds == NULL) {
-        Py_DECREF(counts);
+    PyObject *run_names[] = {st->s_last}, *writer_names[] = {st->s_pending, st->s_held};
+    PyObject *session_names[] = {st->s_session_flow};
+    if (resolve(&st->run, Py_TYPE(run), run_names, 1) < 0
+        || resolve(&st->writer, Py_TYPE(writer), writer_names, 2) < 0
+        || resolve(&st->session, Py_TYPE(session), session_names, 1) < 0)
         return NULL;
-    }
-    Lane *self = NULL;
-    if (!PyList_CheckExact(counts) || !PyTuple_CheckExact(bounds)
-        || PyTuple_GET_SIZE(bounds) > MAX_BOUNDS
-        || PyList_GET_SIZE(counts) != PyTuple_GET_SIZE(bounds) + 1) {
-        PyErr_SetString(PyExc_TypeError, "Lane: itl must hold _counts (list), _bounds (tuple)");
-        goto done;
-    }
-    self = (Lane *)type->tp_alloc(type, 0);
-    if (self == NULL) goto done;
-    self->nbounds = PyTuple_GET_SIZE(bounds);
-    for (Py_ssize_t i = 0; i < self->nbounds; i++) {
-        double b = PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, i));
-        if (b == -1.0 && PyErr_Occurred()) {
-            Py_CLEAR(self);
-            goto done;
-        }
-        self->bounds[i] = b;
-    }
+    Lane *self = (Lane *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
     self->session = Py_NewRef(session);
     self->run = Py_NewRef(run);
     self->writer = Py_NewRef(writer);
     self->encoder = Py_NewRef(encoder);
     self->cycle = Py_NewRef(cycle);
     self->itl = Py_NewRef(itl);
-    self->counts = Py_NewRef(counts);
     self->events = events == Py_None ? NULL : Py_NewRef(events);
     self->config = Py_NewRef(config);
     self->http_chunk = Py_NewRef(http_chunk);
+    self->last_off = st->run.offset[0];
+    self->pending_off = st->writer.offset[0];
+    self->held_off = st->writer.offset[1];
+    self->flow_off = st->session.offset[0];
     self->deadline = deadline;
     self->idle = idle;
-done:
-    Py_DECREF(counts);
+    PyObject *bounds = NULL;
+    if ((self->cycle_dict = instance_dict(cycle)) == NULL
+        || (self->flow = PyObject_GetAttr(cycle, st->s_flow)) == NULL
+        || (self->flow_dict = instance_dict(self->flow)) == NULL
+        || (self->itl_dict = instance_dict(itl)) == NULL
+        || (self->counts = PyObject_GetAttr(itl, st->s_counts)) == NULL
+        || (bounds = PyObject_GetAttr(itl, st->s_bounds)) == NULL)
+        goto fail;
+    if (!PyList_CheckExact(self->counts) || !PyTuple_CheckExact(bounds)
+        || PyTuple_GET_SIZE(bounds) > MAX_BOUNDS
+        || PyList_GET_SIZE(self->counts) != PyTuple_GET_SIZE(bounds) + 1) {
+        PyErr_SetString(PyExc_TypeError, "Lane: itl must hold _counts (list), _bounds (tuple)");
+        goto fail;
+    }
+    self->nbounds = PyTuple_GET_SIZE(bounds);
+    for (Py_ssize_t i = 0; i < self->nbounds; i++) {
+        double b = PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, i));
+        if (b == -1.0 && PyErr_Occurred()) goto fail;
+        self->bounds[i] = b;
+    }
     Py_DECREF(bounds);
     return (PyObject *)self;
+fail:
+    Py_XDECREF(bounds);
+    Py_DECREF(self);
+    return NULL;
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -178,114 +254,85 @@ static int attr_true(PyObject *obj, PyObject *name) {
     return r;
 }
 
-/* getattr(obj, name) is None: 1, 0, or -1. */
-static int attr_none(PyObject *obj, PyObject *name) {
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL) return -1;
-    int r = v == Py_None;
+/* dict[name] is truthy: 1, 0, or -1 (an exception set; a missing name is a KeyError). */
+static int item_true(PyObject *dict, PyObject *name) {
+    PyObject *v = PyDict_GetItemWithError(dict, name);  /* borrowed */
+    if (v == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, name);
+        return -1;
+    }
+    if (v == Py_True) return 1;
+    if (v == Py_False) return 0;
+    Py_INCREF(v);
+    int r = PyObject_IsTrue(v);
     Py_DECREF(v);
     return r;
 }
 
-/* The read-only checks: 1 the plain case, 0 not (the Python chain's way), -1 error. The items
- * are returned (a new reference) in *items_out on 1. */
-static int plain(module_state *st, Lane *lane, PyObject *state, double now,
-                 PyObject **items_out, PyObject **waiter_out) {
+/* The read-only checks: 1 the plain case, 0 not (the Python chain's way), -1 error. */
+static int plain(module_state *st, Lane *lane, PyObject *state, double now, PyObject *waiter,
+                 PyObject *items) {
     int r;
-    PyObject *waiter = PyObject_GetAttr(state, st->s_waiter);
-    if (waiter == NULL) return -1;
-    if (waiter == Py_None) {
-        Py_DECREF(waiter);
-        return 0;
-    }
+    PyObject *error = SLOT(state, st->state.offset[F_ERROR]);
+    if (error != Py_None || !PyList_CheckExact(items) || PyList_GET_SIZE(items) == 0) return 0;
     PyObject *done = PyObject_CallMethodNoArgs(waiter, st->s_done);
-    if (done == NULL) {
-        Py_DECREF(waiter);
-        return -1;
-    }
+    if (done == NULL) return -1;
     r = done == Py_False;  /* anything else: ready()'s own way */
     Py_DECREF(done);
-    if (r != 1 || (r = attr_none(state, st->s_error)) != 1) {
-        Py_DECREF(waiter);
-        return r;
-    }
-    PyObject *items = PyObject_GetAttr(state, st->s_items);
-    if (items == NULL) {
-        Py_DECREF(waiter);
-        return -1;
-    }
-    r = PyList_CheckExact(items) && PyList_GET_SIZE(items) > 0;
     for (Py_ssize_t i = 0; r == 1 && i < PyList_GET_SIZE(items); i++) {
         PyObject *entry = PyList_GET_ITEM(items, i);
-        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4) {
-            r = 0;
-            break;
-        }
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4) return 0;
         PyObject *status = PyObject_GetAttr(PyTuple_GET_ITEM(entry, 3), st->s_status);
-        if (status == NULL) {
-            r = -1;
-            break;
-        }
+        if (status == NULL) return -1;
         int overflow = 0;
         r = PyLong_CheckExact(status) && PyLong_AsLongAndOverflow(status, &overflow) == 0
             && overflow == 0;
         Py_DECREF(status);
-        if (PyErr_Occurred()) r = -1;
+        if (PyErr_Occurred()) return -1;
     }
-    if (r == 1 && !(lane->deadline - now > 0)) r = 0;
-    if (r == 1) {
-        PyObject *flow = PyObject_GetAttr(lane->session, st->s_session_flow);
-        if (flow == NULL) {
-            r = -1;
-        } else {
-            if (flow != Py_None) r = attr_true(flow, st->s_streams_through);
-            Py_DECREF(flow);
-        }
+    if (r != 1) return r;
+    if (!(lane->deadline - now > 0)) return 0;  /* the request's deadline passed */
+    PyObject *flow = SLOT(lane->session, lane->flow_off);
+    if (flow == NULL) return 0;
+    if (flow != Py_None) {
+        Py_INCREF(flow);
+        r = attr_true(flow, st->s_streams_through);
+        Py_DECREF(flow);
+        if (r != 1) return r;
     }
-    if (r == 1) r = attr_none(lane->writer, st->s_pending);
-    if (r == 1) {
-        PyObject *held = PyObject_GetAttr(lane->writer, st->s_held);
-        if (held == NULL) {
-            r = -1;
-        } else {
-            r = PyBytes_CheckExact(held) && PyBytes_GET_SIZE(held) == 0;
-            Py_DECREF(held);
-        }
-    }
-    if (r == 1 && lane->events == NULL) {
-        r = attr_true(lane->encoder, st->s_done);
-        if (r >= 0) r = !r;
-    }
-    PyObject *c = lane->cycle;
-    if (r == 1) r = attr_true(c, st->s_chunked_encoding);
-    if (r == 1) r = attr_true(c, st->s_response_started);
-    if (r == 1 && (r = attr_true(c, st->s_response_complete)) >= 0) r = !r;
-    if (r == 1 && (r = attr_true(c, st->s_disconnected)) >= 0) r = !r;
-    if (r == 1) {
-        PyObject *flow = PyObject_GetAttr(c, st->s_flow);
-        if (flow == NULL) {
-            r = -1;
-        } else {
-            if ((r = attr_true(flow, st->s_write_paused)) >= 0) r = !r;
-            Py_DECREF(flow);
-        }
-    }
-    if (r == 1) {
-        *items_out = items;
-        *waiter_out = waiter;
-        return 1;
-    }
-    Py_DECREF(items);
-    Py_DECREF(waiter);
-    return r;
+    if (SLOT(lane->writer, lane->pending_off) != Py_None) return 0;
+    PyObject *held = SLOT(lane->writer, lane->held_off);
+    if (held == NULL || !PyBytes_CheckExact(held) || PyBytes_GET_SIZE(held) != 0) return 0;
+    if (lane->events == NULL && (r = attr_true(lane->encoder, st->s_done)) != 0)
+        return r < 0 ? -1 : 0;
+    PyObject *c = lane->cycle_dict;
+    if ((r = item_true(c, st->s_chunked_encoding)) != 1) return r;
+    if ((r = item_true(c, st->s_response_started)) != 1) return r;
+    if ((r = item_true(c, st->s_response_complete)) != 0) return r < 0 ? -1 : 0;
+    if ((r = item_true(c, st->s_disconnected)) != 0) return r < 0 ? -1 : 0;
+    PyObject *flow_now = PyDict_GetItemWithError(c, st->s_flow);
+    if (flow_now != lane->flow) return PyErr_Occurred() ? -1 : 0;
+    if ((r = item_true(lane->flow_dict, st->s_write_paused)) != 0) return r < 0 ? -1 : 0;
+    return 1;
+}
+
+/* A new float in a slot; -1 with MemoryError. */
+static int set_float_slot(PyObject *obj, Py_ssize_t off, double value) {
+    PyObject *v = PyFloat_FromDouble(value);
+    if (v == NULL) return -1;
+    set_slot(obj, off, v);
+    Py_DECREF(v);
+    return 0;
 }
 
 /* RequestRun._push's inter-token observation, LoopHistogram.observe's way, and extend_wait. */
 static int delivered(module_state *st, Lane *lane, PyObject *state, double now) {
-    PyObject *last = PyObject_GetAttr(lane->run, st->s_last);
-    if (last == NULL) return -1;
+    PyObject *last = SLOT(lane->run, lane->last_off);
+    if (last == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "RequestRun._last");
+        return -1;
+    }
     double value = now - PyFloat_AsDouble(last);
-    Py_DECREF(last);
     if (PyErr_Occurred()) return -1;
     Py_ssize_t i = 0;
     while (i < lane->nbounds && lane->bounds[i] < value) i++;  /* bisect_left */
@@ -299,34 +346,25 @@ static int delivered(module_state *st, Lane *lane, PyObject *state, double now) 
     PyObject *count = PyLong_FromSsize_t(n + 1);
     if (count == NULL) return -1;
     PyList_SetItem(counts, i, count);  /* steals count */
-    PyObject *sum = PyObject_GetAttr(lane->itl, st->s_sum);
-    if (sum == NULL) return -1;
+    PyObject *sum = PyDict_GetItemWithError(lane->itl_dict, st->s_sum);  /* borrowed */
+    if (sum == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_AttributeError, "LoopHistogram._sum");
+        return -1;
+    }
     double total = PyFloat_AsDouble(sum);
-    Py_DECREF(sum);
     if (total == -1.0 && PyErr_Occurred()) return -1;
     PyObject *v = PyFloat_FromDouble(total + value);
     if (v == NULL) return -1;
-    int rc = PyObject_SetAttr(lane->itl, st->s_sum, v);
+    int rc = PyDict_SetItem(lane->itl_dict, st->s_sum, v);
     Py_DECREF(v);
-    if (rc < 0) return -1;
-    v = PyFloat_FromDouble(now);
-    if (v == NULL) return -1;
-    rc = PyObject_SetAttr(lane->run, st->s_last, v);
-    Py_DECREF(v);
-    if (rc < 0) return -1;
+    if (rc < 0 || set_float_slot(lane->run, lane->last_off, now) < 0) return -1;
 
     double left = lane->deadline - now;
     double seconds = lane->idle < left ? lane->idle : left;
-    PyObject *until = PyFloat_FromDouble(now + seconds);
-    if (until == NULL) return -1;
-    rc = PyObject_SetAttr(state, st->s_deadline, until);
-    Py_DECREF(until);
-    if (rc < 0) return -1;
-    v = PyFloat_FromDouble(seconds);
-    if (v == NULL) return -1;
-    rc = PyObject_SetAttr(state, st->s_seconds, v);
-    Py_DECREF(v);
-    return rc;
+    if (set_float_slot(state, st->state.offset[F_DEADLINE], now + seconds) < 0
+        || set_float_slot(state, st->state.offset[F_SECONDS], seconds) < 0)
+        return -1;
+    return 0;
 }
 
 /* The tokens went nowhere: the waiting task takes them (ready()'s end after a False). */
@@ -380,11 +418,13 @@ static int relay(module_state *st, Lane *lane, PyObject *state, double now, PyOb
         PyObject *chunk = PyObject_CallOneArg(lane->http_chunk, body);
         Py_DECREF(body);
         if (chunk == NULL) return -1;
-        PyObject *transport = PyObject_GetAttr(lane->cycle, st->s_transport);
+        PyObject *transport = PyDict_GetItemWithError(lane->cycle_dict, st->s_transport);
         if (transport == NULL) {
+            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, st->s_transport);
             Py_DECREF(chunk);
             return -1;
         }
+        Py_INCREF(transport);
         PyObject *r = PyObject_CallMethodOneArg(transport, st->s_write, chunk);
         Py_DECREF(transport);
         Py_DECREF(chunk);
@@ -395,10 +435,9 @@ static int relay(module_state *st, Lane *lane, PyObject *state, double now, PyOb
     }
     PyObject *fresh = PyList_New(0);
     if (fresh == NULL) return -1;
-    int rc = PyObject_SetAttr(state, st->s_items, fresh);
+    set_slot(state, st->state.offset[F_ITEMS], fresh);
     Py_DECREF(fresh);
-    if (rc < 0 || delivered(st, lane, state, now) < 0) return -1;
-    return 1;
+    return delivered(st, lane, state, now) < 0 ? -1 : 1;
 }
 
 /* The exception being raised, taken (a new reference). */
@@ -416,16 +455,22 @@ static PyObject *raised(void) {
 #endif
 }
 
-/* One ready request: 1 relayed here, 0 for the Python chain, -1 error. */
+/* One ready request (a RequestState: st->state resolved for its class): 1 relayed here, 0
+ * for the Python chain, -1 error. */
 static int push(module_state *st, Lane *lane, PyObject *state, double now) {
-    PyObject *items = NULL, *waiter = NULL;
-    int r = plain(st, lane, state, now, &items, &waiter);
-    if (r < 0) {
+    PyObject *waiter = SLOT(state, st->state.offset[F_WAITER]);
+    PyObject *items = SLOT(state, st->state.offset[F_ITEMS]);
+    if (waiter == NULL || waiter == Py_None || items == NULL) return 0;
+    Py_INCREF(waiter);
+    Py_INCREF(items);
+    int r = plain(st, lane, state, now, waiter, items);
+    if (r == 1) r = relay(st, lane, state, now, items, waiter);
+    else if (r < 0) {
         PyErr_Clear();  /* nothing changed: the Python chain meets it in its own way */
-        return 0;
+        r = 0;
+    } else {
+        r = 0;
     }
-    if (r == 0) return 0;
-    r = relay(st, lane, state, now, items, waiter);
     Py_DECREF(items);
     Py_DECREF(waiter);
     if (r >= 0) return r == 0 ? 0 : 1;
@@ -436,6 +481,97 @@ static int push(module_state *st, Lane *lane, PyObject *state, double now) {
     if (out == NULL) return -1;
     Py_DECREF(out);
     return 1;
+}
+
+static void state_field_names(module_state *st, PyObject **names) {
+    names[F_LANE] = st->s_lane;
+    names[F_WAITER] = st->s_waiter;
+    names[F_ERROR] = st->s_error;
+    names[F_ITEMS] = st->s_items;
+    names[F_DEADLINE] = st->s_deadline;
+    names[F_SECONDS] = st->s_seconds;
+    names[F_SOURCE] = st->s_source;
+}
+
+PyDoc_STRVAR(deliver_doc,
+"deliver(by_group: dict[int, RequestState], ready: list, node, entries: list, best_of: int)\n\n"
+"RequestTable.deliver's loop: each entry appended to the _items of the request of its group\n"
+"(entry[0] // best_of * best_of) if that request listens to node (its source); a request\n"
+"whose _items was empty is appended to ready.");
+
+/* The group id of a request id: id // best_of * best_of, a new reference. */
+static PyObject *group_of(PyObject *id, PyObject *best_of, long long b) {
+    if (PyLong_CheckExact(id) && b > 0) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(id, &overflow);
+        if (overflow == 0 && !(v == -1 && PyErr_Occurred())) {
+            long long m = v % b;
+            if (m < 0) m += b;  /* Python's floor */
+            if (m == 0) return Py_NewRef(id);
+            return PyLong_FromLongLong(v - m);
+        }
+        PyErr_Clear();
+    }
+    PyObject *q = PyNumber_FloorDivide(id, best_of);
+    if (q == NULL) return NULL;
+    PyObject *g = PyNumber_Multiply(q, best_of);
+    Py_DECREF(q);
+    return g;
+}
+
+static PyObject *deliver(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyDict_CheckExact(args[0]) || !PyList_CheckExact(args[1])
+        || !PyList_CheckExact(args[3]) || !PyLong_CheckExact(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "deliver(by_group: dict, ready: list, node, entries: list, best_of: int)");
+        return NULL;
+    }
+    module_state *st = PyModule_GetState(module);
+    PyObject *table = args[0], *ready = args[1], *node = args[2], *entries = args[3];
+    PyObject *best_of = args[4];
+    long long b = PyLong_AsLongLong(best_of);
+    if (b == -1 && PyErr_Occurred()) return NULL;
+    PyObject *state_names[STATE_FIELDS];
+    state_field_names(st, state_names);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(entries); i++) {
+        PyObject *entry = Py_NewRef(PyList_GET_ITEM(entries, i));
+        PyObject *id = PySequence_GetItem(entry, 0);
+        PyObject *key = id == NULL ? NULL : group_of(id, best_of, b);
+        Py_XDECREF(id);
+        PyObject *state = key == NULL ? NULL : PyDict_GetItemWithError(table, key);
+        Py_XDECREF(key);
+        int rc = 0;
+        if (state != NULL) {
+            Py_INCREF(state);
+            PyObject *source, *items;
+            if (resolve(&st->state, Py_TYPE(state), state_names, STATE_FIELDS) == 0) {
+                source = Py_XNewRef(SLOT(state, st->state.offset[F_SOURCE]));
+                items = Py_XNewRef(SLOT(state, st->state.offset[F_ITEMS]));
+                if (source == NULL || items == NULL) {
+                    PyErr_SetString(PyExc_AttributeError, "RequestState.source or _items");
+                }
+            } else {  /* another class: by name */
+                PyErr_Clear();
+                source = PyObject_GetAttr(state, st->s_source);
+                items = source == NULL ? NULL : PyObject_GetAttr(state, st->s_items);
+            }
+            if (source == NULL || items == NULL) {
+                rc = -1;
+            } else if (source == node) {
+                rc = PyList_Check(items) ? PyList_Append(items, entry)
+                                         : (PyErr_SetString(PyExc_TypeError, "_items"), -1);
+                if (rc == 0 && PyList_GET_SIZE(items) == 1) rc = PyList_Append(ready, state);
+            }
+            Py_XDECREF(source);
+            Py_XDECREF(items);
+            Py_DECREF(state);
+        } else if (PyErr_Occurred()) {
+            rc = -1;
+        }
+        Py_DECREF(entry);
+        if (rc < 0) return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(hand_over_doc,
@@ -454,17 +590,22 @@ static PyObject *hand_over(PyObject *module, PyObject *const *args, Py_ssize_t n
     double now = PyFloat_AsDouble(now_obj);
     if (now == -1.0 && PyErr_Occurred()) return NULL;
     Py_ssize_t relayed = 0, declined = 0;
+    PyObject *state_names[STATE_FIELDS];
+    state_field_names(st, state_names);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ready); i++) {
         PyObject *state = Py_NewRef(PyList_GET_ITEM(ready, i));
-        int r = 0;
-        PyObject *lane = PyObject_GetAttr(state, st->s_lane);
-        if (lane == NULL) {
-            Py_DECREF(state);
-            return NULL;
+        int r = 0, armed = 0;
+        if (resolve(&st->state, Py_TYPE(state), state_names, STATE_FIELDS) < 0) {
+            PyErr_Clear();  /* not a RequestState: its own ready() */
+        } else {
+            PyObject *lane = SLOT(state, st->state.offset[F_LANE]);
+            armed = lane != NULL && Py_TYPE(lane) == st->lane_type;
+            if (armed) {
+                Py_INCREF(lane);
+                r = push(st, (Lane *)lane, state, now);
+                Py_DECREF(lane);
+            }
         }
-        int armed = Py_TYPE(lane) == st->lane_type;
-        if (armed) r = push(st, (Lane *)lane, state, now);
-        Py_DECREF(lane);
         relayed += r == 1;
         if (r == 0) {
             declined += armed;
@@ -480,6 +621,7 @@ static PyObject *hand_over(PyObject *module, PyObject *const *args, Py_ssize_t n
 
 static PyMethodDef methods[] = {
     {"hand_over", (PyCFunction)(void (*)(void))hand_over, METH_FASTCALL, hand_over_doc},
+    {"deliver", (PyCFunction)(void (*)(void))deliver, METH_FASTCALL, deliver_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -533,6 +675,7 @@ static int exec_module(PyObject *module) {
     INTERN(s_status, "status");
     INTERN(s_streams_through, "streams_through");
     INTERN(s_session_flow, "_flow");
+    INTERN(s_source, "source");
     st->lane_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &lane_spec, NULL);
     if (st->lane_type == NULL) return -1;
     return PyModule_AddType(module, st->lane_type);
@@ -543,11 +686,17 @@ static int exec_module(PyObject *module) {
     X(s_pending) X(s_held) X(s_done) X(s_chunk) X(s_chunked_encoding) X(s_response_started) \
     X(s_response_complete) X(s_disconnected) X(s_flow) X(s_write_paused) X(s_transport)     \
     X(s_write) X(s_set_result) X(s_ready) X(s_sum) X(s_counts) X(s_bounds) X(s_sink_failed) \
-    X(s_status) X(s_streams_through) X(s_session_flow)
+    X(s_status) X(s_streams_through) X(s_session_flow) X(s_source)
 
 static int traverse(PyObject *module, visitproc visit, void *arg) {
     module_state *st = PyModule_GetState(module);
-    if (st != NULL) Py_VISIT(st->lane_type);
+    if (st != NULL) {
+        Py_VISIT(st->lane_type);
+        Py_VISIT(st->state.type);
+        Py_VISIT(st->run.type);
+        Py_VISIT(st->writer.type);
+        Py_VISIT(st->session.type);
+    }
     return 0;
 }
 
@@ -558,6 +707,10 @@ static int clear(PyObject *module) {
         STATE_FIELDS(CLEAR_FIELD)
 #undef CLEAR_FIELD
         Py_CLEAR(st->lane_type);
+        Py_CLEAR(st->state.type);
+        Py_CLEAR(st->run.type);
+        Py_CLEAR(st->writer.type);
+        Py_CLEAR(st->session.type);
     }
     return 0;
 }

@@ -70,7 +70,7 @@ typedef struct {
 
 typedef struct {
     PyObject *str;          /* an exact, ASCII str */
-    uint32_t hash;
+    uint64_t hash;
 } cached_str;
 
 typedef struct {
@@ -96,7 +96,7 @@ typedef struct {
 typedef struct {
     const unsigned char *p, *end;
     slots stack, memo;
-    Py_ssize_t marks[MAX_MARKS];
+    Py_ssize_t marks[MAX_MARKS + 1];  /* marks[0]: the bottom, a fence of 0 */
     int nmarks;
     Decoder *d;
     PyObject *status;      /* the frame's last FinishStatus from the statuses map, and its bytes */
@@ -154,11 +154,11 @@ static inline uint32_t le32(const unsigned char *p) {
 }
 
 /* Where the items an opcode may take start: above the last MARK, as pickle's own fence. */
-static inline Py_ssize_t fence(reader *r) { return r->nmarks ? r->marks[r->nmarks - 1] : 0; }
+static inline Py_ssize_t fence(reader *r) { return r->marks[r->nmarks]; }
 
 static inline Py_ssize_t pop_mark(reader *r) {
     if (r->nmarks == 0) return -1;
-    return r->marks[--r->nmarks];
+    return r->marks[r->nmarks--];
 }
 
 /* May a value of this kind and height go into a dict or plain list? */
@@ -177,14 +177,24 @@ static inline PyObject *value(slot *t) {
     return t->obj;
 }
 
-static uint32_t str_hash(const unsigned char *p, Py_ssize_t n, int *ascii) {
-    uint32_t h = 2166136261u ^ (uint32_t)n;
-    unsigned char high = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        high |= p[i];
-        h = (h ^ p[i]) * 16777619u;
+/* A hash of a short string's bytes (8 at a time), and whether they are all ASCII. */
+static inline uint64_t str_hash(const unsigned char *p, Py_ssize_t n, int *ascii) {
+    uint64_t h = (uint64_t)n * 0x9E3779B97F4A7C15ull, high = 0, w;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, p + i, 8);
+        high |= w;
+        h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 29;
     }
-    *ascii = high < 0x80;
+    if (i < n) {
+        w = 0;
+        memcpy(&w, p + i, (size_t)(n - i));
+        high |= w;
+        h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 29;
+    }
+    *ascii = (high & 0x8080808080808080ull) == 0;
     return h;
 }
 
@@ -194,9 +204,9 @@ static int push_str(reader *r, Py_ssize_t n) {
     r->p += n;
     if (n <= STR_CACHE_LEN) {
         int ascii;
-        uint32_t h = str_hash(p, n, &ascii);
+        uint64_t h = str_hash(p, n, &ascii);
         if (ascii) {
-            cached_str *c = &r->d->strs[h & (STR_CACHE - 1)];
+            cached_str *c = &r->d->strs[h >> 56 & (STR_CACHE - 1)];
             if (c->str != NULL && c->hash == h && PyUnicode_GET_LENGTH(c->str) == n
                 && memcmp(PyUnicode_1BYTE_DATA(c->str), p, n) == 0) {
                 Py_INCREF(c->str);
@@ -376,6 +386,12 @@ static int op_tuple(reader *r, Py_ssize_t start) {
     return push(&r->stack, t, kind, 0, raw);
 }
 
+/* The names come from the string cache, which holds the decoder's own: mostly the same
+ * objects. */
+static inline int same_str(PyObject *a, PyObject *b) {
+    return a == b || PyUnicode_Compare(a, b) == 0;
+}
+
 static int op_stack_global(reader *r) {
     Py_ssize_t n = r->stack.len;
     if (n - 2 < fence(r) || r->stack.s[n - 1].kind != K_SCALAR || r->stack.s[n - 2].kind != K_SCALAR)
@@ -384,14 +400,11 @@ static int op_stack_global(reader *r) {
     if (!PyUnicode_CheckExact(module) || !PyUnicode_CheckExact(name)) return -1;
     Decoder *d = r->d;
     int kind;
-    if (PyUnicode_Compare(module, d->objtype_module) == 0
-        && PyUnicode_Compare(name, d->objtype_name) == 0)
+    if (same_str(module, d->objtype_module) && same_str(name, d->objtype_name))
         kind = K_OBJTYPE;
-    else if (PyUnicode_Compare(module, d->status_module) == 0
-             && PyUnicode_Compare(name, d->status_name) == 0)
+    else if (same_str(module, d->status_module) && same_str(name, d->status_name))
         kind = K_STATUSCLS;
-    else if (PyUnicode_Compare(module, d->ctypes_module) == 0
-             && PyUnicode_Compare(name, d->unpickle_name) == 0)
+    else if (same_str(module, d->ctypes_module) && same_str(name, d->unpickle_name))
         kind = K_UNPICKLE;
     else
         return -1;
@@ -561,7 +574,7 @@ static int run(reader *r) {
             break;
         case '(':
             if (r->nmarks == MAX_MARKS) return -1;
-            r->marks[r->nmarks++] = n;
+            r->marks[++r->nmarks] = n;
             break;
         case 'u':
             if ((start = pop_mark(r)) < 0 || op_setitems(r, start) < 0) return -1;
@@ -627,6 +640,7 @@ static PyObject *Decoder_decode(Decoder *self, PyObject *data) {
     r.stack = (slots){stack_local, 0, LOCAL_SLOTS, stack_local};
     r.memo = (slots){memo_local, 0, LOCAL_SLOTS, memo_local};
     r.nmarks = 0;
+    r.marks[0] = 0;
     r.d = self;
     r.status = NULL;
     r.status_raw = 0;
@@ -714,6 +728,20 @@ static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
     self->max_dict_items = max_dict_items;
     self->max_int_bytes = max_int_bytes;
     self->lengths = mask;
+    PyObject *seeded[] = {self->objtype_module, self->objtype_name, self->status_module,
+                          self->status_name, self->ctypes_module, self->unpickle_name};
+    for (int i = 0; i < 6; i++) {  /* the string cache starts with the names frames give */
+        Py_ssize_t n;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(seeded[i], &n);
+        if (utf8 == NULL) return -1;
+        int ascii;
+        uint64_t h = str_hash((const unsigned char *)utf8, n, &ascii);
+        if (!ascii || n > STR_CACHE_LEN) continue;
+        cached_str *c = &self->strs[h >> 56 & (STR_CACHE - 1)];
+        Py_INCREF(seeded[i]);
+        Py_XSETREF(c->str, seeded[i]);
+        c->hash = h;
+    }
     return 0;
 }
 

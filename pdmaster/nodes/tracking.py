@@ -195,6 +195,7 @@ class RequestTable:
         self._compiled: Callable[[list[RequestState], float], tuple[int, int]] | None = (
             module.hand_over if module is not None else None
         )
+        self._deliver: Callable[..., None] | None = module.deliver if module is not None else None
         self.lane_type: Callable[..., object] | None = module.Lane if module is not None else None
         """The compiled relay state of one stream, where hand-overs are compiled."""
         self.relayed = 0  # hand-overs to a stream done by the compiled call
@@ -215,13 +216,16 @@ class RequestTable:
         table = self._by_group
         ready = self._ready
         idle = not ready
-        for entry in entries:  # per token, so inline; a late token of a node the request
-            state = table.get(entry[0] // MAX_BEST_OF * MAX_BEST_OF)  # left is dropped
-            if state is not None and state.source is node:
-                items = state._items
-                items.append(entry)
-                if len(items) == 1:
-                    ready.append(state)
+        if self._deliver is not None:  # this loop, compiled
+            self._deliver(table, ready, node, entries, MAX_BEST_OF)
+        else:
+            for entry in entries:  # per token, so inline; a late token of a node the request
+                state = table.get(entry[0] // MAX_BEST_OF * MAX_BEST_OF)  # left is dropped
+                if state is not None and state.source is node:
+                    items = state._items
+                    items.append(entry)
+                    if len(items) == 1:
+                        ready.append(state)
         if idle and ready:
             asyncio.get_running_loop().call_soon(self._hand_over)
 
