@@ -34,7 +34,6 @@ from pdwire.structs import DecodeNode, SamplingParamsBase
 
 log = logging.getLogger(__name__)
 
-DECODE_TARGETS_KEPT = 256  # decode nodes whose hand-off struct is kept filled
 RETRYABLE_TIMEOUTS = {
     "first_token_timeout": "prefill",
     "kv_move_timeout": "decode",
@@ -96,7 +95,6 @@ class PDDispatcher:
         self.settings = settings
         self.clock = clock
         self.observer = observer or DispatchObserver()
-        self._decode_targets: dict[NodeConnection, tuple[type[DecodeNode], int, DecodeNode]] = {}
 
     def session(self, request: PreparedRequest) -> PDSession:
         return PDSession(self, request)
@@ -106,11 +104,13 @@ class PDDispatcher:
 
     def decode_target(self, kind: type[DecodeNode], decode: NodeConnection) -> DecodeNode:
         """A prefill REQ's ``move_kv_to_decode_node`` for ``decode``, but its max_new_tokens:
-        filled once per node connection (and master id), not field by field per request."""
+        filled once per node connection (whose info never changes) and master id, and kept
+        on the connection, not filled field by field per request."""
         master = self.master_node_id()
-        kept = self._decode_targets.get(decode)  # a connection's info does not change
+        kept = decode.hand_off
         if kept is not None and kept[0] is kind and kept[1] == master:
-            return kept[2]
+            target: DecodeNode = kept[2]
+            return target
         info = decode.info
         target = kind()
         target.fill(
@@ -120,9 +120,7 @@ class PDDispatcher:
             max_new_tokens=0,  # set per request
             pd_master_node_id=master,
         )
-        if len(self._decode_targets) >= DECODE_TARGETS_KEPT:
-            del self._decode_targets[next(iter(self._decode_targets))]
-        self._decode_targets[decode] = (kind, master, target)
+        decode.hand_off = (kind, master, target)
         return target
 
 
@@ -259,7 +257,9 @@ class PDSession:
         self._flow = None
         refused = refusals(d.versions, self._req.parameters.wire_values)
         prefill, decode = d.selector.pick_pair(self._view, tried, self.decode_tokens, refused)
-        tried += [n for n in (prefill, decode) if n is not None]
+        tried.append(prefill)
+        if decode is not None:
+            tried.append(decode)
         codec = d.codec_for(prefill)
         if prefill.info.version == V12:
             assert decode is not None
