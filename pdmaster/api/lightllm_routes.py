@@ -18,7 +18,7 @@ from pdmaster.api.service import ClientDisconnected, GenerateService
 from pdmaster.dispatch.session import PreparedRequest
 from pdmaster.errors import ApiError, BadRequest, PayloadTooLarge
 from pdmaster.nodes.pool import NodePool
-from pdmaster.routing.policies import RequestView, prefix_blocks
+from pdmaster.routing.policies import RequestView, prefix_blocks, reads_prefixes
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.api import decimal
@@ -227,7 +227,12 @@ def prepare_parts(
         raise BadRequest(
             "parameters.stop_sequences: a stop sequence is over 256 tokens", code="invalid_field"
         )
-    view = RequestView(prompt_tokens, params.max_new_tokens, prefix_blocks(prompt_ids))
+    blocks = (
+        prefix_blocks(prompt_ids)
+        if reads_prefixes(settings.prefill_policy, settings.decode_policy)
+        else ()
+    )
+    view = RequestView(prompt_tokens, params.max_new_tokens, blocks)
     return PreparedRequest(inputs, prompt_tokens, params.for_run(), stop_ids, view)
 
 
