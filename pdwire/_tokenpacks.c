@@ -80,6 +80,7 @@ typedef struct {
     PyObject *obj_types;   /* dict: int -> ObjType member */
     PyObject *statuses;    /* dict: 4 bytes -> FinishStatus (a hit needs no call) */
     PyObject *status_fn;   /* callable: 4 bytes -> FinishStatus, or raises */
+    PyObject *slow;        /* callable: data -> what decode_or_slow returns where decode declines */
     Py_ssize_t max_bytes, max_dict_items, max_int_bytes;
     unsigned lengths;      /* bit n: a message of n items is this version's */
     cached_str strs[STR_CACHE];
@@ -623,6 +624,18 @@ static int run(reader *r) {
     return -1;
 }
 
+PyDoc_STRVAR(decode_or_slow_doc,
+"decode_or_slow(data) -> decode(data), or where that is None, slow(data)");
+
+static PyObject *Decoder_decode(Decoder *self, PyObject *data);
+
+static PyObject *Decoder_decode_or_slow(Decoder *self, PyObject *data) {
+    PyObject *result = Decoder_decode(self, data);
+    if (result != Py_None || self->slow == NULL) return result;
+    Py_DECREF(result);
+    return PyObject_CallOneArg(self->slow, data);
+}
+
 PyDoc_STRVAR(decode_doc,
 "decode(data) -> (member, entries, load or None) or None\n\n"
 "None: not a token pack this decoder takes (decode it with safepickle).");
@@ -675,20 +688,22 @@ static PyObject *str_arg(PyObject *o, const char *what) {
 
 static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
     static char *names[] = {"objtype_name", "status_name", "obj_types", "statuses", "status_fn",
-                            "max_bytes", "max_dict_items", "max_int_bytes", "lengths", NULL};
-    PyObject *objtype, *status, *obj_types, *statuses, *status_fn, *lengths;
+                            "max_bytes", "max_dict_items", "max_int_bytes", "lengths", "slow",
+                            NULL};
+    PyObject *objtype, *status, *obj_types, *statuses, *status_fn, *lengths, *slow = Py_None;
     Py_ssize_t max_bytes, max_dict_items, max_int_bytes;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!OnnnO:Decoder", names, &PyTuple_Type,
-                                     &objtype, &PyTuple_Type, &status, &PyDict_Type, &obj_types,
-                                     &PyDict_Type, &statuses, &status_fn, &max_bytes,
-                                     &max_dict_items, &max_int_bytes, &lengths))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!OnnnO|$O:Decoder", names,
+                                     &PyTuple_Type, &objtype, &PyTuple_Type, &status,
+                                     &PyDict_Type, &obj_types, &PyDict_Type, &statuses,
+                                     &status_fn, &max_bytes, &max_dict_items, &max_int_bytes,
+                                     &lengths, &slow))
         return -1;
     if (PyTuple_GET_SIZE(objtype) != 2 || PyTuple_GET_SIZE(status) != 2) {
         PyErr_SetString(PyExc_TypeError, "a class's name is (module, name)");
         return -1;
     }
-    if (!PyCallable_Check(status_fn)) {
-        PyErr_SetString(PyExc_TypeError, "status_fn must be callable");
+    if (!PyCallable_Check(status_fn) || (slow != Py_None && !PyCallable_Check(slow))) {
+        PyErr_SetString(PyExc_TypeError, "status_fn (and slow) must be callable");
         return -1;
     }
     unsigned mask = 0;
@@ -724,6 +739,7 @@ static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->statuses, statuses);
     Py_INCREF(status_fn);
     Py_XSETREF(self->status_fn, status_fn);
+    Py_XSETREF(self->slow, slow == Py_None ? NULL : Py_NewRef(slow));
     self->max_bytes = max_bytes;
     self->max_dict_items = max_dict_items;
     self->max_int_bytes = max_int_bytes;
@@ -750,6 +766,7 @@ static int Decoder_traverse(Decoder *self, visitproc visit, void *arg) {
     Py_VISIT(self->obj_types);
     Py_VISIT(self->statuses);
     Py_VISIT(self->status_fn);
+    Py_VISIT(self->slow);
     return 0;
 }
 
@@ -757,6 +774,7 @@ static int Decoder_clear(Decoder *self) {
     Py_CLEAR(self->obj_types);
     Py_CLEAR(self->statuses);
     Py_CLEAR(self->status_fn);
+    Py_CLEAR(self->slow);
     return 0;
 }
 
@@ -777,12 +795,13 @@ static void Decoder_dealloc(Decoder *self) {
 
 static PyMethodDef Decoder_methods[] = {
     {"decode", (PyCFunction)Decoder_decode, METH_O, decode_doc},
+    {"decode_or_slow", (PyCFunction)Decoder_decode_or_slow, METH_O, decode_or_slow_doc},
     {NULL, NULL, 0, NULL},
 };
 
 PyDoc_STRVAR(Decoder_doc,
 "Decoder(objtype_name, status_name, obj_types, statuses, status_fn, max_bytes,\n"
-"        max_dict_items, max_int_bytes, lengths)\n\n"
+"        max_dict_items, max_int_bytes, lengths, *, slow=None)\n\n"
 "One LightLLM version's TOKEN_PACKS frames; see pdwire/fastdecode.py.");
 
 static PyType_Slot Decoder_slots[] = {
