@@ -70,7 +70,7 @@ typedef struct {
 
 typedef struct {
     PyObject *str;          /* an exact, ASCII str */
-    uint32_t hash;
+    uint64_t hash;
 } cached_str;
 
 typedef struct {
@@ -80,6 +80,7 @@ typedef struct {
     PyObject *obj_types;   /* dict: int -> ObjType member */
     PyObject *statuses;    /* dict: 4 bytes -> FinishStatus (a hit needs no call) */
     PyObject *status_fn;   /* callable: 4 bytes -> FinishStatus, or raises */
+    PyObject *slow;        /* callable: data -> what decode_or_slow returns where decode declines */
     Py_ssize_t max_bytes, max_dict_items, max_int_bytes;
     unsigned lengths;      /* bit n: a message of n items is this version's */
     cached_str strs[STR_CACHE];
@@ -96,7 +97,7 @@ typedef struct {
 typedef struct {
     const unsigned char *p, *end;
     slots stack, memo;
-    Py_ssize_t marks[MAX_MARKS];
+    Py_ssize_t marks[MAX_MARKS + 1];  /* marks[0]: the bottom, a fence of 0 */
     int nmarks;
     Decoder *d;
     PyObject *status;      /* the frame's last FinishStatus from the statuses map, and its bytes */
@@ -154,11 +155,11 @@ static inline uint32_t le32(const unsigned char *p) {
 }
 
 /* Where the items an opcode may take start: above the last MARK, as pickle's own fence. */
-static inline Py_ssize_t fence(reader *r) { return r->nmarks ? r->marks[r->nmarks - 1] : 0; }
+static inline Py_ssize_t fence(reader *r) { return r->marks[r->nmarks]; }
 
 static inline Py_ssize_t pop_mark(reader *r) {
     if (r->nmarks == 0) return -1;
-    return r->marks[--r->nmarks];
+    return r->marks[r->nmarks--];
 }
 
 /* May a value of this kind and height go into a dict or plain list? */
@@ -177,14 +178,24 @@ static inline PyObject *value(slot *t) {
     return t->obj;
 }
 
-static uint32_t str_hash(const unsigned char *p, Py_ssize_t n, int *ascii) {
-    uint32_t h = 2166136261u ^ (uint32_t)n;
-    unsigned char high = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        high |= p[i];
-        h = (h ^ p[i]) * 16777619u;
+/* A hash of a short string's bytes (8 at a time), and whether they are all ASCII. */
+static inline uint64_t str_hash(const unsigned char *p, Py_ssize_t n, int *ascii) {
+    uint64_t h = (uint64_t)n * 0x9E3779B97F4A7C15ull, high = 0, w;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, p + i, 8);
+        high |= w;
+        h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 29;
     }
-    *ascii = high < 0x80;
+    if (i < n) {
+        w = 0;
+        memcpy(&w, p + i, (size_t)(n - i));
+        high |= w;
+        h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 29;
+    }
+    *ascii = (high & 0x8080808080808080ull) == 0;
     return h;
 }
 
@@ -194,9 +205,9 @@ static int push_str(reader *r, Py_ssize_t n) {
     r->p += n;
     if (n <= STR_CACHE_LEN) {
         int ascii;
-        uint32_t h = str_hash(p, n, &ascii);
+        uint64_t h = str_hash(p, n, &ascii);
         if (ascii) {
-            cached_str *c = &r->d->strs[h & (STR_CACHE - 1)];
+            cached_str *c = &r->d->strs[h >> 56 & (STR_CACHE - 1)];
             if (c->str != NULL && c->hash == h && PyUnicode_GET_LENGTH(c->str) == n
                 && memcmp(PyUnicode_1BYTE_DATA(c->str), p, n) == 0) {
                 Py_INCREF(c->str);
@@ -376,6 +387,12 @@ static int op_tuple(reader *r, Py_ssize_t start) {
     return push(&r->stack, t, kind, 0, raw);
 }
 
+/* The names come from the string cache, which holds the decoder's own: mostly the same
+ * objects. */
+static inline int same_str(PyObject *a, PyObject *b) {
+    return a == b || PyUnicode_Compare(a, b) == 0;
+}
+
 static int op_stack_global(reader *r) {
     Py_ssize_t n = r->stack.len;
     if (n - 2 < fence(r) || r->stack.s[n - 1].kind != K_SCALAR || r->stack.s[n - 2].kind != K_SCALAR)
@@ -384,14 +401,11 @@ static int op_stack_global(reader *r) {
     if (!PyUnicode_CheckExact(module) || !PyUnicode_CheckExact(name)) return -1;
     Decoder *d = r->d;
     int kind;
-    if (PyUnicode_Compare(module, d->objtype_module) == 0
-        && PyUnicode_Compare(name, d->objtype_name) == 0)
+    if (same_str(module, d->objtype_module) && same_str(name, d->objtype_name))
         kind = K_OBJTYPE;
-    else if (PyUnicode_Compare(module, d->status_module) == 0
-             && PyUnicode_Compare(name, d->status_name) == 0)
+    else if (same_str(module, d->status_module) && same_str(name, d->status_name))
         kind = K_STATUSCLS;
-    else if (PyUnicode_Compare(module, d->ctypes_module) == 0
-             && PyUnicode_Compare(name, d->unpickle_name) == 0)
+    else if (same_str(module, d->ctypes_module) && same_str(name, d->unpickle_name))
         kind = K_UNPICKLE;
     else
         return -1;
@@ -561,7 +575,7 @@ static int run(reader *r) {
             break;
         case '(':
             if (r->nmarks == MAX_MARKS) return -1;
-            r->marks[r->nmarks++] = n;
+            r->marks[++r->nmarks] = n;
             break;
         case 'u':
             if ((start = pop_mark(r)) < 0 || op_setitems(r, start) < 0) return -1;
@@ -610,6 +624,18 @@ static int run(reader *r) {
     return -1;
 }
 
+PyDoc_STRVAR(decode_or_slow_doc,
+"decode_or_slow(data) -> decode(data), or where that is None, slow(data)");
+
+static PyObject *Decoder_decode(Decoder *self, PyObject *data);
+
+static PyObject *Decoder_decode_or_slow(Decoder *self, PyObject *data) {
+    PyObject *result = Decoder_decode(self, data);
+    if (result != Py_None || self->slow == NULL) return result;
+    Py_DECREF(result);
+    return PyObject_CallOneArg(self->slow, data);
+}
+
 PyDoc_STRVAR(decode_doc,
 "decode(data) -> (member, entries, load or None) or None\n\n"
 "None: not a token pack this decoder takes (decode it with safepickle).");
@@ -627,6 +653,7 @@ static PyObject *Decoder_decode(Decoder *self, PyObject *data) {
     r.stack = (slots){stack_local, 0, LOCAL_SLOTS, stack_local};
     r.memo = (slots){memo_local, 0, LOCAL_SLOTS, memo_local};
     r.nmarks = 0;
+    r.marks[0] = 0;
     r.d = self;
     r.status = NULL;
     r.status_raw = 0;
@@ -661,20 +688,22 @@ static PyObject *str_arg(PyObject *o, const char *what) {
 
 static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
     static char *names[] = {"objtype_name", "status_name", "obj_types", "statuses", "status_fn",
-                            "max_bytes", "max_dict_items", "max_int_bytes", "lengths", NULL};
-    PyObject *objtype, *status, *obj_types, *statuses, *status_fn, *lengths;
+                            "max_bytes", "max_dict_items", "max_int_bytes", "lengths", "slow",
+                            NULL};
+    PyObject *objtype, *status, *obj_types, *statuses, *status_fn, *lengths, *slow = Py_None;
     Py_ssize_t max_bytes, max_dict_items, max_int_bytes;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!OnnnO:Decoder", names, &PyTuple_Type,
-                                     &objtype, &PyTuple_Type, &status, &PyDict_Type, &obj_types,
-                                     &PyDict_Type, &statuses, &status_fn, &max_bytes,
-                                     &max_dict_items, &max_int_bytes, &lengths))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!OnnnO|$O:Decoder", names,
+                                     &PyTuple_Type, &objtype, &PyTuple_Type, &status,
+                                     &PyDict_Type, &obj_types, &PyDict_Type, &statuses,
+                                     &status_fn, &max_bytes, &max_dict_items, &max_int_bytes,
+                                     &lengths, &slow))
         return -1;
     if (PyTuple_GET_SIZE(objtype) != 2 || PyTuple_GET_SIZE(status) != 2) {
         PyErr_SetString(PyExc_TypeError, "a class's name is (module, name)");
         return -1;
     }
-    if (!PyCallable_Check(status_fn)) {
-        PyErr_SetString(PyExc_TypeError, "status_fn must be callable");
+    if (!PyCallable_Check(status_fn) || (slow != Py_None && !PyCallable_Check(slow))) {
+        PyErr_SetString(PyExc_TypeError, "status_fn (and slow) must be callable");
         return -1;
     }
     unsigned mask = 0;
@@ -710,10 +739,25 @@ static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->statuses, statuses);
     Py_INCREF(status_fn);
     Py_XSETREF(self->status_fn, status_fn);
+    Py_XSETREF(self->slow, slow == Py_None ? NULL : Py_NewRef(slow));
     self->max_bytes = max_bytes;
     self->max_dict_items = max_dict_items;
     self->max_int_bytes = max_int_bytes;
     self->lengths = mask;
+    PyObject *seeded[] = {self->objtype_module, self->objtype_name, self->status_module,
+                          self->status_name, self->ctypes_module, self->unpickle_name};
+    for (int i = 0; i < 6; i++) {  /* the string cache starts with the names frames give */
+        Py_ssize_t n;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(seeded[i], &n);
+        if (utf8 == NULL) return -1;
+        int ascii;
+        uint64_t h = str_hash((const unsigned char *)utf8, n, &ascii);
+        if (!ascii || n > STR_CACHE_LEN) continue;
+        cached_str *c = &self->strs[h >> 56 & (STR_CACHE - 1)];
+        Py_INCREF(seeded[i]);
+        Py_XSETREF(c->str, seeded[i]);
+        c->hash = h;
+    }
     return 0;
 }
 
@@ -722,6 +766,7 @@ static int Decoder_traverse(Decoder *self, visitproc visit, void *arg) {
     Py_VISIT(self->obj_types);
     Py_VISIT(self->statuses);
     Py_VISIT(self->status_fn);
+    Py_VISIT(self->slow);
     return 0;
 }
 
@@ -729,6 +774,7 @@ static int Decoder_clear(Decoder *self) {
     Py_CLEAR(self->obj_types);
     Py_CLEAR(self->statuses);
     Py_CLEAR(self->status_fn);
+    Py_CLEAR(self->slow);
     return 0;
 }
 
@@ -749,12 +795,13 @@ static void Decoder_dealloc(Decoder *self) {
 
 static PyMethodDef Decoder_methods[] = {
     {"decode", (PyCFunction)Decoder_decode, METH_O, decode_doc},
+    {"decode_or_slow", (PyCFunction)Decoder_decode_or_slow, METH_O, decode_or_slow_doc},
     {NULL, NULL, 0, NULL},
 };
 
 PyDoc_STRVAR(Decoder_doc,
 "Decoder(objtype_name, status_name, obj_types, statuses, status_fn, max_bytes,\n"
-"        max_dict_items, max_int_bytes, lengths)\n\n"
+"        max_dict_items, max_int_bytes, lengths, *, slow=None)\n\n"
 "One LightLLM version's TOKEN_PACKS frames; see pdwire/fastdecode.py.");
 
 static PyType_Slot Decoder_slots[] = {

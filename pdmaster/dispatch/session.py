@@ -34,7 +34,6 @@ from pdwire.structs import DecodeNode, SamplingParamsBase
 
 log = logging.getLogger(__name__)
 
-DECODE_TARGETS_KEPT = 256  # decode nodes whose hand-off struct is kept filled
 RETRYABLE_TIMEOUTS = {
     "first_token_timeout": "prefill",
     "kv_move_timeout": "decode",
@@ -96,7 +95,6 @@ class PDDispatcher:
         self.settings = settings
         self.clock = clock
         self.observer = observer or DispatchObserver()
-        self._decode_targets: dict[tuple[object, ...], DecodeNode] = {}
 
     def session(self, request: PreparedRequest) -> PDSession:
         return PDSession(self, request)
@@ -106,22 +104,23 @@ class PDDispatcher:
 
     def decode_target(self, kind: type[DecodeNode], decode: NodeConnection) -> DecodeNode:
         """A prefill REQ's ``move_kv_to_decode_node`` for ``decode``, but its max_new_tokens:
-        filled once per node (and master id), not field by field per request."""
-        info, master = decode.info, self.master_node_id()
-        key = (kind, decode.node_id, info.host, info.rpyc_port or 0, master)
-        target = self._decode_targets.get(key)
-        if target is None:
-            target = kind()
-            target.fill(
-                node_id=decode.node_id,
-                ip=info.host,
-                rpyc_port=info.rpyc_port or 0,
-                max_new_tokens=0,  # set per request
-                pd_master_node_id=master,
-            )
-            if len(self._decode_targets) >= DECODE_TARGETS_KEPT:
-                del self._decode_targets[next(iter(self._decode_targets))]
-            self._decode_targets[key] = target
+        filled once per node connection (whose info never changes) and master id, and kept
+        on the connection, not filled field by field per request."""
+        master = self.master_node_id()
+        kept = decode.hand_off
+        if kept is not None and kept[0] is kind and kept[1] == master:
+            target: DecodeNode = kept[2]
+            return target
+        info = decode.info
+        target = kind()
+        target.fill(
+            node_id=decode.node_id,
+            ip=info.host,
+            rpyc_port=info.rpyc_port or 0,
+            max_new_tokens=0,  # set per request
+            pd_master_node_id=master,
+        )
+        decode.hand_off = (kind, master, target)
         return target
 
 
@@ -258,7 +257,9 @@ class PDSession:
         self._flow = None
         refused = refusals(d.versions, self._req.parameters.wire_values)
         prefill, decode = d.selector.pick_pair(self._view, tried, self.decode_tokens, refused)
-        tried += [n for n in (prefill, decode) if n is not None]
+        tried.append(prefill)
+        if decode is not None:
+            tried.append(decode)
         codec = d.codec_for(prefill)
         if prefill.info.version == V12:
             assert decode is not None

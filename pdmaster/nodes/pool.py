@@ -171,6 +171,8 @@ class NodeConnection:
     closed: bool = False
     requests: set[Attached] = field(default_factory=set)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # a decode node's hand-off struct for prefill REQs, kept by the dispatcher (see there)
+    hand_off: tuple[Any, ...] | None = None
 
     @property
     def node_id(self) -> int:

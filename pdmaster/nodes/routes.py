@@ -206,21 +206,20 @@ async def _read_messages(
     loop = asyncio.get_running_loop()
     failed: asyncio.Future[None] = loop.create_future()
     last = loop.time()
+    sink = handle  # per message: no wrapper but where the time of the last one counts
+    if silence_s is not None:
+        time = loop.time
 
-    done, time = failed.done, loop.time
-
-    def sink(message: bytes | str) -> None:
-        nonlocal last
-        if done():
-            return
-        if silence_s is not None:
+        def sink(message: bytes | str) -> None:
+            nonlocal last
             last = time()
-        try:
             handle(message)
-        except Exception as exc:  # met by the task below, which closes the socket
+
+    def fail(exc: Exception) -> None:  # met by the task below, which closes the socket
+        if not failed.done():
             failed.set_exception(exc)
 
-    register(sink)
+    register(sink, fail)
     closed = asyncio.ensure_future(ws.receive())  # the only message left for the queue
     try:
         while True:
@@ -233,6 +232,7 @@ async def _read_messages(
             if closed.done():
                 return _closed(ws, path, closed.result().get("code"))
     finally:
+        register(None, None)  # the frames still read are dropped
         closed.cancel()
         if not failed.done():
             failed.cancel()

@@ -40,13 +40,16 @@ from websockets.protocol import State
 from pdwire.wsframes import INCOMPLETE, OTHER, REFUSED, TEXT, frame_reader
 
 MESSAGE_SINK = "pdctl.message_sink"
-"""Scope extension: call it with ``sink(message: bytes | str) -> None`` to take messages."""
+"""Scope extension: ``take(sink, failed)`` to take messages: ``sink(message: bytes | str)``
+gets each one; the first exception it raises goes to ``failed(exc)`` and the messages after
+it are dropped, as they are after ``take(None, None)`` (the app is done with the socket)."""
 
 FRAME_SENDER = "pdctl.frame_sender"
 """Scope extension: ``wrap(send_bytes) -> send``, a ``send(data: bytes)`` that writes a binary
 frame itself while it can and otherwise awaits ``send_bytes(data)`` (the app's own send)."""
 
 Sink = Callable[[bytes | str], None]
+Failed = Callable[[Exception], None]
 Send = Callable[[bytes | bytearray], Awaitable[None]]
 _HEAD16 = struct.Struct("!BBH")
 _HEAD64 = struct.Struct("!BBQ")
@@ -58,6 +61,7 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sink: Sink | None = None
+        self._sink_failed: Failed = _ignore
         self._buffer = bytearray()  # a frame's start, not yet whole (only while a sink reads)
         self._parser_only = False  # a frame past the limit: the parser reads from here on
         self._read_frame = frame_reader()
@@ -69,9 +73,11 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
             extensions[MESSAGE_SINK] = self._set_sink
             extensions[FRAME_SENDER] = self._sender
 
-    def _set_sink(self, sink: Sink) -> None:
-        """From now on messages go to ``sink``, first those already queued, in order."""
-        self._sink = sink
+    def _set_sink(self, sink: Sink | None, failed: Failed | None) -> None:
+        """From now on messages go to ``sink``, first those already queued, in order; what it
+        raises to ``failed``, once (see ``MESSAGE_SINK``)."""
+        self._sink = sink or _ignore
+        self._sink_failed = failed or _ignore
         kept = []
         while not self.queue.empty():
             message = self.queue.get_nowait()
@@ -79,7 +85,7 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
                 kept.append(message)
             else:
                 data = message.get("bytes")
-                sink(data if data is not None else message.get("text") or "")
+                self._give(data if data is not None else message.get("text") or "")
         for message in kept:
             self.queue.put_nowait(message)
         if self.read_paused:
@@ -107,10 +113,21 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
 
         return send
 
+    def _give(self, message: bytes | str) -> None:
+        try:
+            self._sink(message)  # type: ignore[misc]  # only called while there is a sink
+        except Exception as exc:
+            self._sink_dropped(exc)
+
+    def _sink_dropped(self, exc: Exception) -> None:
+        """The sink raised: it is told, once, and gets no more messages."""
+        failed = self._sink_failed
+        self._sink, self._sink_failed = _ignore, _ignore
+        failed(exc)
+
     def send_receive_event_to_app(self) -> None:
         """A message the parser completed goes to the sink, if there is one."""
-        sink = self._sink
-        if sink is None:
+        if self._sink is None:
             super().send_receive_event_to_app()
             return
         data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
@@ -125,9 +142,9 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
                 self.conn.send_close(1007)
                 self.handle_parser_exception()
                 return
-            sink(text)
+            self._give(text)
         else:
-            sink(bytes(data))
+            self._give(bytes(data))
 
     def data_received(self, data: bytes) -> None:
         parser_has_start = not self._buffer and self.conn.reader.buffer
@@ -163,7 +180,10 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
                 # a text frame's invalid UTF-8 (None) takes the parser's path: 1007
                 received = _utf8(message) if kind == TEXT and message is not None else message
             if received is not None:
-                self._sink(received)
+                try:
+                    self._sink(received)
+                except Exception as exc:
+                    self._sink_dropped(exc)
             else:  # anything else, whole, to the parser (and uvicorn's handlers)
                 conn.receive_data(buf[pos:stop])
                 if conn.parser_exc is not None:
@@ -176,6 +196,10 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
             del buf[:pos]
         elif pos < end:
             self._buffer = bytearray(buf[pos:])
+
+
+def _ignore(message: Any) -> None:
+    """The sink and its failure callback once the app is done with them."""
 
 
 def _head(length: int) -> bytes:
