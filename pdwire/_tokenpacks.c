@@ -33,6 +33,8 @@
 #define LOCAL_SLOTS 256    /* the stack and the memo of a usual frame live on the C stack */
 #define STR_CACHE 256      /* short ASCII strings kept across frames (a power of 2) */
 #define STR_CACHE_LEN 40   /* the longest string cached */
+#define TEMPLATES 4        /* dict shapes a frame repeats: metadata, and in it logprobs' */
+#define TEMPLATE_KEYS 16
 
 enum kind {
     K_SCALAR,   /* str, int, float, bool, None */
@@ -68,7 +70,7 @@ typedef struct {
 
 typedef struct {
     PyObject *str;          /* an exact, ASCII str */
-    uint32_t hash;
+    uint64_t hash;
 } cached_str;
 
 typedef struct {
@@ -78,19 +80,30 @@ typedef struct {
     PyObject *obj_types;   /* dict: int -> ObjType member */
     PyObject *statuses;    /* dict: 4 bytes -> FinishStatus (a hit needs no call) */
     PyObject *status_fn;   /* callable: 4 bytes -> FinishStatus, or raises */
+    PyObject *slow;        /* callable: data -> what decode_or_slow returns where decode declines */
     Py_ssize_t max_bytes, max_dict_items, max_int_bytes;
     unsigned lengths;      /* bit n: a message of n items is this version's */
     cached_str strs[STR_CACHE];
 } Decoder;
 
+/* A dict the frame built, whose keys the next dicts of its shape repeat (each entry's
+ * metadata): such a dict is a copy of it with the values that differ set, not n inserts. */
+typedef struct {
+    PyObject *dict;        /* owned; NULL: none */
+    Py_ssize_t n;          /* its n distinct keys, in order, and the values they were given */
+    PyObject *keys[TEMPLATE_KEYS], *values[TEMPLATE_KEYS];  /* borrowed from dict */
+} template;
+
 typedef struct {
     const unsigned char *p, *end;
     slots stack, memo;
-    Py_ssize_t marks[MAX_MARKS];
+    Py_ssize_t marks[MAX_MARKS + 1];  /* marks[0]: the bottom, a fence of 0 */
     int nmarks;
     Decoder *d;
     PyObject *status;      /* the frame's last FinishStatus from the statuses map, and its bytes */
     uint32_t status_raw;
+    template templates[TEMPLATES];
+    int next_template;     /* the one a new shape replaces */
 } reader;
 
 static int grow(slots *s) {
@@ -142,11 +155,11 @@ static inline uint32_t le32(const unsigned char *p) {
 }
 
 /* Where the items an opcode may take start: above the last MARK, as pickle's own fence. */
-static inline Py_ssize_t fence(reader *r) { return r->nmarks ? r->marks[r->nmarks - 1] : 0; }
+static inline Py_ssize_t fence(reader *r) { return r->marks[r->nmarks]; }
 
 static inline Py_ssize_t pop_mark(reader *r) {
     if (r->nmarks == 0) return -1;
-    return r->marks[--r->nmarks];
+    return r->marks[r->nmarks--];
 }
 
 /* May a value of this kind and height go into a dict or plain list? */
@@ -165,14 +178,24 @@ static inline PyObject *value(slot *t) {
     return t->obj;
 }
 
-static uint32_t str_hash(const unsigned char *p, Py_ssize_t n, int *ascii) {
-    uint32_t h = 2166136261u ^ (uint32_t)n;
-    unsigned char high = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        high |= p[i];
-        h = (h ^ p[i]) * 16777619u;
+/* A hash of a short string's bytes (8 at a time), and whether they are all ASCII. */
+static inline uint64_t str_hash(const unsigned char *p, Py_ssize_t n, int *ascii) {
+    uint64_t h = (uint64_t)n * 0x9E3779B97F4A7C15ull, high = 0, w;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, p + i, 8);
+        high |= w;
+        h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 29;
     }
-    *ascii = high < 0x80;
+    if (i < n) {
+        w = 0;
+        memcpy(&w, p + i, (size_t)(n - i));
+        high |= w;
+        h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 29;
+    }
+    *ascii = (high & 0x8080808080808080ull) == 0;
     return h;
 }
 
@@ -182,9 +205,9 @@ static int push_str(reader *r, Py_ssize_t n) {
     r->p += n;
     if (n <= STR_CACHE_LEN) {
         int ascii;
-        uint32_t h = str_hash(p, n, &ascii);
+        uint64_t h = str_hash(p, n, &ascii);
         if (ascii) {
-            cached_str *c = &r->d->strs[h & (STR_CACHE - 1)];
+            cached_str *c = &r->d->strs[h >> 56 & (STR_CACHE - 1)];
             if (c->str != NULL && c->hash == h && PyUnicode_GET_LENGTH(c->str) == n
                 && memcmp(PyUnicode_1BYTE_DATA(c->str), p, n) == 0) {
                 Py_INCREF(c->str);
@@ -202,35 +225,76 @@ static int push_str(reader *r, Py_ssize_t n) {
     return push_obj(&r->stack, PyUnicode_DecodeUTF8((const char *)p, n, "surrogatepass"), K_SCALAR);
 }
 
+/* The template with these keys (pointers, in order), or NULL. */
+static template *find_template(reader *r, slot *items, Py_ssize_t pairs) {
+    for (int t = 0; t < TEMPLATES; t++) {
+        template *tp = &r->templates[t];
+        if (tp->dict == NULL || tp->n != pairs) continue;
+        Py_ssize_t i = 0;
+        while (i < pairs && items[2 * i].obj == tp->keys[i]) i++;
+        if (i == pairs) return tp;
+    }
+    return NULL;
+}
+
+static void keep_template(reader *r, PyObject *dict, slot *items, Py_ssize_t pairs) {
+    if (pairs < 2 || pairs > TEMPLATE_KEYS || PyDict_GET_SIZE(dict) != pairs) return;
+    template *tp = &r->templates[r->next_template];
+    r->next_template = (r->next_template + 1) % TEMPLATES;
+    Py_INCREF(dict);
+    Py_XSETREF(tp->dict, dict);
+    tp->n = pairs;
+    for (Py_ssize_t i = 0; i < pairs; i++) {
+        tp->keys[i] = items[2 * i].obj;
+        tp->values[i] = items[2 * i + 1].obj;
+    }
+}
+
 static int op_setitems(reader *r, Py_ssize_t start) {
     /* stack[start - 1] is the dict, then key, value pairs */
     if (start - 1 < fence(r) || start > r->stack.len || (r->stack.len - start) % 2) return -1;
-    slot *t = &r->stack.s[start - 1];
+    slot *t = &r->stack.s[start - 1], *items = t + 1;
     Py_ssize_t pairs = (r->stack.len - start) / 2;
-    if (t->kind == K_EMPTYDICT) {
-        if (pairs == 0) return 0;
-#if PY_VERSION_HEX < 0x030D0000
-        t->obj = _PyDict_NewPresized(pairs);
-#else
-        t->obj = PyDict_New();
-#endif
-        if (t->obj == NULL) return -1;
-        t->kind = K_PLAIN;
-    } else if (t->kind != K_PLAIN || !PyDict_CheckExact(t->obj)) {
-        return -1;
-    }
-    PyObject *dict = t->obj;
+    int empty = t->kind == K_EMPTYDICT;
+    if (!empty && (t->kind != K_PLAIN || !PyDict_CheckExact(t->obj))) return -1;
+    if (pairs == 0) return 0;
     int height = t->height;
-    for (Py_ssize_t i = start; i < r->stack.len; i += 2) {
-        slot *k = &r->stack.s[i], *v = k + 1;
+    for (Py_ssize_t i = 0; i < pairs; i++) {
+        slot *k = &items[2 * i], *v = k + 1;
         if (k->kind != K_SCALAR || !(PyUnicode_CheckExact(k->obj) || PyLong_CheckExact(k->obj)))
             return -1;
         if (!plain_value(v->kind, v->height)) return -1;
         if (v->height + 1 > height) height = v->height + 1;
-        PyObject *o = value(v);
-        if (o == NULL || PyDict_SetItem(dict, k->obj, o) < 0) return -1;
+        if (value(v) == NULL) return -1;
+    }
+    PyObject *dict;
+    template *tp = NULL;
+    if (empty) {
+        tp = find_template(r, items, pairs);
+        if (tp != NULL) {
+            dict = t->obj = PyDict_Copy(tp->dict);
+        } else {
+#if PY_VERSION_HEX < 0x030D0000
+            dict = t->obj = _PyDict_NewPresized(pairs);
+#else
+            dict = t->obj = PyDict_New();
+#endif
+        }
+        if (dict == NULL) return -1;
+        t->kind = K_PLAIN;
+    } else {
+        dict = t->obj;
+        for (int i = 0; i < TEMPLATES; i++) {  /* a template stays as it was made */
+            if (r->templates[i].dict == dict) Py_CLEAR(r->templates[i].dict);
+        }
+    }
+    for (Py_ssize_t i = 0; i < pairs; i++) {
+        PyObject *o = items[2 * i + 1].obj;
+        if (tp != NULL && o == tp->values[i]) continue;  /* the copy has it: distinct keys */
+        if (PyDict_SetItem(dict, items[2 * i].obj, o) < 0) return -1;
     }
     if (PyDict_GET_SIZE(dict) > r->d->max_dict_items) return -1;
+    if (empty && tp == NULL) keep_template(r, dict, items, pairs);
     t->height = (unsigned char)height;
     stack_cut(r, start);
     return 0;
@@ -323,6 +387,12 @@ static int op_tuple(reader *r, Py_ssize_t start) {
     return push(&r->stack, t, kind, 0, raw);
 }
 
+/* The names come from the string cache, which holds the decoder's own: mostly the same
+ * objects. */
+static inline int same_str(PyObject *a, PyObject *b) {
+    return a == b || PyUnicode_Compare(a, b) == 0;
+}
+
 static int op_stack_global(reader *r) {
     Py_ssize_t n = r->stack.len;
     if (n - 2 < fence(r) || r->stack.s[n - 1].kind != K_SCALAR || r->stack.s[n - 2].kind != K_SCALAR)
@@ -331,14 +401,11 @@ static int op_stack_global(reader *r) {
     if (!PyUnicode_CheckExact(module) || !PyUnicode_CheckExact(name)) return -1;
     Decoder *d = r->d;
     int kind;
-    if (PyUnicode_Compare(module, d->objtype_module) == 0
-        && PyUnicode_Compare(name, d->objtype_name) == 0)
+    if (same_str(module, d->objtype_module) && same_str(name, d->objtype_name))
         kind = K_OBJTYPE;
-    else if (PyUnicode_Compare(module, d->status_module) == 0
-             && PyUnicode_Compare(name, d->status_name) == 0)
+    else if (same_str(module, d->status_module) && same_str(name, d->status_name))
         kind = K_STATUSCLS;
-    else if (PyUnicode_Compare(module, d->ctypes_module) == 0
-             && PyUnicode_Compare(name, d->unpickle_name) == 0)
+    else if (same_str(module, d->ctypes_module) && same_str(name, d->unpickle_name))
         kind = K_UNPICKLE;
     else
         return -1;
@@ -419,7 +486,7 @@ static int memoize(reader *r) {
     return push(&r->memo, NULL, K_OTHER, 0, 0);  /* never pushed again: a container, say */
 }
 
-static int binget(reader *r, Py_ssize_t i) {
+static inline int binget(reader *r, Py_ssize_t i) {
     if (i >= r->memo.len) return -1;
     slot *m = &r->memo.s[i];
     if (m->kind == K_OTHER) return -1;  /* only a scalar or a marker again, never a container */
@@ -508,7 +575,7 @@ static int run(reader *r) {
             break;
         case '(':
             if (r->nmarks == MAX_MARKS) return -1;
-            r->marks[r->nmarks++] = n;
+            r->marks[++r->nmarks] = n;
             break;
         case 'u':
             if ((start = pop_mark(r)) < 0 || op_setitems(r, start) < 0) return -1;
@@ -557,6 +624,18 @@ static int run(reader *r) {
     return -1;
 }
 
+PyDoc_STRVAR(decode_or_slow_doc,
+"decode_or_slow(data) -> decode(data), or where that is None, slow(data)");
+
+static PyObject *Decoder_decode(Decoder *self, PyObject *data);
+
+static PyObject *Decoder_decode_or_slow(Decoder *self, PyObject *data) {
+    PyObject *result = Decoder_decode(self, data);
+    if (result != Py_None || self->slow == NULL) return result;
+    Py_DECREF(result);
+    return PyObject_CallOneArg(self->slow, data);
+}
+
 PyDoc_STRVAR(decode_doc,
 "decode(data) -> (member, entries, load or None) or None\n\n"
 "None: not a token pack this decoder takes (decode it with safepickle).");
@@ -574,9 +653,12 @@ static PyObject *Decoder_decode(Decoder *self, PyObject *data) {
     r.stack = (slots){stack_local, 0, LOCAL_SLOTS, stack_local};
     r.memo = (slots){memo_local, 0, LOCAL_SLOTS, memo_local};
     r.nmarks = 0;
+    r.marks[0] = 0;
     r.d = self;
     r.status = NULL;
     r.status_raw = 0;
+    memset(r.templates, 0, sizeof r.templates);
+    r.next_template = 0;
 
     PyObject *result = NULL;
     if (run(&r) == 0) {
@@ -586,6 +668,7 @@ static PyObject *Decoder_decode(Decoder *self, PyObject *data) {
     slots_free(&r.stack);
     slots_free(&r.memo);
     Py_XDECREF(r.status);
+    for (int i = 0; i < TEMPLATES; i++) Py_XDECREF(r.templates[i].dict);
     if (result == NULL) {
         /* any failure, a refused shape or an error raised while building: safepickle decides */
         PyErr_Clear();
@@ -605,20 +688,22 @@ static PyObject *str_arg(PyObject *o, const char *what) {
 
 static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
     static char *names[] = {"objtype_name", "status_name", "obj_types", "statuses", "status_fn",
-                            "max_bytes", "max_dict_items", "max_int_bytes", "lengths", NULL};
-    PyObject *objtype, *status, *obj_types, *statuses, *status_fn, *lengths;
+                            "max_bytes", "max_dict_items", "max_int_bytes", "lengths", "slow",
+                            NULL};
+    PyObject *objtype, *status, *obj_types, *statuses, *status_fn, *lengths, *slow = Py_None;
     Py_ssize_t max_bytes, max_dict_items, max_int_bytes;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!OnnnO:Decoder", names, &PyTuple_Type,
-                                     &objtype, &PyTuple_Type, &status, &PyDict_Type, &obj_types,
-                                     &PyDict_Type, &statuses, &status_fn, &max_bytes,
-                                     &max_dict_items, &max_int_bytes, &lengths))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!OnnnO|$O:Decoder", names,
+                                     &PyTuple_Type, &objtype, &PyTuple_Type, &status,
+                                     &PyDict_Type, &obj_types, &PyDict_Type, &statuses,
+                                     &status_fn, &max_bytes, &max_dict_items, &max_int_bytes,
+                                     &lengths, &slow))
         return -1;
     if (PyTuple_GET_SIZE(objtype) != 2 || PyTuple_GET_SIZE(status) != 2) {
         PyErr_SetString(PyExc_TypeError, "a class's name is (module, name)");
         return -1;
     }
-    if (!PyCallable_Check(status_fn)) {
-        PyErr_SetString(PyExc_TypeError, "status_fn must be callable");
+    if (!PyCallable_Check(status_fn) || (slow != Py_None && !PyCallable_Check(slow))) {
+        PyErr_SetString(PyExc_TypeError, "status_fn (and slow) must be callable");
         return -1;
     }
     unsigned mask = 0;
@@ -654,10 +739,25 @@ static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->statuses, statuses);
     Py_INCREF(status_fn);
     Py_XSETREF(self->status_fn, status_fn);
+    Py_XSETREF(self->slow, slow == Py_None ? NULL : Py_NewRef(slow));
     self->max_bytes = max_bytes;
     self->max_dict_items = max_dict_items;
     self->max_int_bytes = max_int_bytes;
     self->lengths = mask;
+    PyObject *seeded[] = {self->objtype_module, self->objtype_name, self->status_module,
+                          self->status_name, self->ctypes_module, self->unpickle_name};
+    for (int i = 0; i < 6; i++) {  /* the string cache starts with the names frames give */
+        Py_ssize_t n;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(seeded[i], &n);
+        if (utf8 == NULL) return -1;
+        int ascii;
+        uint64_t h = str_hash((const unsigned char *)utf8, n, &ascii);
+        if (!ascii || n > STR_CACHE_LEN) continue;
+        cached_str *c = &self->strs[h >> 56 & (STR_CACHE - 1)];
+        Py_INCREF(seeded[i]);
+        Py_XSETREF(c->str, seeded[i]);
+        c->hash = h;
+    }
     return 0;
 }
 
@@ -666,6 +766,7 @@ static int Decoder_traverse(Decoder *self, visitproc visit, void *arg) {
     Py_VISIT(self->obj_types);
     Py_VISIT(self->statuses);
     Py_VISIT(self->status_fn);
+    Py_VISIT(self->slow);
     return 0;
 }
 
@@ -673,6 +774,7 @@ static int Decoder_clear(Decoder *self) {
     Py_CLEAR(self->obj_types);
     Py_CLEAR(self->statuses);
     Py_CLEAR(self->status_fn);
+    Py_CLEAR(self->slow);
     return 0;
 }
 
@@ -693,12 +795,13 @@ static void Decoder_dealloc(Decoder *self) {
 
 static PyMethodDef Decoder_methods[] = {
     {"decode", (PyCFunction)Decoder_decode, METH_O, decode_doc},
+    {"decode_or_slow", (PyCFunction)Decoder_decode_or_slow, METH_O, decode_or_slow_doc},
     {NULL, NULL, 0, NULL},
 };
 
 PyDoc_STRVAR(Decoder_doc,
 "Decoder(objtype_name, status_name, obj_types, statuses, status_fn, max_bytes,\n"
-"        max_dict_items, max_int_bytes, lengths)\n\n"
+"        max_dict_items, max_int_bytes, lengths, *, slow=None)\n\n"
 "One LightLLM version's TOKEN_PACKS frames; see pdwire/fastdecode.py.");
 
 static PyType_Slot Decoder_slots[] = {

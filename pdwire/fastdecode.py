@@ -48,6 +48,7 @@ class TokenPacksDecoder:
         new_status: Callable[[bytes], Any],
         limits: Limits,
         *,
+        slow: Callable[[bytes], Any] | None = None,
         accelerated: bool = True,
     ) -> None:
         """``token_packs``: the ObjType member (its value is the one the frame names);
@@ -55,13 +56,16 @@ class TokenPacksDecoder:
         ``statuses``: a FinishStatus's 4 bytes -> the instance to use (the caller may add to
         it); ``new_status``: the same for bytes not in it, raising for a status the version
         does not have. ``limits``: safepickle's, which this path never goes past (it is off
-        where they are below a token pack's nesting). ``accelerated=False``: never decode here
-        (every frame takes safepickle), as where the extension is missing."""
+        where they are below a token pack's nesting). ``slow``: what ``decode_or_slow`` calls
+        for a frame this path does not take (safepickle's decoding, say): one call, the
+        compiled one, where it does. ``accelerated=False``: never decode here (every frame
+        takes safepickle), as where the extension is missing."""
         usable = accelerated and limits.max_depth >= TOKEN_PACKS_DEPTH
         module = extension() if usable else None
         self.decode: Callable[[bytes], tuple[Any, list[Any], Any] | None] = _declined
+        self.decode_or_slow: Callable[[bytes], Any] = slow or self.decode
         if module is not None:
-            self.decode = module.Decoder(
+            decoder = module.Decoder(
                 obj_type_name,
                 status_name,
                 {token_packs.value: token_packs},
@@ -73,7 +77,9 @@ class TokenPacksDecoder:
                 limits.max_dict_items,
                 limits.max_int_bytes,
                 tuple(lengths),
-            ).decode
+                slow=slow,
+            )
+            self.decode, self.decode_or_slow = decoder.decode, decoder.decode_or_slow
 
     @property
     def available(self) -> bool:

@@ -16,9 +16,10 @@ for everyone else. Bodies and streamed answers are not limited.
 A client may open a connection per request, so the waiting connections share one timer
 rather than arming one each: they share a timeout, so the oldest deadline is the next.
 
-A connection's addresses (the scope's ``server`` and ``client``) are read with one socket
-object and two system calls; uvicorn makes a ``socket.socket`` for each, and under uvloop
-that took ~4x as long as the rest of ``connection_made``.
+A connection's addresses (the scope's ``server`` and ``client``) are those uvloop's
+transport read when the connection was made: uvicorn reads them again through a
+``socket.socket`` each, and under uvloop that took ~4x as long as the rest of
+``connection_made``.
 
 It also offers each request a way to hear of a lost connection without a task: the scope
 extension ``DISCONNECT_WATCH``, ``watch(callback) -> unwatch``, calls ``callback()`` (once,
@@ -33,7 +34,6 @@ Usage::
 
 from __future__ import annotations
 
-import _socket
 import asyncio
 import logging
 import resource
@@ -190,22 +190,17 @@ def addresses(
 ) -> tuple[tuple[str, int | None] | None, tuple[str, int] | None]:
     """uvicorn's ``(get_local_addr(transport), get_remote_addr(transport))``.
 
-    A uvloop TCP connection's are read through one plain socket object over its descriptor:
-    uvloop's socket makes a ``socket.socket`` per call, and its ``family`` is an enum made
-    per call too. Sized for IPv6, the object reads IPv4 addresses as well (the address's own
-    family says how to read it), and a TCP transport's socket is one or the other.
+    uvicorn reads them through the transport's socket; a uvloop TCP transport has read both
+    already (as asyncio's transports do, when the connection was made) and gives them from
+    memory, where its socket makes a ``socket.socket`` and a system call for each (and one
+    more for the socket itself).
     """
-    sock = transport.get_extra_info("socket")
-    if type(transport) is not _UVLOOP_TCP or sock is None:
-        return get_local_addr(transport), get_remote_addr(transport)
-    view = _socket.socket(_socket.AF_INET6, _socket.SOCK_STREAM, 0, sock.fileno())
-    try:
-        local, remote = view.getsockname(), view.getpeername()
-    except OSError:  # (the peer gone already): uvicorn's own way, and answer
-        return get_local_addr(transport), get_remote_addr(transport)
-    finally:
-        view.detach()
-    return (str(local[0]), int(local[1])), (str(remote[0]), int(remote[1]))
+    if type(transport) is _UVLOOP_TCP:
+        local = transport.get_extra_info("sockname")
+        remote = transport.get_extra_info("peername")
+        if isinstance(local, tuple) and isinstance(remote, tuple):
+            return (str(local[0]), int(local[1])), (str(remote[0]), int(remote[1]))
+    return get_local_addr(transport), get_remote_addr(transport)
 
 
 def header_timeout_protocol(

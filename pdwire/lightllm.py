@@ -11,6 +11,7 @@ from __future__ import annotations
 import _ctypes
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Any
 
 from pdwire import fastpickle
@@ -70,9 +71,14 @@ class LightLLMCodec:
             self._statuses,  # filled only when sharing: else each entry gets a fresh one
             self._status_from_bytes,
             limits,
+            slow=self._decode_node_message,
             accelerated=accelerated,
         )
-        self._fast_token_packs = self._token_packs.decode  # checked as the tuple_lengths say
+        self.decode_node_message: Callable[[bytes], tuple[ObjType, Any, Any]] = (
+            self._token_packs.decode_or_slow
+        )
+        """A binary ``/pd_register`` frame: (ObjType, payload, extra), as
+        ``_decode_node_message`` says; a token pack in one call of the compiled decoder."""
         self._fast_names: dict[Any, tuple[str, str]] = {
             ObjType: lightllm_name(ObjType),
             FinishStatus: lightllm_name(FinishStatus),
@@ -191,17 +197,15 @@ class LightLLMCodec:
         """Decode one of this version's messages; raise WireError for anything else."""
         return self._decoder.loads(data)
 
-    def decode_node_message(self, data: bytes) -> tuple[ObjType, Any, Any]:
-        """A binary ``/pd_register`` frame: (ObjType, payload, extra).
+    def _decode_node_message(self, data: bytes) -> tuple[ObjType, Any, Any]:
+        """A binary ``/pd_register`` frame: (ObjType, payload, extra), decoded by safepickle
+        (``decode_node_message`` first tries the compiled decoder of token packs).
 
         ``(ABORT, gid)``, ``(REQ, payload)``: payload, None. ``(TOKEN_PACKS, entries[, load])``:
         entries, the load dict (None without one). ``(HEARTBEAT,)``: None, None. The v1.2.0
         3-tuples ``(PD_UPLOAD_PREFILL_PROMPT_IDS, gid, ids)`` and
         ``(PD_REQ_DECODE_NODE_INFO, gid, info)``: gid, then ids or info, both checked.
         """
-        fast = self._fast_token_packs(data)  # the per-token path; None: not covered
-        if fast is not None:
-            return fast
         msg = self.loads(data)
         if type(msg) is not tuple or not msg or type(msg[0]) is not ObjType:
             raise MalformedMessageError("frame is not a (ObjType, ...) tuple")

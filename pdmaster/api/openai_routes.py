@@ -53,7 +53,7 @@ from pdmaster.errors import ApiError, BadRequest, NotFound, PayloadTooLarge
 from pdmaster.settings import MasterSettings
 from pdmodel.chat_template import ChatTemplate, ChatTemplateError, load_chat_template
 from pdmodel.tokenizer import ModelTokenizer
-from pdwire.client import GenerateParameters, GenerateRequest
+from pdwire.client import GenerateParameters
 
 
 def served_model_name(settings: MasterSettings) -> str:
@@ -185,9 +185,8 @@ class OpenAIRequests:
         max_field: str = "max_tokens",
         prompt_ids: list[int] | None = None,
     ) -> PreparedRequest:
-        request = GenerateRequest(inputs=prompt, parameters=params)
         try:
-            return prepare(request, self._tokenizer, self._settings, prompt_ids)
+            return prepare(prompt, params, self._tokenizer, self._settings, prompt_ids)
         except (BadRequest, PayloadTooLarge) as exc:
             raise in_openai_terms(exc, prompt_field, max_field) from None
 

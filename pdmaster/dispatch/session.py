@@ -34,7 +34,6 @@ from pdwire.structs import DecodeNode, SamplingParamsBase
 
 log = logging.getLogger(__name__)
 
-DECODE_TARGETS_KEPT = 256  # decode nodes whose hand-off struct is kept filled
 RETRYABLE_TIMEOUTS = {
     "first_token_timeout": "prefill",
     "kv_move_timeout": "decode",
@@ -96,7 +95,6 @@ class PDDispatcher:
         self.settings = settings
         self.clock = clock
         self.observer = observer or DispatchObserver()
-        self._decode_targets: dict[tuple[object, ...], DecodeNode] = {}
 
     def session(self, request: PreparedRequest) -> PDSession:
         return PDSession(self, request)
@@ -106,22 +104,23 @@ class PDDispatcher:
 
     def decode_target(self, kind: type[DecodeNode], decode: NodeConnection) -> DecodeNode:
         """A prefill REQ's ``move_kv_to_decode_node`` for ``decode``, but its max_new_tokens:
-        filled once per node (and master id), not field by field per request."""
-        info, master = decode.info, self.master_node_id()
-        key = (kind, decode.node_id, info.host, info.rpyc_port or 0, master)
-        target = self._decode_targets.get(key)
-        if target is None:
-            target = kind()
-            target.fill(
-                node_id=decode.node_id,
-                ip=info.host,
-                rpyc_port=info.rpyc_port or 0,
-                max_new_tokens=0,  # set per request
-                pd_master_node_id=master,
-            )
-            if len(self._decode_targets) >= DECODE_TARGETS_KEPT:
-                del self._decode_targets[next(iter(self._decode_targets))]
-            self._decode_targets[key] = target
+        filled once per node connection (whose info never changes) and master id, and kept
+        on the connection, not filled field by field per request."""
+        master = self.master_node_id()
+        kept = decode.hand_off
+        if kept is not None and kept[0] is kind and kept[1] == master:
+            target: DecodeNode = kept[2]
+            return target
+        info = decode.info
+        target = kind()
+        target.fill(
+            node_id=decode.node_id,
+            ip=info.host,
+            rpyc_port=info.rpyc_port or 0,
+            max_new_tokens=0,  # set per request
+            pd_master_node_id=master,
+        )
+        decode.hand_off = (kind, master, target)
         return target
 
 
@@ -183,11 +182,12 @@ class PDSession:
                 await self.close()
                 raise
 
-    async def next(self, sink: Sink | None = None) -> list[TokenEntry]:
+    async def next(self, sink: Sink | None = None, lane: object | None = None) -> list[TokenEntry]:
         """The next tokens from the decode node.
 
         Meanwhile ``sink`` gets the tokens that end nothing as they arrive (see ``tracking``);
-        what it takes counts as delivered, and is not returned.
+        what it takes counts as delivered, and is not returned. ``lane``: the compiled relay
+        of ``_push`` and that sink (see ``pdmaster/_lane.c``).
         """
         state, decode = self._state, self._decode
         assert state is not None and decode is not None and not self.finished
@@ -198,6 +198,7 @@ class PDSession:
                     *self.until(self._d.settings.token_idle_timeout_s),
                     "token",
                     self._push if sink is not None else None,
+                    lane,
                 )
             )
             if self._flow is not None and self._flow.block_ended:
@@ -214,8 +215,19 @@ class PDSession:
             decode.breaker.record(True)
         return entries
 
+    @property
+    def deadline(self) -> float:
+        """The request's deadline, on the dispatcher's clock."""
+        return self._deadline
+
+    @property
+    def idle_timeout(self) -> float:
+        return self._d.settings.token_idle_timeout_s
+
     def _push(self, entries: list[TokenEntry], now: float) -> bool:
-        """Offer tokens to the sink; a last token or a bad status goes the way of ``next``."""
+        """Offer tokens to the sink; a last token or a bad status goes the way of ``next``.
+
+        ``pdmaster/_lane.c`` does the same (and reads ``_flow``): change both together."""
         if self._flow is not None and not self._flow.streams_through:
             return False  # counts to rewrite, or a block's P to release: the way of ``next``
         for entry in entries:
@@ -245,7 +257,9 @@ class PDSession:
         self._flow = None
         refused = refusals(d.versions, self._req.parameters.wire_values)
         prefill, decode = d.selector.pick_pair(self._view, tried, self.decode_tokens, refused)
-        tried += [n for n in (prefill, decode) if n is not None]
+        tried.append(prefill)
+        if decode is not None:
+            tried.append(decode)
         codec = d.codec_for(prefill)
         if prefill.info.version == V12:
             assert decode is not None

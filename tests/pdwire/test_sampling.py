@@ -264,6 +264,10 @@ BODIES: list[Any] = [
     {"parameters": {"max_new_tokens": 3}},
     {"inputs": "hi", "parameters": {"max_new_tokens": 3}, "extra": 1},
     {"inputs": "hi", "parameters": [1]},
+    {"inputs": "hi", "parameters": None},
+    {"inputs": "hi", "parameters": {"max_new_tokens": 3}, "multimodal_params": None},
+    {"inputs": "hi", "parameters": {"max_new_tokens": 3}, "multimodal_params": {"images": []}},
+    {"inputs": b"hi", "parameters": {"max_new_tokens": 3}},
     [1, 2],
 ]
 
@@ -275,6 +279,28 @@ def test_parameter_sets_validate_as_the_model_does_the_first_time_and_after() ->
             assert validation(sets.validate, body) == validation(
                 GenerateRequest.model_validate, body
             ), body
+
+
+def test_parameter_sets_parts_are_those_of_the_validated_request() -> None:
+    sets = ParameterSets(size=4)
+
+    def parts(validate: Any, body: Any) -> Any:
+        try:
+            inputs, params = validate(body)
+        except ValidationError as exc:
+            return ("refused", [(e["type"], e["loc"], e["msg"]) for e in exc.errors()])
+        return ("valid", inputs, params.model_dump(), params.wire_values)
+
+    def validated(body: Any) -> tuple[str, GenerateParameters]:
+        request = GenerateRequest.model_validate(body)
+        return request.inputs, request.parameters
+
+    for _ in range(3):
+        for body in BODIES:
+            assert parts(sets.parts, body) == parts(validated, body), body
+    inputs, first = sets.parts({"inputs": "a", "parameters": {"max_new_tokens": 3}})
+    assert sets.parts({"inputs": "b", "parameters": {"max_new_tokens": 3}}) == ("b", first)
+    assert sets.parts({"inputs": "b", "parameters": {"max_new_tokens": 3}})[1] is first
 
 
 def test_a_found_set_is_shared_frozen_and_the_sets_kept_are_bounded() -> None:

@@ -303,6 +303,10 @@ def test_no_leaks() -> None:
     frames = seeds + [_mutations(seeds[i % 10], rng) for i in range(60)]
     unknown = codec.encode_token_packs([(8, "a", {}, FinishStatus(0))], {})
     frames.append(unknown.replace(b"C\x04\x00\x00\x00\x00", b"C\x04\x63\x00\x00\x00"))
+    shape = [
+        (8 * i, "t", {"id": 300 + i, "lp": -0.5, "n": None}, FinishStatus(0)) for i in range(5)
+    ]
+    frames.append(codec.encode_token_packs(shape, {}))  # dicts copied from the first
 
     def run(fast: Any, rounds: int) -> None:
         for _ in range(rounds):
@@ -336,3 +340,56 @@ def test_no_leaks() -> None:
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
+
+
+def _frame_of(metas: list[bytes]) -> bytes:
+    """A v1.1.0 token pack whose entries' metadata are the given opcodes (each leaving one
+    dict), as a hostile or unusual pickler could write them."""
+
+    def text(s: str) -> bytes:
+        return b"\x8c" + bytes([len(s)]) + s.encode()
+
+    status = (
+        text("_ctypes") + text("_unpickle") + b"\x93"
+        + text("lightllm.server.core.objs.req") + text("FinishStatus") + b"\x93"
+        + b"}C\x04\x00\x00\x00\x00\x86\x86R"
+    )  # fmt: skip
+    entries = b"".join(
+        b"(K" + bytes([8 * i]) + text("t") + meta + status + b"t" for i, meta in enumerate(metas)
+    )
+    head = b"\x80\x04" + text("lightllm.server.pd_io_struct") + text("ObjType") + b"\x93K\x03\x85R"
+    return head + b"](" + entries + b"e}\x87."
+
+
+def test_dicts_of_one_shape_each_have_their_own_items() -> None:
+    """Metadata dicts with the keys of one before them (built as a copy of it): the values
+    each one was given, also where a key repeats or the earlier dict grew after."""
+
+    def pairs(*items: tuple[str, bytes]) -> bytes:
+        return b"".join(b"\x8c" + bytes([len(k)]) + k.encode() + v for k, v in items)
+
+    def d(*items: tuple[str, bytes]) -> bytes:
+        return b"}(" + pairs(*items) + b"u"
+
+    ab = d(("a", b"K\x01"), ("b", b"N"))
+    cases = [
+        [ab, ab, d(("a", b"K\x02"), ("b", b"N"))],
+        [ab + pairs(("c", b"K\x03")) + b"s", ab],  # the first grew after (SETITEM)
+        [ab[:-1] + b"u(" + pairs(("b", b"K\x05")) + b"u", ab],  # ... or took a second batch
+        [d(("a", b"K\x01"), ("a", b"K\x02")), d(("a", b"K\x03"), ("a", b"K\x02"))],  # a key twice
+        [d(("a", b"}"), ("b", b"]")), d(("a", b"}"), ("b", b"]"))],  # containers: fresh each
+        [ab, d(("b", b"N"), ("a", b"K\x01")), ab],  # the keys in another order
+    ]  # fmt: skip
+    safe = LightLLMCodec(accelerated=False)
+    fast = fast_decoder("v1.1.0")
+    for metas in cases:
+        raw = _frame_of(metas)
+        got = fast.decode(raw)
+        assert got is not None, metas
+        want = safe.decode_node_message(raw)
+        assert plain(got) == plain(want), metas
+        assert [list(e[2]) for e in got[1]] == [list(e[2]) for e in want[1]]  # key order too
+        metas_got = [e[2] for e in got[1]]
+        assert len({id(m) for m in metas_got}) == len(metas_got)  # no dict shared
+        nested = [v for m in metas_got for v in m.values() if isinstance(v, dict | list)]
+        assert len({id(v) for v in nested}) == len(nested)
