@@ -22,7 +22,7 @@ from pdmaster.routing.policies import RequestView, prefix_blocks, reads_prefixes
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.api import decimal
-from pdwire.client import GenerateParameters, GenerateRequest, ParameterSets, refusals
+from pdwire.client import GenerateParameters, ParameterSets, refusals
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -171,29 +171,20 @@ async def prepare_generate(
 
     def work() -> PreparedRequest:
         inputs, params = validated(json_body(raw), sets.parts)
-        return prepare_parts(inputs, params, tokenizer, settings)
+        return prepare(inputs, params, tokenizer, settings)
 
     return await off_loop(len(raw), work)
 
 
 def prepare(
-    body: GenerateRequest,
-    tokenizer: ModelTokenizer,
-    settings: MasterSettings,
-    prompt_ids: list[int] | None = None,
-) -> PreparedRequest:
-    """Check and tokenize a request (``prompt_ids``: its prompt already tokenized)."""
-    return prepare_parts(body.inputs, body.parameters, tokenizer, settings, prompt_ids)
-
-
-def prepare_parts(
     inputs: str,
     params: GenerateParameters,
     tokenizer: ModelTokenizer,
     settings: MasterSettings,
     prompt_ids: list[int] | None = None,
 ) -> PreparedRequest:
-    """``prepare`` of a request's ``inputs`` and ``parameters``."""
+    """Check and tokenize a request: its ``inputs`` and ``parameters`` (``prompt_ids``: its
+    prompt already tokenized)."""
     if params.max_new_tokens > settings.max_new_tokens:
         raise BadRequest(
             f"parameters.max_new_tokens: {params.max_new_tokens} exceeds this master's maximum "

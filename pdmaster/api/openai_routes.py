@@ -33,6 +33,7 @@ from pdmaster.api.openai_relay import (
     CompletionFormat,
     Generation,
     OpenAIStream,
+    RandomHex,
     StreamEvents,
     error_body,
 )
@@ -52,7 +53,7 @@ from pdmaster.errors import ApiError, BadRequest, NotFound, PayloadTooLarge
 from pdmaster.settings import MasterSettings
 from pdmodel.chat_template import ChatTemplate, ChatTemplateError, load_chat_template
 from pdmodel.tokenizer import ModelTokenizer
-from pdwire.client import GenerateParameters, GenerateRequest
+from pdwire.client import GenerateParameters
 
 
 def served_model_name(settings: MasterSettings) -> str:
@@ -184,9 +185,8 @@ class OpenAIRequests:
         max_field: str = "max_tokens",
         prompt_ids: list[int] | None = None,
     ) -> PreparedRequest:
-        request = GenerateRequest(inputs=prompt, parameters=params)
         try:
-            return prepare(request, self._tokenizer, self._settings, prompt_ids)
+            return prepare(prompt, params, self._tokenizer, self._settings, prompt_ids)
         except (BadRequest, PayloadTooLarge) as exc:
             raise in_openai_terms(exc, prompt_field, max_field) from None
 
@@ -201,6 +201,7 @@ def openai_endpoints(
     template = chat_template or load_chat_template(settings.model_dir)
     model_name = served_model_name(settings)
     requests = OpenAIRequests(tokenizer, settings, template)
+    ids = RandomHex()
     events = {
         (kind, usage): StreamEvents(kind(model_name, usage))
         for kind in (CompletionFormat, ChatFormat)
@@ -211,14 +212,18 @@ def openai_endpoints(
         request: Request,
         checked: Checked,
         req: PreparedRequest,
-        fmt: CompletionFormat,
+        kind: type[CompletionFormat],
         endpoint: str,
     ) -> Opened:
         run = service.run(endpoint, req)
         stops = req.parameters.stop_sequences
         if checked.stream:
-            gen = Generation(req.prompt_tokens, stops, False)
-            return run, OpenAIStream(gen, fmt, events[type(fmt), fmt.include_usage])
+            shapes = events[kind, checked.include_usage]
+            stream = OpenAIStream(
+                Generation(req.prompt_tokens, stops, False), shapes, shapes.new_lead(ids)
+            )
+            return run, stream
+        fmt = kind(model_name, checked.include_usage, ids)
         gen = Generation(req.prompt_tokens, stops)
         try:
             await run.run_to_end(request, gen.add, lambda: gen.done)
@@ -229,14 +234,12 @@ def openai_endpoints(
     async def completions(request: Request) -> Opened:
         raw = await read_bytes(request, settings.max_body_bytes)
         checked, req = await off_loop(len(raw), partial(requests.completion, raw))
-        fmt = CompletionFormat(model_name, checked.include_usage)
-        return await respond(request, checked, req, fmt, "completions")
+        return await respond(request, checked, req, CompletionFormat, "completions")
 
     async def chat_completions(request: Request) -> Opened:
         raw = await read_prompt_body(request, settings, "messages")
         checked, req = await off_loop(len(raw), partial(requests.chat, raw))
-        fmt = ChatFormat(model_name, checked.include_usage)
-        return await respond(request, checked, req, fmt, "chat_completions")
+        return await respond(request, checked, req, ChatFormat, "chat_completions")
 
     return {
         "/v1/completions": SseEndpoint(completions, error_body),

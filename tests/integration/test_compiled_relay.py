@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -51,7 +54,7 @@ def metrics(cluster: Cluster) -> dict[str, float]:
 
 
 def raw_stream(cluster: Cluster, path: str, body: dict[str, Any]) -> bytes:
-    with httpx.stream("POST", f"{cluster.url}{path}", json=body, timeout=30) as r:
+    with httpx.stream("POST", f"{cluster.url}{path}", json=body, timeout=60) as r:
         assert r.status_code == 200, r.read()
         return b"".join(r.iter_raw())
 
@@ -190,5 +193,86 @@ def test_the_request_deadline_ends_a_stream_the_same_way(
                     "code": "request_timeout",
                     "message": "request deadline passed",
                 }
+    finally:
+        group.stop_all()
+
+
+def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """An HTTP/1.1 response read to its end: its head and its chunked body, unframed."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = sock.recv(65536)
+        assert more, data
+        data += more
+    head, _, rest = data.partition(b"\r\n\r\n")
+    body = b""
+    while True:
+        while b"\r\n" not in rest:
+            rest += sock.recv(65536)
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        while len(rest) < size + 2:
+            more = sock.recv(65536)
+            assert more, "the body ended early"
+            rest += more
+        if size == 0:
+            return head, body
+        body, rest = body + rest[:size], rest[size + 2 :]
+
+
+def late_stream(cluster: Cluster, body: dict[str, Any], until: Callable[[], bool]) -> bytes:
+    """A /generate_stream answer read by a client that reads nothing until ``until()``."""
+    raw = json.dumps(body).encode()
+    host, port = cluster.url.removeprefix("http://").split(":")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(60)
+        sock.connect((host, int(port)))
+        sock.sendall(
+            b"POST /generate_stream HTTP/1.1\r\nhost: %b\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%b" % (host.encode(), len(raw), raw)
+        )
+        deadline = time.monotonic() + 60
+        while not until():
+            assert time.monotonic() < deadline, "the master's writes never backed up"
+            time.sleep(0.5)
+        head, events = read_response(sock)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return events
+
+
+def test_a_client_that_stops_reading_gets_the_same_bytes(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Back-pressure: while a client reads nothing, the master's writes fill the kernel's
+    buffers (~4 MB on loopback) and its transport pauses; tokens then take the Python chain's
+    way (a write left to a task, the rest queued for the stream's task), which the client
+    waits to see. It gets every byte, in order, as a client reading at once from a master
+    without the compiled relay."""
+    tokens = 24_000  # ~4.6 MB of events; the simulated node makes ~1,500 a second
+    group = ProcGroup(tmp_path_factory.mktemp("paused"))
+    try:
+        clusters = {}
+        for relay in PATHS:
+            c = Cluster(group)
+            long = ["--max_new_tokens", str(tokens), "--max_req_total_len", str(2 * tokens)]
+            c.start_master(*long, *(["--python_relay"] if relay == "python" else []))
+            c.add_node("prefill", 0)
+            c.add_node("decode", 0, "--decode_base_ms", "0", "--decode_per_seq_us", "0")
+            c.wait_ready(1, 1)
+            clusters[relay] = c
+        body = {"inputs": "Hello", "parameters": {"max_new_tokens": tokens, "ignore_eos": True}}
+        declined = 'pd_stream_hand_overs_total{path="python"}'
+        before = metrics(clusters["compiled"]).get(declined, 0.0)
+
+        def paused() -> bool:  # tokens left to the Python chain while the stream runs
+            return metrics(clusters["compiled"]).get(declined, 0.0) - before >= 2
+
+        with ThreadPoolExecutor(2) as pool:
+            late = pool.submit(late_stream, clusters["compiled"], body, paused)
+            reference = raw_stream(clusters["python"], "/generate_stream", body)
+            got = late.result()
+        assert got.count(b"data:") == tokens
+        assert got == reference
     finally:
         group.stop_all()
