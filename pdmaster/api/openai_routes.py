@@ -95,7 +95,7 @@ def in_openai_terms(exc: ApiError, prompt_field: str, max_field: str) -> ApiErro
 
 class Checked(NamedTuple):
     """What a request's fields other than its prompt came to; shared by the requests that
-    send the same fields (``KnownFields``), so ``body``'s prompt is none of theirs."""
+    send the same fields (``KnownFields``), so ``body`` is kept without its prompt."""
 
     body: SamplingFields
     params: GenerateParameters | None  # None: they depend on the prompt's length
@@ -138,8 +138,8 @@ class OpenAIRequests:
         check_model(body.model, self._model_names, self._model_name)
         prompt = body.prompt_text()
         params = body.generate_parameters(body.max_tokens, True, "max_tokens")
-        checked = Checked(body, params)
         req = self._prepare(params, prompt, "prompt")
+        checked = Checked(body.model_copy(update={"prompt": ""}), params)
         if key is not None:
             self._completions.keep(key, checked)
         return checked, req
@@ -173,9 +173,11 @@ class OpenAIRequests:
             add_special_tokens = self._template.add_special_tokens
             params = body.generate_parameters(limit, add_special_tokens, max_field)
         req = self._prepare(params, prompt, "messages", max_field, prompt_ids)
-        if key is not None and known is None:
-            self._chats.keep(key, Checked(body, params if body.output_limit else None))
-        return known or Checked(body, params), req
+        if known is None:
+            known = Checked(body.model_copy(update={"messages": []}), params)
+            if key is not None:
+                self._chats.keep(key, known if body.output_limit else known._replace(params=None))
+        return known, req
 
     def _prepare(
         self,
