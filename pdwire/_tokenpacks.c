@@ -304,7 +304,8 @@ static int op_appends(reader *r, Py_ssize_t start) {
     if (start - 1 < fence(r) || start > r->stack.len) return -1;
     slot *t = &r->stack.s[start - 1];
     int kind = t->kind;
-    if (!(kind == K_EMPTYLIST || kind == K_ENTRIES || (kind == K_PLAIN && PyList_CheckExact(t->obj))))
+    if (!(kind == K_EMPTYLIST || kind == K_ENTRIES
+          || (kind == K_PLAIN && PyList_CheckExact(t->obj))))
         return -1;
     Py_ssize_t n = r->stack.len - start;
     if (n == 0) return 0;
@@ -387,28 +388,32 @@ static int op_tuple(reader *r, Py_ssize_t start) {
     return push(&r->stack, t, kind, 0, raw);
 }
 
-/* The names come from the string cache, which holds the decoder's own: mostly the same
- * objects. */
-static inline int same_str(PyObject *a, PyObject *b) {
-    return a == b || PyUnicode_Compare(a, b) == 0;
+/* The global a module and a name are: K_OBJTYPE, K_STATUSCLS, K_UNPICKLE, or -1. The
+ * names come from the string cache, which starts with the decoder's own: mostly the very
+ * objects, so those are tried first. */
+static int global_kind(Decoder *d, PyObject *module, PyObject *name) {
+    PyObject *known[3][2] = {{d->objtype_module, d->objtype_name},
+                             {d->status_module, d->status_name},
+                             {d->ctypes_module, d->unpickle_name}};
+    static const int kinds[3] = {K_OBJTYPE, K_STATUSCLS, K_UNPICKLE};
+    for (int i = 0; i < 3; i++)
+        if (module == known[i][0] && name == known[i][1]) return kinds[i];
+    for (int i = 0; i < 3; i++)
+        if (PyUnicode_Compare(module, known[i][0]) == 0
+            && PyUnicode_Compare(name, known[i][1]) == 0)
+            return kinds[i];
+    return -1;
 }
 
 static int op_stack_global(reader *r) {
     Py_ssize_t n = r->stack.len;
-    if (n - 2 < fence(r) || r->stack.s[n - 1].kind != K_SCALAR || r->stack.s[n - 2].kind != K_SCALAR)
+    if (n - 2 < fence(r) || r->stack.s[n - 1].kind != K_SCALAR
+        || r->stack.s[n - 2].kind != K_SCALAR)
         return -1;
     PyObject *module = r->stack.s[n - 2].obj, *name = r->stack.s[n - 1].obj;
     if (!PyUnicode_CheckExact(module) || !PyUnicode_CheckExact(name)) return -1;
-    Decoder *d = r->d;
-    int kind;
-    if (same_str(module, d->objtype_module) && same_str(name, d->objtype_name))
-        kind = K_OBJTYPE;
-    else if (same_str(module, d->status_module) && same_str(name, d->status_name))
-        kind = K_STATUSCLS;
-    else if (same_str(module, d->ctypes_module) && same_str(name, d->unpickle_name))
-        kind = K_UNPICKLE;
-    else
-        return -1;
+    int kind = global_kind(r->d, module, name);
+    if (kind < 0) return -1;
     stack_cut(r, n - 2);
     return push(&r->stack, NULL, kind, 0, 0);
 }

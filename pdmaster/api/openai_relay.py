@@ -9,6 +9,7 @@ nodes).
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import time
@@ -112,6 +113,15 @@ class Generation:
     def add(self, entries: list[TokenEntry]) -> str:
         """Take the entries; return the text they add to the answer."""
         scanner = self._scanner
+        if scanner is None and len(entries) == 1:  # a stream's usual step: the loop's outcome
+            _, text, meta, status = entries[0]
+            self.completion_tokens = meta.get("count_output_tokens", self.completion_tokens + 1)
+            self.prompt_tokens = meta.get("prompt_tokens", self.prompt_tokens)
+            self._status = code = status.status
+            self.done = code != 0
+            if self._parts is not None:
+                self._parts.append(text)
+            return text
         count, prompt = self.completion_tokens, self.prompt_tokens
         out = []
         for _, text, meta, status in entries:
@@ -158,6 +168,24 @@ class Generation:
         }
 
 
+class RandomHex:
+    """Random hex digits from ``os.urandom``, read 1 KB at a time: one system call per 32 ids.
+    For the event loop's thread only."""
+
+    __slots__ = ("_digits", "_at")
+
+    def __init__(self) -> None:
+        self._digits = ""
+        self._at = 0
+
+    def take(self, n: int) -> str:
+        at = self._at
+        if at + n > len(self._digits):
+            self._digits, at = os.urandom(max(1024, n)).hex(), 0
+        self._at = at + n
+        return self._digits[at : at + n]
+
+
 class CompletionFormat:
     """``text_completion`` bodies and chunks (/v1/completions)."""
 
@@ -167,8 +195,11 @@ class CompletionFormat:
     object = "text_completion"
     chunk_object = "text_completion"
 
-    def __init__(self, model: str, include_usage: bool = False) -> None:
-        self.id = f"{self.id_prefix}-{secrets.token_hex(16)}"  # as random as a uuid4's hex
+    def __init__(
+        self, model: str, include_usage: bool = False, ids: RandomHex | None = None
+    ) -> None:
+        digits = secrets.token_hex(16) if ids is None else ids.take(32)
+        self.id = f"{self.id_prefix}-{digits}"  # as random as a uuid4's hex
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
@@ -239,12 +270,24 @@ class StreamEvents:
     (per finish reason), the usage.
     """
 
-    __slots__ = ("include_usage", "text", "opening", "usage", "_start", "_object", "_ends")
+    __slots__ = (
+        "include_usage",
+        "text",
+        "opening",
+        "usage",
+        "_start",
+        "_object",
+        "_ends",
+        "_id_prefix",
+        "_second",
+    )
 
     def __init__(self, fmt: CompletionFormat) -> None:
         probe = type(fmt)(fmt.model, fmt.include_usage)
         probe.id, probe.created = _ID_MARK, 0
         self.include_usage = fmt.include_usage
+        self._id_prefix = fmt.id_prefix + "-"
+        self._second = (-1, b"")  # a time and the lead's bytes after the id, made for it
         sample = sse(probe.chunk(_MARK, None))
         self._start, found, after = sample.partition(orjson.dumps(_ID_MARK))
         self._object, found_created, _ = after.partition(_CREATED_ZERO)
@@ -261,10 +304,17 @@ class StreamEvents:
             for reason in {"stop", *FINISH_REASONS.values()}
         }
 
-    def lead(self, fmt: CompletionFormat) -> bytes:
-        """The start of each of the events of the stream with ``fmt``'s id and time."""
-        created = b',"created":%d,' % fmt.created
-        return self._start + orjson.dumps(fmt.id) + self._object + created
+    def lead(self, id: str, created: int) -> bytes:
+        """The start of each of the events of the stream with this id and time."""
+        second, after_id = self._second
+        if created != second:
+            after_id = self._object + b',"created":%d,' % created
+            self._second = (created, after_id)
+        return self._start + orjson.dumps(id) + after_id
+
+    def new_lead(self, ids: RandomHex) -> bytes:
+        """The lead of a new stream: a new id, made now (as ``CompletionFormat`` makes them)."""
+        return self.lead(self._id_prefix + ids.take(32), int(time.time()))
 
     def end(self, lead: bytes, text: str, gen: Generation) -> bytes:
         """The last chunk (with ``text``), the usage chunk if asked for, and ``[DONE]``."""
@@ -296,22 +346,20 @@ class OpenAIStream:
     """One stream's OpenAI chunks: text as the stop rule lets it out, then the finish chunk,
     usage (if asked) and ``[DONE]``; a failure after the first chunk ends with an error event.
 
-    Its events are its format's, from ``StreamEvents`` (made here when not given): a text
-    chunk costs one ``orjson.dumps`` of a string.
+    Its events are its format's (``events``), each after the stream's ``lead`` (its id and
+    time): a text chunk costs one ``orjson.dumps`` of a string.
     """
 
-    __slots__ = ("_gen", "_events", "_lead", "_head", "_opening", "done")
+    __slots__ = ("_gen", "_events", "_lead", "_head", "_tail", "_opening", "done")
 
-    def __init__(
-        self, gen: Generation, fmt: CompletionFormat, events: StreamEvents | None = None
-    ) -> None:
-        if events is None:
-            events = StreamEvents(fmt)
+    def __init__(self, gen: Generation, events: StreamEvents, lead: bytes) -> None:
         self._gen = gen
         self._events = events
-        self._lead = lead = events.lead(fmt)
+        self._lead = lead
         self._head = lead + events.text[0]
-        self._opening = b"".join([lead + rest for rest in events.opening])
+        self._tail = events.text[1]
+        opening = events.opening
+        self._opening = b"".join([lead + rest for rest in opening]) if opening else b""
         self.done = False
 
     def chunk(self, entries: list[TokenEntry]) -> bytes:
@@ -323,7 +371,7 @@ class OpenAIStream:
             self.done = True
             body = self._events.end(self._lead, text, gen)
         elif text:
-            body = self._head + orjson.dumps(text) + self._events.text[1]
+            body = self._head + orjson.dumps(text) + self._tail
         else:
             body = b""
         if self._opening:  # the chat's role chunk, before the first tokens

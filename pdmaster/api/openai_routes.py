@@ -33,6 +33,7 @@ from pdmaster.api.openai_relay import (
     CompletionFormat,
     Generation,
     OpenAIStream,
+    RandomHex,
     StreamEvents,
     error_body,
 )
@@ -94,7 +95,7 @@ def in_openai_terms(exc: ApiError, prompt_field: str, max_field: str) -> ApiErro
 
 class Checked(NamedTuple):
     """What a request's fields other than its prompt came to; shared by the requests that
-    send the same fields (``KnownFields``), so ``body``'s prompt is none of theirs."""
+    send the same fields (``KnownFields``), so ``body`` is kept without its prompt."""
 
     body: SamplingFields
     params: GenerateParameters | None  # None: they depend on the prompt's length
@@ -137,8 +138,8 @@ class OpenAIRequests:
         check_model(body.model, self._model_names, self._model_name)
         prompt = body.prompt_text()
         params = body.generate_parameters(body.max_tokens, True, "max_tokens")
-        checked = Checked(body, params)
         req = self._prepare(params, prompt, "prompt")
+        checked = Checked(body.model_copy(update={"prompt": ""}), params)
         if key is not None:
             self._completions.keep(key, checked)
         return checked, req
@@ -172,9 +173,11 @@ class OpenAIRequests:
             add_special_tokens = self._template.add_special_tokens
             params = body.generate_parameters(limit, add_special_tokens, max_field)
         req = self._prepare(params, prompt, "messages", max_field, prompt_ids)
-        if key is not None and known is None:
-            self._chats.keep(key, Checked(body, params if body.output_limit else None))
-        return known or Checked(body, params), req
+        if known is None:
+            known = Checked(body.model_copy(update={"messages": []}), params)
+            if key is not None:
+                self._chats.keep(key, known if body.output_limit else known._replace(params=None))
+        return known, req
 
     def _prepare(
         self,
@@ -200,6 +203,7 @@ def openai_endpoints(
     template = chat_template or load_chat_template(settings.model_dir)
     model_name = served_model_name(settings)
     requests = OpenAIRequests(tokenizer, settings, template)
+    ids = RandomHex()
     events = {
         (kind, usage): StreamEvents(kind(model_name, usage))
         for kind in (CompletionFormat, ChatFormat)
@@ -210,14 +214,18 @@ def openai_endpoints(
         request: Request,
         checked: Checked,
         req: PreparedRequest,
-        fmt: CompletionFormat,
+        kind: type[CompletionFormat],
         endpoint: str,
     ) -> Opened:
         run = service.run(endpoint, req)
         stops = req.parameters.stop_sequences
         if checked.stream:
-            gen = Generation(req.prompt_tokens, stops, False)
-            return run, OpenAIStream(gen, fmt, events[type(fmt), fmt.include_usage])
+            shapes = events[kind, checked.include_usage]
+            stream = OpenAIStream(
+                Generation(req.prompt_tokens, stops, False), shapes, shapes.new_lead(ids)
+            )
+            return run, stream
+        fmt = kind(model_name, checked.include_usage, ids)
         gen = Generation(req.prompt_tokens, stops)
         try:
             await run.run_to_end(request, gen.add, lambda: gen.done)
@@ -228,14 +236,12 @@ def openai_endpoints(
     async def completions(request: Request) -> Opened:
         raw = await read_bytes(request, settings.max_body_bytes)
         checked, req = await off_loop(len(raw), partial(requests.completion, raw))
-        fmt = CompletionFormat(model_name, checked.include_usage)
-        return await respond(request, checked, req, fmt, "completions")
+        return await respond(request, checked, req, CompletionFormat, "completions")
 
     async def chat_completions(request: Request) -> Opened:
         raw = await read_prompt_body(request, settings, "messages")
         checked, req = await off_loop(len(raw), partial(requests.chat, raw))
-        fmt = ChatFormat(model_name, checked.include_usage)
-        return await respond(request, checked, req, fmt, "chat_completions")
+        return await respond(request, checked, req, ChatFormat, "chat_completions")
 
     return {
         "/v1/completions": SseEndpoint(completions, error_body),

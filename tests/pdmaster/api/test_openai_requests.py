@@ -135,3 +135,15 @@ def test_a_chat_whose_fields_were_seen_before_comes_to_a_fresh_checks_outcome(
         body = {"messages": messages, **fields}
         assert outcome(seen, "chat", body) == outcome(requests(), "chat", body)
         assert outcome(seen, "chat", body) == outcome(seen, "chat", body)
+
+
+def test_what_is_kept_of_a_body_holds_none_of_its_prompt() -> None:
+    """Kept for the bodies that send its fields again, it must not keep a prompt alive."""
+    seen = requests()
+    long_prompt = "has decode not and her also all " * 10
+    for _ in range(2):
+        checked, _ = seen.completion(orjson.dumps({"prompt": long_prompt, "max_tokens": 2}))
+        assert checked.body.model_dump(include={"prompt"}) == {"prompt": ""}
+        messages = [{"role": "user", "content": long_prompt}]
+        checked, _ = seen.chat(orjson.dumps({"messages": messages, "max_tokens": 2}))
+        assert checked.body.model_dump(include={"messages"}) == {"messages": []}
