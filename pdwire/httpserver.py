@@ -37,13 +37,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import httptools
+from uvicorn.config import Config
 from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
+from uvicorn.server import ServerState
 
 try:
     import uvloop.loop
@@ -60,6 +64,14 @@ DISCONNECT_WATCH = "pdctl.disconnect_watch"
 """Scope extension: ``watch(callback: () -> None) -> unwatch: () -> None``."""
 # a deadline this close is due: the loop's timers fire to the millisecond
 _CLOCK_SLACK_S = 0.001
+# what uvicorn's HttpToolsProtocol.__init__ sets (0.54): HeaderTimeoutProtocol.__init__ sets them
+# itself only while uvicorn's are exactly these
+_UVICORN_FIELDS = frozenset(
+    "config app loop logger access_logger access_log parser ws_protocol_class root_path"
+    " asgi_version limit_concurrency app_state timeout_keep_alive_task timeout_keep_alive"
+    " server_state connections tasks transport flow server client scheme pipeline scope"
+    " headers expect_100_continue cycle".split()
+)
 
 
 class HeadWaits:
@@ -110,6 +122,61 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     # header_timeout_protocol)
     head_waits = HeadWaits(HEADER_TIMEOUT_S, MIN_PENDING_HEADS)
     _watchers: dict[RequestResponseCycle, Callable[[], None]] | None = None
+    # what uvicorn's __init__ derives from a server's config, and the config: see __init__
+    _derived: tuple[Config, Any, logging.Logger, logging.Logger, tuple[Any, ...]] | None = None
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        # uvicorn's __init__ derives the same fields from the same config for every connection
+        # (two logging.getLogger calls, each under logging's lock, among them); a client may
+        # open a connection per request. Here they are derived once per config and set in
+        # uvicorn's order (the instances keep sharing their dicts' keys).
+        derived = type(self)._derived
+        if derived is None or derived[0] is not config:
+            super().__init__(config, server_state, app_state, _loop)
+            if vars(self).keys() == _UVICORN_FIELDS:  # else another uvicorn: its own each time
+                type(self)._derived = (
+                    config,
+                    self.app,
+                    self.logger,
+                    self.access_logger,
+                    (self.ws_protocol_class, self.root_path, self.asgi_version),
+                )
+            return
+        self.config = config
+        self.app = derived[1]
+        self.loop = _loop or asyncio.get_event_loop()
+        self.logger = derived[2]
+        self.access_logger = derived[3]
+        self.access_log = self.access_logger.hasHandlers()  # as uvicorn: logging may change
+        self.parser = httptools.HttpRequestParser(self)
+        try:
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        except AttributeError:  # pragma: no cover - httptools < 0.6.3, as uvicorn
+            pass
+        self.ws_protocol_class, self.root_path, self.asgi_version = derived[4]
+        self.limit_concurrency = config.limit_concurrency
+        self.app_state = app_state
+        self.timeout_keep_alive_task = None
+        self.timeout_keep_alive = config.timeout_keep_alive
+        self.server_state = server_state
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        self.transport = None  # type: ignore[assignment]
+        self.flow = None  # type: ignore[assignment]
+        self.server = None
+        self.client = None
+        self.scheme = None
+        self.pipeline = deque()
+        self.scope = None  # type: ignore[assignment]
+        self.headers = None  # type: ignore[assignment]
+        self.expect_100_continue = False
+        self.cycle = None  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # uvicorn's own, but for the addresses (see addresses())
