@@ -494,7 +494,7 @@ static void state_field_names(module_state *st, PyObject **names) {
 }
 
 PyDoc_STRVAR(deliver_doc,
-"deliver(by_group: dict[int, RequestState], ready: list, node, entries: list, best_of: int)\n\n"
+"deliver(by_group: dict[int, RequestState], ready: list, node, entries, best_of: int)\n\n"
 "RequestTable.deliver's loop: each entry appended to the _items of the request of its group\n"
 "(entry[0] // best_of * best_of) if that request listens to node (its source); a request\n"
 "whose _items was empty is appended to ready.");
@@ -521,20 +521,22 @@ static PyObject *group_of(PyObject *id, PyObject *best_of, long long b) {
 
 static PyObject *deliver(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5 || !PyDict_CheckExact(args[0]) || !PyList_CheckExact(args[1])
-        || !PyList_CheckExact(args[3]) || !PyLong_CheckExact(args[4])) {
+        || !PyLong_CheckExact(args[4])) {
         PyErr_SetString(PyExc_TypeError,
-                        "deliver(by_group: dict, ready: list, node, entries: list, best_of: int)");
+                        "deliver(by_group: dict, ready: list, node, entries, best_of: int)");
         return NULL;
     }
     module_state *st = PyModule_GetState(module);
-    PyObject *table = args[0], *ready = args[1], *node = args[2], *entries = args[3];
-    PyObject *best_of = args[4];
+    PyObject *table = args[0], *ready = args[1], *node = args[2], *best_of = args[4];
     long long b = PyLong_AsLongLong(best_of);
     if (b == -1 && PyErr_Occurred()) return NULL;
+    /* a list or tuple as it is; any other iterable as a list */
+    PyObject *entries = PySequence_Fast(args[3], "deliver: entries must be iterable");
+    if (entries == NULL) return NULL;
     PyObject *state_names[STATE_FIELDS];
     state_field_names(st, state_names);
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(entries); i++) {
-        PyObject *entry = Py_NewRef(PyList_GET_ITEM(entries, i));
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(entries); i++) {
+        PyObject *entry = Py_NewRef(PySequence_Fast_GET_ITEM(entries, i));
         PyObject *id = PySequence_GetItem(entry, 0);
         PyObject *key = id == NULL ? NULL : group_of(id, best_of, b);
         Py_XDECREF(id);
@@ -569,8 +571,12 @@ static PyObject *deliver(PyObject *module, PyObject *const *args, Py_ssize_t nar
             rc = -1;
         }
         Py_DECREF(entry);
-        if (rc < 0) return NULL;
+        if (rc < 0) {
+            Py_DECREF(entries);
+            return NULL;
+        }
     }
+    Py_DECREF(entries);
     Py_RETURN_NONE;
 }
 

@@ -137,8 +137,9 @@ def test_entries_go_to_the_group_of_their_request_id_as_python_divides(compiled:
         states = {group_id: tracked(table, group_id) for group_id in ids}
         table.deliver(NODE, [entry(-1, "a"), entry(7, "b"), entry(2**64 + 7, "c")])
         table.deliver(NODE, [entry(2**70 + 3, "d"), entry(-8, "e"), entry(99, "nobody's")])
+        table.deliver(NODE, (entry(5, "f"),))  # any sequence
         await asyncio.sleep(0)
         got = {g: texts(await s.take(1e9, 60, "token")) for g, s in states.items()}
-        assert got == {-8: ["a", "e"], 0: ["b"], 2**64: ["c"], 2**70: ["d"]}
+        assert got == {-8: ["a", "e"], 0: ["b", "f"], 2**64: ["c"], 2**70: ["d"]}
 
     asyncio.run(run())
