@@ -61,11 +61,13 @@ class TokenPacksDecoder:
         compiled one, where it does. ``accelerated=False``: never decode here (every frame
         takes safepickle), as where the extension is missing."""
         usable = accelerated and limits.max_depth >= TOKEN_PACKS_DEPTH
-        module = extension() if usable else None
+        # no Decoder: a build from before it, which the install replaces (a tree needs
+        # ``setup.py build_ext`` again); safepickle decodes meanwhile, as without a compiler
+        compiled = getattr(extension(), "Decoder", None) if usable else None
         self.decode: Callable[[bytes], tuple[Any, list[Any], Any] | None] = _declined
         self.decode_or_slow: Callable[[bytes], Any] = slow or self.decode
-        if module is not None:
-            decoder = module.Decoder(
+        if compiled is not None:
+            decoder = compiled(
                 obj_type_name,
                 status_name,
                 {token_packs.value: token_packs},

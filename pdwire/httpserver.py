@@ -39,7 +39,7 @@ import logging
 import resource
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import httptools
 from uvicorn.config import Config
@@ -122,6 +122,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     # header_timeout_protocol)
     head_waits = HeadWaits(HEADER_TIMEOUT_S, MIN_PENDING_HEADS)
     _watchers: dict[RequestResponseCycle, Callable[[], None]] | None = None
+    _peer_host = ""  # the client's address, the key of its connections in head_waits
     # what uvicorn's __init__ derives from a server's config, and the config: see __init__
     _derived: tuple[Config, Any, logging.Logger, logging.Logger, tuple[Any, ...]] | None = None
 
@@ -179,12 +180,12 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self.cycle = None  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        # uvicorn's own, but for the addresses (see addresses())
+        # uvicorn's own, but for the addresses and the scheme (see connection_info())
         self.connections.add(self)
         self.transport = transport
         self.flow = FlowControl(transport)
-        self.server, self.client = addresses(transport)
-        self.scheme = "https" if is_ssl(transport) else "http"
+        self.server, self.client, self.scheme = connection_info(transport)
+        self._peer_host = self.client[0] if self.client else ""
         if self.logger.level <= TRACE_LOG_LEVEL:
             prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
             self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
@@ -237,10 +238,6 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def _cancel_head_timer(self) -> None:
         self.head_waits.discard(self, self._peer_host)
 
-    @property
-    def _peer_host(self) -> str:
-        return self.client[0] if self.client else ""
-
     def _head_timed_out(self) -> None:
         self._close_slow(f"no complete request head within {self.head_waits.timeout_s:.0f} s")
 
@@ -252,22 +249,24 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def addresses(
+def connection_info(
     transport: asyncio.Transport,
-) -> tuple[tuple[str, int | None] | None, tuple[str, int] | None]:
-    """uvicorn's ``(get_local_addr(transport), get_remote_addr(transport))``.
+) -> tuple[tuple[str, int | None] | None, tuple[str, int] | None, Literal["http", "https"]]:
+    """uvicorn's ``(get_local_addr(transport), get_remote_addr(transport), scheme)``.
 
-    uvicorn reads them through the transport's socket; a uvloop TCP transport has read both
-    already (as asyncio's transports do, when the connection was made) and gives them from
-    memory, where its socket makes a ``socket.socket`` and a system call for each (and one
-    more for the socket itself).
+    uvicorn reads the addresses through the transport's socket; a uvloop TCP transport has
+    read both already (as asyncio's transports do, when the connection was made) and gives
+    them from memory, where its socket makes a ``socket.socket`` and a system call for each
+    (and one more for the socket itself). Nor is it ever TLS: uvloop hands a TLS connection's
+    protocol a transport of its TLS layer.
     """
     if type(transport) is _UVLOOP_TCP:
         local = transport.get_extra_info("sockname")
         remote = transport.get_extra_info("peername")
-        if isinstance(local, tuple) and isinstance(remote, tuple):
-            return (str(local[0]), int(local[1])), (str(remote[0]), int(remote[1]))
-    return get_local_addr(transport), get_remote_addr(transport)
+        if type(local) is tuple and type(remote) is tuple:
+            return (str(local[0]), int(local[1])), (str(remote[0]), int(remote[1])), "http"
+    scheme: Literal["http", "https"] = "https" if is_ssl(transport) else "http"
+    return get_local_addr(transport), get_remote_addr(transport), scheme
 
 
 def header_timeout_protocol(

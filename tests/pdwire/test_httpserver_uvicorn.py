@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
+import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from pdwire.httpserver import header_timeout_protocol
@@ -50,9 +54,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 @asynccontextmanager
-async def serving(http: Any) -> AsyncIterator[int]:
+async def serving(http: Any, **tls: Any) -> AsyncIterator[int]:
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, http=http, log_level="warning", root_path="/root"
+        app, host="127.0.0.1", port=0, http=http, log_level="warning", root_path="/root", **tls
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -65,16 +69,17 @@ async def serving(http: Any) -> AsyncIterator[int]:
         await task
 
 
-async def exchange(port: int, writes: list[bytes]) -> bytes:
+async def exchange(port: int, writes: list[bytes], tls: ssl.SSLContext | None = None) -> bytes:
     """All the server answers to ``writes`` (each sent when the previous answers arrived)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
     got = b""
     try:
         for data in writes:
             writer.write(data)
             await writer.drain()
             await asyncio.sleep(0.05)
-        writer.write_eof()
+        if tls is None:
+            writer.write_eof()
         async with asyncio.timeout(10):
             while chunk := await reader.read(65536):
                 got += chunk
@@ -107,8 +112,11 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_the_same_requests_get_the_same_answers_as_from_uvicorns_protocol(case: str) -> None:
+def test_the_same_requests_get_the_same_answers_as_from_uvicorns_protocol(
+    case: str, loop: str
+) -> None:
     async def run() -> None:
         answers = []
         for http in (HttpToolsProtocol, header_timeout_protocol()):
@@ -118,7 +126,10 @@ def test_the_same_requests_get_the_same_answers_as_from_uvicorns_protocol(case: 
         assert answers[0][0].startswith(b"HTTP/1.")
         assert answers[1] == answers[0]
 
-    asyncio.run(run())
+    if loop == "uvloop":
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
 
 
 def test_each_connection_has_uvicorns_fields_and_its_own_parser() -> None:
@@ -143,3 +154,30 @@ def test_each_connection_has_uvicorns_fields_and_its_own_parser() -> None:
         assert all(c.scope["path"] == "/r/x" for c in conns)  # each parser calls its own
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_over_tls_the_scope_and_answers_are_uvicorns_too(tmp_path: Path, loop: str) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-days", "1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    client = ssl.create_default_context()
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    request = b"GET /s?q HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+
+    async def run() -> None:
+        answers = []
+        for http in (HttpToolsProtocol, header_timeout_protocol()):
+            async with serving(http, ssl_keyfile=str(key), ssl_certfile=str(cert)) as port:
+                answers.append([await exchange(port, [request], client) for _ in range(2)])
+        assert b'"scheme": "https"' in answers[0][0]
+        assert answers[1] == answers[0]
+
+    if loop == "uvloop":
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
