@@ -75,8 +75,9 @@ def create_app(
     table = RequestTable(clock, compiled=settings.compiled_relay)
     if settings.compiled_relay and table.lane_type is None:
         log.warning(
-            "pdmaster._lane is not built (no C compiler at install?): tokens are relayed to "
-            "streams by the Python chain, slower per token; reinstall with gcc"
+            "pdmaster._lane is not built, or older than this tree (no C compiler at install? "
+            "not rebuilt after an update?): tokens are relayed to streams by the Python chain, "
+            "slower per token; reinstall with gcc"
         )
 
     def policy(name: str) -> Policy:

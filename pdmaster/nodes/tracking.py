@@ -192,11 +192,13 @@ class RequestTable:
         self._by_group: dict[int, RequestState] = {}
         self._ready: list[RequestState] = []
         module = optional_extension("pdmaster._lane") if compiled else None
-        self._compiled: Callable[[list[RequestState], float], tuple[int, int]] | None = (
-            module.hand_over if module is not None else None
-        )
-        self._deliver: Callable[..., None] | None = module.deliver if module is not None else None
-        self.lane_type: Callable[..., object] | None = module.Lane if module is not None else None
+        # a build older than this tree (not rebuilt after a merge) lacks a part: none is used
+        parts = [getattr(module, name, None) for name in ("hand_over", "deliver", "Lane")]
+        if None in parts:
+            parts = [None, None, None]
+        self._compiled: Callable[[list[RequestState], float], tuple[int, int]] | None = parts[0]
+        self._deliver: Callable[..., None] | None = parts[1]
+        self.lane_type: Callable[..., object] | None = parts[2]
         """The compiled relay state of one stream, where hand-overs are compiled."""
         self.relayed = 0  # hand-overs to a stream done by the compiled call
         self.declined = 0  # ... with a lane armed, left to the sink chain
