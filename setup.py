@@ -1,9 +1,12 @@
 """The compiled pieces of the master's per-token path, each with a Python twin it must agree with:
-pdwire's TOKEN_PACKS decoder (pdwire/_tokenpacks.c) and its client event writer (pdwire/_sse.c).
+pdwire's TOKEN_PACKS decoder (pdwire/_tokenpacks.c), its client event writer (pdwire/_sse.c),
+its reader of a node's websocket frames (pdwire/_wsframes.c) and the master's relay of a
+hand-over of tokens to the streams (pdmaster/_lane.c).
 
 Everything else is in pyproject.toml. ``optional``: without a C compiler the install still
-succeeds and the master decodes token packs with the pure-Python ``safepickle`` and writes
-events with orjson per token (slower).
+succeeds and the master decodes token packs with the pure-Python ``safepickle``, reads node
+frames in Python, writes events with orjson and relays each token through its Python chain
+(slower).
 """
 
 from setuptools import Extension, setup
@@ -13,6 +16,7 @@ FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 setup(
     ext_modules=[
         Extension(f"pdwire.{name}", [f"pdwire/{name}.c"], extra_compile_args=FLAGS, optional=True)
-        for name in ("_tokenpacks", "_sse")
+        for name in ("_tokenpacks", "_sse", "_wsframes")
     ]
+    + [Extension("pdmaster._lane", ["pdmaster/_lane.c"], extra_compile_args=FLAGS, optional=True)]
 )

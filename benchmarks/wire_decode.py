@@ -1,6 +1,6 @@
 """Benchmark: decoding a node's TOKEN_PACKS frame, per entry, against the previous decoder.
 
-Frames of 1, 64 and 512 entries as the simulated engine sends them (v1.1.0, 8 metadata
+Frames of 1, 7, 64 and 512 entries as the simulated engine sends them (v1.1.0, 8 metadata
 keys) and as LightLLM v1.2.0 does (11 keys with nested logprobs and input usage). Decoders:
 ``codec`` is what the master runs (``decode_node_message``: the compiled one-pass decoder,
 ``pdwire/_tokenpacks.c``);
@@ -119,7 +119,7 @@ def main() -> None:
             "safepickle": codec.loads,
             "previous": previous_decoder(version),
         }
-        for entries in (1, 64, 512):
+        for entries in (1, 7, 64, 512):  # 7: what a sim decode node sends at 64 streams
             frame = codec.encode_token_packs([make(i) for i in range(entries)], load)
             row: dict[str, Any] = {"shape": shape, "entries": entries, "frame_bytes": len(frame)}
             for name, decode in decoders.items():

@@ -72,7 +72,13 @@ def create_app(
         lambda: CircuitBreaker(clock, settings.breaker_failures, settings.breaker_open_s),
         settings.load_max_age_s,
     )
-    table = RequestTable(clock)
+    table = RequestTable(clock, compiled=settings.compiled_relay)
+    if settings.compiled_relay and table.lane_type is None:
+        log.warning(
+            "pdmaster._lane is not built, or older than this tree (no C compiler at install? "
+            "not rebuilt after an update?): tokens are relayed to streams by the Python chain, "
+            "slower per token; reinstall with gcc"
+        )
 
     def policy(name: str) -> Policy:
         return make_policy(
@@ -84,7 +90,7 @@ def create_app(
 
     selector = PairSelector(pool, policy(settings.prefill_policy), policy(settings.decode_policy))
     admission = Admission(settings.max_inflight, settings.max_queue, settings.queue_timeout_s)
-    metrics = MasterMetrics(pool, admission)
+    metrics = MasterMetrics(pool, admission, table)
     link = _config_server_link(settings, pool, admission)
     if ids is None:
         ids = link.ids if link else LocalIdSource()

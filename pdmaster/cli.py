@@ -16,7 +16,7 @@ from pdmaster.dispatch.session import DispatchSettings
 from pdmaster.nodes.socket import NodeSocketProtocol
 from pdmaster.routing.policies import POLICY_NAMES
 from pdmaster.settings import MasterSettings
-from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
+from pdmodel.tokenizer import DEFAULT_MODEL_DIR, PARALLELISM, ModelTokenizer
 from pdwire.cli import CommandParser, add_lightllm_flags, lightllm_flags_given, port_number
 from pdwire.httpserver import header_timeout_protocol
 from pdwire.message_sets import MAX_FRAME_BYTES
@@ -209,6 +209,13 @@ def build_parser() -> CommandParser:
         "--timeout_keep_alive", type=float, default=30.0, help="idle seconds before closing"
     )
     p.add_argument("--log_level", default="info")
+    p.add_argument(
+        "--python_relay",
+        action="store_true",
+        default=os.environ.get("PDCTL_PYTHON_RELAY", "") == "1",
+        help="relay tokens to streams by the Python chain only, not pdmaster._lane "
+        "(env PDCTL_PYTHON_RELAY=1; for comparisons)",
+    )
     add_lightllm_flags(p)  # LightLLM's pd_master takes its node flags too, and ignores them
     return p
 
@@ -273,6 +280,7 @@ def settings_from_args(args: argparse.Namespace) -> MasterSettings:
         register_token=args.register_token,
         advertise_address=args.advertise_address,
         lease_ttl_s=args.lease_ttl,
+        compiled_relay=not args.python_relay,
     )
 
 
@@ -290,6 +298,9 @@ def main(argv: list[str] | None = None) -> None:
         settings = settings_from_args(args)
     except ValueError as exc:
         parser.error(f"--allow-cidr: {exc}")
+    # One prompt at a time, on the event loop or in a worker thread: the tokenizers library's
+    # thread pool would only add a hand-off per prompt (and, off, encode skips offsets)
+    os.environ.setdefault(PARALLELISM, "false")
     try:
         tokenizer = ModelTokenizer.from_model_dir(settings.model_dir)
     except FileNotFoundError as exc:

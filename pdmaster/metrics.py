@@ -18,6 +18,7 @@ from pdmaster.dispatch.session import DispatchObserver
 from pdmaster.errors import ApiError
 from pdmaster.nodes.breaker import BreakerState
 from pdmaster.nodes.pool import NodePool
+from pdmaster.nodes.tracking import RequestTable
 from pdmaster.routing.admission import Admission
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -29,9 +30,10 @@ _go_float: Callable[[float], str] = floatToGoString  # untyped in prometheus_cli
 class _PoolCollector(Collector):
     """Gauges read from the node pool and the queue at scrape time."""
 
-    def __init__(self, pool: NodePool, admission: Admission) -> None:
+    def __init__(self, pool: NodePool, admission: Admission, table: RequestTable) -> None:
         self._pool = pool
         self._admission = admission
+        self._table = table
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         labels = ["node_id", "role", "address"]
@@ -71,6 +73,15 @@ class _PoolCollector(Collector):
         )
         ignored.add_metric([], self._pool.bad_load_reports)
         yield ignored
+        relayed = CounterMetricFamily(
+            "pd_stream_hand_overs",
+            "Tokens handed to a waiting stream with a compiled relay, by the path they took "
+            "(compiled: pdmaster._lane; python: a case it leaves to the Python chain)",
+            labels=["path"],
+        )
+        relayed.add_metric(["compiled"], self._table.relayed)
+        relayed.add_metric(["python"], self._table.declined)
+        yield relayed
 
 
 class LoopHistogram(Collector):
@@ -78,6 +89,8 @@ class LoopHistogram(Collector):
 
     ``prometheus_client.Histogram`` locks and updates several values per observation; the
     inter-token histogram is observed once per relayed chunk, so it stays this cheap.
+    ``pdmaster/_lane.c`` observes the same way (into ``_counts`` and ``_sum``, bounds from
+    ``_bounds``): change both together.
     """
 
     def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
@@ -102,7 +115,7 @@ class LoopHistogram(Collector):
 
 
 class MasterMetrics(DispatchObserver):
-    def __init__(self, pool: NodePool, admission: Admission) -> None:
+    def __init__(self, pool: NodePool, admission: Admission, table: RequestTable) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "pd_requests",
@@ -127,7 +140,7 @@ class MasterMetrics(DispatchObserver):
             ["code"],
             registry=self.registry,
         )
-        self.registry.register(_PoolCollector(pool, admission))
+        self.registry.register(_PoolCollector(pool, admission, table))
 
     def count_request(self, endpoint: str, status: str) -> None:
         child = self._request_counts.get((endpoint, status))

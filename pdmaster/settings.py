@@ -47,6 +47,7 @@ class MasterSettings:
     register_token: str | None = None  # bearer token for the config server's /v1 API
     advertise_address: str | None = None  # host:port nodes dial; None: host:port
     lease_ttl_s: float = 10.0  # the master's /v1 lease; it vanishes this long after death
+    compiled_relay: bool = True  # False: tokens reach streams by the Python chain only
 
     @property
     def prompt_byte_limit(self) -> int:

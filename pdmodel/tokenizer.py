@@ -8,17 +8,34 @@ engine's model dir shipped with pdctl.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"
+PARALLELISM = "TOKENIZERS_PARALLELISM"
+# what the tokenizers library reads as "off" in that variable
+_OFF = frozenset({"", "off", "false", "f", "no", "n", "0"})
+
+
+def serial_batches() -> bool:
+    """Whether the tokenizers library encodes a batch in the calling thread, not its pool:
+    its ``TOKENIZERS_PARALLELISM`` is set to off (a master sets it; see ``pdmaster.cli``)."""
+    value = os.environ.get(PARALLELISM)
+    return value is not None and value.lower() in _OFF
 
 
 class ModelTokenizer:
-    def __init__(self, tokenizer: Tokenizer, eos_token_ids: list[int]) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, eos_token_ids: list[int], serial: bool = False
+    ) -> None:
+        """``serial``: the library encodes batches in the calling thread (``serial_batches``);
+        then ``encode`` takes its batch encoder that works out no character offsets (which
+        the master never reads), ~20% less work per prompt."""
         self._tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
+        self._fast = getattr(tokenizer, "encode_batch_fast", None) if serial else None
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path) -> ModelTokenizer:
@@ -27,9 +44,12 @@ class ModelTokenizer:
         if not file.is_file():
             raise FileNotFoundError(f"--model_dir {path}: no tokenizer.json there")
         tokenizer = Tokenizer.from_file(str(file))
-        return cls(tokenizer, _eos_ids(path, tokenizer))
+        return cls(tokenizer, _eos_ids(path, tokenizer), serial_batches())
 
     def encode(self, text: str) -> list[int]:
+        if self._fast is not None:
+            ids: list[int] = self._fast([text], add_special_tokens=False)[0].ids
+            return ids
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_unlocked(self, text: str) -> list[int]:

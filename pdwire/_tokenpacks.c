@@ -15,6 +15,14 @@
  * (or function) gives. A memo reference (BINGET) may push only a scalar or a marker again, so
  * no container is reached twice; keys are str or int, so hashing costs their length; the
  * frame's size, the dicts' sizes and the nesting are capped before they are paid.
+ *
+ * Per entry this is the frame's cost, so: an empty dict or list is only built once its items
+ * are known (presized, or never, for a FinishStatus's state), a FinishStatus's bytes and
+ * argument tuples are markers carrying its 4 bytes, a tuple takes its items without reference
+ * counting, the memo keeps only what a BINGET may push, and short ASCII strings (metadata
+ * keys, class names, common texts) come from a small cache of the decoder's, so a key's hash
+ * is computed once, not per frame. The cache is bounded and holds only str, which nothing can
+ * change: what a frame decodes to does not depend on what came before.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -22,141 +30,289 @@
 
 #define MAX_MARKS 16
 #define MAX_HEIGHT 3       /* plain containers: metadata dict -> dict -> dict -> scalars */
+#define LOCAL_SLOTS 256    /* the stack and the memo of a usual frame live on the C stack */
+#define STR_CACHE 256      /* short ASCII strings kept across frames (a power of 2) */
+#define STR_CACHE_LEN 40   /* the longest string cached */
+#define TEMPLATES 4        /* dict shapes a frame repeats: metadata, and in it logprobs' */
+#define TEMPLATE_KEYS 16
 
 enum kind {
     K_SCALAR,   /* str, int, float, bool, None */
-    K_PLAIN,    /* a dict or list of plain values; height in the parallel array */
-    K_EMPTYLIST,/* an empty list: plain, or the entries list */
+    K_PLAIN,    /* a non-empty dict or list of plain values; its height */
+    K_EMPTYDICT,/* an empty dict, not built yet (obj NULL) */
+    K_EMPTYLIST,/* an empty list, not built yet (obj NULL): plain, or the entries list */
     K_ENTRIES,  /* a non-empty list of entries */
     K_ENTRY,    /* (int, str, dict, FinishStatus) */
-    K_TUPLE,    /* any other tuple */
-    K_OBJARGS,  /* (int,): ObjType's arguments */
-    K_STATE,    /* ({}, 4 bytes): a FinishStatus's state */
-    K_STATUSARGS, /* (FinishStatus, state): _ctypes._unpickle's arguments */
-    K_BYTES,    /* a FinishStatus's bytes */
+    K_OBJARGS,  /* (int,): ObjType's arguments; obj is the int */
+    K_STATE,    /* ({}, 4 bytes): a FinishStatus's state; the bytes in raw */
+    K_STATUSARGS, /* (FinishStatus, state): _ctypes._unpickle's arguments; the bytes in raw */
+    K_BYTES,    /* a FinishStatus's 4 bytes, in raw */
     K_OBJTYPE,  /* the ObjType class */
     K_STATUSCLS,/* the FinishStatus class */
     K_UNPICKLE, /* _ctypes._unpickle */
     K_MEMBER,   /* an ObjType member */
     K_STATUS,   /* a FinishStatus */
-    K_TOP,      /* the whole message */
+    K_TOP,      /* the whole message, as returned: (member, entries, load or None) */
+    K_OTHER,    /* memo only: a value no BINGET may push */
 };
 
 typedef struct {
-    PyObject **obj;
-    unsigned char *kind;
-    unsigned char *height;
+    PyObject *obj;          /* owned; NULL for the kinds that are markers only */
+    unsigned char kind, height;
+    uint32_t raw;           /* a FinishStatus's 4 bytes; K_TOP: the message's length */
+} slot;
+
+typedef struct {
+    slot *s;
     Py_ssize_t len, cap;
+    slot *local;            /* the initial buffer, on the C stack */
 } slots;
+
+typedef struct {
+    PyObject *str;          /* an exact, ASCII str */
+    uint64_t hash;
+} cached_str;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *objtype_module, *objtype_name, *status_module, *status_name;
+    PyObject *ctypes_module, *unpickle_name;
+    PyObject *obj_types;   /* dict: int -> ObjType member */
+    PyObject *statuses;    /* dict: 4 bytes -> FinishStatus (a hit needs no call) */
+    PyObject *status_fn;   /* callable: 4 bytes -> FinishStatus, or raises */
+    PyObject *slow;        /* callable: data -> what decode_or_slow returns where decode declines */
+    Py_ssize_t max_bytes, max_dict_items, max_int_bytes;
+    unsigned lengths;      /* bit n: a message of n items is this version's */
+    cached_str strs[STR_CACHE];
+} Decoder;
+
+/* A dict the frame built, whose keys the next dicts of its shape repeat (each entry's
+ * metadata): such a dict is a copy of it with the values that differ set, not n inserts. */
+typedef struct {
+    PyObject *dict;        /* owned; NULL: none */
+    Py_ssize_t n;          /* its n distinct keys, in order, and the values they were given */
+    PyObject *keys[TEMPLATE_KEYS], *values[TEMPLATE_KEYS];  /* borrowed from dict */
+} template;
 
 typedef struct {
     const unsigned char *p, *end;
     slots stack, memo;
-    Py_ssize_t marks[MAX_MARKS];
+    Py_ssize_t marks[MAX_MARKS + 1];  /* marks[0]: the bottom, a fence of 0 */
     int nmarks;
-    /* the caller's configuration */
-    PyObject *objtype_module, *objtype_name, *status_module, *status_name;
-    PyObject *obj_types;   /* dict: int -> ObjType member */
-    PyObject *statuses;    /* dict: 4 bytes -> FinishStatus (a hit needs no call) */
-    PyObject *status_fn;   /* callable: 4 bytes -> FinishStatus, or raises */
-    Py_ssize_t max_dict_items, max_int_bytes;  /* safepickle's limits, so never past them */
+    Decoder *d;
+    PyObject *status;      /* the frame's last FinishStatus from the statuses map, and its bytes */
+    uint32_t status_raw;
+    template templates[TEMPLATES];
+    int next_template;     /* the one a new shape replaces */
 } reader;
 
-static int slots_push(slots *s, PyObject *o, int kind, int height) {
-    /* steals o */
-    if (o == NULL) return -1;
-    if (s->len == s->cap) {
-        Py_ssize_t cap = s->cap ? s->cap * 2 : 64;
-        PyObject **obj = PyMem_Realloc(s->obj, cap * sizeof(PyObject *));
-        if (obj == NULL) { Py_DECREF(o); return -1; }
-        s->obj = obj;
-        unsigned char *k = PyMem_Realloc(s->kind, cap);
-        if (k == NULL) { Py_DECREF(o); return -1; }
-        s->kind = k;
-        unsigned char *h = PyMem_Realloc(s->height, cap);
-        if (h == NULL) { Py_DECREF(o); return -1; }
-        s->height = h;
-        s->cap = cap;
+static int grow(slots *s) {
+    Py_ssize_t cap = s->cap * 2;
+    slot *n;
+    if (s->s == s->local) {
+        n = PyMem_Malloc(cap * sizeof(slot));
+        if (n != NULL) memcpy(n, s->s, s->len * sizeof(slot));
+    } else {
+        n = PyMem_Realloc(s->s, cap * sizeof(slot));
     }
-    s->obj[s->len] = o;
-    s->kind[s->len] = (unsigned char)kind;
-    s->height[s->len] = (unsigned char)height;
-    s->len++;
+    if (n == NULL) { PyErr_NoMemory(); return -1; }
+    s->s = n;
+    s->cap = cap;
     return 0;
 }
 
+/* Steals o, which may be NULL only for a marker (checked by the caller). */
+static inline int push(slots *s, PyObject *o, int kind, int height, uint32_t raw) {
+    if (s->len == s->cap && grow(s) < 0) { Py_XDECREF(o); return -1; }
+    slot *t = &s->s[s->len++];
+    t->obj = o;
+    t->kind = (unsigned char)kind;
+    t->height = (unsigned char)height;
+    t->raw = raw;
+    return 0;
+}
+
+static inline int push_obj(slots *s, PyObject *o, int kind) {
+    if (o == NULL) return -1;
+    return push(s, o, kind, 0, 0);
+}
+
 static void slots_free(slots *s) {
-    for (Py_ssize_t i = 0; i < s->len; i++) Py_DECREF(s->obj[i]);
-    PyMem_Free(s->obj);
-    PyMem_Free(s->kind);
-    PyMem_Free(s->height);
+    for (Py_ssize_t i = 0; i < s->len; i++) Py_XDECREF(s->s[i].obj);
+    if (s->s != s->local) PyMem_Free(s->s);
 }
 
 /* Drop the stack's items from ``from`` on. */
 static void stack_cut(reader *r, Py_ssize_t from) {
-    for (Py_ssize_t i = from; i < r->stack.len; i++) Py_DECREF(r->stack.obj[i]);
+    for (Py_ssize_t i = from; i < r->stack.len; i++) Py_XDECREF(r->stack.s[i].obj);
     r->stack.len = from;
 }
 
-static int need(reader *r, Py_ssize_t n) { return r->end - r->p >= n; }
+static inline int need(reader *r, Py_ssize_t n) { return r->end - r->p >= n; }
+
+static inline uint32_t le32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
 
 /* Where the items an opcode may take start: above the last MARK, as pickle's own fence. */
-static Py_ssize_t fence(reader *r) { return r->nmarks ? r->marks[r->nmarks - 1] : 0; }
+static inline Py_ssize_t fence(reader *r) { return r->marks[r->nmarks]; }
 
-/* Pop the last MARK: the items above it start there; the container below must be above the
- * previous mark. */
-static Py_ssize_t pop_mark(reader *r) {
+static inline Py_ssize_t pop_mark(reader *r) {
     if (r->nmarks == 0) return -1;
-    return r->marks[--r->nmarks];
+    return r->marks[r->nmarks--];
 }
 
 /* May a value of this kind and height go into a dict or plain list? */
-static int plain_value(int kind, int height) {
+static inline int plain_value(int kind, int height) {
     if (kind == K_SCALAR) return 1;
-    if (kind == K_PLAIN || kind == K_EMPTYLIST) return height < MAX_HEIGHT;
+    if (kind == K_PLAIN || kind == K_EMPTYLIST || kind == K_EMPTYDICT) return height < MAX_HEIGHT;
     return 0;
+}
+
+/* A slot's value, an empty container built now if it was not yet; NULL on error. */
+static inline PyObject *value(slot *t) {
+    if (t->obj == NULL) {
+        if (t->kind == K_EMPTYDICT) t->obj = PyDict_New();
+        else if (t->kind == K_EMPTYLIST) t->obj = PyList_New(0);
+    }
+    return t->obj;
+}
+
+/* A hash of a short string's bytes (8 at a time), and whether they are all ASCII. */
+static inline uint64_t str_hash(const unsigned char *p, Py_ssize_t n, int *ascii) {
+    uint64_t h = (uint64_t)n * 0x9E3779B97F4A7C15ull, high = 0, w;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, p + i, 8);
+        high |= w;
+        h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 29;
+    }
+    if (i < n) {
+        w = 0;
+        memcpy(&w, p + i, (size_t)(n - i));
+        high |= w;
+        h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 29;
+    }
+    *ascii = (high & 0x8080808080808080ull) == 0;
+    return h;
 }
 
 static int push_str(reader *r, Py_ssize_t n) {
     if (n < 0 || !need(r, n)) return -1;
-    PyObject *s = PyUnicode_DecodeUTF8((const char *)r->p, n, "surrogatepass");
+    const unsigned char *p = r->p;
     r->p += n;
-    if (s == NULL) return -1;
-    return slots_push(&r->stack, s, K_SCALAR, 0);
+    if (n <= STR_CACHE_LEN) {
+        int ascii;
+        uint64_t h = str_hash(p, n, &ascii);
+        if (ascii) {
+            cached_str *c = &r->d->strs[h >> 56 & (STR_CACHE - 1)];
+            if (c->str != NULL && c->hash == h && PyUnicode_GET_LENGTH(c->str) == n
+                && memcmp(PyUnicode_1BYTE_DATA(c->str), p, n) == 0) {
+                Py_INCREF(c->str);
+                return push(&r->stack, c->str, K_SCALAR, 0, 0);
+            }
+            PyObject *s = PyUnicode_New(n, 127);
+            if (s == NULL) return -1;
+            memcpy(PyUnicode_1BYTE_DATA(s), p, n);
+            Py_INCREF(s);
+            Py_XSETREF(c->str, s);
+            c->hash = h;
+            return push(&r->stack, s, K_SCALAR, 0, 0);
+        }
+    }
+    return push_obj(&r->stack, PyUnicode_DecodeUTF8((const char *)p, n, "surrogatepass"), K_SCALAR);
+}
+
+/* The template with these keys (pointers, in order), or NULL. */
+static template *find_template(reader *r, slot *items, Py_ssize_t pairs) {
+    for (int t = 0; t < TEMPLATES; t++) {
+        template *tp = &r->templates[t];
+        if (tp->dict == NULL || tp->n != pairs) continue;
+        Py_ssize_t i = 0;
+        while (i < pairs && items[2 * i].obj == tp->keys[i]) i++;
+        if (i == pairs) return tp;
+    }
+    return NULL;
+}
+
+static void keep_template(reader *r, PyObject *dict, slot *items, Py_ssize_t pairs) {
+    if (pairs < 2 || pairs > TEMPLATE_KEYS || PyDict_GET_SIZE(dict) != pairs) return;
+    template *tp = &r->templates[r->next_template];
+    r->next_template = (r->next_template + 1) % TEMPLATES;
+    Py_INCREF(dict);
+    Py_XSETREF(tp->dict, dict);
+    tp->n = pairs;
+    for (Py_ssize_t i = 0; i < pairs; i++) {
+        tp->keys[i] = items[2 * i].obj;
+        tp->values[i] = items[2 * i + 1].obj;
+    }
 }
 
 static int op_setitems(reader *r, Py_ssize_t start) {
     /* stack[start - 1] is the dict, then key, value pairs */
     if (start - 1 < fence(r) || start > r->stack.len || (r->stack.len - start) % 2) return -1;
-    Py_ssize_t d = start - 1;
-    PyObject *dict = r->stack.obj[d];
-    if (r->stack.kind[d] != K_PLAIN || !PyDict_CheckExact(dict)) return -1;
-    int height = r->stack.height[d];
-    for (Py_ssize_t i = start; i < r->stack.len; i += 2) {
-        PyObject *key = r->stack.obj[i];
-        if (r->stack.kind[i] != K_SCALAR || !(PyUnicode_CheckExact(key) || PyLong_CheckExact(key)))
+    slot *t = &r->stack.s[start - 1], *items = t + 1;
+    Py_ssize_t pairs = (r->stack.len - start) / 2;
+    int empty = t->kind == K_EMPTYDICT;
+    if (!empty && (t->kind != K_PLAIN || !PyDict_CheckExact(t->obj))) return -1;
+    if (pairs == 0) return 0;
+    int height = t->height;
+    for (Py_ssize_t i = 0; i < pairs; i++) {
+        slot *k = &items[2 * i], *v = k + 1;
+        if (k->kind != K_SCALAR || !(PyUnicode_CheckExact(k->obj) || PyLong_CheckExact(k->obj)))
             return -1;
-        int vk = r->stack.kind[i + 1], vh = r->stack.height[i + 1];
-        if (!plain_value(vk, vh)) return -1;
-        if (vh + 1 > height) height = vh + 1;
-        if (PyDict_SetItem(dict, key, r->stack.obj[i + 1]) < 0) return -1;
-        if (PyDict_GET_SIZE(dict) > r->max_dict_items) return -1;
+        if (!plain_value(v->kind, v->height)) return -1;
+        if (v->height + 1 > height) height = v->height + 1;
+        if (value(v) == NULL) return -1;
     }
-    r->stack.height[d] = (unsigned char)height;
+    PyObject *dict;
+    template *tp = NULL;
+    if (empty) {
+        tp = find_template(r, items, pairs);
+        if (tp != NULL) {
+            dict = t->obj = PyDict_Copy(tp->dict);
+        } else {
+#if PY_VERSION_HEX < 0x030D0000
+            dict = t->obj = _PyDict_NewPresized(pairs);
+#else
+            dict = t->obj = PyDict_New();
+#endif
+        }
+        if (dict == NULL) return -1;
+        t->kind = K_PLAIN;
+    } else {
+        dict = t->obj;
+        for (int i = 0; i < TEMPLATES; i++) {  /* a template stays as it was made */
+            if (r->templates[i].dict == dict) Py_CLEAR(r->templates[i].dict);
+        }
+    }
+    for (Py_ssize_t i = 0; i < pairs; i++) {
+        PyObject *o = items[2 * i + 1].obj;
+        if (tp != NULL && o == tp->values[i]) continue;  /* the copy has it: distinct keys */
+        if (PyDict_SetItem(dict, items[2 * i].obj, o) < 0) return -1;
+    }
+    if (PyDict_GET_SIZE(dict) > r->d->max_dict_items) return -1;
+    if (empty && tp == NULL) keep_template(r, dict, items, pairs);
+    t->height = (unsigned char)height;
     stack_cut(r, start);
     return 0;
 }
 
 static int op_appends(reader *r, Py_ssize_t start) {
     if (start - 1 < fence(r) || start > r->stack.len) return -1;
-    Py_ssize_t l = start - 1;
-    PyObject *list = r->stack.obj[l];
-    int kind = r->stack.kind[l];
-    if (!PyList_CheckExact(list) || (kind != K_PLAIN && kind != K_EMPTYLIST && kind != K_ENTRIES))
+    slot *t = &r->stack.s[start - 1];
+    int kind = t->kind;
+    if (!(kind == K_EMPTYLIST || kind == K_ENTRIES
+          || (kind == K_PLAIN && PyList_CheckExact(t->obj))))
         return -1;
-    int height = r->stack.height[l];
-    for (Py_ssize_t i = start; i < r->stack.len; i++) {
-        int vk = r->stack.kind[i], vh = r->stack.height[i];
+    Py_ssize_t n = r->stack.len - start;
+    if (n == 0) return 0;
+    int height = t->height;
+    slot *items = t + 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int vk = items[i].kind, vh = items[i].height;
         if (vk == K_ENTRY) {
             if (kind == K_PLAIN) return -1;
             kind = K_ENTRIES;
@@ -165,106 +321,149 @@ static int op_appends(reader *r, Py_ssize_t start) {
             kind = K_PLAIN;
             if (vh + 1 > height) height = vh + 1;
         }
-        if (PyList_Append(list, r->stack.obj[i]) < 0) return -1;
+        if (value(&items[i]) == NULL) return -1;
     }
-    r->stack.kind[l] = (unsigned char)kind;
-    r->stack.height[l] = (unsigned char)height;
-    stack_cut(r, start);
+    if (t->obj == NULL) {  /* the first items: the list, built to size, takes them */
+        PyObject *list = PyList_New(n);
+        if (list == NULL) return -1;
+        for (Py_ssize_t i = 0; i < n; i++) PyList_SET_ITEM(list, i, items[i].obj);
+        r->stack.len = start;
+        t->obj = list;
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (PyList_Append(t->obj, items[i].obj) < 0) return -1;
+        stack_cut(r, start);
+    }
+    t->kind = (unsigned char)kind;
+    t->height = (unsigned char)height;
     return 0;
 }
 
-/* The kind of a fresh tuple of the stack's items from ``start`` on. */
-static int tuple_kind(reader *r, Py_ssize_t start) {
-    Py_ssize_t n = r->stack.len - start;
-    unsigned char *k = r->stack.kind + start;
-    PyObject **o = r->stack.obj + start;
-    if (n == 4 && k[0] == K_SCALAR && PyLong_CheckExact(o[0]) && k[1] == K_SCALAR
-        && PyUnicode_CheckExact(o[1]) && k[2] == K_PLAIN && PyDict_CheckExact(o[2])
-        && k[3] == K_STATUS)
-        return K_ENTRY;
-    if (n == 1 && k[0] == K_SCALAR && PyLong_CheckExact(o[0])) return K_OBJARGS;
-    if (n == 2 && k[0] == K_PLAIN && PyDict_CheckExact(o[0]) && PyDict_GET_SIZE(o[0]) == 0
-        && k[1] == K_BYTES)
-        return K_STATE;
-    if (n == 2 && k[0] == K_STATUSCLS && k[1] == K_STATE) return K_STATUSARGS;
-    if ((n == 2 || n == 3) && k[0] == K_MEMBER && (k[1] == K_ENTRIES || k[1] == K_EMPTYLIST)
-        && (n == 2 || (k[2] == K_PLAIN && PyDict_CheckExact(o[2]))))
-        return K_TOP;
-    return K_TUPLE;
-}
-
+/* A tuple of the stack's items from ``start`` on: only the shapes a token pack has. */
 static int op_tuple(reader *r, Py_ssize_t start) {
     if (start < fence(r) || start > r->stack.len) return -1;
     Py_ssize_t n = r->stack.len - start;
-    int kind = tuple_kind(r, start);
+    slot *k = r->stack.s + start;
+    int kind;
+    uint32_t raw = 0;
+    if (n == 4 && k[0].kind == K_SCALAR && PyLong_CheckExact(k[0].obj) && k[1].kind == K_SCALAR
+        && PyUnicode_CheckExact(k[1].obj)
+        && (k[2].kind == K_EMPTYDICT || (k[2].kind == K_PLAIN && PyDict_CheckExact(k[2].obj)))
+        && k[3].kind == K_STATUS) {
+        kind = K_ENTRY;
+    } else if (n == 1 && k[0].kind == K_SCALAR && PyLong_CheckExact(k[0].obj)) {
+        r->stack.len = start;  /* the marker keeps the int */
+        return push(&r->stack, k[0].obj, K_OBJARGS, 0, 0);
+    } else if (n == 2 && k[0].kind == K_EMPTYDICT && k[1].kind == K_BYTES) {
+        raw = k[1].raw;
+        stack_cut(r, start);
+        return push(&r->stack, NULL, K_STATE, 0, raw);
+    } else if (n == 2 && k[0].kind == K_STATUSCLS && k[1].kind == K_STATE) {
+        raw = k[1].raw;
+        stack_cut(r, start);
+        return push(&r->stack, NULL, K_STATUSARGS, 0, raw);
+    } else if ((n == 2 || n == 3) && k[0].kind == K_MEMBER
+               && (k[1].kind == K_ENTRIES || k[1].kind == K_EMPTYLIST)
+               && (n == 2 || k[2].kind == K_EMPTYDICT
+                   || (k[2].kind == K_PLAIN && PyDict_CheckExact(k[2].obj)))) {
+        kind = K_TOP;
+        raw = (uint32_t)n;
+        if (n == 2) {  /* returned as (member, entries, None) */
+            Py_INCREF(Py_None);
+            if (push(&r->stack, Py_None, K_SCALAR, 0, 0) < 0) return -1;
+            k = r->stack.s + start;
+            n = 3;
+        }
+    } else {
+        return -1;  /* no other tuple is part of a token pack */
+    }
     PyObject *t = PyTuple_New(n);
     if (t == NULL) return -1;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *o = r->stack.obj[start + i];
-        Py_INCREF(o);
-        PyTuple_SET_ITEM(t, i, o);
+        PyObject *o = value(&k[i]);
+        if (o == NULL) { Py_DECREF(t); return -1; }
     }
-    stack_cut(r, start);
-    return slots_push(&r->stack, t, kind, 0);
+    for (Py_ssize_t i = 0; i < n; i++) PyTuple_SET_ITEM(t, i, k[i].obj);
+    r->stack.len = start;
+    return push(&r->stack, t, kind, 0, raw);
+}
+
+/* The global a module and a name are: K_OBJTYPE, K_STATUSCLS, K_UNPICKLE, or -1. The
+ * names come from the string cache, which starts with the decoder's own: mostly the very
+ * objects, so those are tried first. */
+static int global_kind(Decoder *d, PyObject *module, PyObject *name) {
+    PyObject *known[3][2] = {{d->objtype_module, d->objtype_name},
+                             {d->status_module, d->status_name},
+                             {d->ctypes_module, d->unpickle_name}};
+    static const int kinds[3] = {K_OBJTYPE, K_STATUSCLS, K_UNPICKLE};
+    for (int i = 0; i < 3; i++)
+        if (module == known[i][0] && name == known[i][1]) return kinds[i];
+    for (int i = 0; i < 3; i++)
+        if (PyUnicode_Compare(module, known[i][0]) == 0
+            && PyUnicode_Compare(name, known[i][1]) == 0)
+            return kinds[i];
+    return -1;
 }
 
 static int op_stack_global(reader *r) {
     Py_ssize_t n = r->stack.len;
-    if (n - 2 < fence(r) || r->stack.kind[n - 1] != K_SCALAR || r->stack.kind[n - 2] != K_SCALAR)
+    if (n - 2 < fence(r) || r->stack.s[n - 1].kind != K_SCALAR
+        || r->stack.s[n - 2].kind != K_SCALAR)
         return -1;
-    PyObject *module = r->stack.obj[n - 2], *name = r->stack.obj[n - 1];
+    PyObject *module = r->stack.s[n - 2].obj, *name = r->stack.s[n - 1].obj;
     if (!PyUnicode_CheckExact(module) || !PyUnicode_CheckExact(name)) return -1;
-    int kind;
-    if (PyUnicode_Compare(module, r->objtype_module) == 0
-        && PyUnicode_Compare(name, r->objtype_name) == 0)
-        kind = K_OBJTYPE;
-    else if (PyUnicode_Compare(module, r->status_module) == 0
-             && PyUnicode_Compare(name, r->status_name) == 0)
-        kind = K_STATUSCLS;
-    else if (PyUnicode_CompareWithASCIIString(module, "_ctypes") == 0
-             && PyUnicode_CompareWithASCIIString(name, "_unpickle") == 0)
-        kind = K_UNPICKLE;
-    else
-        return -1;
+    int kind = global_kind(r->d, module, name);
+    if (kind < 0) return -1;
     stack_cut(r, n - 2);
-    Py_INCREF(Py_None);  /* a marker's value is never used: only its kind */
-    return slots_push(&r->stack, Py_None, kind, 0);
+    return push(&r->stack, NULL, kind, 0, 0);
+}
+
+static PyObject *finish_status(reader *r, uint32_t raw) {
+    if (r->status != NULL && r->status_raw == raw) {
+        Py_INCREF(r->status);
+        return r->status;
+    }
+    PyObject *bytes = PyBytes_FromStringAndSize((const char *)&raw, 4);
+    if (bytes == NULL) return NULL;
+    PyObject *result = PyDict_GetItemWithError(r->d->statuses, bytes);
+    if (result != NULL) {
+        Py_INCREF(result);
+        Py_INCREF(result);
+        Py_XSETREF(r->status, result);  /* the map's instance: the frame's next ones share it */
+        r->status_raw = raw;
+    } else if (!PyErr_Occurred()) {
+        result = PyObject_CallOneArg(r->d->status_fn, bytes);  /* checks it; raises if unknown */
+    }
+    Py_DECREF(bytes);
+    return result;
 }
 
 static int op_reduce(reader *r) {
     Py_ssize_t n = r->stack.len;
     if (n - 2 < fence(r)) return -1;
-    int callable = r->stack.kind[n - 2], args_kind = r->stack.kind[n - 1];
-    PyObject *args = r->stack.obj[n - 1];
+    slot *callable = &r->stack.s[n - 2], *args = &r->stack.s[n - 1];
     PyObject *result;
     int kind;
-    if (callable == K_OBJTYPE && args_kind == K_OBJARGS) {
-        result = PyDict_GetItemWithError(r->obj_types, PyTuple_GET_ITEM(args, 0));
+    if (callable->kind == K_OBJTYPE && args->kind == K_OBJARGS) {
+        result = PyDict_GetItemWithError(r->d->obj_types, args->obj);
         if (result == NULL) return -1;
         Py_INCREF(result);
         kind = K_MEMBER;
-    } else if (callable == K_UNPICKLE && args_kind == K_STATUSARGS) {
-        PyObject *raw = PyTuple_GET_ITEM(PyTuple_GET_ITEM(args, 1), 1);
-        result = PyDict_GetItemWithError(r->statuses, raw);
-        if (result != NULL) {
-            Py_INCREF(result);
-        } else {
-            if (PyErr_Occurred()) return -1;
-            result = PyObject_CallOneArg(r->status_fn, raw);  /* checks it; raises if unknown */
-            if (result == NULL) return -1;
-        }
+    } else if (callable->kind == K_UNPICKLE && args->kind == K_STATUSARGS) {
+        result = finish_status(r, args->raw);
+        if (result == NULL) return -1;
         kind = K_STATUS;
     } else {
         return -1;
     }
     stack_cut(r, n - 2);
-    return slots_push(&r->stack, result, kind, 0);
+    return push(&r->stack, result, kind, 0, 0);
 }
 
 static int read_long1(reader *r) {
     if (!need(r, 1)) return -1;
     Py_ssize_t n = *r->p++;
-    if (n > r->max_int_bytes || !need(r, n)) return -1;
+    if (n > r->d->max_int_bytes || !need(r, n)) return -1;
     PyObject *v;
     if (n == 0) {
         v = PyLong_FromLong(0);
@@ -276,7 +475,28 @@ static int read_long1(reader *r) {
 #endif
     }
     r->p += n;
-    return slots_push(&r->stack, v, K_SCALAR, 0);
+    return push_obj(&r->stack, v, K_SCALAR);
+}
+
+static int memoize(reader *r) {
+    Py_ssize_t n = r->stack.len;
+    if (n - 1 < fence(r)) return -1;
+    slot *t = &r->stack.s[n - 1];
+    int kind = t->kind;
+    if (kind == K_SCALAR || kind == K_BYTES || kind == K_OBJTYPE || kind == K_STATUSCLS
+        || kind == K_UNPICKLE) {
+        Py_XINCREF(t->obj);
+        return push(&r->memo, t->obj, kind, 0, t->raw);
+    }
+    return push(&r->memo, NULL, K_OTHER, 0, 0);  /* never pushed again: a container, say */
+}
+
+static inline int binget(reader *r, Py_ssize_t i) {
+    if (i >= r->memo.len) return -1;
+    slot *m = &r->memo.s[i];
+    if (m->kind == K_OTHER) return -1;  /* only a scalar or a marker again, never a container */
+    Py_XINCREF(m->obj);
+    return push(&r->stack, m->obj, m->kind, 0, m->raw);
 }
 
 /* 0: decoded, the result on the stack; -1: not this path's frame (or an error set). */
@@ -298,30 +518,27 @@ static int run(reader *r) {
             break;
         case 'X': /* BINUNICODE */
             if (!need(r, 4)) return -1;
-            n = (Py_ssize_t)((uint32_t)r->p[0] | (uint32_t)r->p[1] << 8 | (uint32_t)r->p[2] << 16
-                             | (uint32_t)r->p[3] << 24);
+            n = (Py_ssize_t)le32(r->p);
             r->p += 4;
             if (push_str(r, n) < 0) return -1;
             break;
         case 'K': /* BININT1 */
             if (!need(r, 1)) return -1;
-            if (slots_push(&r->stack, PyLong_FromLong(r->p[0]), K_SCALAR, 0) < 0) return -1;
+            if (push_obj(&r->stack, PyLong_FromLong(r->p[0]), K_SCALAR) < 0) return -1;
             r->p += 1;
             break;
         case 'M': /* BININT2 */
             if (!need(r, 2)) return -1;
-            if (slots_push(&r->stack, PyLong_FromLong(r->p[0] | r->p[1] << 8), K_SCALAR, 0) < 0)
+            if (push_obj(&r->stack, PyLong_FromLong(r->p[0] | r->p[1] << 8), K_SCALAR) < 0)
                 return -1;
             r->p += 2;
             break;
-        case 'J': { /* BININT */
+        case 'J': /* BININT */
             if (!need(r, 4)) return -1;
-            int32_t v = (int32_t)((uint32_t)r->p[0] | (uint32_t)r->p[1] << 8
-                                  | (uint32_t)r->p[2] << 16 | (uint32_t)r->p[3] << 24);
+            if (push_obj(&r->stack, PyLong_FromLong((int32_t)le32(r->p)), K_SCALAR) < 0)
+                return -1;
             r->p += 4;
-            if (slots_push(&r->stack, PyLong_FromLong(v), K_SCALAR, 0) < 0) return -1;
             break;
-        }
         case 0x8a: /* LONG1 */
             if (read_long1(r) < 0) return -1;
             break;
@@ -331,37 +548,39 @@ static int run(reader *r) {
                 double d = PyFloat_Unpack8((const char *)r->p, 0);
                 if (d == -1.0 && PyErr_Occurred()) return -1;
                 r->p += 8;
-                if (slots_push(&r->stack, PyFloat_FromDouble(d), K_SCALAR, 0) < 0) return -1;
+                if (push_obj(&r->stack, PyFloat_FromDouble(d), K_SCALAR) < 0) return -1;
             }
             break;
         case 'N':
             Py_INCREF(Py_None);
-            if (slots_push(&r->stack, Py_None, K_SCALAR, 0) < 0) return -1;
+            if (push(&r->stack, Py_None, K_SCALAR, 0, 0) < 0) return -1;
             break;
         case 0x88:
             Py_INCREF(Py_True);
-            if (slots_push(&r->stack, Py_True, K_SCALAR, 0) < 0) return -1;
+            if (push(&r->stack, Py_True, K_SCALAR, 0, 0) < 0) return -1;
             break;
         case 0x89:
             Py_INCREF(Py_False);
-            if (slots_push(&r->stack, Py_False, K_SCALAR, 0) < 0) return -1;
+            if (push(&r->stack, Py_False, K_SCALAR, 0, 0) < 0) return -1;
             break;
         case 'C': /* SHORT_BINBYTES: only a FinishStatus's 4 bytes */
-            if (!need(r, 1) || r->p[0] != 4 || !need(r, 5)) return -1;
-            if (slots_push(&r->stack, PyBytes_FromStringAndSize((const char *)r->p + 1, 4),
-                           K_BYTES, 0) < 0)
-                return -1;
+            if (!need(r, 5) || r->p[0] != 4) return -1;
+            {
+                uint32_t raw;
+                memcpy(&raw, r->p + 1, 4);
+                if (push(&r->stack, NULL, K_BYTES, 0, raw) < 0) return -1;
+            }
             r->p += 5;
             break;
         case '}':
-            if (slots_push(&r->stack, PyDict_New(), K_PLAIN, 1) < 0) return -1;
+            if (push(&r->stack, NULL, K_EMPTYDICT, 1, 0) < 0) return -1;
             break;
         case ']':
-            if (slots_push(&r->stack, PyList_New(0), K_EMPTYLIST, 1) < 0) return -1;
+            if (push(&r->stack, NULL, K_EMPTYLIST, 1, 0) < 0) return -1;
             break;
         case '(':
             if (r->nmarks == MAX_MARKS) return -1;
-            r->marks[r->nmarks++] = n;
+            r->marks[++r->nmarks] = n;
             break;
         case 'u':
             if ((start = pop_mark(r)) < 0 || op_setitems(r, start) < 0) return -1;
@@ -388,36 +607,21 @@ static int run(reader *r) {
             if (op_reduce(r) < 0) return -1;
             break;
         case 0x94: /* MEMOIZE */
-            if (n - 1 < fence(r)) return -1;
-            Py_INCREF(r->stack.obj[n - 1]);
-            if (slots_push(&r->memo, r->stack.obj[n - 1], r->stack.kind[n - 1],
-                           r->stack.height[n - 1]) < 0)
-                return -1;
+            if (memoize(r) < 0) return -1;
             break;
-        case 'h': case 'j': { /* BINGET, LONG_BINGET: a scalar or a class again, never a container */
-            Py_ssize_t i;
-            if (op == 'h') {
-                if (!need(r, 1)) return -1;
-                i = *r->p++;
-            } else {
-                if (!need(r, 4)) return -1;
-                i = (Py_ssize_t)((uint32_t)r->p[0] | (uint32_t)r->p[1] << 8
-                                 | (uint32_t)r->p[2] << 16 | (uint32_t)r->p[3] << 24);
-                r->p += 4;
-            }
-            if (i >= r->memo.len) return -1;
-            int kind = r->memo.kind[i];
-            PyObject *o = r->memo.obj[i];
-            if (!(kind == K_SCALAR || kind == K_BYTES || kind == K_OBJTYPE || kind == K_STATUSCLS
-                  || kind == K_UNPICKLE))
-                return -1;
-            Py_INCREF(o);
-            if (slots_push(&r->stack, o, kind, 0) < 0) return -1;
+        case 'h': /* BINGET */
+            if (!need(r, 1) || binget(r, *r->p++) < 0) return -1;
             break;
-        }
+        case 'j': /* LONG_BINGET */
+            if (!need(r, 4)) return -1;
+            r->p += 4;
+            if (binget(r, (Py_ssize_t)le32(r->p - 4)) < 0) return -1;
+            break;
         case '.': /* STOP */
-            return (r->p == r->end && n == 1 && r->nmarks == 0 && r->stack.kind[0] == K_TOP) ? 0
-                                                                                           : -1;
+            return (r->p == r->end && n == 1 && r->nmarks == 0 && r->stack.s[0].kind == K_TOP
+                    && (r->d->lengths >> r->stack.s[0].raw & 1))
+                       ? 0
+                       : -1;
         default:
             return -1;
         }
@@ -425,57 +629,51 @@ static int run(reader *r) {
     return -1;
 }
 
-PyDoc_STRVAR(decode_doc,
-"decode(data, config) -> (member, entries, load or None) or None\n\n"
-"config: (objtype_module, objtype_name, status_module, status_name, obj_types,\n"
-"statuses, status_fn, max_bytes, max_dict_items, max_int_bytes); see\n"
-"pdwire/fastdecode.py.");
+PyDoc_STRVAR(decode_or_slow_doc,
+"decode_or_slow(data) -> decode(data), or where that is None, slow(data)");
 
-static PyObject *decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyTuple_CheckExact(args[1])
-        || PyTuple_GET_SIZE(args[1]) != 10) {
-        PyErr_SetString(PyExc_TypeError, "decode(data: bytes, config: tuple of 10)");
+static PyObject *Decoder_decode(Decoder *self, PyObject *data);
+
+static PyObject *Decoder_decode_or_slow(Decoder *self, PyObject *data) {
+    PyObject *result = Decoder_decode(self, data);
+    if (result != Py_None || self->slow == NULL) return result;
+    Py_DECREF(result);
+    return PyObject_CallOneArg(self->slow, data);
+}
+
+PyDoc_STRVAR(decode_doc,
+"decode(data) -> (member, entries, load or None) or None\n\n"
+"None: not a token pack this decoder takes (decode it with safepickle).");
+
+static PyObject *Decoder_decode(Decoder *self, PyObject *data) {
+    if (!PyBytes_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "decode(data: bytes)");
         return NULL;
     }
-    PyObject *config = args[1];
+    if (PyBytes_GET_SIZE(data) > self->max_bytes) Py_RETURN_NONE;
+    slot stack_local[LOCAL_SLOTS], memo_local[LOCAL_SLOTS];
     reader r;
-    memset(&r, 0, sizeof r);
-    for (int i = 0; i < 4; i++) {
-        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(config, i))) {
-            PyErr_SetString(PyExc_TypeError, "config: the classes' names must be str");
-            return NULL;
-        }
-    }
-    r.objtype_module = PyTuple_GET_ITEM(config, 0);
-    r.objtype_name = PyTuple_GET_ITEM(config, 1);
-    r.status_module = PyTuple_GET_ITEM(config, 2);
-    r.status_name = PyTuple_GET_ITEM(config, 3);
-    r.obj_types = PyTuple_GET_ITEM(config, 4);
-    r.statuses = PyTuple_GET_ITEM(config, 5);
-    r.status_fn = PyTuple_GET_ITEM(config, 6);
-    Py_ssize_t max_bytes = PyLong_AsSsize_t(PyTuple_GET_ITEM(config, 7));
-    if (max_bytes == -1 && PyErr_Occurred()) return NULL;
-    r.max_dict_items = PyLong_AsSsize_t(PyTuple_GET_ITEM(config, 8));
-    if (r.max_dict_items == -1 && PyErr_Occurred()) return NULL;
-    r.max_int_bytes = PyLong_AsSsize_t(PyTuple_GET_ITEM(config, 9));
-    if (r.max_int_bytes == -1 && PyErr_Occurred()) return NULL;
-    if (!PyDict_CheckExact(r.obj_types) || !PyDict_CheckExact(r.statuses)
-        || !PyCallable_Check(r.status_fn)) {
-        PyErr_SetString(PyExc_TypeError, "config: obj_types and statuses dicts, a status_fn");
-        return NULL;
-    }
-    if (PyBytes_GET_SIZE(args[0]) > max_bytes) Py_RETURN_NONE;
-    r.p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    r.end = r.p + PyBytes_GET_SIZE(args[0]);
+    r.p = (const unsigned char *)PyBytes_AS_STRING(data);
+    r.end = r.p + PyBytes_GET_SIZE(data);
+    r.stack = (slots){stack_local, 0, LOCAL_SLOTS, stack_local};
+    r.memo = (slots){memo_local, 0, LOCAL_SLOTS, memo_local};
+    r.nmarks = 0;
+    r.marks[0] = 0;
+    r.d = self;
+    r.status = NULL;
+    r.status_raw = 0;
+    memset(r.templates, 0, sizeof r.templates);
+    r.next_template = 0;
 
     PyObject *result = NULL;
     if (run(&r) == 0) {
-        PyObject *top = r.stack.obj[0];
-        PyObject *load = PyTuple_GET_SIZE(top) == 3 ? PyTuple_GET_ITEM(top, 2) : Py_None;
-        result = PyTuple_Pack(3, PyTuple_GET_ITEM(top, 0), PyTuple_GET_ITEM(top, 1), load);
+        result = r.stack.s[0].obj;
+        r.stack.len = 0;  /* the result is ours now */
     }
     slots_free(&r.stack);
     slots_free(&r.memo);
+    Py_XDECREF(r.status);
+    for (int i = 0; i < TEMPLATES; i++) Py_XDECREF(r.templates[i].dict);
     if (result == NULL) {
         /* any failure, a refused shape or an error raised while building: safepickle decides */
         PyErr_Clear();
@@ -484,12 +682,159 @@ static PyObject *decode(PyObject *module, PyObject *const *args, Py_ssize_t narg
     return result;
 }
 
-static PyMethodDef methods[] = {
-    {"decode", (PyCFunction)(void (*)(void))decode, METH_FASTCALL, decode_doc},
+static PyObject *str_arg(PyObject *o, const char *what) {
+    if (!PyUnicode_CheckExact(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a str", what);
+        return NULL;
+    }
+    Py_INCREF(o);
+    return o;
+}
+
+static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"objtype_name", "status_name", "obj_types", "statuses", "status_fn",
+                            "max_bytes", "max_dict_items", "max_int_bytes", "lengths", "slow",
+                            NULL};
+    PyObject *objtype, *status, *obj_types, *statuses, *status_fn, *lengths, *slow = Py_None;
+    Py_ssize_t max_bytes, max_dict_items, max_int_bytes;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!OnnnO|$O:Decoder", names,
+                                     &PyTuple_Type, &objtype, &PyTuple_Type, &status,
+                                     &PyDict_Type, &obj_types, &PyDict_Type, &statuses,
+                                     &status_fn, &max_bytes, &max_dict_items, &max_int_bytes,
+                                     &lengths, &slow))
+        return -1;
+    if (PyTuple_GET_SIZE(objtype) != 2 || PyTuple_GET_SIZE(status) != 2) {
+        PyErr_SetString(PyExc_TypeError, "a class's name is (module, name)");
+        return -1;
+    }
+    if (!PyCallable_Check(status_fn) || (slow != Py_None && !PyCallable_Check(slow))) {
+        PyErr_SetString(PyExc_TypeError, "status_fn (and slow) must be callable");
+        return -1;
+    }
+    unsigned mask = 0;
+    PyObject *it = PyObject_GetIter(lengths);
+    if (it == NULL) return -1;
+    PyObject *item;
+    while ((item = PyIter_Next(it)) != NULL) {
+        long n = PyLong_AsLong(item);
+        Py_DECREF(item);
+        if (n == -1 && PyErr_Occurred()) break;
+        if (n == 2 || n == 3) mask |= 1u << n;  /* a token pack has no other length */
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) return -1;
+    Py_CLEAR(self->objtype_module);
+    Py_CLEAR(self->objtype_name);
+    Py_CLEAR(self->status_module);
+    Py_CLEAR(self->status_name);
+    if (!(self->objtype_module = str_arg(PyTuple_GET_ITEM(objtype, 0), "a module"))
+        || !(self->objtype_name = str_arg(PyTuple_GET_ITEM(objtype, 1), "a name"))
+        || !(self->status_module = str_arg(PyTuple_GET_ITEM(status, 0), "a module"))
+        || !(self->status_name = str_arg(PyTuple_GET_ITEM(status, 1), "a name")))
+        return -1;
+    if (self->ctypes_module == NULL
+        && !(self->ctypes_module = PyUnicode_InternFromString("_ctypes")))
+        return -1;
+    if (self->unpickle_name == NULL
+        && !(self->unpickle_name = PyUnicode_InternFromString("_unpickle")))
+        return -1;
+    Py_INCREF(obj_types);
+    Py_XSETREF(self->obj_types, obj_types);
+    Py_INCREF(statuses);
+    Py_XSETREF(self->statuses, statuses);
+    Py_INCREF(status_fn);
+    Py_XSETREF(self->status_fn, status_fn);
+    Py_XSETREF(self->slow, slow == Py_None ? NULL : Py_NewRef(slow));
+    self->max_bytes = max_bytes;
+    self->max_dict_items = max_dict_items;
+    self->max_int_bytes = max_int_bytes;
+    self->lengths = mask;
+    PyObject *seeded[] = {self->objtype_module, self->objtype_name, self->status_module,
+                          self->status_name, self->ctypes_module, self->unpickle_name};
+    for (int i = 0; i < 6; i++) {  /* the string cache starts with the names frames give */
+        Py_ssize_t n;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(seeded[i], &n);
+        if (utf8 == NULL) return -1;
+        int ascii;
+        uint64_t h = str_hash((const unsigned char *)utf8, n, &ascii);
+        if (!ascii || n > STR_CACHE_LEN) continue;
+        cached_str *c = &self->strs[h >> 56 & (STR_CACHE - 1)];
+        Py_INCREF(seeded[i]);
+        Py_XSETREF(c->str, seeded[i]);
+        c->hash = h;
+    }
+    return 0;
+}
+
+static int Decoder_traverse(Decoder *self, visitproc visit, void *arg) {
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->obj_types);
+    Py_VISIT(self->statuses);
+    Py_VISIT(self->status_fn);
+    Py_VISIT(self->slow);
+    return 0;
+}
+
+static int Decoder_clear(Decoder *self) {
+    Py_CLEAR(self->obj_types);
+    Py_CLEAR(self->statuses);
+    Py_CLEAR(self->status_fn);
+    Py_CLEAR(self->slow);
+    return 0;
+}
+
+static void Decoder_dealloc(Decoder *self) {
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Decoder_clear(self);
+    Py_CLEAR(self->objtype_module);
+    Py_CLEAR(self->objtype_name);
+    Py_CLEAR(self->status_module);
+    Py_CLEAR(self->status_name);
+    Py_CLEAR(self->ctypes_module);
+    Py_CLEAR(self->unpickle_name);
+    for (int i = 0; i < STR_CACHE; i++) Py_CLEAR(self->strs[i].str);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static PyMethodDef Decoder_methods[] = {
+    {"decode", (PyCFunction)Decoder_decode, METH_O, decode_doc},
+    {"decode_or_slow", (PyCFunction)Decoder_decode_or_slow, METH_O, decode_or_slow_doc},
     {NULL, NULL, 0, NULL},
 };
 
+PyDoc_STRVAR(Decoder_doc,
+"Decoder(objtype_name, status_name, obj_types, statuses, status_fn, max_bytes,\n"
+"        max_dict_items, max_int_bytes, lengths, *, slow=None)\n\n"
+"One LightLLM version's TOKEN_PACKS frames; see pdwire/fastdecode.py.");
+
+static PyType_Slot Decoder_slots[] = {
+    {Py_tp_doc, (void *)Decoder_doc},
+    {Py_tp_init, Decoder_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_dealloc, Decoder_dealloc},
+    {Py_tp_traverse, Decoder_traverse},
+    {Py_tp_clear, Decoder_clear},
+    {Py_tp_methods, Decoder_methods},
+    {0, NULL},
+};
+
+static PyType_Spec Decoder_spec = {
+    "pdwire._tokenpacks.Decoder", sizeof(Decoder), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Decoder_slots,
+};
+
+static int exec_module(PyObject *module) {
+    PyObject *type = PyType_FromModuleAndSpec(module, &Decoder_spec, NULL);
+    if (type == NULL) return -1;
+    int rc = PyModule_AddObjectRef(module, "Decoder", type);
+    Py_DECREF(type);
+    return rc;
+}
+
 static struct PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, exec_module},
 #ifdef Py_mod_multiple_interpreters
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif
@@ -498,7 +843,7 @@ static struct PyModuleDef_Slot module_slots[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "pdwire._tokenpacks",
-    "LightLLM TOKEN_PACKS frames decoded in one pass, running no code.", 0, methods,
+    "LightLLM TOKEN_PACKS frames decoded in one pass, running no code.", 0, NULL,
     module_slots, NULL, NULL, NULL,
 };
 

@@ -356,6 +356,25 @@ class ParameterSets:
             self._sets[key] = request.parameters
         return request
 
+    def parts(self, data: Any) -> tuple[str, GenerateParameters]:
+        """``(request.inputs, request.parameters)`` of ``validate(data)``; a body of just a
+        text ``inputs`` and a kept ``parameters`` set, as most are, without building the
+        request model around them (which would check nothing more)."""
+        if type(data) is dict and data.keys() <= _INPUTS_AND_PARAMETERS:
+            inputs, params = data.get("inputs"), data.get("parameters")
+            if type(inputs) is str and type(params) is dict:
+                try:
+                    known = self._sets.get(orjson.dumps(params))
+                except TypeError:  # an int past 64 bits: validated every time
+                    known = None
+                if known is not None:
+                    return inputs, known
+        request = self.validate(data)
+        return request.inputs, request.parameters
+
+
+_INPUTS_AND_PARAMETERS = frozenset({"inputs", "parameters"})
+
 
 def _alone(value: Any, info: ValidationInfo, others: tuple[str, ...]) -> None:
     """A constraint set with one of ``others`` (validated before it) is refused."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from itertools import chain, compress
 from types import ModuleType
 from typing import Any
@@ -35,54 +35,62 @@ def extension() -> ModuleType | None:
 
 
 class TokenPacksDecoder:
-    """The fast path for one version's TOKEN_PACKS frames; None where it does not apply."""
+    """The fast path for one version's TOKEN_PACKS frames: ``decode(data)`` gives
+    (ObjType member, entries, load dict or None), or None: use safepickle."""
 
     def __init__(
         self,
         obj_type_name: tuple[str, str],
-        obj_types: Mapping[int, Any],
+        token_packs: Any,
+        lengths: Iterable[int],
         status_name: tuple[str, str],
         statuses: dict[bytes, Any],
         new_status: Callable[[bytes], Any],
         limits: Limits,
         *,
+        slow: Callable[[bytes], Any] | None = None,
         accelerated: bool = True,
     ) -> None:
-        """``obj_types``: ObjType value -> member; ``statuses``: a FinishStatus's 4 bytes -> the
-        instance to use (the caller may add to it); ``new_status``: the same for bytes not in it,
-        raising for a status the version does not have. ``limits``: safepickle's, which this
-        path never goes past (it is off where they are below a token pack's nesting).
-        ``accelerated=False``: never decode here (every frame takes safepickle), as where the
-        extension is missing."""
+        """``token_packs``: the ObjType member (its value is the one the frame names);
+        ``lengths``: the message tuple's lengths the version sends (a token pack has 2 or 3);
+        ``statuses``: a FinishStatus's 4 bytes -> the instance to use (the caller may add to
+        it); ``new_status``: the same for bytes not in it, raising for a status the version
+        does not have. ``limits``: safepickle's, which this path never goes past (it is off
+        where they are below a token pack's nesting). ``slow``: what ``decode_or_slow`` calls
+        for a frame this path does not take (safepickle's decoding, say): one call, the
+        compiled one, where it does. ``accelerated=False``: never decode here (every frame
+        takes safepickle), as where the extension is missing."""
         usable = accelerated and limits.max_depth >= TOKEN_PACKS_DEPTH
-        module = extension() if usable else None
-        self._decode: Callable[[bytes, tuple[Any, ...]], Any] | None = (
-            module.decode if module is not None else None
-        )
-        self._config = (
-            *obj_type_name,
-            *status_name,
-            dict(obj_types),
-            statuses,
-            new_status,
-            # a frame's bytes bound its opcodes, containers (each as safepickle counts it: its
-            # opcode and its weight) and MEMOIZEs
-            min(MAX_FAST_BYTES, limits.max_objects // (1 + CONTAINER_WEIGHT), limits.max_memo),
-            limits.max_dict_items,
-            limits.max_int_bytes,
-        )
+        # no Decoder: a build from before it, which the install replaces (a tree needs
+        # ``setup.py build_ext`` again); safepickle decodes meanwhile, as without a compiler
+        compiled = getattr(extension(), "Decoder", None) if usable else None
+        self.decode: Callable[[bytes], tuple[Any, list[Any], Any] | None] = _declined
+        self.decode_or_slow: Callable[[bytes], Any] = slow or self.decode
+        if compiled is not None:
+            decoder = compiled(
+                obj_type_name,
+                status_name,
+                {token_packs.value: token_packs},
+                statuses,
+                new_status,
+                # a frame's bytes bound its opcodes, containers (each as safepickle counts it:
+                # its opcode and its weight) and MEMOIZEs
+                min(MAX_FAST_BYTES, limits.max_objects // (1 + CONTAINER_WEIGHT), limits.max_memo),
+                limits.max_dict_items,
+                limits.max_int_bytes,
+                tuple(lengths),
+                slow=slow,
+            )
+            self.decode, self.decode_or_slow = decoder.decode, decoder.decode_or_slow
 
     @property
     def available(self) -> bool:
         """Whether frames are decoded here (else every one takes safepickle)."""
-        return self._decode is not None
+        return self.decode is not _declined
 
-    def decode(self, data: bytes) -> tuple[Any, list[Any], Any] | None:
-        """(ObjType member, entries, load dict or None), or None: use safepickle."""
-        if self._decode is None:
-            return None
-        result: tuple[Any, list[Any], Any] | None = self._decode(data, self._config)
-        return result
+
+def _declined(data: bytes) -> None:
+    return None
 
 
 _TEXT = operator.itemgetter(1)

@@ -201,10 +201,32 @@ class ReqPickler:
         )
         self._frame = b"\x80\x04\x95"  # PROTO 4, FRAME (its length follows)
         self._fixed = len(self._head) + len(self._params_head) + 5 + len(self._tail)
+        # the frame's bytes before the struct's, but the prompt's
+        self._around_prompt = len(self._frame) + 8 + len(self._head) + len(self._params_head) + 5
 
     def dumps(
         self, prompt: str | list[int], params: ctypes.Structure, multimodal: Any
     ) -> bytes | None:
+        parts = self._parts(prompt, params, multimodal)
+        # one copy of the ~20 KB struct, straight from its buffer into the message
+        return None if parts is None else b"".join(parts)
+
+    def frame(
+        self, prompt: str | list[int], params: ctypes.Structure
+    ) -> tuple[bytearray, int] | None:
+        """``dumps(prompt, params, None)`` as a bytearray, and the offset of the struct's bytes
+        in it: a field set in place there is the message ``dumps`` writes for a copy of
+        ``params`` with that field set (the struct's bytes are all that holds its fields), and
+        the ~20 KB struct is copied once, into the message, rather than into a copy first."""
+        parts = self._parts(prompt, params, None)
+        if parts is None:
+            return None
+        return bytearray().join(parts), self._around_prompt + len(parts[3])
+
+    def _parts(
+        self, prompt: str | list[int], params: ctypes.Structure, multimodal: Any
+    ) -> tuple[Any, ...] | None:
+        """The message's pieces, the struct last but one; None where ``dumps`` is."""
         if type(params) is not self._params or params.__dict__:
             return None
         if multimodal is not None and (multimodal.images or multimodal.audios):
@@ -226,9 +248,17 @@ class ReqPickler:
         length = self._fixed + len(head) + size
         if length >= _FRAME_SIZE_TARGET:
             return None
-        # one copy of the ~20 KB struct, straight from its buffer into the message
-        parts = (self._frame, _U64(length), self._head, head, self._params_head, b"B", _U32(size))
-        return b"".join((*parts, params, self._tail))
+        return (
+            self._frame,
+            _U64(length),
+            self._head,
+            head,
+            self._params_head,
+            b"B",
+            _U32(size),
+            params,
+            self._tail,
+        )
 
 
 def _saved(obj: Any) -> bytes:

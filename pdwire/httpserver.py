@@ -16,6 +16,11 @@ for everyone else. Bodies and streamed answers are not limited.
 A client may open a connection per request, so the waiting connections share one timer
 rather than arming one each: they share a timeout, so the oldest deadline is the next.
 
+A connection's addresses (the scope's ``server`` and ``client``) are those uvloop's
+transport read when the connection was made: uvicorn reads them again through a
+``socket.socket`` each, and under uvloop that took ~4x as long as the rest of
+``connection_made``.
+
 It also offers each request a way to hear of a lost connection without a task: the scope
 extension ``DISCONNECT_WATCH``, ``watch(callback) -> unwatch``, calls ``callback()`` (once,
 from ``connection_lost``) if the connection goes before the response is complete. A streaming
@@ -32,10 +37,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
+import httptools
+from uvicorn.config import Config
+from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
+from uvicorn.server import ServerState
+
+try:
+    import uvloop.loop
+except ImportError:  # pragma: no cover - uvicorn[standard] brings uvloop where it runs
+    _UVLOOP_TCP: type | None = None
+else:
+    _UVLOOP_TCP = getattr(uvloop.loop, "TCPTransport", None)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +64,14 @@ DISCONNECT_WATCH = "pdctl.disconnect_watch"
 """Scope extension: ``watch(callback: () -> None) -> unwatch: () -> None``."""
 # a deadline this close is due: the loop's timers fire to the millisecond
 _CLOCK_SLACK_S = 0.001
+# what uvicorn's HttpToolsProtocol.__init__ sets (0.54): HeaderTimeoutProtocol.__init__ sets them
+# itself only while uvicorn's are exactly these
+_UVICORN_FIELDS = frozenset(
+    "config app loop logger access_logger access_log parser ws_protocol_class root_path"
+    " asgi_version limit_concurrency app_state timeout_keep_alive_task timeout_keep_alive"
+    " server_state connections tasks transport flow server client scheme pipeline scope"
+    " headers expect_100_continue cycle".split()
+)
 
 
 class HeadWaits:
@@ -95,9 +122,73 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     # header_timeout_protocol)
     head_waits = HeadWaits(HEADER_TIMEOUT_S, MIN_PENDING_HEADS)
     _watchers: dict[RequestResponseCycle, Callable[[], None]] | None = None
+    _peer_host = ""  # the client's address, the key of its connections in head_waits
+    # what uvicorn's __init__ derives from a server's config, and the config: see __init__
+    _derived: tuple[Config, Any, logging.Logger, logging.Logger, tuple[Any, ...]] | None = None
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        # uvicorn's __init__ derives the same fields from the same config for every connection
+        # (two logging.getLogger calls, each under logging's lock, among them); a client may
+        # open a connection per request. Here they are derived once per config and set in
+        # uvicorn's order (the instances keep sharing their dicts' keys).
+        derived = type(self)._derived
+        if derived is None or derived[0] is not config:
+            super().__init__(config, server_state, app_state, _loop)
+            if vars(self).keys() == _UVICORN_FIELDS:  # else another uvicorn: its own each time
+                type(self)._derived = (
+                    config,
+                    self.app,
+                    self.logger,
+                    self.access_logger,
+                    (self.ws_protocol_class, self.root_path, self.asgi_version),
+                )
+            return
+        self.config = config
+        self.app = derived[1]
+        self.loop = _loop or asyncio.get_event_loop()
+        self.logger = derived[2]
+        self.access_logger = derived[3]
+        self.access_log = self.access_logger.hasHandlers()  # as uvicorn: logging may change
+        self.parser = httptools.HttpRequestParser(self)
+        try:
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        except AttributeError:  # pragma: no cover - httptools < 0.6.3, as uvicorn
+            pass
+        self.ws_protocol_class, self.root_path, self.asgi_version = derived[4]
+        self.limit_concurrency = config.limit_concurrency
+        self.app_state = app_state
+        self.timeout_keep_alive_task = None
+        self.timeout_keep_alive = config.timeout_keep_alive
+        self.server_state = server_state
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        self.transport = None  # type: ignore[assignment]
+        self.flow = None  # type: ignore[assignment]
+        self.server = None
+        self.client = None
+        self.scheme = None
+        self.pipeline = deque()
+        self.scope = None  # type: ignore[assignment]
+        self.headers = None  # type: ignore[assignment]
+        self.expect_100_continue = False
+        self.cycle = None  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # uvicorn's own, but for the addresses and the scheme (see connection_info())
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.server, self.client, self.scheme = connection_info(transport)
+        self._peer_host = self.client[0] if self.client else ""
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
         self.head_waits.add(self, self._peer_host, self.loop)
 
     def on_message_begin(self) -> None:
@@ -147,10 +238,6 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def _cancel_head_timer(self) -> None:
         self.head_waits.discard(self, self._peer_host)
 
-    @property
-    def _peer_host(self) -> str:
-        return self.client[0] if self.client else ""
-
     def _head_timed_out(self) -> None:
         self._close_slow(f"no complete request head within {self.head_waits.timeout_s:.0f} s")
 
@@ -160,6 +247,26 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             peer = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown peer"
             log.debug("closing the connection from %s: %s", peer, reason)
             self.transport.close()
+
+
+def connection_info(
+    transport: asyncio.Transport,
+) -> tuple[tuple[str, int | None] | None, tuple[str, int] | None, Literal["http", "https"]]:
+    """uvicorn's ``(get_local_addr(transport), get_remote_addr(transport), scheme)``.
+
+    uvicorn reads the addresses through the transport's socket; a uvloop TCP transport has
+    read both already (as asyncio's transports do, when the connection was made) and gives
+    them from memory, where its socket makes a ``socket.socket`` and a system call for each
+    (and one more for the socket itself). Nor is it ever TLS: uvloop hands a TLS connection's
+    protocol a transport of its TLS layer.
+    """
+    if type(transport) is _UVLOOP_TCP:
+        local = transport.get_extra_info("sockname")
+        remote = transport.get_extra_info("peername")
+        if type(local) is tuple and type(remote) is tuple:
+            return (str(local[0]), int(local[1])), (str(remote[0]), int(remote[1])), "http"
+    scheme: Literal["http", "https"] = "https" if is_ssl(transport) else "http"
+    return get_local_addr(transport), get_remote_addr(transport), scheme
 
 
 def header_timeout_protocol(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import _ctypes
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Any
 
 from pdwire import fastpickle
@@ -64,13 +65,20 @@ class LightLLMCodec:
         self._decoder = SafeUnpickler(self._schema(), limits)
         self._token_packs = TokenPacksDecoder(
             lightllm_name(ObjType),
-            self._obj_types,
+            ObjType.TOKEN_PACKS,
+            self.messages.tuple_lengths[ObjType.TOKEN_PACKS],
             lightllm_name(FinishStatus),
             self._statuses,  # filled only when sharing: else each entry gets a fresh one
             self._status_from_bytes,
             limits,
+            slow=self._decode_node_message,
             accelerated=accelerated,
         )
+        self.decode_node_message: Callable[[bytes], tuple[ObjType, Any, Any]] = (
+            self._token_packs.decode_or_slow
+        )
+        """A binary ``/pd_register`` frame: (ObjType, payload, extra), as
+        ``_decode_node_message`` says; a token pack in one call of the compiled decoder."""
         self._fast_names: dict[Any, tuple[str, str]] = {
             ObjType: lightllm_name(ObjType),
             FinishStatus: lightllm_name(FinishStatus),
@@ -125,6 +133,18 @@ class LightLLMCodec:
             return fast
         return self._dumps((ObjType.REQ, (prompt, params, multimodal or MultimodalParams())))
 
+    def req_frame(
+        self, prompt: str | list[int], params: SamplingParamsBase
+    ) -> tuple[bytearray, SamplingParamsBase] | None:
+        """``encode_req(prompt, params)`` as a bytearray, with a struct over the frame's copy
+        of ``params``: a field set on it makes the frame ``encode_req`` writes for a copy of
+        ``params`` with that field set. None where ``encode_req`` takes the general pickler."""
+        built = self._req_pickler.frame(prompt, params)
+        if built is None:
+            return None
+        frame, offset = built
+        return frame, type(params).from_buffer(frame, offset)
+
     def encode_abort(self, group_request_id: int) -> bytes:
         return self._dumps((ObjType.ABORT, group_request_id))
 
@@ -177,19 +197,15 @@ class LightLLMCodec:
         """Decode one of this version's messages; raise WireError for anything else."""
         return self._decoder.loads(data)
 
-    def decode_node_message(self, data: bytes) -> tuple[ObjType, Any, Any]:
-        """A binary ``/pd_register`` frame: (ObjType, payload, extra).
+    def _decode_node_message(self, data: bytes) -> tuple[ObjType, Any, Any]:
+        """A binary ``/pd_register`` frame: (ObjType, payload, extra), decoded by safepickle
+        (``decode_node_message`` first tries the compiled decoder of token packs).
 
         ``(ABORT, gid)``, ``(REQ, payload)``: payload, None. ``(TOKEN_PACKS, entries[, load])``:
         entries, the load dict (None without one). ``(HEARTBEAT,)``: None, None. The v1.2.0
         3-tuples ``(PD_UPLOAD_PREFILL_PROMPT_IDS, gid, ids)`` and
         ``(PD_REQ_DECODE_NODE_INFO, gid, info)``: gid, then ids or info, both checked.
         """
-        fast = self._token_packs.decode(data)  # the per-token path; None: not covered
-        if fast is not None and fast[0] is ObjType.TOKEN_PACKS:
-            length = 2 if fast[2] is None else 3
-            if length in self.messages.tuple_lengths[ObjType.TOKEN_PACKS]:
-                return fast
         msg = self.loads(data)
         if type(msg) is not tuple or not msg or type(msg[0]) is not ObjType:
             raise MalformedMessageError("frame is not a (ObjType, ...) tuple")

@@ -111,22 +111,46 @@ class FilledParams(Generic[S]):
         self._new = new
         self._size = size
         self._filled: dict[bytes, S] = {}
+        # id(values) -> (values, filled): a request's parameter set is usually one shared
+        # object (see client.ParameterSets), found here without its JSON; the entry keeps the
+        # object alive, so its id is not reused while it is kept
+        self._by_object: dict[int, tuple[Mapping[str, Any], S]] = {}
 
     def __call__(self, values: Mapping[str, Any]) -> S:
+        """A fresh struct filled with ``values``."""
+        done = self.filled(values)
+        return type(done).from_buffer_copy(done)
+
+    def filled(self, values: Mapping[str, Any]) -> S:
+        """A struct filled with ``values``, perhaps shared: read it or copy it, never change
+        it. ``values`` must not change afterwards (it is remembered by identity)."""
+        seen = self._by_object.get(id(values))
+        if seen is not None and seen[0] is values:
+            return seen[1]
         try:
             key: bytes | None = orjson.dumps(values)
         except TypeError:  # an int past 64 bits: filled each time (carried exactly or refused)
             key = None
         done = self._filled.get(key) if key is not None else None
-        if done is not None:
-            return type(done).from_buffer_copy(done)
-        params = self._new()
-        fill(params, values)
-        if key is not None:
-            if len(self._filled) >= self._size:
-                del self._filled[next(iter(self._filled))]
-            self._filled[key] = type(params).from_buffer_copy(params)
-        return params
+        if done is None:
+            done = self._new()
+            fill(done, values)
+            if key is None:
+                return done
+            _put(self._filled, key, done, self._size)
+        _put(self._by_object, id(values), (values, done), self._size)
+        return done
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _put(kept: dict[K, V], key: K, value: V, size: int) -> None:
+    """Keep ``value`` under ``key``, the oldest entry going past ``size``."""
+    if len(kept) >= size:
+        del kept[next(iter(kept))]
+    kept[key] = value
 
 
 def read(params: ctypes.Structure) -> dict[str, Any]:

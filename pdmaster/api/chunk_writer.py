@@ -90,6 +90,9 @@ class ChunkWriter:
     is done, so they queue for the stream's task, which ``drain``s before it sends. Tokens
     that complete the answer (``encoder.done``) are declined too, their chunk held for the
     stream's task (``take_held``), which ends the body and the run.
+
+    ``pdmaster/_lane.c`` does what ``__call__`` and ``_write`` do (and reads ``_pending`` and
+    ``_held``): change both together.
     """
 
     __slots__ = ("_encoder", "_send", "_pending", "_cycle", "_held")
@@ -100,6 +103,15 @@ class ChunkWriter:
         self._pending: asyncio.Future[None] | None = None
         self._cycle = direct_body(send)
         self._held = b""
+
+    @property
+    def encoder(self) -> StreamEncoder:
+        return self._encoder
+
+    @property
+    def cycle(self) -> RequestResponseCycle | None:
+        """The uvicorn exchange chunks are written to directly, if any."""
+        return self._cycle
 
     @property
     def direct(self) -> bool:

@@ -149,6 +149,7 @@ async def _serve(
 
     unwatch = _watch_disconnect(scope, receive, lost)
     writer = ChunkWriter(encoder, send)
+    lane = run.lane(writer)  # None: every token takes the Python chain
     status = "client_closed"
     try:
         try:
@@ -174,7 +175,7 @@ async def _serve(
                 await send({"type": "http.response.body", "body": body, "more_body": True})
                 body = b""
             try:
-                entries = await run.next(writer)
+                entries = await run.next(writer, lane)
             except ApiError as exc:
                 status = f"stream_{exc.status}"
                 await writer.drain()

@@ -18,11 +18,11 @@ from pdmaster.api.service import ClientDisconnected, GenerateService
 from pdmaster.dispatch.session import PreparedRequest
 from pdmaster.errors import ApiError, BadRequest, PayloadTooLarge
 from pdmaster.nodes.pool import NodePool
-from pdmaster.routing.policies import RequestView, prefix_blocks
+from pdmaster.routing.policies import RequestView, prefix_blocks, reads_prefixes
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.api import decimal
-from pdwire.client import GenerateParameters, GenerateRequest, ParameterSets, refusals
+from pdwire.client import GenerateParameters, ParameterSets, refusals
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -170,19 +170,21 @@ async def prepare_generate(
     raw = await read_bytes(request, settings.max_body_bytes)
 
     def work() -> PreparedRequest:
-        return prepare(validated(json_body(raw), sets.validate), tokenizer, settings)
+        inputs, params = validated(json_body(raw), sets.parts)
+        return prepare(inputs, params, tokenizer, settings)
 
     return await off_loop(len(raw), work)
 
 
 def prepare(
-    body: GenerateRequest,
+    inputs: str,
+    params: GenerateParameters,
     tokenizer: ModelTokenizer,
     settings: MasterSettings,
     prompt_ids: list[int] | None = None,
 ) -> PreparedRequest:
-    """Check and tokenize a request (``prompt_ids``: its prompt already tokenized)."""
-    params = body.parameters
+    """Check and tokenize a request: its ``inputs`` and ``parameters`` (``prompt_ids``: its
+    prompt already tokenized)."""
     if params.max_new_tokens > settings.max_new_tokens:
         raise BadRequest(
             f"parameters.max_new_tokens: {params.max_new_tokens} exceeds this master's maximum "
@@ -190,7 +192,7 @@ def prepare(
             code="invalid_field",
         )
     if prompt_ids is None:
-        prompt_ids = encode_prompt(body.inputs, tokenizer, settings)
+        prompt_ids = encode_prompt(inputs, tokenizer, settings)
     prompt_tokens = len(prompt_ids)
     if prompt_tokens == 0:
         raise BadRequest("inputs: the prompt is empty", code="invalid_field")
@@ -216,8 +218,13 @@ def prepare(
         raise BadRequest(
             "parameters.stop_sequences: a stop sequence is over 256 tokens", code="invalid_field"
         )
-    view = RequestView(prompt_tokens, params.max_new_tokens, prefix_blocks(prompt_ids))
-    return PreparedRequest(body.inputs, prompt_tokens, params.for_run(), stop_ids, view)
+    blocks = (
+        prefix_blocks(prompt_ids)
+        if reads_prefixes(settings.prefill_policy, settings.decode_policy)
+        else ()
+    )
+    view = RequestView(prompt_tokens, params.max_new_tokens, blocks)
+    return PreparedRequest(inputs, prompt_tokens, params.for_run(), stop_ids, view)
 
 
 def check_vocabulary(params: GenerateParameters, vocab: int) -> None:

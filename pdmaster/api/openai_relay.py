@@ -9,6 +9,7 @@ nodes).
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import time
@@ -21,7 +22,10 @@ from pdwire.pd_io import TokenEntry
 from pdwire.sse import FINISH_REASONS
 
 DONE = b"data: [DONE]\n\n"
-_MARK = "\x00text\x01"  # stands for a chunk's text while its event is cut in two
+# Stand for a chunk's text (or usage) and a stream's id while a format's events are cut up
+_MARK = "\x00text\x01"
+_ID_MARK = "\x00id\x01"
+_CREATED_ZERO = b',"created":0,'
 
 
 def sse(obj: dict[str, Any]) -> bytes:
@@ -109,6 +113,15 @@ class Generation:
     def add(self, entries: list[TokenEntry]) -> str:
         """Take the entries; return the text they add to the answer."""
         scanner = self._scanner
+        if scanner is None and len(entries) == 1:  # a stream's usual step: the loop's outcome
+            _, text, meta, status = entries[0]
+            self.completion_tokens = meta.get("count_output_tokens", self.completion_tokens + 1)
+            self.prompt_tokens = meta.get("prompt_tokens", self.prompt_tokens)
+            self._status = code = status.status
+            self.done = code != 0
+            if self._parts is not None:
+                self._parts.append(text)
+            return text
         count, prompt = self.completion_tokens, self.prompt_tokens
         out = []
         for _, text, meta, status in entries:
@@ -155,6 +168,24 @@ class Generation:
         }
 
 
+class RandomHex:
+    """Random hex digits from ``os.urandom``, read 1 KB at a time: one system call per 32 ids.
+    For the event loop's thread only."""
+
+    __slots__ = ("_digits", "_at")
+
+    def __init__(self) -> None:
+        self._digits = ""
+        self._at = 0
+
+    def take(self, n: int) -> str:
+        at = self._at
+        if at + n > len(self._digits):
+            self._digits, at = os.urandom(max(1024, n)).hex(), 0
+        self._at = at + n
+        return self._digits[at : at + n]
+
+
 class CompletionFormat:
     """``text_completion`` bodies and chunks (/v1/completions)."""
 
@@ -164,8 +195,11 @@ class CompletionFormat:
     object = "text_completion"
     chunk_object = "text_completion"
 
-    def __init__(self, model: str, include_usage: bool = False) -> None:
-        self.id = f"{self.id_prefix}-{secrets.token_hex(16)}"  # as random as a uuid4's hex
+    def __init__(
+        self, model: str, include_usage: bool = False, ids: RandomHex | None = None
+    ) -> None:
+        digits = secrets.token_hex(16) if ids is None else ids.take(32)
+        self.id = f"{self.id_prefix}-{digits}"  # as random as a uuid4's hex
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
@@ -183,15 +217,8 @@ class CompletionFormat:
             return self._envelope(self.chunk_object, [choice], usage=None)
         return self._envelope(self.chunk_object, [choice])
 
-    def text_event_parts(self) -> tuple[bytes, bytes]:
-        """A text chunk's SSE event (no finish reason), cut where its JSON text goes."""
-        mark = orjson.dumps(_MARK)
-        head, found, tail = sse(self.chunk(_MARK, None)).partition(mark)
-        assert found and mark not in tail
-        return head, tail
-
-    def usage_chunk(self, gen: Generation) -> dict[str, Any]:
-        return self._envelope(self.chunk_object, [], usage=gen.usage())
+    def usage_chunk(self, usage: Any) -> dict[str, Any]:
+        return self._envelope(self.chunk_object, [], usage=usage)
 
     def _envelope(self, obj: str, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         head = {"id": self.id, "object": obj, "created": self.created, "model": self.model}
@@ -233,21 +260,106 @@ class ChatFormat(CompletionFormat):
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
 
+class StreamEvents:
+    """A format's stream events as bytes, worked out once from its chunks (per endpoint,
+    model and usage choice), so that a stream's events cost no dicts.
+
+    Every event begins with its stream's lead, ``data: {"id":..,"object":..,"created":..,``,
+    which a stream makes once; the rest of each event is fixed but for the one value that
+    changes, which goes between two fixed parts: a text chunk's text, the last chunk's text
+    (per finish reason), the usage.
+    """
+
+    __slots__ = (
+        "include_usage",
+        "text",
+        "opening",
+        "usage",
+        "_start",
+        "_object",
+        "_ends",
+        "_id_prefix",
+        "_second",
+    )
+
+    def __init__(self, fmt: CompletionFormat) -> None:
+        probe = type(fmt)(fmt.model, fmt.include_usage)
+        probe.id, probe.created = _ID_MARK, 0
+        self.include_usage = fmt.include_usage
+        self._id_prefix = fmt.id_prefix + "-"
+        self._second = (-1, b"")  # a time and the lead's bytes after the id, made for it
+        sample = sse(probe.chunk(_MARK, None))
+        self._start, found, after = sample.partition(orjson.dumps(_ID_MARK))
+        self._object, found_created, _ = after.partition(_CREATED_ZERO)
+        assert found and found_created and self._start == b'data: {"id":'
+        self.text = self._split(sample)
+        self.opening = tuple(self._rest(sse(chunk)) for chunk in probe.opening_chunks())
+        self.usage = self._split(sse(probe.usage_chunk(_MARK)))
+        # finish reason -> (the last chunk around its text, the last chunk without text)
+        self._ends = {
+            reason: (
+                self._split(sse(probe.chunk(_MARK, reason))),
+                self._rest(sse(probe.chunk("", reason))),
+            )
+            for reason in {"stop", *FINISH_REASONS.values()}
+        }
+
+    def lead(self, id: str, created: int) -> bytes:
+        """The start of each of the events of the stream with this id and time."""
+        second, after_id = self._second
+        if created != second:
+            after_id = self._object + b',"created":%d,' % created
+            self._second = (created, after_id)
+        return self._start + orjson.dumps(id) + after_id
+
+    def new_lead(self, ids: RandomHex) -> bytes:
+        """The lead of a new stream: a new id, made now (as ``CompletionFormat`` makes them)."""
+        return self.lead(self._id_prefix + ids.take(32), int(time.time()))
+
+    def end(self, lead: bytes, text: str, gen: Generation) -> bytes:
+        """The last chunk (with ``text``), the usage chunk if asked for, and ``[DONE]``."""
+        with_text, without_text = self._ends[gen.finish_reason]
+        if text:
+            out = lead + with_text[0] + orjson.dumps(text) + with_text[1]
+        else:
+            out = lead + without_text
+        if self.include_usage:
+            mid, tail = self.usage
+            out += lead + mid + orjson.dumps(gen.usage()) + tail
+        return out + DONE
+
+    def _rest(self, event: bytes) -> bytes:
+        """The event after the probe's lead."""
+        lead = self._start + orjson.dumps(_ID_MARK) + self._object + _CREATED_ZERO
+        assert event.startswith(lead)
+        return event[len(lead) :]
+
+    def _split(self, event: bytes) -> tuple[bytes, bytes]:
+        """The event after the lead, cut where the value (``_MARK``) goes."""
+        mark = orjson.dumps(_MARK)
+        mid, found, tail = self._rest(event).partition(mark)
+        assert found and mark not in tail
+        return mid, tail
+
+
 class OpenAIStream:
     """One stream's OpenAI chunks: text as the stop rule lets it out, then the finish chunk,
     usage (if asked) and ``[DONE]``; a failure after the first chunk ends with an error event.
 
-    A text chunk is its format's event around the JSON text, so a token costs one
-    ``orjson.dumps`` of a string.
+    Its events are its format's (``events``), each after the stream's ``lead`` (its id and
+    time): a text chunk costs one ``orjson.dumps`` of a string.
     """
 
-    __slots__ = ("_gen", "_fmt", "_head", "_tail", "_opening", "done")
+    __slots__ = ("_gen", "_events", "_lead", "_head", "_tail", "_opening", "done")
 
-    def __init__(self, gen: Generation, fmt: CompletionFormat) -> None:
+    def __init__(self, gen: Generation, events: StreamEvents, lead: bytes) -> None:
         self._gen = gen
-        self._fmt = fmt
-        self._head, self._tail = fmt.text_event_parts()
-        self._opening = b"".join(sse(c) for c in fmt.opening_chunks())
+        self._events = events
+        self._lead = lead
+        self._head = lead + events.text[0]
+        self._tail = events.text[1]
+        opening = events.opening
+        self._opening = b"".join([lead + rest for rest in opening]) if opening else b""
         self.done = False
 
     def chunk(self, entries: list[TokenEntry]) -> bytes:
@@ -256,7 +368,8 @@ class OpenAIStream:
         gen = self._gen
         text = gen.add(entries)
         if gen.done:
-            body = self._end(text)
+            self.done = True
+            body = self._events.end(self._lead, text, gen)
         elif text:
             body = self._head + orjson.dumps(text) + self._tail
         else:
@@ -270,12 +383,7 @@ class OpenAIStream:
         return sse(error_body(exc)) + DONE
 
     def close(self) -> bytes:
-        return b"" if self.done else self._end("")
-
-    def _end(self, text: str) -> bytes:
+        if self.done:
+            return b""
         self.done = True
-        fmt, gen = self._fmt, self._gen
-        out = sse(fmt.chunk(text, gen.finish_reason))
-        if fmt.include_usage:
-            out += sse(fmt.usage_chunk(gen))
-        return out + DONE
+        return self._events.end(self._lead, "", self._gen)

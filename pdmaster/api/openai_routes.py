@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 from fastapi import APIRouter, Request
@@ -20,24 +21,30 @@ from fastapi.responses import Response
 from pdmaster.api.hot_path import Opened, SseEndpoint
 from pdmaster.api.lightllm_routes import (
     encode_prompt,
+    json_body,
     off_loop,
-    parse_json,
     prepare,
     read_bytes,
     read_prompt_body,
+    validated,
 )
 from pdmaster.api.openai_relay import (
     ChatFormat,
     CompletionFormat,
     Generation,
     OpenAIStream,
+    RandomHex,
+    StreamEvents,
     error_body,
 )
 from pdmaster.api.openai_schemas import (
     OPENAI_NAMES,
     ChatCompletionRequest,
+    ChatMessages,
     CompletionRequest,
+    KnownFields,
     SamplingFields,
+    prompt_text,
 )
 from pdmaster.api.service import ClientDisconnected, GenerateService
 from pdmaster.api.text_request import output_room
@@ -46,7 +53,7 @@ from pdmaster.errors import ApiError, BadRequest, NotFound, PayloadTooLarge
 from pdmaster.settings import MasterSettings
 from pdmodel.chat_template import ChatTemplate, ChatTemplateError, load_chat_template
 from pdmodel.tokenizer import ModelTokenizer
-from pdwire.client import GenerateRequest
+from pdwire.client import GenerateParameters
 
 
 def served_model_name(settings: MasterSettings) -> str:
@@ -86,6 +93,106 @@ def in_openai_terms(exc: ApiError, prompt_field: str, max_field: str) -> ApiErro
     return type(exc)(message, code=exc.code)
 
 
+class Checked(NamedTuple):
+    """What a request's fields other than its prompt came to; shared by the requests that
+    send the same fields (``KnownFields``), so ``body`` is kept without its prompt."""
+
+    body: SamplingFields
+    params: GenerateParameters | None  # None: they depend on the prompt's length
+
+    @property
+    def stream(self) -> bool:
+        return self.body.stream
+
+    @property
+    def include_usage(self) -> bool:
+        return self.body.stream_options.include_usage
+
+
+class OpenAIRequests:
+    """/v1/completions and /v1/chat/completions bodies checked into ``PreparedRequest``s.
+
+    A body whose fields other than its prompt were seen before (``KnownFields``) has only
+    its prompt checked: the rest comes to what it came to then.
+    """
+
+    def __init__(
+        self, tokenizer: ModelTokenizer, settings: MasterSettings, template: ChatTemplate
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._settings = settings
+        self._template = template
+        self._model_name = served_model_name(settings)
+        self._model_names = accepted_model_names(settings)
+        self._completions: KnownFields[Checked] = KnownFields("prompt")
+        self._chats: KnownFields[Checked] = KnownFields("messages")
+
+    def completion(self, raw: bytes) -> tuple[Checked, PreparedRequest]:
+        data = json_body(raw)
+        key = self._completions.key(data) if type(data) is dict else None
+        known = None if key is None else self._completions.get(key)
+        if known is not None and known.params is not None:
+            return known, self._prepare(known.params, prompt_text(data["prompt"]), "prompt")
+        body = validated(data, CompletionRequest.model_validate)
+        body.check_supported()
+        check_model(body.model, self._model_names, self._model_name)
+        prompt = body.prompt_text()
+        params = body.generate_parameters(body.max_tokens, True, "max_tokens")
+        req = self._prepare(params, prompt, "prompt")
+        checked = Checked(body.model_copy(update={"prompt": ""}), params)
+        if key is not None:
+            self._completions.keep(key, checked)
+        return checked, req
+
+    def chat(self, raw: bytes) -> tuple[Checked, PreparedRequest]:
+        data = json_body(raw)
+        key = self._chats.key(data) if type(data) is dict else None
+        known = None if key is None else self._chats.get(key)
+        if known is None:
+            body = validated(data, ChatCompletionRequest.model_validate)
+            body.check_supported()
+            check_model(body.model, self._model_names, self._model_name)
+            messages = body.messages
+        else:
+            assert isinstance(known.body, ChatCompletionRequest)
+            body = known.body
+            only = validated({"messages": data["messages"]}, ChatMessages.model_validate)
+            messages = only.messages
+        try:
+            prompt = self._template.render([m.for_template() for m in messages])
+        except ChatTemplateError as exc:
+            raise BadRequest(f"messages: {exc}", code="invalid_field") from None
+        max_field = body.max_tokens_field
+        params = None if known is None else known.params
+        prompt_ids = None
+        if params is None:
+            limit = body.output_limit
+            if limit is None:  # OpenAI's default: as many tokens as the context has left
+                prompt_ids = encode_prompt(prompt, self._tokenizer, self._settings, "messages")
+                limit = output_room(len(prompt_ids), self._settings, "messages")
+            add_special_tokens = self._template.add_special_tokens
+            params = body.generate_parameters(limit, add_special_tokens, max_field)
+        req = self._prepare(params, prompt, "messages", max_field, prompt_ids)
+        if known is None:
+            known = Checked(body.model_copy(update={"messages": []}), params)
+            if key is not None:
+                self._chats.keep(key, known if body.output_limit else known._replace(params=None))
+        return known, req
+
+    def _prepare(
+        self,
+        params: GenerateParameters,
+        prompt: str,
+        prompt_field: str,
+        max_field: str = "max_tokens",
+        prompt_ids: list[int] | None = None,
+    ) -> PreparedRequest:
+        try:
+            return prepare(prompt, params, self._tokenizer, self._settings, prompt_ids)
+        except (BadRequest, PayloadTooLarge) as exc:
+            raise in_openai_terms(exc, prompt_field, max_field) from None
+
+
 def openai_endpoints(
     service: GenerateService,
     tokenizer: ModelTokenizer,
@@ -95,88 +202,46 @@ def openai_endpoints(
     """/v1/completions and /v1/chat/completions, served on the hot path (see hot_path.py)."""
     template = chat_template or load_chat_template(settings.model_dir)
     model_name = served_model_name(settings)
-    model_names = accepted_model_names(settings)
-
-    def prepared(
-        body: SamplingFields,
-        prompt: str,
-        limit: int | None,
-        *,
-        prompt_field: str,
-        max_field: str,
-        add_special_tokens: bool,
-    ) -> PreparedRequest:
-        prompt_ids = None
-        if limit is None:  # OpenAI's chat default: as many tokens as the context has left
-            prompt_ids = encode_prompt(prompt, tokenizer, settings, prompt_field)
-            limit = output_room(len(prompt_ids), settings, prompt_field)
-        params = body.generate_parameters(limit, add_special_tokens, max_field)
-        request = GenerateRequest(inputs=prompt, parameters=params)
-        try:
-            return prepare(request, tokenizer, settings, prompt_ids)
-        except (BadRequest, PayloadTooLarge) as exc:
-            raise in_openai_terms(exc, prompt_field, max_field) from None
+    requests = OpenAIRequests(tokenizer, settings, template)
+    ids = RandomHex()
+    events = {
+        (kind, usage): StreamEvents(kind(model_name, usage))
+        for kind in (CompletionFormat, ChatFormat)
+        for usage in (False, True)
+    }
 
     async def respond(
         request: Request,
-        body: SamplingFields,
+        checked: Checked,
         req: PreparedRequest,
-        fmt: CompletionFormat,
+        kind: type[CompletionFormat],
         endpoint: str,
     ) -> Opened:
         run = service.run(endpoint, req)
-        if body.stream:
-            return run, OpenAIStream(Generation(req.prompt_tokens, body.stop, False), fmt)
-        gen = Generation(req.prompt_tokens, body.stop)
+        stops = req.parameters.stop_sequences
+        if checked.stream:
+            shapes = events[kind, checked.include_usage]
+            stream = OpenAIStream(
+                Generation(req.prompt_tokens, stops, False), shapes, shapes.new_lead(ids)
+            )
+            return run, stream
+        fmt = kind(model_name, checked.include_usage, ids)
+        gen = Generation(req.prompt_tokens, stops)
         try:
             await run.run_to_end(request, gen.add, lambda: gen.done)
         except ClientDisconnected:
             return Response(status_code=499)
         return Response(orjson.dumps(fmt.body(gen)), media_type="application/json")
 
-    def completion(raw: bytes) -> tuple[CompletionRequest, PreparedRequest]:
-        body = parse_json(raw, CompletionRequest)
-        body.check_supported()
-        check_model(body.model, model_names, model_name)
-        req = prepared(
-            body,
-            body.prompt_text(),
-            body.max_tokens,
-            prompt_field="prompt",
-            max_field="max_tokens",
-            add_special_tokens=True,
-        )
-        return body, req
-
-    def chat(raw: bytes) -> tuple[ChatCompletionRequest, PreparedRequest]:
-        body = parse_json(raw, ChatCompletionRequest)
-        body.check_supported()
-        check_model(body.model, model_names, model_name)
-        try:
-            prompt = template.render([m.for_template() for m in body.messages])
-        except ChatTemplateError as exc:
-            raise BadRequest(f"messages: {exc}", code="invalid_field") from None
-        req = prepared(
-            body,
-            prompt,
-            body.output_limit,
-            prompt_field="messages",
-            max_field=body.max_tokens_field,
-            add_special_tokens=template.add_special_tokens,
-        )
-        return body, req
-
     async def completions(request: Request) -> Opened:
         raw = await read_bytes(request, settings.max_body_bytes)
-        body, req = await off_loop(len(raw), partial(completion, raw))
-        fmt = CompletionFormat(model_name, body.stream_options.include_usage)
-        return await respond(request, body, req, fmt, "completions")
+        checked, req = await off_loop(len(raw), partial(requests.completion, raw))
+        return await respond(request, checked, req, CompletionFormat, "completions")
 
     async def chat_completions(request: Request) -> Opened:
         raw = await read_prompt_body(request, settings, "messages")
-        body, req = await off_loop(len(raw), partial(chat, raw))
-        fmt = ChatFormat(model_name, body.stream_options.include_usage)
-        return await respond(request, body, req, fmt, "chat_completions")
+        checked, req = await off_loop(len(raw), partial(requests.chat, raw))
+        return await respond(request, checked, req, ChatFormat, "chat_completions")
 
     return {
         "/v1/completions": SseEndpoint(completions, error_body),

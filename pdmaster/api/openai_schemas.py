@@ -22,8 +22,10 @@ and ``stream_options`` when ``stream`` is false.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+import threading
+from typing import Any, Generic, Literal, TypeVar
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -36,6 +38,8 @@ from pydantic import (
 from pdmaster.errors import BadRequest
 from pdwire.client import GenerateParameters
 from pdwire.sampling import Float32, Int32
+
+T = TypeVar("T")
 
 
 class OpenAIModel(BaseModel):
@@ -204,24 +208,26 @@ class CompletionRequest(SamplingFields):
 
     def prompt_text(self) -> str:
         """The one text prompt; 400 for batches and token-id prompts."""
-        prompt = self.prompt
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if isinstance(prompt, str):
-            return prompt
-        if isinstance(prompt, list) and prompt and all(isinstance(p, int | list) for p in prompt):
-            raise BadRequest(
-                "prompt: token-id prompts are not supported; send the text",
-                code="unsupported_field",
-            )
-        if isinstance(prompt, list) and len(prompt) > 1:
-            raise BadRequest(
-                f"prompt: one prompt per request is supported, got {len(prompt)}",
-                code="unsupported_field",
-            )
+        return prompt_text(self.prompt)
+
+
+def prompt_text(prompt: object) -> str:
+    """A completion's ``prompt`` as its one text prompt; 400 for batches and token-id prompts."""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, int | list) for p in prompt):
         raise BadRequest(
-            "prompt: must be a string or a list holding one string", code="invalid_field"
+            "prompt: token-id prompts are not supported; send the text",
+            code="unsupported_field",
         )
+    if isinstance(prompt, list) and len(prompt) > 1:
+        raise BadRequest(
+            f"prompt: one prompt per request is supported, got {len(prompt)}",
+            code="unsupported_field",
+        )
+    raise BadRequest("prompt: must be a string or a list holding one string", code="invalid_field")
 
 
 class ChatMessage(OpenAIModel):
@@ -260,6 +266,12 @@ class ChatMessage(OpenAIModel):
         return message
 
 
+class ChatMessages(OpenAIModel):
+    """A chat request's ``messages`` alone, checked as ``ChatCompletionRequest`` checks them."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -282,3 +294,41 @@ class ChatCompletionRequest(SamplingFields):
     @property
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+
+class KnownFields(Generic[T]):
+    """What a body's fields other than its prompt came to, for the last ``size`` distinct
+    sets of them that passed every check, keyed by their exact JSON.
+
+    Clients send the same few sets again and again, with another prompt each time, and all
+    that the fields come to (validation, the checks, LightLLM's parameters) depends on the
+    fields alone; keyed by their exact JSON (1, 1.0 and true, 0.0 and -0.0 stay apart), a set
+    found here gives what checking it would. A set that fails is never kept: it is refused,
+    with the same error, every time. Sets whose JSON is over ``max_key_bytes`` are not kept.
+    """
+
+    def __init__(self, prompt_field: str, size: int = 64, max_key_bytes: int = 2048) -> None:
+        self._prompt_field = prompt_field
+        self._size = size
+        self._max_key_bytes = max_key_bytes
+        self._known: dict[bytes, T] = {}
+        self._lock = threading.Lock()  # long bodies are checked in worker threads
+
+    def key(self, data: dict[str, Any]) -> bytes | None:
+        """The key of the fields other than the prompt of ``data`` (a body as ``orjson``
+        parsed it); None for a body without a prompt (a null one too) or one not kept."""
+        if data.get(self._prompt_field) is None:
+            return None
+        rest = data.copy()
+        del rest[self._prompt_field]
+        key = orjson.dumps(rest)
+        return key if len(key) <= self._max_key_bytes else None
+
+    def get(self, key: bytes) -> T | None:
+        return self._known.get(key)
+
+    def keep(self, key: bytes, value: T) -> None:
+        with self._lock:
+            if len(self._known) >= self._size and key not in self._known:
+                del self._known[next(iter(self._known))]
+            self._known[key] = value

@@ -13,11 +13,13 @@ from typing import TypeVar
 
 from fastapi import Request
 
+from pdmaster.api.chunk_writer import ChunkWriter
 from pdmaster.dispatch.session import PDDispatcher, PDSession, PreparedRequest
 from pdmaster.errors import ApiError
 from pdmaster.metrics import MasterMetrics
 from pdmaster.routing.admission import Admission
 from pdwire.pd_io import TokenEntry
+from pdwire.sse import COMPILED_CONFIG, compiled_events, http_chunk, sse_events
 
 T = TypeVar("T")
 
@@ -110,12 +112,43 @@ class RequestRun:
         self._s.metrics.ttft.observe(self._last - started)
         return first
 
-    async def next(self, sink: Writer | None = None) -> list[TokenEntry]:
-        """The next tokens; meanwhile ``sink`` may take those that end nothing, as they come."""
+    async def next(
+        self, sink: Writer | None = None, lane: object | None = None
+    ) -> list[TokenEntry]:
+        """The next tokens; meanwhile ``sink`` may take those that end nothing, as they come.
+
+        ``lane`` (from ``lane``, for the ChunkWriter ``sink``): their compiled relay."""
         self._sink = sink
-        entries = await self._session.next(self._push if sink is not None else None)
+        if sink is None:
+            entries = await self._session.next()
+        else:
+            entries = await self._session.next(self._push, lane)
         self._delivered()
         return entries
+
+    def lane(self, writer: ChunkWriter) -> object | None:
+        """The compiled relay of tokens to ``writer`` (``pdmaster/_lane.c``), or None where
+        hand-overs are not compiled or the writer's chunks go through ``send``."""
+        make = self._s.dispatcher.table.lane_type
+        cycle = writer.cycle
+        if make is None or cycle is None:
+            return None
+        encoder = writer.encoder
+        events = compiled_events() if encoder.chunk is sse_events else None
+        session = self._session
+        return make(
+            session,
+            self,
+            writer,
+            encoder,
+            cycle,
+            self._s.metrics.itl,
+            session.deadline,
+            session.idle_timeout,
+            events,
+            COMPILED_CONFIG,
+            http_chunk,
+        )
 
     def _push(self, entries: list[TokenEntry], now: float) -> bool:
         if self._sink is None or not self._sink(entries):

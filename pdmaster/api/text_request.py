@@ -17,7 +17,7 @@ from pdmaster.errors import BadRequest, PayloadTooLarge
 from pdmaster.settings import MasterSettings
 from pdmodel.chat_template import ChatTemplate, ChatTemplateError
 from pdmodel.tokenizer import ModelTokenizer
-from pdwire.client import GenerateParameters, GenerateRequest
+from pdwire.client import GenerateParameters
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -80,9 +80,7 @@ def prepare_text(
 ) -> PreparedRequest:
     """``prepare``; its errors name ``names[x]`` for LightLLM's ``x`` (``inputs`` too)."""
     try:
-        return prepare(
-            GenerateRequest(inputs=prompt, parameters=params), tokenizer, settings, prompt_ids
-        )
+        return prepare(prompt, params, tokenizer, settings, prompt_ids)
     except (BadRequest, PayloadTooLarge) as exc:
         message = exc.message
         for old in _LIGHTLLM_NAMES:

@@ -30,7 +30,7 @@ from pdwire.client import RunParameters, refusals
 from pdwire.lightllm import LightLLMCodec
 from pdwire.pd_io import TokenEntry, UpKVStatus
 from pdwire.sampling import FilledParams
-from pdwire.structs import SamplingParamsBase
+from pdwire.structs import DecodeNode, SamplingParamsBase
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,27 @@ class PDDispatcher:
     def codec_for(self, node: NodeConnection) -> LightLLMCodec:
         return self.codecs[node.info.version]
 
+    def decode_target(self, kind: type[DecodeNode], decode: NodeConnection) -> DecodeNode:
+        """A prefill REQ's ``move_kv_to_decode_node`` for ``decode``, but its max_new_tokens:
+        filled once per node connection (whose info never changes) and master id, and kept
+        on the connection, not filled field by field per request."""
+        master = self.master_node_id()
+        kept = decode.hand_off
+        if kept is not None and kept[0] is kind and kept[1] == master:
+            target: DecodeNode = kept[2]
+            return target
+        info = decode.info
+        target = kind()
+        target.fill(
+            node_id=decode.node_id,
+            ip=info.host,
+            rpyc_port=info.rpyc_port or 0,
+            max_new_tokens=0,  # set per request
+            pd_master_node_id=master,
+        )
+        decode.hand_off = (kind, master, target)
+        return target
+
 
 class PDSession:
     __slots__ = (
@@ -161,11 +182,12 @@ class PDSession:
                 await self.close()
                 raise
 
-    async def next(self, sink: Sink | None = None) -> list[TokenEntry]:
+    async def next(self, sink: Sink | None = None, lane: object | None = None) -> list[TokenEntry]:
         """The next tokens from the decode node.
 
         Meanwhile ``sink`` gets the tokens that end nothing as they arrive (see ``tracking``);
-        what it takes counts as delivered, and is not returned.
+        what it takes counts as delivered, and is not returned. ``lane``: the compiled relay
+        of ``_push`` and that sink (see ``pdmaster/_lane.c``).
         """
         state, decode = self._state, self._decode
         assert state is not None and decode is not None and not self.finished
@@ -176,6 +198,7 @@ class PDSession:
                     *self.until(self._d.settings.token_idle_timeout_s),
                     "token",
                     self._push if sink is not None else None,
+                    lane,
                 )
             )
             if self._flow is not None and self._flow.block_ended:
@@ -192,8 +215,19 @@ class PDSession:
             decode.breaker.record(True)
         return entries
 
+    @property
+    def deadline(self) -> float:
+        """The request's deadline, on the dispatcher's clock."""
+        return self._deadline
+
+    @property
+    def idle_timeout(self) -> float:
+        return self._d.settings.token_idle_timeout_s
+
     def _push(self, entries: list[TokenEntry], now: float) -> bool:
-        """Offer tokens to the sink; a last token or a bad status goes the way of ``next``."""
+        """Offer tokens to the sink; a last token or a bad status goes the way of ``next``.
+
+        ``pdmaster/_lane.c`` does the same (and reads ``_flow``): change both together."""
         if self._flow is not None and not self._flow.streams_through:
             return False  # counts to rewrite, or a block's P to release: the way of ``next``
         for entry in entries:
@@ -223,7 +257,9 @@ class PDSession:
         self._flow = None
         refused = refusals(d.versions, self._req.parameters.wire_values)
         prefill, decode = d.selector.pick_pair(self._view, tried, self.decode_tokens, refused)
-        tried += [n for n in (prefill, decode) if n is not None]
+        tried.append(prefill)
+        if decode is not None:
+            tried.append(decode)
         codec = d.codec_for(prefill)
         if prefill.info.version == V12:
             assert decode is not None
@@ -236,9 +272,7 @@ class PDSession:
             decode.attach(state, self.decode_tokens)
             state.kv_host = decode.peer_host
         state.source = prefill
-        await prefill.send(
-            lambda: codec.encode_req(self._req.prompt, self._prefill_params(state, decode))
-        )
+        await prefill.send(lambda: self._prefill_req(codec, state, decode))
         first = self._after(
             await state.take(*self.until(d.settings.first_token_timeout_s), "first token")
         )
@@ -271,12 +305,15 @@ class PDSession:
                 code="id_range_timeout",
             ) from None
 
-    def _decode_req(self, state: RequestState, prompt_ids: list[int], status: UpKVStatus) -> bytes:
+    def _decode_req(
+        self, state: RequestState, prompt_ids: list[int], status: UpKVStatus
+    ) -> bytes | bytearray:
         assert self._decode is not None
         codec = self._d.codec_for(self._decode)
-        params = self.req_params(codec, self._req.parameters.max_new_tokens - 1, state.group_id)
+        max_new_tokens = self._req.parameters.max_new_tokens - 1
+        frame, params = self._req_frame(codec, prompt_ids, max_new_tokens, state.group_id)
         params.suggested_dp_index = status.dp_index
-        return codec.encode_req(prompt_ids, params)
+        return frame if frame is not None else codec.encode_req(prompt_ids, params)
 
     async def _attempt_v12(
         self, prefill: NodeConnection, decode: NodeConnection
@@ -369,29 +406,43 @@ class PDSession:
         seconds = min(stage, left)
         return now + seconds, seconds
 
-    def _prefill_params(
-        self, state: RequestState, decode: NodeConnection | None
-    ) -> SamplingParamsBase:
-        assert self._prefill is not None
-        params = self.req_params(self._d.codec_for(self._prefill), 1, state.group_id)
+    def _prefill_req(
+        self, codec: LightLLMCodec, state: RequestState, decode: NodeConnection | None
+    ) -> bytes | bytearray:
+        prompt = self._req.prompt
+        frame, params = self._req_frame(codec, prompt, 1, state.group_id)
         if decode is not None:
-            params.move_kv_to_decode_node.fill(
-                node_id=decode.node_id,
-                ip=decode.info.host,
-                rpyc_port=decode.info.rpyc_port or 0,
-                max_new_tokens=self._req.parameters.max_new_tokens - 1,
-                pd_master_node_id=self._d.master_node_id(),
-            )
-        return params
+            slot = params.move_kv_to_decode_node  # a view: it sees the copy made next
+            params.move_kv_to_decode_node = self._d.decode_target(type(slot), decode)
+            slot.max_new_tokens = self._req.parameters.max_new_tokens - 1
+        return frame if frame is not None else codec.encode_req(prompt, params)
+
+    def _req_frame(
+        self, codec: LightLLMCodec, prompt: str | list[int], max_new_tokens: int, group_id: int
+    ) -> tuple[bytearray | None, SamplingParamsBase]:
+        """A REQ frame with this request's fields set, and its struct, to set more on: a
+        struct over the frame's bytes, so that a field set on it is set in the frame. Where
+        the general pickler must write it, no frame, and a struct to ``encode_req``."""
+        filled = self._d.sampling_params[codec.version].filled(self._req.parameters.wire_values)
+        built = codec.req_frame(prompt, filled)
+        if built is None:
+            params = type(filled).from_buffer_copy(filled)
+            self._set_fields(params, max_new_tokens, group_id)
+            return None, params
+        self._set_fields(built[1], max_new_tokens, group_id)
+        return built
 
     def req_params(
         self, codec: LightLLMCodec, max_new_tokens: int, group_id: int
     ) -> SamplingParamsBase:
+        params = self._d.sampling_params[codec.version](self._req.parameters.wire_values)
+        self._set_fields(params, max_new_tokens, group_id)
+        return params
+
+    def _set_fields(self, params: SamplingParamsBase, max_new_tokens: int, group_id: int) -> None:
         p = self._req.parameters
-        params = self._d.sampling_params[codec.version](p.wire_values)
         params.max_new_tokens = max_new_tokens
         params.min_new_tokens = min(p.min_new_tokens, max_new_tokens)
         params.group_request_id = group_id
         if self._req.stop_token_ids:  # a filled struct holds none
             params.set_stop_sequences(self._req.stop_token_ids, p.stop_sequences)
-        return params

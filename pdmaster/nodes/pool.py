@@ -159,24 +159,26 @@ class NodeInfo:
 @dataclass(eq=False)
 class NodeConnection:
     info: NodeInfo
-    _send: Callable[[bytes], Awaitable[None]]
+    _send: Callable[[bytes | bytearray], Awaitable[None]]
     connected_at: float
     breaker: CircuitBreaker
     peer_host: str  # the IP the node's socket comes from: what the node can speak for
     in_flight: int = 0
     in_flight_tokens: int = 0
-    load: dict[str, Any] | None = None
+    usage_rate: float | None = None  # the node's last valid report of its KV usage
     load_at: float | None = None
     draining: bool = False
     closed: bool = False
     requests: set[Attached] = field(default_factory=set)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # a decode node's hand-off struct for prefill REQs, kept by the dispatcher (see there)
+    hand_off: tuple[Any, ...] | None = None
 
     @property
     def node_id(self) -> int:
         return self.info.node_id
 
-    async def send(self, data: bytes | Callable[[], bytes]) -> None:
+    async def send(self, data: bytes | bytearray | Callable[[], bytes | bytearray]) -> None:
         """Send one frame; a callable is encoded only when the frame's turn comes.
 
         Sends to a node go one at a time and wait while its socket is backed up; a burst of
@@ -184,9 +186,13 @@ class NodeConnection:
         """
         if self.closed:
             raise NodeFailed(f"{self.info.mode} node {self.info.client_ip_port} is gone", node=self)
+        lock = self._lock
         try:
-            async with self._lock:
+            await lock.acquire()  # as ``async with`` does, without its two coroutine calls
+            try:
                 await self._send(data() if callable(data) else data)
+            finally:
+                lock.release()
         except Exception as exc:
             raise NodeFailed(
                 f"{self.info.mode} node {self.info.client_ip_port} failed: {type(exc).__name__}",
@@ -224,7 +230,7 @@ class NodePool:
         self.bad_load_reports = 0
 
     def connect(
-        self, info: NodeInfo, send: Callable[[bytes], Awaitable[None]], peer_host: str
+        self, info: NodeInfo, send: Callable[[bytes | bytearray], Awaitable[None]], peer_host: str
     ) -> NodeConnection:
         """Add a node; a live node's id is taken over only from the address it is live at
         (a restarted node), never by another peer: node ids are public."""
@@ -304,29 +310,27 @@ class NodePool:
         return info.name in self._draining or info.client_ip_port in self._config_drained
 
     def record_load(self, conn: NodeConnection, load: dict[str, Any]) -> None:
-        """Keep a node's load report; one whose usage rate is not a finite number in
-        [0, MAX_USAGE_RATE] is ignored (and counted): it would steer every pick."""
-        rate = load.get("total_token_usage_rate")
-        # comparisons are exact for any int and false for NaN: no float() of a huge int
-        if (
-            not isinstance(rate, int | float)
-            or isinstance(rate, bool)
-            or not 0 <= rate <= MAX_USAGE_RATE
-        ):
-            self.bad_load_reports += 1
-            log.debug("ignored load report of node %s: %r", conn.info.client_ip_port, rate)
+        """Keep a node's load report (a decode node's comes with each token frame); one whose
+        usage rate is not a finite number in [0, MAX_USAGE_RATE] is ignored (and counted):
+        it would steer every pick."""
+        rate: Any = load.get("total_token_usage_rate")
+        # an int or a float, not a bool; compared exactly for any int (no float() of a huge
+        # one), and false for NaN
+        kind = type(rate)
+        if (kind is float or kind is int) and 0 <= rate <= MAX_USAGE_RATE:
+            conn.usage_rate = float(rate)
+            conn.load_at = self._clock()
             return
-        conn.load = {"total_token_usage_rate": float(rate)}
-        conn.load_at = self._clock()
+        self.bad_load_reports += 1
+        log.debug("ignored load report of node %s: %r", conn.info.client_ip_port, rate)
 
     def reported_usage(self, conn: NodeConnection) -> float | None:
         """The node's own KV usage rate, unless the report is older than the allowed age."""
-        if conn.load is None or conn.load_at is None:
+        if conn.usage_rate is None or conn.load_at is None:
             return None
         if self._clock() - conn.load_at > self._load_max_age_s:
             return None
-        rate = conn.load.get("total_token_usage_rate")
-        return float(rate) if isinstance(rate, int | float) else None
+        return conn.usage_rate
 
     def nodes(self, role: Role | None = None) -> list[NodeConnection]:
         return [n for n in self._nodes.values() if role is None or n.info.mode == role]

@@ -141,14 +141,17 @@ async def _serve(
 ) -> str:
     """v1.1.0 and fc72ffa: token packs until the socket closes (why it closed)."""
 
+    decode, record_load, deliver = codec.decode_node_message, pool.record_load, table.deliver
+    token_packs = ObjType.TOKEN_PACKS  # per frame: a local, not the enum class's attribute
+
     def handle(data: bytes | str) -> None:
         if isinstance(data, str):
             return  # LightLLM nodes send only binary frames after registering
-        kind, payload, load = codec.decode_node_message(data)
+        kind, payload, load = decode(data)
         if load is not None:
-            pool.record_load(conn, load)
-        if kind is ObjType.TOKEN_PACKS:
-            table.deliver(conn, payload)  # checked by decode_node_message
+            record_load(conn, load)
+        if kind is token_packs:
+            deliver(conn, payload)  # checked by decode_node_message
 
     return await _read_messages(ws, "/pd_register", handle, None)
 
@@ -163,14 +166,17 @@ async def _serve_v12(
 ) -> str:
     """v1.2.0: token packs, prompt-id uploads and heartbeats, each within the heartbeat timeout."""
 
+    decode, record_load, deliver = codec.decode_node_message, pool.record_load, table.deliver
+    token_packs = ObjType.TOKEN_PACKS
+
     def handle(data: bytes | str) -> None:
         if isinstance(data, str):
             raise WireError("a text frame after registration")
-        kind, payload, extra = codec.decode_node_message(data)
-        if kind is ObjType.TOKEN_PACKS:
+        kind, payload, extra = decode(data)
+        if kind is token_packs:
             if extra is not None:
-                pool.record_load(conn, extra)
-            table.deliver(conn, payload)  # checked by decode_node_message
+                record_load(conn, extra)
+            deliver(conn, payload)  # checked by decode_node_message
         elif kind is ObjType.PD_UPLOAD_PREFILL_PROMPT_IDS:
             table.prompt_ids_arrived(conn, payload, extra)
 
@@ -200,18 +206,20 @@ async def _read_messages(
     loop = asyncio.get_running_loop()
     failed: asyncio.Future[None] = loop.create_future()
     last = loop.time()
+    sink = handle  # per message: no wrapper but where the time of the last one counts
+    if silence_s is not None:
+        time = loop.time
 
-    def sink(message: bytes | str) -> None:
-        nonlocal last
-        if failed.done():
-            return
-        last = loop.time()
-        try:
+        def sink(message: bytes | str) -> None:
+            nonlocal last
+            last = time()
             handle(message)
-        except Exception as exc:  # met by the task below, which closes the socket
+
+    def fail(exc: Exception) -> None:  # met by the task below, which closes the socket
+        if not failed.done():
             failed.set_exception(exc)
 
-    register(sink)
+    register(sink, fail)
     closed = asyncio.ensure_future(ws.receive())  # the only message left for the queue
     try:
         while True:
@@ -224,6 +232,7 @@ async def _read_messages(
             if closed.done():
                 return _closed(ws, path, closed.result().get("code"))
     finally:
+        register(None, None)  # the frames still read are dropped
         closed.cancel()
         if not failed.done():
             failed.cancel()
@@ -245,11 +254,15 @@ async def _receive_loop(
             handle(data if data is not None else message.get("text") or "")
 
 
-def _sender(ws: WebSocket) -> Callable[[bytes], Awaitable[None]]:
+def _sender(ws: WebSocket) -> Callable[[bytes | bytearray], Awaitable[None]]:
     """How frames go to a node: under ``NodeSocketProtocol`` written by the protocol itself
     while the socket is open (see ``socket``), else (and then) through ``ws.send_bytes``."""
+
+    def send_bytes(data: bytes | bytearray) -> Awaitable[None]:
+        return ws.send_bytes(bytes(data))
+
     wrap = (ws.scope.get("extensions") or {}).get(FRAME_SENDER)
-    return ws.send_bytes if wrap is None else wrap(ws.send_bytes)
+    return send_bytes if wrap is None else wrap(send_bytes)
 
 
 async def _accept(ws: WebSocket, allows: Callable[[str | None], bool], path: str) -> str | None:

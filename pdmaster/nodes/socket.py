@@ -9,7 +9,8 @@ sends a frame per decode step, so this was a fifth of a master's CPU at 8 stream
 fragments, limits) and adds one thing an app may ask for through the scope's extension
 ``MESSAGE_SINK``: a function that takes each message (bytes or str), called in the
 protocol's ``data_received`` in the order they arrive, instead of the queue. Then a whole,
-unfragmented, masked data frame within the size limit is read here in one step; any other
+unfragmented, masked data frame within the size limit is read here in one step (its head,
+unmasking and copy in one call of ``pdwire.wsframes.read_frame``, compiled); any other
 frame is passed, whole, to the ``websockets`` parser as before (which sees a stream of whole
 frames, so its state stays right), and a frame past the size limit hands that parser the
 rest of the connection. A sink reads synchronously, so the socket is read no faster than
@@ -36,33 +37,34 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
-try:  # websockets' C masking, as its own parser uses
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - built for every platform websockets ships wheels for
-    from websockets.utils import apply_mask
+from pdwire.wsframes import INCOMPLETE, OTHER, REFUSED, TEXT, frame_reader
 
 MESSAGE_SINK = "pdctl.message_sink"
-"""Scope extension: call it with ``sink(message: bytes | str) -> None`` to take messages."""
+"""Scope extension: ``take(sink, failed)`` to take messages: ``sink(message: bytes | str)``
+gets each one; the first exception it raises goes to ``failed(exc)`` and the messages after
+it are dropped, as they are after ``take(None, None)`` (the app is done with the socket)."""
 
 FRAME_SENDER = "pdctl.frame_sender"
 """Scope extension: ``wrap(send_bytes) -> send``, a ``send(data: bytes)`` that writes a binary
 frame itself while it can and otherwise awaits ``send_bytes(data)`` (the app's own send)."""
 
 Sink = Callable[[bytes | str], None]
-Send = Callable[[bytes], Awaitable[None]]
+Failed = Callable[[Exception], None]
+Send = Callable[[bytes | bytearray], Awaitable[None]]
 _HEAD16 = struct.Struct("!BBH")
 _HEAD64 = struct.Struct("!BBQ")
 _FIN_BINARY = 0x82
-_FIN_TEXT = 0x81  # FIN, no RSV bits (no extension is negotiated), opcode 1
-_FIN_DATA = (_FIN_TEXT, _FIN_BINARY)  # and binary, opcode 2
+_OPEN = State.OPEN  # read per frame: a constant, not the enum class's attribute
 
 
 class NodeSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sink: Sink | None = None
+        self._sink_failed: Failed = _ignore
         self._buffer = bytearray()  # a frame's start, not yet whole (only while a sink reads)
         self._parser_only = False  # a frame past the limit: the parser reads from here on
+        self._read_frame = frame_reader()
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -71,9 +73,11 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
             extensions[MESSAGE_SINK] = self._set_sink
             extensions[FRAME_SENDER] = self._sender
 
-    def _set_sink(self, sink: Sink) -> None:
-        """From now on messages go to ``sink``, first those already queued, in order."""
-        self._sink = sink
+    def _set_sink(self, sink: Sink | None, failed: Failed | None) -> None:
+        """From now on messages go to ``sink``, first those already queued, in order; what it
+        raises to ``failed``, once (see ``MESSAGE_SINK``)."""
+        self._sink = sink or _ignore
+        self._sink_failed = failed or _ignore
         kept = []
         while not self.queue.empty():
             message = self.queue.get_nowait()
@@ -81,7 +85,7 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
                 kept.append(message)
             else:
                 data = message.get("bytes")
-                sink(data if data is not None else message.get("text") or "")
+                self._give(data if data is not None else message.get("text") or "")
         for message in kept:
             self.queue.put_nowait(message)
         if self.read_paused:
@@ -89,7 +93,7 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
 
     def _sender(self, fallback: Send) -> Send:
-        async def send(data: bytes) -> None:
+        async def send(data: bytes | bytearray) -> None:
             if not self.writable.is_set():
                 await self.writable.wait()  # set again by the drain, or by connection_lost
             conn = self.conn
@@ -109,10 +113,21 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
 
         return send
 
+    def _give(self, message: bytes | str) -> None:
+        try:
+            self._sink(message)  # type: ignore[misc]  # only called while there is a sink
+        except Exception as exc:
+            self._sink_dropped(exc)
+
+    def _sink_dropped(self, exc: Exception) -> None:
+        """The sink raised: it is told, once, and gets no more messages."""
+        failed = self._sink_failed
+        self._sink, self._sink_failed = _ignore, _ignore
+        failed(exc)
+
     def send_receive_event_to_app(self) -> None:
         """A message the parser completed goes to the sink, if there is one."""
-        sink = self._sink
-        if sink is None:
+        if self._sink is None:
             super().send_receive_event_to_app()
             return
         data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
@@ -127,9 +142,9 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
                 self.conn.send_close(1007)
                 self.handle_parser_exception()
                 return
-            sink(text)
+            self._give(text)
         else:
-            sink(bytes(data))
+            self._give(bytes(data))
 
     def data_received(self, data: bytes) -> None:
         parser_has_start = not self._buffer and self.conn.reader.buffer
@@ -140,50 +155,38 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
         if self._buffer:
             self._buffer += data
             buf = self._buffer
-        end = len(buf)
-        limit = self.conn.max_message_size
-        pos = 0
-        while end - pos >= 6:  # a masked frame's head is at least 6 bytes
-            head1 = buf[pos + 1]
-            length = head1 & 0x7F
-            if length == 126:
-                if end - pos < 8:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                mask_at = pos + 4
-            elif length == 127:
-                if end - pos < 14:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                mask_at = pos + 10
-            else:
-                mask_at = pos + 2
-            if not head1 & 0x80 or (limit is not None and length > limit):
+        conn = self.conn
+        limit = conn.max_message_size
+        read_frame = self._read_frame
+        pos, end = 0, len(buf)
+        while pos < end:
+            kind, message, stop = read_frame(buf, pos, limit)
+            if kind == INCOMPLETE:
+                break
+            if kind == REFUSED:
                 # unmasked, or past the limit: the parser refuses it, as it always did
                 self._parser_only = True
                 rest = bytes(buf[pos:])
                 self._buffer = bytearray()
                 super().data_received(rest)
                 return
-            start = mask_at + 4
-            stop = start + length
-            if stop > end:
-                break
-            message: bytes | str | None = None
+            received: bytes | str | None = None
             if (
-                buf[pos] in _FIN_DATA
-                and not self.conn.expect_continuation_frame
-                and self.conn.state is State.OPEN
+                kind != OTHER
+                and not conn.expect_continuation_frame
+                and conn.state is _OPEN
                 and not self.close_sent
             ):
-                message = apply_mask(buf[start:stop], buf[mask_at:start])
-                if buf[pos] == _FIN_TEXT:
-                    message = _utf8(message)  # None: the parser's path refuses it (1007)
-            if message is not None:
-                self._sink(message)
+                # a text frame's invalid UTF-8 (None) takes the parser's path: 1007
+                received = _utf8(message) if kind == TEXT and message is not None else message
+            if received is not None:
+                try:
+                    self._sink(received)
+                except Exception as exc:
+                    self._sink_dropped(exc)
             else:  # anything else, whole, to the parser (and uvicorn's handlers)
-                self.conn.receive_data(buf[pos:stop])
-                if self.conn.parser_exc is not None:
+                conn.receive_data(buf[pos:stop])
+                if conn.parser_exc is not None:
                     self._buffer = bytearray()
                     self.handle_parser_exception()
                     return
@@ -193,6 +196,10 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
             del buf[:pos]
         elif pos < end:
             self._buffer = bytearray(buf[pos:])
+
+
+def _ignore(message: Any) -> None:
+    """The sink and its failure callback once the app is done with them."""
 
 
 def _head(length: int) -> bytes:

@@ -5,6 +5,11 @@ instead of a timer per wait: a stream waits once per token, so per-wait timers w
 largest cost of relaying a token. A wait may also name a sink: while it waits, tokens go
 straight to the sink from the node's reader, and the waiting task wakes only for what the
 sink declines (a stream's last token, an error, a client that is not reading).
+
+Where the extension ``pdmaster._lane`` is built, a hand-over is one compiled call: a wait
+may also name a ``Lane`` (a stream's relay state, see hot_path), and for each request whose
+stream is in the plain case the compiled call does what the sink chain would (the same
+bytes, metrics and deadlines); anything else takes the sink chain, the reference.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from pdmaster.errors import DeadlineExceeded
 from pdmaster.nodes.pool import NodeConnection
+from pdwire.extensions import optional_extension
 from pdwire.pd_io import MAX_BEST_OF, TokenEntry, UpKVStatus
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,7 @@ class RequestState:
         "_kv_status",
         "_waiter",
         "_sink",
+        "_lane",
         "_deadline",
         "_seconds",
         "_waiting",
@@ -59,6 +66,7 @@ class RequestState:
         self._kv_status: UpKVStatus | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._sink: Sink | None = None
+        self._lane: object | None = None  # read by pdmaster._lane's hand_over
         self._deadline = 0.0
         self._seconds = 0.0
         self._waiting: tuple[str, str] = ("", "")
@@ -78,6 +86,11 @@ class RequestState:
                 log.exception("group %d: token sink failed", self.group_id)
             self._items = items
         waiter.set_result(None)
+
+    def _sink_failed(self, exc: BaseException) -> None:
+        """The compiled relay's ``except`` of ``ready``: the waiting task takes the tokens."""
+        log.error("group %d: token sink failed", self.group_id, exc_info=exc)
+        self._wake()
 
     def extend_wait(self, deadline: float, seconds: float) -> None:
         """Move the parked wait's deadline (a sink took tokens, so the node is alive)."""
@@ -111,27 +124,41 @@ class RequestState:
             waiter.set_result(None)
 
     async def _wait(
-        self, deadline: float, seconds: float, what: str, code: str, sink: Sink | None = None
+        self,
+        deadline: float,
+        seconds: float,
+        what: str,
+        code: str,
+        sink: Sink | None = None,
+        lane: object | None = None,
     ) -> None:
         self._waiter = asyncio.get_running_loop().create_future()
         self._sink = sink
+        self._lane = lane if sink is not None else None
         self._deadline = deadline
         self._seconds = seconds
         self._waiting = (what, code)
         try:
             await self._waiter
         finally:
-            self._waiter = self._sink = None
+            self._waiter = self._sink = self._lane = None
 
     async def take(
-        self, deadline: float, seconds: float, what: str, sink: Sink | None = None
+        self,
+        deadline: float,
+        seconds: float,
+        what: str,
+        sink: Sink | None = None,
+        lane: object | None = None,
     ) -> list[TokenEntry]:
         """Every entry delivered so far; waits until ``deadline`` for at least one.
 
         While it waits, ``sink`` is offered each batch first; what it takes is not returned.
+        ``lane`` (with a sink): the compiled relay of that sink chain, for the plain case.
         """
+        code = what.replace(" ", "_") + "_timeout"
         while not self._items and self._error is None:
-            await self._wait(deadline, seconds, what, what.replace(" ", "_") + "_timeout", sink)
+            await self._wait(deadline, seconds, what, code, sink, lane)
         if self._items:
             items, self._items = self._items, []
             return items
@@ -157,10 +184,24 @@ class RequestState:
 
 
 class RequestTable:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    """``compiled=False``: every hand-over takes the sink chains in Python, as where the
+    extension is not built (tests compare the two paths)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, compiled: bool = True) -> None:
         self._clock = clock
         self._by_group: dict[int, RequestState] = {}
         self._ready: list[RequestState] = []
+        module = optional_extension("pdmaster._lane") if compiled else None
+        # a build older than this tree (not rebuilt after a merge) lacks a part: none is used
+        parts = [getattr(module, name, None) for name in ("hand_over", "deliver", "Lane")]
+        if None in parts:
+            parts = [None, None, None]
+        self._compiled: Callable[[list[RequestState], float], tuple[int, int]] | None = parts[0]
+        self._deliver: Callable[..., None] | None = parts[1]
+        self.lane_type: Callable[..., object] | None = parts[2]
+        """The compiled relay state of one stream, where hand-overs are compiled."""
+        self.relayed = 0  # hand-overs to a stream done by the compiled call
+        self.declined = 0  # ... with a lane armed, left to the sink chain
 
     def add(self, state: RequestState) -> None:
         self._by_group[state.group_id] = state
@@ -177,13 +218,16 @@ class RequestTable:
         table = self._by_group
         ready = self._ready
         idle = not ready
-        for entry in entries:  # per token, so inline; a late token of a node the request
-            state = table.get(entry[0] // MAX_BEST_OF * MAX_BEST_OF)  # left is dropped
-            if state is not None and state.source is node:
-                items = state._items
-                items.append(entry)
-                if len(items) == 1:
-                    ready.append(state)
+        if self._deliver is not None:  # this loop, compiled
+            self._deliver(table, ready, node, entries, MAX_BEST_OF)
+        else:
+            for entry in entries:  # per token, so inline; a late token of a node the request
+                state = table.get(entry[0] // MAX_BEST_OF * MAX_BEST_OF)  # left is dropped
+                if state is not None and state.source is node:
+                    items = state._items
+                    items.append(entry)
+                    if len(items) == 1:
+                        ready.append(state)
         if idle and ready:
             asyncio.get_running_loop().call_soon(self._hand_over)
 
@@ -195,6 +239,11 @@ class RequestTable:
         """
         ready, self._ready = self._ready, []
         now = self._clock()
+        if self._compiled is not None:
+            relayed, declined = self._compiled(ready, now)
+            self.relayed += relayed
+            self.declined += declined
+            return
         for state in ready:
             state.ready(now)
 

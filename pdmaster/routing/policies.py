@@ -157,6 +157,13 @@ class PrefixAffinityPolicy:
 
 
 POLICY_NAMES = ("random", "round_robin", "least_load", "power_of_two", "prefix_affinity")
+PREFIX_POLICIES = frozenset({"prefix_affinity"})  # those that read RequestView.prefix_blocks
+
+
+def reads_prefixes(*names: str) -> bool:
+    """Whether any of the named policies reads a request's ``prefix_blocks`` (the others
+    need not have them hashed: a 2,000-token prompt's took ~0.1 ms)."""
+    return not PREFIX_POLICIES.isdisjoint(names)
 
 
 def make_policy(

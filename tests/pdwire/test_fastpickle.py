@@ -116,3 +116,50 @@ def test_req_frames_past_one_frame_fall_back_to_the_general_pickler() -> None:
     raw = codec.encode_req(prompt, params)
     assert len(raw) > 64 * 1024
     assert raw == dumps((ObjType.REQ, (prompt, params, MultimodalParams())))
+
+
+@pytest.mark.parametrize("version", ["v1.1.0", "fc72ffa"])
+def test_req_frames_set_in_place_equal_a_copy_set_and_pickled(version: str) -> None:
+    """``req_frame``: fields set on its struct give the frame ``encode_req`` (and the general
+    pickler) writes for a copy of the struct with those fields set; the struct is untouched."""
+    codec = LightLLMCodec(version)
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(100):
+        prompt, shared, _ = random_req(rng, codec)
+        if shared.__dict__:
+            assert codec.req_frame(prompt, shared) is None
+            continue
+        before = bytes(shared)
+        built = codec.req_frame(prompt, shared)
+        if built is None:  # ids past what the fast pickler writes: encode_req's own way
+            continue
+        checked += 1
+        frame, in_frame = built
+        copy = type(shared).from_buffer_copy(shared)
+        fields = {
+            "max_new_tokens": rng.randint(1, 4096),
+            "min_new_tokens": rng.randint(1, 8),
+            "group_request_id": rng.randrange(2**40),
+            "suggested_dp_index": rng.randrange(8),
+        }
+        for params in (in_frame, copy):
+            for name, value in fields.items():
+                setattr(params, name, value)
+            params.move_kv_to_decode_node.fill(
+                node_id=12345678901234567890123,
+                ip="10.1.2.3",
+                rpyc_port=42000,
+                max_new_tokens=fields["max_new_tokens"],
+                pd_master_node_id=7,
+            )
+        assert isinstance(frame, bytearray)
+        assert bytes(frame) == codec.encode_req(prompt, copy)
+        assert bytes(frame) == dumps((ObjType.REQ, (prompt, copy, MultimodalParams())))
+        assert bytes(shared) == before
+    assert checked > 50
+
+
+def test_req_frames_past_one_frame_are_left_to_encode_req() -> None:
+    codec = LightLLMCodec()
+    assert codec.req_frame(list(range(70_000, 90_000)), codec.layout.new_sampling_params()) is None

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 import uvicorn
+import uvloop
 
 from pdwire.httpserver import header_timeout_protocol
 
@@ -105,3 +108,52 @@ def test_past_max_pending_the_peer_with_most_connections_waiting_loses_its_oldes
             writer.close()
 
     serving(10.0, 3, scenario)
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_request_scope_has_its_connections_addresses(host: str, loop: str) -> None:
+    """As uvicorn gives them, (host, port): under uvloop read by our own way, else uvicorn's."""
+    if host == "::1" and not ipv6_loopback():
+        pytest.skip("no IPv6 loopback here")
+    seen: list[tuple[Any, Any]] = []
+
+    async def addresses_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append((scope["server"], scope["client"]))
+            await app(scope, receive, send)
+
+    async def run() -> None:
+        config = uvicorn.Config(
+            addresses_app, host=host, port=0, http=header_timeout_protocol(), log_level="warning"
+        )
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        try:
+            while not server.started:
+                await asyncio.sleep(0.01)
+            port = server.servers[0].sockets[0].getsockname()[1]
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(HEAD)
+                assert await answered(reader)
+                mine, theirs = writer.get_extra_info("sockname"), writer.get_extra_info("peername")
+                assert seen.pop() == ((theirs[0], theirs[1]), (mine[0], mine[1]))
+                writer.close()
+        finally:
+            server.should_exit = True
+            await serving
+
+    if loop == "uvloop":
+        uvloop.run(run())
+    else:
+        asyncio.run(run())

@@ -18,6 +18,7 @@ from pdwire.structs import (
     InvalidTokenIds,
     NodeUUId,
     PDKVTransParamObj,
+    SamplingParamsBase,
     layout_for,
 )
 
@@ -79,15 +80,16 @@ def test_every_golden_pickle_decodes_and_reencodes_byte_for_byte(
     assert dumps(LightLLMCodec(version).loads(raw)) == raw
 
 
-@pytest.mark.parametrize("version", V11)
-def test_req_to_prefill_built_from_scratch_equals_lightllm_bytes(
-    golden_root: Path, version: str
-) -> None:
-    codec = LightLLMCodec(version)
+PER_REQUEST = ("max_new_tokens", "min_new_tokens", "group_request_id", "suggested_dp_index")
+
+
+def golden_req_to_prefill(golden_root: Path, version: str) -> tuple[str, dict, dict]:
     decoded = json.loads(golden(golden_root, version, "decoded.json"))["req_to_prefill.pkl"]
-    ref = decoded[1][1]
-    node = ref["move_kv_to_decode_node"]
-    params = codec.layout.new_sampling_params()
+    return decoded[1][0], decoded[1][1], decoded[1][1]["move_kv_to_decode_node"]
+
+
+def set_shared_fields(params: ctypes.Structure, ref: dict) -> None:
+    """The golden request's fields that a master fills once per parameter set."""
     for key in (
         "best_of",
         "n",
@@ -99,26 +101,68 @@ def test_req_to_prefill_built_from_scratch_equals_lightllm_bytes(
         "top_p",
         "top_k",
         "ignore_eos",
-        "max_new_tokens",
-        "min_new_tokens",
-        "group_request_id",
-        "suggested_dp_index",
         "skip_special_tokens",
         "print_eos_token",
     ):
         setattr(params, key, ref[key])
-    stop = ref["stop_sequences"]["groups"]["nonzero_prefix"]
-    ids = [g["sequence"]["nonzero_prefix"] for g in stop[: ref["stop_sequences"]["size"]]]
-    params.set_stop_sequences(ids, ["\n\n"])  # the golden stop sequence is "\n\n" = [13, 13]
-    params.move_kv_to_decode_node.fill(
+
+
+def fill_decode_node(target: DecodeNode, node: dict) -> None:
+    target.fill(
         node_id=(node["node_id_high"] << 64) | node["node_id_low"],
         ip=".".join(str(x) for x in node["ip"]["nonzero_prefix"]),
         rpyc_port=node["rpyc_port"],
         max_new_tokens=node["max_new_tokens"],
         pd_master_node_id=(node["pd_master_node_id_high"] << 64) | node["pd_master_node_id_low"],
     )
-    built = codec.encode_req(decoded[1][0], params)
+
+
+def set_stop(params: SamplingParamsBase, ref: dict) -> None:
+    stop = ref["stop_sequences"]["groups"]["nonzero_prefix"]
+    ids = [g["sequence"]["nonzero_prefix"] for g in stop[: ref["stop_sequences"]["size"]]]
+    params.set_stop_sequences(ids, ["\n\n"])  # the golden stop sequence is "\n\n" = [13, 13]
+
+
+@pytest.mark.parametrize("version", V11)
+def test_req_to_prefill_built_from_scratch_equals_lightllm_bytes(
+    golden_root: Path, version: str
+) -> None:
+    codec = LightLLMCodec(version)
+    prompt, ref, node = golden_req_to_prefill(golden_root, version)
+    params = codec.layout.new_sampling_params()
+    set_shared_fields(params, ref)
+    for key in PER_REQUEST:
+        setattr(params, key, ref[key])
+    set_stop(params, ref)
+    fill_decode_node(params.move_kv_to_decode_node, node)
+    built = codec.encode_req(prompt, params)
     assert built == golden(golden_root, version, "req_to_prefill.pkl")
+
+
+@pytest.mark.parametrize("version", V11)
+def test_req_to_prefill_set_in_its_frame_equals_lightllm_bytes(
+    golden_root: Path, version: str
+) -> None:
+    """As the master builds it: a shared filled struct copied into the frame, the request's
+    fields set there, the decode node's struct copied in whole and its max_new_tokens set."""
+    codec = LightLLMCodec(version)
+    prompt, ref, node = golden_req_to_prefill(golden_root, version)
+    shared = codec.layout.new_sampling_params()
+    set_shared_fields(shared, ref)
+    before = bytes(shared)
+    built = codec.req_frame(prompt, shared)
+    assert built is not None
+    frame, params = built
+    for key in PER_REQUEST:
+        setattr(params, key, ref[key])
+    set_stop(params, ref)
+    target = DecodeNode()
+    fill_decode_node(target, {**node, "max_new_tokens": 0})
+    slot = params.move_kv_to_decode_node
+    params.move_kv_to_decode_node = target
+    slot.max_new_tokens = node["max_new_tokens"]
+    assert bytes(frame) == golden(golden_root, version, "req_to_prefill.pkl")
+    assert bytes(shared) == before
 
 
 @pytest.mark.parametrize("version", V11)

@@ -194,6 +194,29 @@ def test_params_filled_again_from_a_copy_are_the_bytes_a_fresh_fill_makes(versio
             filled(refused)
 
 
+@pytest.mark.parametrize("version", sorted(LAYOUTS))
+def test_a_filled_struct_is_shared_by_equal_values_and_found_again_by_their_object(
+    version: str,
+) -> None:
+    layout = LAYOUTS[version]
+    filled = FilledParams(layout.new_sampling_params, size=2)
+    values = GenerateParameters(top_k=3, do_sample=True).wire_values
+    shared = filled.filled(values)
+    fresh = layout.new_sampling_params()
+    fill(fresh, values)
+    assert bytes(shared) == bytes(fresh)
+    assert filled.filled(values) is shared
+    assert filled.filled(dict(values)) is shared  # equal JSON, another object
+    assert filled(values) is not shared and bytes(filled(values)) == bytes(shared)
+    others = [GenerateParameters(top_k=k, do_sample=True).wire_values for k in (4, 5, 6)]
+    for other in others:  # past the size: the oldest go, and come back filled afresh
+        filled.filled(other)
+    again = filled.filled(values)
+    assert again is not shared and bytes(again) == bytes(shared)
+    with pytest.raises(NotCarried, match="top_k"):
+        filled.filled({"top_k": 2**40})
+
+
 @pytest.mark.parametrize(
     "wanted",
     [
@@ -241,6 +264,10 @@ BODIES: list[Any] = [
     {"parameters": {"max_new_tokens": 3}},
     {"inputs": "hi", "parameters": {"max_new_tokens": 3}, "extra": 1},
     {"inputs": "hi", "parameters": [1]},
+    {"inputs": "hi", "parameters": None},
+    {"inputs": "hi", "parameters": {"max_new_tokens": 3}, "multimodal_params": None},
+    {"inputs": "hi", "parameters": {"max_new_tokens": 3}, "multimodal_params": {"images": []}},
+    {"inputs": b"hi", "parameters": {"max_new_tokens": 3}},
     [1, 2],
 ]
 
@@ -252,6 +279,28 @@ def test_parameter_sets_validate_as_the_model_does_the_first_time_and_after() ->
             assert validation(sets.validate, body) == validation(
                 GenerateRequest.model_validate, body
             ), body
+
+
+def test_parameter_sets_parts_are_those_of_the_validated_request() -> None:
+    sets = ParameterSets(size=4)
+
+    def parts(validate: Any, body: Any) -> Any:
+        try:
+            inputs, params = validate(body)
+        except ValidationError as exc:
+            return ("refused", [(e["type"], e["loc"], e["msg"]) for e in exc.errors()])
+        return ("valid", inputs, params.model_dump(), params.wire_values)
+
+    def validated(body: Any) -> tuple[str, GenerateParameters]:
+        request = GenerateRequest.model_validate(body)
+        return request.inputs, request.parameters
+
+    for _ in range(3):
+        for body in BODIES:
+            assert parts(sets.parts, body) == parts(validated, body), body
+    inputs, first = sets.parts({"inputs": "a", "parameters": {"max_new_tokens": 3}})
+    assert sets.parts({"inputs": "b", "parameters": {"max_new_tokens": 3}}) == ("b", first)
+    assert sets.parts({"inputs": "b", "parameters": {"max_new_tokens": 3}})[1] is first
 
 
 def test_a_found_set_is_shared_frozen_and_the_sets_kept_are_bounded() -> None:

@@ -4,8 +4,12 @@ LightLLM and we send, and never accepting what safepickle refuses or building an
 
 from __future__ import annotations
 
+import gc
 import pickletools
 import random
+import sys
+import tracemalloc
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +39,8 @@ def fast_decoder(version: str) -> TokenPacksDecoder:
 
     return TokenPacksDecoder(
         lightllm_name(ObjType),
-        {t.value: t for t in codec.messages.obj_types},
+        ObjType.TOKEN_PACKS,
+        codec.messages.tuple_lengths[ObjType.TOKEN_PACKS],
         lightllm_name(FinishStatus),
         {},
         new_status,
@@ -54,6 +59,12 @@ def plain(msg: Any) -> Any:
     return msg
 
 
+def short_text(rng: random.Random) -> str:
+    """ASCII of the lengths the decoder's string cache keeps (and one past), from a small
+    alphabet: the same strings again across frames, and different ones in one cache slot."""
+    return "".join(rng.choice("ab \n") for _ in range(rng.randint(0, 41)))
+
+
 def random_frame(codec: LightLLMCodec, rng: random.Random) -> bytes:
     statuses = sorted(codec.messages.finish_statuses)
     entries = []
@@ -62,21 +73,23 @@ def random_frame(codec: LightLLMCodec, rng: random.Random) -> bytes:
             "id": rng.choice([rng.randint(0, 200), rng.randint(-(2**70), 2**70)]),
             "logprob": rng.uniform(-5, 0),
             "special": rng.random() < 0.5,
-            "text": rng.choice(["", "é" * rng.randint(0, 300), "\U0001f600"]),
+            "text": rng.choice(["", "é" * rng.randint(0, 300), "\U0001f600", short_text(rng)]),
             "n": None,
             7: [1, 2.5, "x", [], {}],
+            short_text(rng): rng.choice([{}, [], {"k": []}, [{}], short_text(rng)]),
         }
         if rng.random() < 0.5:
             meta["logprobs"] = {rng.randint(0, 70000): {"logprob": -1.0, "rank": 1}}
         entries.append(
             (
                 rng.randint(0, 2**40),
-                rng.choice(["", " a", "b" * 300]),
-                meta,
+                rng.choice(["", " a", "b" * 300, short_text(rng)]),
+                meta if rng.random() < 0.9 else {},
                 FinishStatus(rng.choice(statuses)),
             )
         )
-    return codec.encode_token_packs(entries, {"total_token_usage_rate": 0.5, "x": {"y": [1]}})
+    load = rng.choice([{"total_token_usage_rate": 0.5, "x": {"y": [1]}}, {}])
+    return codec.encode_token_packs(entries, load)
 
 
 def test_the_install_built_it() -> None:
@@ -234,3 +247,149 @@ def test_a_codecs_own_limits_bound_the_fast_path_too() -> None:
             strict.decode_node_message(raw)
     shallow = LightLLMCodec(limits=Limits(max_depth=5))
     assert not shallow.token_packs_accelerated  # safepickle refuses every token pack then
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_only_this_versions_token_packs(version: str) -> None:
+    """Another message, or a token pack of a length the version does not send, is left to
+    safepickle (which refuses the latter, naming the lengths)."""
+    entries = [(8, "a", {"k": 1}, FinishStatus(0))]
+    codec = LightLLMCodec(version)
+    fast = fast_decoder(version)
+    carry = codec.token_packs_carry_load
+    other = next(v for v in VERSIONS if MESSAGE_SETS[v].token_packs_carry_load != carry)
+    raw = LightLLMCodec(other).encode_token_packs(entries, {"total_token_usage_rate": 0.5})
+    assert fast.decode(raw) is None
+    with pytest.raises(WireError, match="TOKEN_PACKS frame of"):
+        codec.decode_node_message(raw)
+    abort = codec._dumps((ObjType.ABORT, entries))
+    assert fast.decode(abort) is None
+    assert fast.decode(codec.encode_abort(8)) is None
+    assert codec.decode_node_message(codec.encode_abort(8)) == (ObjType.ABORT, 8, None)
+
+
+def test_statuses_shared_only_where_the_codec_shares_them() -> None:
+    entries = [(8 * i, "a", {"k": i}, FinishStatus(i % 2)) for i in range(6)]
+    raw = LightLLMCodec().encode_token_packs(entries, {})
+    for share in (True, False):
+        codec = LightLLMCodec(share_statuses=share)
+        for _ in range(2):  # the second frame finds the shared ones in the codec's map
+            _, got, _ = codec.decode_node_message(raw)
+            assert [e[3].status for e in got] == [i % 2 for i in range(6)]
+            assert len({id(e[3]) for e in got}) == (2 if share else 6)
+
+
+def test_strings_are_their_own_values_across_frames() -> None:
+    """The cached strings: the same text in many frames, texts that share a cache slot, and
+    a key used once as a text: each decodes to its own value every time."""
+    codec = LightLLMCodec()
+    texts = [f"t{i}" for i in range(600)] + ["x" * 40, "x" * 41, "id"]
+    for _ in range(3):
+        for start in range(0, len(texts), 50):
+            chunk = texts[start : start + 50]
+            entries = [(8 * i, t, {t: i, "id": t}, FinishStatus(0)) for i, t in enumerate(chunk)]
+            _, got, _ = codec.decode_node_message(codec.encode_token_packs(entries, {}))
+            want = [(t, {t: i, "id": t}) for i, t in enumerate(chunk)]
+            assert [(e[1], e[2]) for e in got] == want
+            assert all(type(e[1]) is str for e in got)
+
+
+def test_no_leaks() -> None:
+    """Decoded, declined and failing frames many times over: the inputs' refcounts come back,
+    Python's allocator and the process do not grow, and a dropped codec is collected."""
+    rng = random.Random(5)
+    codec = LightLLMCodec(share_statuses=True)
+    seeds = [random_frame(codec, rng) for _ in range(10)]
+    frames = seeds + [_mutations(seeds[i % 10], rng) for i in range(60)]
+    unknown = codec.encode_token_packs([(8, "a", {}, FinishStatus(0))], {})
+    frames.append(unknown.replace(b"C\x04\x00\x00\x00\x00", b"C\x04\x63\x00\x00\x00"))
+    shape = [
+        (8 * i, "t", {"id": 300 + i, "lp": -0.5, "n": None}, FinishStatus(0)) for i in range(5)
+    ]
+    frames.append(codec.encode_token_packs(shape, {}))  # dicts copied from the first
+
+    def run(fast: Any, rounds: int) -> None:
+        for _ in range(rounds):
+            for raw in frames:
+                fast(raw)
+
+    run(codec._token_packs.decode, 20)
+    gc.collect()
+    watched = [codec._statuses, *codec._statuses.values(), ObjType.TOKEN_PACKS]
+    counts = [sys.getrefcount(v) for v in watched]
+    tracemalloc.start()
+    try:
+        run(codec._token_packs.decode, 20)
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        rss_before = _rss()
+        run(codec._token_packs.decode, 300)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert [sys.getrefcount(v) for v in watched] == counts
+    assert grown < 64 * 1024, grown
+    assert _rss() - rss_before < 8 * 2**20
+    gone = weakref.ref(codec)
+    del codec, watched
+    gc.collect()
+    assert gone() is None  # its decoder holds a method of it: a cycle the collector breaks
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def _frame_of(metas: list[bytes]) -> bytes:
+    """A v1.1.0 token pack whose entries' metadata are the given opcodes (each leaving one
+    dict), as a hostile or unusual pickler could write them."""
+
+    def text(s: str) -> bytes:
+        return b"\x8c" + bytes([len(s)]) + s.encode()
+
+    status = (
+        text("_ctypes") + text("_unpickle") + b"\x93"
+        + text("lightllm.server.core.objs.req") + text("FinishStatus") + b"\x93"
+        + b"}C\x04\x00\x00\x00\x00\x86\x86R"
+    )  # fmt: skip
+    entries = b"".join(
+        b"(K" + bytes([8 * i]) + text("t") + meta + status + b"t" for i, meta in enumerate(metas)
+    )
+    head = b"\x80\x04" + text("lightllm.server.pd_io_struct") + text("ObjType") + b"\x93K\x03\x85R"
+    return head + b"](" + entries + b"e}\x87."
+
+
+def test_dicts_of_one_shape_each_have_their_own_items() -> None:
+    """Metadata dicts with the keys of one before them (built as a copy of it): the values
+    each one was given, also where a key repeats or the earlier dict grew after."""
+
+    def pairs(*items: tuple[str, bytes]) -> bytes:
+        return b"".join(b"\x8c" + bytes([len(k)]) + k.encode() + v for k, v in items)
+
+    def d(*items: tuple[str, bytes]) -> bytes:
+        return b"}(" + pairs(*items) + b"u"
+
+    ab = d(("a", b"K\x01"), ("b", b"N"))
+    cases = [
+        [ab, ab, d(("a", b"K\x02"), ("b", b"N"))],
+        [ab + pairs(("c", b"K\x03")) + b"s", ab],  # the first grew after (SETITEM)
+        [ab[:-1] + b"u(" + pairs(("b", b"K\x05")) + b"u", ab],  # ... or took a second batch
+        [d(("a", b"K\x01"), ("a", b"K\x02")), d(("a", b"K\x03"), ("a", b"K\x02"))],  # a key twice
+        [d(("a", b"}"), ("b", b"]")), d(("a", b"}"), ("b", b"]"))],  # containers: fresh each
+        [ab, d(("b", b"N"), ("a", b"K\x01")), ab],  # the keys in another order
+    ]  # fmt: skip
+    safe = LightLLMCodec(accelerated=False)
+    fast = fast_decoder("v1.1.0")
+    for metas in cases:
+        raw = _frame_of(metas)
+        got = fast.decode(raw)
+        assert got is not None, metas
+        want = safe.decode_node_message(raw)
+        assert plain(got) == plain(want), metas
+        assert [list(e[2]) for e in got[1]] == [list(e[2]) for e in want[1]]  # key order too
+        metas_got = [e[2] for e in got[1]]
+        assert len({id(m) for m in metas_got}) == len(metas_got)  # no dict shared
+        nested = [v for m in metas_got for v in m.values() if isinstance(v, dict | list)]
+        assert len({id(v) for v in nested}) == len(nested)

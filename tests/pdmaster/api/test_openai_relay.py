@@ -1,13 +1,19 @@
 from __future__ import annotations
 
+import re
+import time
+
 import orjson
+import pytest
 
 from pdmaster.api.openai_relay import (
     ChatFormat,
     CompletionFormat,
     Generation,
     OpenAIStream,
+    RandomHex,
     StopScanner,
+    StreamEvents,
     error_body,
     sse,
 )
@@ -23,6 +29,12 @@ def entries(*texts: str, last_status: int = 0, start: int = 1) -> list[TokenEntr
         meta = {"count_output_tokens": start + i, "prompt_tokens": 4}
         out.append((7, text, meta, FinishStatus(status)))
     return out
+
+
+def stream_of(gen: Generation, fmt: CompletionFormat) -> OpenAIStream:
+    """The stream of ``fmt``'s id and time."""
+    events = StreamEvents(fmt)
+    return OpenAIStream(gen, events, events.lead(fmt.id, fmt.created))
 
 
 def test_scanner_without_stops_passes_text_through() -> None:
@@ -125,7 +137,7 @@ def events(body: bytes) -> list[object]:
 
 def test_stream_chunks_are_the_formats_own_chunks() -> None:
     fmt = ChatFormat("m", include_usage=True)
-    stream = OpenAIStream(Generation(4, [], keep_text=False), fmt)
+    stream = stream_of(Generation(4, [], keep_text=False), fmt)
     opening, first = events(stream.chunk(entries('say "hi"\n')))
     assert opening == fmt.opening_chunks()[0]
     assert first == fmt.chunk('say "hi"\n', None)
@@ -144,7 +156,7 @@ def test_stream_chunks_are_the_formats_own_chunks() -> None:
 
 def test_a_stream_that_meets_a_stop_string_ends_before_its_run() -> None:
     fmt = CompletionFormat("m")
-    stream = OpenAIStream(Generation(4, ["STOP"], keep_text=False), fmt)
+    stream = stream_of(Generation(4, ["STOP"], keep_text=False), fmt)
     assert (
         stream.chunk(entries("go S")) == b"data: " + orjson.dumps(fmt.chunk("go ", None)) + b"\n\n"
     )
@@ -154,7 +166,7 @@ def test_a_stream_that_meets_a_stop_string_ends_before_its_run() -> None:
 
 
 def test_a_stream_that_fails_ends_with_an_error_event_and_done() -> None:
-    stream = OpenAIStream(Generation(4, []), CompletionFormat("m"))
+    stream = stream_of(Generation(4, []), CompletionFormat("m"))
     stream.chunk(entries("a"))
     error, done = events(stream.error(NodeFailed("node: gone")))
     assert (error["error"]["code"], done, stream.done) == ("node_failed", "[DONE]", True)
@@ -172,7 +184,76 @@ def test_a_stream_without_stop_strings_is_the_stream_whose_stops_never_match() -
             fmt = fmt_type("m", include_usage=usage)
             bodies = []
             for stops in ([], ["\x00never"]):
-                stream = OpenAIStream(Generation(4, stops, keep_text=False), fmt)
+                stream = stream_of(Generation(4, stops, keep_text=False), fmt)
                 bodies.append([stream.chunk(step) for step in steps] + [stream.close()])
             assert bodies[0] == bodies[1]
             assert bodies[0][-2].endswith(b"data: [DONE]\n\n")
+
+
+def reference_stream(
+    fmt: CompletionFormat, gen: Generation, steps: list[list[TokenEntry]]
+) -> list[bytes]:
+    """The stream's bodies as its format's chunks (dicts) word them, one ``sse`` each."""
+    out, opening, done = [], b"".join(sse(c) for c in fmt.opening_chunks()), False
+
+    def end(text: str) -> bytes:
+        last = sse(fmt.chunk(text, gen.finish_reason))
+        if fmt.include_usage:
+            last += sse(fmt.usage_chunk(gen.usage()))
+        return last + b"data: [DONE]\n\n"
+
+    for step in steps:
+        if done:
+            out.append(b"")
+            continue
+        text = gen.add(step)
+        body = end(text) if gen.done else sse(fmt.chunk(text, None)) if text else b""
+        done = gen.done
+        body, opening = opening + body, b""
+        out.append(body)
+    out.append(b"" if done else end(""))
+    return out
+
+
+STEPS = [
+    [entries("Hi", ' "you"\n', "\\", start=1)],
+    [entries(), entries("é\U0001f600", "\x00\x1f<>&'", start=4), entries("", start=6)],
+    [entries("a", start=1), entries("b", last_status=1, start=2)],
+    [entries("a", start=1), entries("b", "c", last_status=2, start=2), entries("d", start=4)],
+    [entries("", last_status=2, start=1)],
+    [entries("go S", start=1), entries("TO", start=2), entries("P and", start=3)],
+    [entries("no stop ST", start=1), entries("ART", last_status=2, start=2)],
+]
+
+
+@pytest.mark.parametrize("steps", STEPS)
+@pytest.mark.parametrize("model", ["m", 'a "quoted"/model\\é', "\U0001f600"])
+def test_stream_bytes_are_the_formats_chunks_byte_for_byte(
+    steps: list[list[TokenEntry]], model: str
+) -> None:
+    for fmt_type in (CompletionFormat, ChatFormat):
+        for usage in (False, True):
+            for stops in ([], ["STOP"], ["ST", "\n"]):
+                fmt = fmt_type(model, include_usage=usage)
+                fmt.created = 2**40 + 7
+                stream = stream_of(Generation(4, stops, False), fmt)
+                got = [stream.chunk(step) for step in steps] + [stream.close()]
+                want = reference_stream(fmt, Generation(4, stops, False), steps)
+                assert got == want
+
+
+def test_a_streams_lead_is_its_formats_for_its_id_and_time() -> None:
+    events = StreamEvents(ChatFormat("m"))
+    for created in (5, 6, 5, 2**40):
+        fmt = ChatFormat("m")
+        fmt.created = created
+        lead = events.lead(fmt.id, created)
+        assert sse(fmt.opening_chunks()[0]).startswith(lead)
+    ids = RandomHex()
+    before = int(time.time())
+    leads = [orjson.loads(events.new_lead(ids)[6:-1] + b"}") for _ in range(100)]
+    assert len({lead["id"] for lead in leads}) == 100
+    for lead in leads:
+        assert re.fullmatch("chatcmpl-[0-9a-f]{32}", lead["id"])
+        assert before <= lead["created"] <= time.time()
+        assert lead["object"] == "chat.completion.chunk"

@@ -53,7 +53,7 @@ class Recorder:
         self.messages.append(first.get("text") or first["bytes"])
         register = scope["extensions"].get(MESSAGE_SINK)
         self.had_sink = register is not None
-        register(self.messages.append)
+        register(self.messages.append, None)
         while (message := await receive())["type"] != "websocket.disconnect":
             raise AssertionError(f"a message past the sink: {message}")
         self.closed.set_result(message.get("code", 0))
@@ -183,5 +183,64 @@ def test_what_the_parser_refused_is_still_refused_with_a_sink(bad: bytes, code: 
             assert await asyncio.wait_for(app.closed, 5) == code
             writer.close()
         assert app.messages == ["register", b"fine"]
+
+    asyncio.run(run())
+
+
+class Failing:
+    """An ASGI app whose sink raises on b"bad": its failure callback is told once, and the
+    sink gets nothing after; once it stops taking (``take(None, None)``) nothing either."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes | str] = []
+        self.failures: list[Exception] = []
+        self.stop = asyncio.Event()
+        self.stopped: asyncio.Future[None] | None = None
+
+    def sink(self, message: bytes | str) -> None:
+        self.messages.append(message)
+        if message == b"bad":
+            raise ValueError("bad")
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Any) -> None:
+        self.stopped = asyncio.get_running_loop().create_future()
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        take = scope["extensions"][MESSAGE_SINK]
+        take(self.sink, self.failures.append)
+        await self.stop.wait()
+        take(None, None)
+        self.stopped.set_result(None)
+        while (await receive())["type"] != "websocket.disconnect":
+            raise AssertionError("a message past the sink")
+
+
+def test_a_sink_that_raises_is_told_once_and_gets_no_more() -> None:
+    async def run() -> None:
+        app = Failing()
+        async with server(app, ws_max_size=MAX_SIZE) as (port, _):
+            _, writer = await connect(port)
+            for body in (b"one", b"bad", b"after", b"bad"):
+                writer.write(frame(2, body))
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            assert app.messages == [b"one", b"bad"]
+            assert [str(e) for e in app.failures] == ["bad"]
+            app.stop.set()
+            writer.close()
+        app = Failing()
+        async with server(app, ws_max_size=MAX_SIZE) as (port, _):
+            _, writer = await connect(port)
+            writer.write(frame(2, b"one"))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            app.stop.set()
+            assert app.stopped is not None
+            await asyncio.wait_for(app.stopped, 5)
+            writer.write(frame(2, b"bad") + frame(1, b"text"))
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            assert app.messages == [b"one"] and not app.failures
+            writer.close()
 
     asyncio.run(run())

@@ -13,6 +13,13 @@ from pdwire.structs import FinishStatus
 NODE: Any = object()  # tracking only compares a state's source by identity
 
 
+@pytest.fixture(params=[True, False], ids=["compiled", "python"])
+def compiled(request: pytest.FixtureRequest) -> bool:
+    """RequestTable's compiled loops (pdmaster._lane), or its Python ones: the same."""
+    flag: bool = request.param
+    return flag
+
+
 def entry(group_id: int, text: str, status: int = 0) -> TokenEntry:
     return (group_id, text, {"id": 1}, FinishStatus(status))
 
@@ -28,10 +35,10 @@ def tracked(table: RequestTable, group_id: int) -> RequestState:
     return state
 
 
-def test_a_parked_waits_sink_takes_tokens_and_its_task_wakes_for_the_rest() -> None:
+def test_a_parked_waits_sink_takes_tokens_and_its_task_wakes_for_the_rest(compiled: bool) -> None:
     async def run() -> None:
         ticks = iter(range(100, 200))
-        table = RequestTable(lambda: next(ticks))
+        table = RequestTable(lambda: next(ticks), compiled=compiled)
         state = tracked(table, 8)
         taken: list[list[str]] = []
         times: list[float] = []
@@ -59,9 +66,9 @@ def test_a_parked_waits_sink_takes_tokens_and_its_task_wakes_for_the_rest() -> N
     asyncio.run(run())
 
 
-def test_without_a_parked_wait_tokens_queue_for_the_next_take() -> None:
+def test_without_a_parked_wait_tokens_queue_for_the_next_take(compiled: bool) -> None:
     async def run() -> None:
-        table = RequestTable()
+        table = RequestTable(compiled=compiled)
         state = tracked(table, 16)
         table.deliver(NODE, [entry(16, "a"), entry(17, "b"), entry(24, "not ours")])
         table.deliver(object(), [entry(16, "from a node it no longer listens to")])
@@ -71,9 +78,9 @@ def test_without_a_parked_wait_tokens_queue_for_the_next_take() -> None:
     asyncio.run(run())
 
 
-def test_a_sink_that_fails_leaves_its_tokens_to_the_task() -> None:
+def test_a_sink_that_fails_leaves_its_tokens_to_the_task(compiled: bool) -> None:
     async def run() -> None:
-        table = RequestTable()
+        table = RequestTable(compiled=compiled)
         state = tracked(table, 8)
 
         def sink(entries: list[TokenEntry], now: float) -> bool:
@@ -87,9 +94,9 @@ def test_a_sink_that_fails_leaves_its_tokens_to_the_task() -> None:
     asyncio.run(run())
 
 
-def test_tokens_a_sink_takes_move_the_waits_deadline() -> None:
+def test_tokens_a_sink_takes_move_the_waits_deadline(compiled: bool) -> None:
     async def run() -> None:
-        table = RequestTable()
+        table = RequestTable(compiled=compiled)
         state = tracked(table, 8)
 
         def sink(entries: list[TokenEntry], now: float) -> bool:
@@ -119,5 +126,20 @@ def test_a_failed_request_wakes_its_wait_with_the_error() -> None:
         state.fail(RuntimeError("node left"))
         with pytest.raises(RuntimeError, match="node left"):
             await waiting
+
+    asyncio.run(run())
+
+
+def test_entries_go_to_the_group_of_their_request_id_as_python_divides(compiled: bool) -> None:
+    async def run() -> None:
+        table = RequestTable(compiled=compiled)
+        ids = [-8, 0, 2**64, 2**70]
+        states = {group_id: tracked(table, group_id) for group_id in ids}
+        table.deliver(NODE, [entry(-1, "a"), entry(7, "b"), entry(2**64 + 7, "c")])
+        table.deliver(NODE, [entry(2**70 + 3, "d"), entry(-8, "e"), entry(99, "nobody's")])
+        table.deliver(NODE, (entry(5, "f"),))  # any sequence
+        await asyncio.sleep(0)
+        got = {g: texts(await s.take(1e9, 60, "token")) for g, s in states.items()}
+        assert got == {-8: ["a", "e"], 0: ["b", "f"], 2**64: ["c"], 2**70: ["d"]}
 
     asyncio.run(run())

@@ -5,6 +5,7 @@ import random
 import pytest
 
 from pdmaster.routing.policies import (
+    POLICY_NAMES,
     LeastLoadPolicy,
     NodeView,
     PowerOfTwoPolicy,
@@ -14,6 +15,7 @@ from pdmaster.routing.policies import (
     RoundRobinPolicy,
     make_policy,
     prefix_blocks,
+    reads_prefixes,
 )
 
 CAPACITY = 1000
@@ -104,3 +106,11 @@ def test_make_policy_names_unknown_policies() -> None:
     assert isinstance(make_policy("least_load", CAPACITY), LeastLoadPolicy)
     with pytest.raises(ValueError, match="unknown policy 'fastest'"):
         make_policy("fastest", CAPACITY)
+
+
+def test_only_prefix_affinity_reads_prefix_blocks() -> None:
+    assert reads_prefixes("round_robin", "prefix_affinity")
+    assert reads_prefixes("prefix_affinity", "least_load")
+    for name in POLICY_NAMES:
+        if name != "prefix_affinity":
+            assert not reads_prefixes(name, name)
