@@ -22,7 +22,9 @@
  * counting, the memo keeps only what a BINGET may push, and short ASCII strings (metadata
  * keys, class names, common texts) come from a small cache of the decoder's, so a key's hash
  * is computed once, not per frame. The cache is bounded and holds only str, which nothing can
- * change: what a frame decodes to does not depend on what came before.
+ * change: what a frame decodes to does not depend on what came before. The keys its readers
+ * look up (``keys``) are pinned in it as interned strings: their dict lookups then match by
+ * identity, not by comparing the strings' bytes.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -71,6 +73,7 @@ typedef struct {
 typedef struct {
     PyObject *str;          /* an exact, ASCII str */
     uint64_t hash;
+    int pinned;             /* one of ``keys``: never replaced */
 } cached_str;
 
 typedef struct {
@@ -216,6 +219,7 @@ static int push_str(reader *r, Py_ssize_t n) {
             PyObject *s = PyUnicode_New(n, 127);
             if (s == NULL) return -1;
             memcpy(PyUnicode_1BYTE_DATA(s), p, n);
+            if (c->pinned) return push(&r->stack, s, K_SCALAR, 0, 0);
             Py_INCREF(s);
             Py_XSETREF(c->str, s);
             c->hash = h;
@@ -691,17 +695,46 @@ static PyObject *str_arg(PyObject *o, const char *what) {
     return o;
 }
 
+/* ``keys`` (a tuple of ASCII str, or NULL), interned, pinned in the string cache; a key whose
+ * slot another key holds is left out (it is only slower). */
+static int pin_keys(Decoder *self, PyObject *keys) {
+    for (int i = 0; i < STR_CACHE; i++) self->strs[i].pinned = 0;
+    Py_ssize_t count = keys == NULL ? 0 : PyTuple_GET_SIZE(keys);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *key = PyTuple_GET_ITEM(keys, i);
+        if (!PyUnicode_CheckExact(key)) {
+            PyErr_SetString(PyExc_TypeError, "keys must be str");
+            return -1;
+        }
+        Py_ssize_t n;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(key, &n);
+        if (utf8 == NULL) return -1;
+        int ascii;
+        uint64_t h = str_hash((const unsigned char *)utf8, n, &ascii);
+        if (!ascii || n > STR_CACHE_LEN) continue;
+        cached_str *c = &self->strs[h >> 56 & (STR_CACHE - 1)];
+        if (c->pinned) continue;
+        Py_INCREF(key);
+        PyUnicode_InternInPlace(&key);
+        Py_XSETREF(c->str, key);
+        c->hash = h;
+        c->pinned = 1;
+    }
+    return 0;
+}
+
 static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
     static char *names[] = {"objtype_name", "status_name", "obj_types", "statuses", "status_fn",
                             "max_bytes", "max_dict_items", "max_int_bytes", "lengths", "slow",
-                            NULL};
+                            "keys", NULL};
     PyObject *objtype, *status, *obj_types, *statuses, *status_fn, *lengths, *slow = Py_None;
+    PyObject *keys = NULL;
     Py_ssize_t max_bytes, max_dict_items, max_int_bytes;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!OnnnO|$O:Decoder", names,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!OnnnO|$OO!:Decoder", names,
                                      &PyTuple_Type, &objtype, &PyTuple_Type, &status,
                                      &PyDict_Type, &obj_types, &PyDict_Type, &statuses,
                                      &status_fn, &max_bytes, &max_dict_items, &max_int_bytes,
-                                     &lengths, &slow))
+                                     &lengths, &slow, &PyTuple_Type, &keys))
         return -1;
     if (PyTuple_GET_SIZE(objtype) != 2 || PyTuple_GET_SIZE(status) != 2) {
         PyErr_SetString(PyExc_TypeError, "a class's name is (module, name)");
@@ -763,7 +796,7 @@ static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
         Py_XSETREF(c->str, seeded[i]);
         c->hash = h;
     }
-    return 0;
+    return pin_keys(self, keys);
 }
 
 static int Decoder_traverse(Decoder *self, visitproc visit, void *arg) {

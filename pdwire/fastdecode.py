@@ -49,6 +49,7 @@ class TokenPacksDecoder:
         limits: Limits,
         *,
         slow: Callable[[bytes], Any] | None = None,
+        keys: Iterable[str] = (),
         accelerated: bool = True,
     ) -> None:
         """``token_packs``: the ObjType member (its value is the one the frame names);
@@ -58,8 +59,9 @@ class TokenPacksDecoder:
         does not have. ``limits``: safepickle's, which this path never goes past (it is off
         where they are below a token pack's nesting). ``slow``: what ``decode_or_slow`` calls
         for a frame this path does not take (safepickle's decoding, say): one call, the
-        compiled one, where it does. ``accelerated=False``: never decode here (every frame
-        takes safepickle), as where the extension is missing."""
+        compiled one, where it does. ``keys``: the dict keys readers look up, given to them as
+        these (interned) str objects, so a lookup matches by identity. ``accelerated=False``:
+        never decode here (every frame takes safepickle), as where the extension is missing."""
         usable = accelerated and limits.max_depth >= TOKEN_PACKS_DEPTH
         # no Decoder: a build from before it, which the install replaces (a tree needs
         # ``setup.py build_ext`` again); safepickle decodes meanwhile, as without a compiler
@@ -80,6 +82,7 @@ class TokenPacksDecoder:
                 limits.max_int_bytes,
                 tuple(lengths),
                 slow=slow,
+                keys=tuple(keys),
             )
             self.decode, self.decode_or_slow = decoder.decode, decoder.decode_or_slow
 

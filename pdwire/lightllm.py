@@ -21,6 +21,7 @@ from pdwire.message_sets import MESSAGE_SETS, VERSIONS
 from pdwire.mirrorpickle import dumps
 from pdwire.pd_io import (
     OBJECT_FIELDS,
+    TOKEN_KEYS,
     MultimodalParams,
     ObjType,
     PD_Master_Obj,
@@ -72,6 +73,7 @@ class LightLLMCodec:
             self._status_from_bytes,
             limits,
             slow=self._decode_node_message,
+            keys=TOKEN_KEYS,
             accelerated=accelerated,
         )
         self.decode_node_message: Callable[[bytes], tuple[ObjType, Any, Any]] = (

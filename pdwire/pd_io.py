@@ -131,6 +131,26 @@ def group_request_id(sub_request_id: int) -> int:
 
 
 TokenEntry = tuple[int, str, dict[str, Any], FinishStatus]
+# The keys of a token's metadata (and of its logprobs' dicts) and of a node's load dict that
+# nodes send (v1.1.0 to v1.2.0) and the master reads.
+TOKEN_KEYS = (
+    "id",
+    "logprob",
+    "cumlogprob",
+    "special",
+    "count_output_tokens",
+    "prompt_cache_len",
+    "mtp_accepted_token_num",
+    "prompt_tokens",
+    "prompt_ids",
+    "logprobs",
+    "rank",
+    "decoded_token",
+    "node_mode",
+    "input_usage",
+    "total_token_usage_rate",
+    "client_ip_port",
+)
 
 
 # The fields of each plain wire class, in LightLLM's order, with the types they may hold.

@@ -19,7 +19,7 @@ from pdwire.errors import WireError
 from pdwire.fastdecode import TokenPacksDecoder, extension
 from pdwire.lightllm import LightLLMCodec
 from pdwire.message_sets import MESSAGE_SETS
-from pdwire.pd_io import ObjType
+from pdwire.pd_io import TOKEN_KEYS, ObjType
 from pdwire.safepickle import Limits
 from pdwire.structs import FinishStatus, lightllm_name
 
@@ -292,6 +292,25 @@ def test_strings_are_their_own_values_across_frames() -> None:
             want = [(t, {t: i, "id": t}) for i, t in enumerate(chunk)]
             assert [(e[1], e[2]) for e in got] == want
             assert all(type(e[1]) is str for e in got)
+
+
+def test_keys_readers_look_up_are_given_as_the_interned_strings() -> None:
+    """A metadata key the master reads comes out as the interned str (the object a literal
+    "id" is), so dict lookups match it by identity; other frames' strings do not displace it."""
+    codec = LightLLMCodec()
+    noise = [f"k{i}" for i in range(2000)]
+    entries = [
+        (8 * i, t, {t: i, **dict.fromkeys(TOKEN_KEYS, 1)}, FinishStatus(0))
+        for i, t in enumerate(noise)
+    ]
+    codec.decode_node_message(codec.encode_token_packs(entries, {}))
+    entry = (8, " a", dict.fromkeys(TOKEN_KEYS, 1), FinishStatus(0))
+    frame = codec.encode_token_packs([entry], {"client_ip_port": "h:1"})
+    _, got, load = codec.decode_node_message(frame)
+    assert got[0][2] == entry[2]
+    for key in [*got[0][2], *load]:
+        assert key is sys.intern(key), key
+    assert {"id", "logprob", "special", "count_output_tokens", "prompt_tokens"} <= set(TOKEN_KEYS)
 
 
 def test_no_leaks() -> None:
