@@ -63,6 +63,7 @@ class GenerateService:
         self.admission = admission
         self.metrics = metrics
         self.clock = clock
+        self.events = compiled_events()  # for the lanes of LightLLM streams: loaded once
 
     def run(self, endpoint: str, prepared: PreparedRequest) -> RequestRun:
         return RequestRun(self, endpoint, prepared)
@@ -134,7 +135,7 @@ class RequestRun:
         if make is None or cycle is None:
             return None
         encoder = writer.encoder
-        events = compiled_events() if encoder.chunk is sse_events else None
+        events = self._s.events if encoder.chunk is sse_events else None
         session = self._session
         return make(
             session,
