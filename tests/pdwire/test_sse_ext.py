@@ -17,7 +17,6 @@ import math
 import random
 import struct
 import sys
-import tracemalloc
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from pdwire.sse import (
     sse_events,
 )
 from pdwire.structs import FinishStatus
+from tests.pdwire.leaks import memory_growth
 
 FIELDS = ("id", "logprob", "special", "count_output_tokens", "prompt_tokens")
 
@@ -386,20 +386,10 @@ def test_no_leaks(compiled: CompiledEvents) -> None:
     run(50)
     gc.collect()
     counts = [sys.getrefcount(v) for v in watched]
-    tracemalloc.start()
-    try:
-        run(50)
-        gc.collect()
-        before = tracemalloc.get_traced_memory()[0]
-        rss_before = _rss()
-        run(2000)
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    grown, rss_grown = memory_growth(run, 50, 2000)
     assert [sys.getrefcount(v) for v in watched] == counts
     assert grown < 64 * 1024, grown
-    assert _rss() - rss_before < 8 * 2**20
+    assert rss_grown < 8 * 2**20
 
 
 def _values(meta: Any) -> list[Any]:
@@ -408,11 +398,6 @@ def _values(meta: Any) -> list[Any]:
 
 def _big(value: Any) -> bool:
     return type(value) is int and abs(value) > 256  # smaller ints are shared
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
 
 
 class _Evil:

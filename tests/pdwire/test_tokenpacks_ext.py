@@ -4,11 +4,11 @@ LightLLM and we send, and never accepting what safepickle refuses or building an
 
 from __future__ import annotations
 
+import functools
 import gc
 import pickletools
 import random
 import sys
-import tracemalloc
 import weakref
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from pdwire.message_sets import MESSAGE_SETS
 from pdwire.pd_io import TOKEN_KEYS, ObjType
 from pdwire.safepickle import Limits
 from pdwire.structs import FinishStatus, lightllm_name
+from tests.pdwire.leaks import memory_growth
 
 VERSIONS = sorted(MESSAGE_SETS)
 
@@ -336,29 +337,14 @@ def test_no_leaks() -> None:
     gc.collect()
     watched = [codec._statuses, *codec._statuses.values(), ObjType.TOKEN_PACKS]
     counts = [sys.getrefcount(v) for v in watched]
-    tracemalloc.start()
-    try:
-        run(codec._token_packs.decode, 20)
-        gc.collect()
-        before = tracemalloc.get_traced_memory()[0]
-        rss_before = _rss()
-        run(codec._token_packs.decode, 300)
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    grown, rss_grown = memory_growth(functools.partial(run, codec._token_packs.decode), 20, 300)
     assert [sys.getrefcount(v) for v in watched] == counts
     assert grown < 64 * 1024, grown
-    assert _rss() - rss_before < 8 * 2**20
+    assert rss_grown < 8 * 2**20
     gone = weakref.ref(codec)
     del codec, watched
     gc.collect()
     assert gone() is None  # its decoder holds a method of it: a cycle the collector breaks
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
 
 
 def _frame_of(metas: list[bytes]) -> bytes:

@@ -7,7 +7,6 @@ import contextlib
 import os
 import random
 import struct
-import tracemalloc
 
 import pytest
 from websockets.frames import Frame, Opcode
@@ -23,6 +22,7 @@ from pdwire.wsframes import (
     read_frame,
     unmask,
 )
+from tests.pdwire.leaks import memory_growth
 
 COMPILED = frame_reader()
 
@@ -153,12 +153,5 @@ def test_no_leaks() -> None:
                 COMPILED("x", 0, None)  # type: ignore[arg-type]
 
     run(100)
-    tracemalloc.start()
-    try:
-        run(100)
-        before = tracemalloc.get_traced_memory()[0]
-        run(20_000)
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    grown, _ = memory_growth(run, 100, 20_000)
     assert grown < 16 * 1024, grown
