@@ -82,13 +82,15 @@ class RequestState:
             try:
                 if sink(items, now):
                     return
-            except Exception:  # the waiting task meets it again on its own way
-                log.exception("group %d: token sink failed", self.group_id)
+            except Exception as exc:  # the waiting task meets it again on its own way
+                self._items = items
+                self._sink_failed(exc)
+                return
             self._items = items
         waiter.set_result(None)
 
     def _sink_failed(self, exc: BaseException) -> None:
-        """The compiled relay's ``except`` of ``ready``: the waiting task takes the tokens."""
+        """A sink raised (here or in the compiled relay): the waiting task takes the tokens."""
         log.error("group %d: token sink failed", self.group_id, exc_info=exc)
         self._wake()
 
