@@ -143,3 +143,26 @@ def test_entries_go_to_the_group_of_their_request_id_as_python_divides(compiled:
         assert got == {-8: ["a", "e"], 0: ["b", "f"], 2**64: ["c"], 2**70: ["d"]}
 
     asyncio.run(run())
+
+
+def test_a_sink_that_raises_leaves_its_tokens_to_the_waiting_task(
+    compiled: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a lane both paths call the sink chain in Python; its failure is logged once
+    and the tokens it did not take reach the task."""
+
+    async def run() -> None:
+        table = RequestTable(compiled=compiled)
+        state = tracked(table, 8)
+
+        def sink(entries: list[TokenEntry], now: float) -> bool:
+            raise RuntimeError("the client's writer broke")
+
+        waiting = asyncio.ensure_future(state.take(1e9, 60, "token", sink))
+        await asyncio.sleep(0)
+        table.deliver(NODE, [entry(8, "a"), entry(8, "b")])
+        assert texts(await waiting) == ["a", "b"]
+
+    asyncio.run(run())
+    failures = [r for r in caplog.records if "token sink failed" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is not None
