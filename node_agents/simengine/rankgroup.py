@@ -111,7 +111,11 @@ class RankGroup:
                 await asyncio.sleep(RETRY_S)  # rank 0 is not up yet
                 continue
             writer.write(hello)
-            with contextlib.suppress(asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            # A reset is as much "not this time" as a close: the rank 0 of the previous
+            # generation may still be dying, or refuse us as late; both go away on a retry.
+            with contextlib.suppress(
+                asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError
+            ):
                 if await reader.readuntil(b"\n") == b"ready\n":
                     self._watch(reader, writer, "rank 0 left the group")
                     return

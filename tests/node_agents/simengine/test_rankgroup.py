@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 
 from node_agents.simengine.rankgroup import RankGroup
 from pdlocal.cluster import free_port
@@ -39,3 +41,32 @@ def test_three_ranks_meet_refuse_a_stranger_and_break_when_one_leaves() -> None:
     broken, refused = asyncio.run(scenario())
     assert refused == b""  # closed without an answer
     assert broken[0] == "rank 2 left the group" and broken[1] == "rank 0 left the group"
+
+
+def test_a_rank_that_is_reset_by_a_dying_rank_0_tries_again() -> None:
+    """A restart of every rank races the old rank 0's exit: a reset is retried, not fatal."""
+
+    async def scenario() -> None:
+        port = free_port()
+        resets = asyncio.Event()
+
+        async def dying(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\n")
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()  # RST, as a process killed with the hello unanswered
+            resets.set()
+
+        old = await asyncio.start_server(dying, "127.0.0.1", port, reuse_address=True)
+        ranks = [RankGroup(2, r, "127.0.0.1", port, lambda why: None) for r in range(2)]
+        joining = asyncio.create_task(ranks[1].form())
+        await asyncio.wait_for(resets.wait(), 5)
+        old.close()
+        await old.wait_closed()
+        async with asyncio.timeout(10):
+            await asyncio.gather(ranks[0].form(), joining)
+        assert all(g.formed for g in ranks)
+        for g in ranks:
+            await g.close()
+
+    asyncio.run(scenario())
