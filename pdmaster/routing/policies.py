@@ -7,6 +7,7 @@ caller from the master's in-flight counts and the nodes' own load reports.
 
 from __future__ import annotations
 
+import operator
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -47,6 +48,9 @@ def prefix_blocks(token_ids: Sequence[int], block: int = PREFIX_BLOCK_TOKENS) ->
     return tuple(out)
 
 
+_node_id = operator.itemgetter(0)  # NodeView.node_id
+
+
 class Policy(Protocol):
     def select(self, candidates: Sequence[NodeView], request: RequestView) -> NodeView: ...
 
@@ -64,10 +68,11 @@ class RoundRobinPolicy:
         self._turn = 0
 
     def select(self, candidates: Sequence[NodeView], request: RequestView) -> NodeView:
-        ordered = sorted(candidates, key=lambda n: n.node_id)
-        node = ordered[self._turn % len(ordered)]
-        self._turn += 1
-        return node
+        turn = self._turn
+        self._turn = turn + 1
+        if len(candidates) == 1:  # nothing to order
+            return candidates[0]
+        return sorted(candidates, key=_node_id)[turn % len(candidates)]
 
 
 class LeastLoadPolicy:

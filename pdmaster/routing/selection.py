@@ -15,6 +15,8 @@ from pdmaster.errors import BadRequest, NoNodeAvailable
 from pdmaster.nodes.pool import V12, NodeConnection, NodePool, Role
 from pdmaster.routing.policies import NodeView, Policy, RequestView
 
+_view = tuple.__new__  # a NamedTuple's own __new__ calls it, from Python
+
 
 class PairSelector:
     def __init__(self, pool: NodePool, prefill_policy: Policy, decode_policy: Policy) -> None:
@@ -42,14 +44,20 @@ class PairSelector:
             if refused
             else connected_decodes
         )
-        healthy_decodes = [n for n in decodes if n.breaker.allows()]
-        groups = {n.info.group for n in healthy_decodes}
+        # loops rather than comprehensions: each of those is a call, for a node or two
+        healthy_decodes = []
+        groups = set()
+        for n in decodes:
+            if n.breaker.allows():
+                healthy_decodes.append(n)
+                groups.add(n.info.group)
         one_token = request.max_new_tokens <= 1
-        paired = [
-            n for n in prefills if n.info.group in groups or (one_token and n.info.version != V12)
-        ]
-        fitting = [n for n in paired if fits(n, total_len)]
+        fitting = []
+        for n in prefills:
+            if pairs(n, groups, one_token) and fits(n, total_len):
+                fitting.append(n)
         if not fitting:
+            paired = [n for n in prefills if pairs(n, groups, one_token)]
             if paired:
                 longest = max(n.info.max_req_total_len or 0 for n in paired)
                 raise BadRequest(
@@ -74,10 +82,14 @@ class PairSelector:
                 code="no_decode_node",
             )
         prefill = self._choose("prefill", fitting, request, exclude)
-        group = prefill.info.group
-        if one_token and prefill.info.version != V12:
+        info = prefill.info
+        if one_token and info.version != V12:
             return prefill, None
-        mates = [n for n in healthy_decodes if n.info.group == group and fits(n, total_len)]
+        group = info.group
+        mates = []
+        for n in healthy_decodes:
+            if n.info.group == group and fits(n, total_len):
+                mates.append(n)
         if not mates:
             raise BadRequest(
                 f"inputs: {total_len} prompt + new tokens exceed max_req_total_len of every "
@@ -111,14 +123,15 @@ class PairSelector:
         exclude: Collection[NodeConnection],
     ) -> NodeConnection:
         fresh = [n for n in healthy if n not in exclude] if exclude else healthy
+        nodes = fresh or healthy
         usage = self._pool.reported_usage
-        by_id: dict[int, NodeConnection] = {}
         views = []
-        for n in fresh or healthy:
-            node_id = n.info.node_id
-            by_id[node_id] = n
-            views.append(NodeView(node_id, n.in_flight, n.in_flight_tokens, usage(n)))
-        chosen = by_id[self._policies[role].select(views, request).node_id]
+        for n in nodes:  # NodeView(...) without its Python __new__, once per candidate
+            views.append(
+                _view(NodeView, (n.info.node_id, n.in_flight, n.in_flight_tokens, usage(n)))
+            )
+        # node ids are unique in the pool: the view chosen is the one of its node
+        chosen = nodes[views.index(self._policies[role].select(views, request))]
         chosen.breaker.on_dispatch()
         return chosen
 
@@ -139,6 +152,14 @@ def uncarried(
         f"{', '.join(versions)}, whose requests have no field for it",
         code="unsupported_field",
     )
+
+
+def pairs(
+    node: NodeConnection, groups: Collection[tuple[str, str | None]], one_token: bool
+) -> bool:
+    """Whether prefill ``node`` has a decode mate among ``groups`` (or needs none)."""
+    info = node.info
+    return info.group in groups or (one_token and info.version != V12)
 
 
 def fits(node: NodeConnection, total_len: int) -> bool:
