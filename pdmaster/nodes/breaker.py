@@ -50,6 +50,8 @@ class CircuitBreaker:
         return state is BreakerState.HALF_OPEN and not self._probing
 
     def on_dispatch(self) -> None:
+        if self._state is BreakerState.CLOSED:  # as nearly always: no clock to read
+            return
         if self.state is BreakerState.HALF_OPEN:
             self._probing = True
 
