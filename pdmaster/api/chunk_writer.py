@@ -27,7 +27,12 @@ from pdwire.pd_io import TokenEntry
 from pdwire.sse import http_chunk
 
 try:  # httptools is optional for uvicorn; without it every chunk goes through send
-    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+    from uvicorn.protocols.http.httptools_impl import (
+        HEADER_RE,
+        HEADER_VALUE_RE,
+        STATUS_LINE,
+        RequestResponseCycle,
+    )
 except ImportError:  # pragma: no cover - the project installs uvicorn[standard]
     RequestResponseCycle = None  # type: ignore[assignment,misc]
 
@@ -41,6 +46,10 @@ _CYCLE_FIELDS = frozenset(
         "disconnected",
     }
 )
+
+
+# the headers uvicorn's send reads, not just writes: a head with any of them is left to it
+_READ_BY_SEND = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
 def direct_body(send: Send) -> RequestResponseCycle | None:
@@ -118,16 +127,21 @@ class ChunkWriter:
         """Whether chunks may skip ``send`` (uvicorn's httptools server)."""
         return self._cycle is not None
 
-    async def start(self, head: Message, body: bytes) -> None:
+    async def start(self, head: Message, body: bytes, heads: ResponseHeads | None = None) -> None:
         """Send ``head`` (``http.response.start``), then ``body`` as the body's first chunk.
 
-        Directly, both go out in one write: ``send`` writes the head into a buffer in place
-        of the connection (so its bytes, checks and state are uvicorn's own), and the head
-        and the chunk are written together.
+        Directly, both go out in one write: ``heads`` writes the head as ``send`` would
+        where it can; else ``send`` writes it into a buffer in place of the connection (so
+        its bytes, checks and state are uvicorn's own), and the head and the chunk are
+        written together.
         """
         c = self._cycle
         if c is None or c.response_started or c.disconnected or c.flow.write_paused:
             await self._send(head)  # what send would wait for, or refuse: its own way
+        elif heads is not None and (raw := heads.render(c, head)) is not None:
+            if body and self._write(body, raw):
+                return
+            c.transport.write(raw)
         else:
             transport = c.transport
             buffer = _HeadBuffer(transport)
@@ -198,6 +212,79 @@ class ChunkWriter:
     def cancel(self) -> None:
         if self._pending is not None:
             self._pending.cancel()
+
+
+class ResponseHeads:
+    """Response heads as uvicorn's httptools ``send`` writes them, for ``ChunkWriter.start``.
+
+    ``send`` checks each header of each head against two regular expressions, the server's
+    default headers (date, server) among them, about half the cost of a stream's first
+    write. Those are a list uvicorn makes anew once a second: here they are checked and
+    written once per list. One per app; heads that are not a plain chunked answer (an
+    access log to write, a header ``send`` reads or refuses, a HEAD request, a status with
+    no body) are left to ``send``.
+    """
+
+    __slots__ = ("_defaults", "_written")
+
+    def __init__(self) -> None:
+        self._defaults: list[tuple[bytes, bytes]] | None = None
+        self._written: bytes | None = None
+
+    def render(self, cycle: RequestResponseCycle, message: Message) -> bytes | None:
+        """The head ``cycle.send(message)`` would write, with the state ``send`` would set
+        set; None, and nothing set, where ``send`` must write it."""
+        status = message["status"]
+        if (
+            cycle.access_log
+            or cycle.chunked_encoding is not None
+            or status not in STATUS_LINE
+            or status in (204, 304)
+            or cycle.scope["method"] == "HEAD"
+        ):
+            return None
+        defaults = cycle.default_headers
+        if defaults is not self._defaults:
+            self._defaults, self._written = defaults, _written(defaults)
+        written = self._written
+        if written is None:
+            return None
+        lines = [STATUS_LINE[status], written]
+        for header in message.get("headers", ()):
+            if type(header) is not tuple or len(header) != 2:
+                return None
+            name, value = header
+            if (
+                type(name) is not bytes
+                or type(value) is not bytes
+                or HEADER_RE.search(name)
+                or HEADER_VALUE_RE.search(value)
+            ):
+                return None
+            name = name.lower()
+            if name in _READ_BY_SEND:
+                return None
+            lines += (name, b": ", value, b"\r\n")
+        if not cycle.keep_alive:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"transfer-encoding: chunked\r\n\r\n")
+        cycle.response_started = True
+        cycle.waiting_for_100_continue = False
+        cycle.chunked_encoding = True
+        return b"".join(lines)
+
+
+def _written(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """``headers`` as ``send`` writes them; None if it would refuse or read one."""
+    lines: list[bytes] = []
+    for name, value in headers:
+        if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
+            return None
+        name = name.lower()
+        if name in _READ_BY_SEND:
+            return None
+        lines += (name, b": ", value, b"\r\n")
+    return b"".join(lines)
 
 
 class _HeadBuffer:

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pdmaster.api.chunk_writer import ChunkWriter, StreamEncoder
+from pdmaster.api.chunk_writer import ChunkWriter, ResponseHeads, StreamEncoder
 from pdmaster.api.request_id import HEADER, client_request_id, new_request_id
 from pdmaster.api.service import RequestRun
 from pdmaster.errors import ApiError, Overloaded
@@ -74,6 +74,7 @@ class HotPathApp:
     def __init__(self, app: ASGIApp, endpoints: dict[str, SseEndpoint]) -> None:
         self.app = app
         self.endpoints = endpoints
+        self.heads = ResponseHeads()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self.endpoints.get(scope["path"]) if scope["type"] == "http" else None
@@ -93,7 +94,7 @@ class HotPathApp:
         if isinstance(opened, Response):
             await _respond(send, opened, request_id)
             return
-        await _serve(endpoint, *opened, scope, receive, send, request_id)
+        await _serve(endpoint, *opened, scope, receive, send, request_id, self.heads)
 
 
 async def _respond(send: Send, response: Response, request_id: bytes) -> None:
@@ -131,6 +132,7 @@ async def _serve(
     receive: Receive,
     send: Send,
     request_id: bytes,
+    heads: ResponseHeads | None = None,
 ) -> None:
     """Start the run, then stream it; a client that leaves cancels this task, wherever it is.
 
@@ -168,7 +170,7 @@ async def _serve(
         if run.finished or encoder.done:
             await send(head)  # the body ends below, with its last send
         else:
-            await writer.start(head, body)  # in one write, where the server allows it
+            await writer.start(head, body, heads)  # in one write, where the server allows it
             body = b""
         while not (run.finished or encoder.done):
             if body:

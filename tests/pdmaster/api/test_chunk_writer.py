@@ -1,23 +1,26 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
-from pdmaster.api.chunk_writer import ChunkWriter, send_now
+from pdmaster.api.chunk_writer import ChunkWriter, ResponseHeads, send_now
 from pdwire.pd_io import TokenEntry
 from pdwire.structs import FinishStatus
 
 
 @asynccontextmanager
-async def serving(app: Any, http: str) -> AsyncIterator[int]:
+async def serving(app: Any, http: str, access_log: bool = True) -> AsyncIterator[int]:
     """``app`` under a real uvicorn server on 127.0.0.1 (``http``: its HTTP protocol); the port."""
     import uvicorn
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, http=http, log_level="warning")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, http=http, log_level="warning", access_log=access_log
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -216,15 +219,20 @@ def test_under_uvicorn_chunks_reach_the_client_framed_as_send_would(
     assert seen == [direct]
 
 
+@pytest.mark.parametrize("access_log", [True, False])
 @pytest.mark.parametrize("http", ["httptools", "h11"])
-def test_a_head_started_with_its_first_chunk_reads_as_two_sends(http: str) -> None:
+def test_a_head_started_with_its_first_chunk_reads_as_two_sends(
+    http: str, access_log: bool
+) -> None:
     """``start`` writes the head and the first chunk (in one write under httptools); a raw
     client reads the very bytes two ``send``s give, whether the connection is kept alive
-    (two answers on it), closed by the client's request, HTTP/1.0, or expects a 100."""
+    (two answers on it), closed by the client's request, HTTP/1.0, or expects a 100; with
+    ``ResponseHeads`` writing the head (no access log) or uvicorn's ``send`` (one)."""
     import re
     import socket
 
     direct: set[bool] = set()
+    heads = ResponseHeads()
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -235,7 +243,7 @@ def test_a_head_started_with_its_first_chunk_reads_as_two_sends(http: str) -> No
         writer = ChunkWriter(Texts(), send)
         direct.add(writer.direct)
         if scope["path"] == "/start":
-            await writer.start(head, b"first")
+            await writer.start(head, b"first", heads)
         else:
             await send(head)
             await send({"type": "http.response.body", "body": b"first", "more_body": True})
@@ -267,7 +275,7 @@ def test_a_head_started_with_its_first_chunk_reads_as_two_sends(http: str) -> No
 
     async def run() -> None:
         cases = [(b"",), (b"connection: close\r\n",), (b"", b"1.0"), (b"expect: 100-continue\r\n",)]
-        async with serving(app, http) as port:
+        async with serving(app, http, access_log) as port:
             for case in cases:
                 answers = [
                     await asyncio.to_thread(exchange, port, path, *case) for path in ("/start", "/")
@@ -278,3 +286,110 @@ def test_a_head_started_with_its_first_chunk_reads_as_two_sends(http: str) -> No
 
     asyncio.run(run())
     assert direct == {http == "httptools"}
+
+
+class Written:
+    """A connection's transport, keeping what is written."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+class Flow:
+    write_paused = False
+
+
+OURS = [(b"content-type", b"text/event-stream"), (b"x-request-id", b"abc")]
+DEFAULTS = [(b"date", b"Wed, 02 Dec 2026 03:40:00 GMT"), (b"server", b"uvicorn")]
+
+
+@pytest.mark.parametrize(
+    ("headers", "defaults", "state", "written_here"),
+    [
+        (OURS, DEFAULTS, {}, True),
+        (OURS, [], {}, True),
+        ([], DEFAULTS, {"keep_alive": False}, True),  # HTTP/1.0, or the client's close
+        (OURS, DEFAULTS, {"expect_100_continue": True}, True),
+        ([[b"X-Up", b"1"]], DEFAULTS, {}, False),  # a list, not a tuple: left to send
+        ([(b"X-Up", b"a\tb")], DEFAULTS, {}, True),  # names lowered; a tab is allowed
+        ([(b"bad name", b"1")], DEFAULTS, {}, False),  # send refuses these
+        ([(b"x-a", b"1\r\nx-b: 2")], DEFAULTS, {}, False),
+        (OURS, [(b"server", b"a\x01")], {}, False),
+        ([(b"content-length", b"5")], DEFAULTS, {}, False),  # send reads these
+        ([(b"Connection", b"close")], DEFAULTS, {}, False),
+        ([(b"transfer-encoding", b"chunked")], DEFAULTS, {}, False),
+        (OURS, [(b"connection", b"close")], {}, False),
+        (OURS, DEFAULTS, {"access_log": True}, False),  # send logs each head
+        (OURS, DEFAULTS, {"method": "HEAD"}, False),
+        (OURS, DEFAULTS, {"status": 204}, False),
+        (OURS, DEFAULTS, {"status": 304}, False),
+        (OURS, DEFAULTS, {"status": 404}, True),
+        (OURS, DEFAULTS, {"status": 600}, False),
+    ],
+)
+def test_response_heads_write_what_uvicorns_send_writes_or_leave_it_to_send(
+    headers: list[Any],
+    defaults: list[tuple[bytes, bytes]],
+    state: dict[str, Any],
+    written_here: bool,
+) -> None:
+    """``ResponseHeads.render`` against uvicorn's own ``send`` on two fresh exchanges: the
+    same bytes and the same exchange state after, or None and the exchange untouched (then
+    ``send`` writes it, or refuses it, its own way)."""
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    def exchange() -> RequestResponseCycle:
+        return RequestResponseCycle(
+            {"method": state.get("method", "POST")},  # type: ignore[typeddict-item]
+            Written(),  # type: ignore[arg-type]
+            Flow(),  # type: ignore[arg-type]
+            logging.getLogger("test.error"),
+            logging.getLogger("test.access"),
+            state.get("access_log", False),
+            defaults,
+            asyncio.Event(),
+            state.get("expect_100_continue", False),
+            state.get("keep_alive", True),
+            lambda: None,
+        )
+
+    message = {
+        "type": "http.response.start",
+        "status": state.get("status", 200),
+        "headers": headers,
+    }
+    theirs, ours = exchange(), exchange()
+    untouched = dict(vars(ours))
+    try:
+        asyncio.run(theirs.send(message))  # type: ignore[arg-type]
+        refused = None
+    except Exception as exc:
+        refused = exc
+    heads = ResponseHeads()
+    for _ in range(2):  # the defaults checked once, then kept
+        written = heads.render(ours, message)
+        assert (written is not None) == written_here
+        if written is None:
+            assert vars(ours) == untouched
+            continue
+        assert refused is None
+        assert written == theirs.transport.data  # type: ignore[attr-defined]
+        fields = (
+            "response_started",
+            "waiting_for_100_continue",
+            "chunked_encoding",
+            "expected_content_length",
+            "keep_alive",
+            "response_complete",
+        )
+        assert [getattr(ours, f) for f in fields] == [getattr(theirs, f) for f in fields]
+        ours = exchange()
