@@ -238,7 +238,12 @@ class GenerateParameters(BaseModel):
         return first_uncarried(sampling_params, self.wire_values)
 
     def for_run(self) -> RunParameters:
-        """What a run needs of these parameters, without the model around them."""
+        """What a run needs of these parameters, without the model around them: one object
+        per (frozen, perhaps shared: see ParameterSets) parameter set, to read, not change."""
+        return self.run_parameters
+
+    @cached_property
+    def run_parameters(self) -> RunParameters:
         return RunParameters(
             self.max_new_tokens,
             self.min_new_tokens,

@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pdmaster.dispatch.flow_v12 import BlockFlow
 from pdmaster.dispatch.ids import IdSource
@@ -52,8 +53,9 @@ class DispatchSettings:
     block_tokens: int = 2048  # v1.2.0: LightLLM's LIGHTLLM_PD_SPLIT_MAX_NEW_TOKENS
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedRequest:
+class PreparedRequest(NamedTuple):
+    """A checked client request, as a session runs it (a tuple, as ``RequestView``)."""
+
     prompt: str
     prompt_tokens: int
     parameters: RunParameters
