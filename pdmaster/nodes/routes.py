@@ -141,7 +141,7 @@ async def _serve(
 ) -> str:
     """v1.1.0 and fc72ffa: token packs until the socket closes (why it closed)."""
 
-    decode, record_load, deliver = codec.decode_node_message, pool.record_load, table.deliver
+    decode, record_load, deliver = codec.decode_node_message, pool.record_load, table.receiver(conn)
     token_packs = ObjType.TOKEN_PACKS  # per frame: a local, not the enum class's attribute
 
     def handle(data: bytes | str) -> None:
@@ -151,7 +151,7 @@ async def _serve(
         if load is not None:
             record_load(conn, load)
         if kind is token_packs:
-            deliver(conn, payload)  # checked by decode_node_message
+            deliver(payload)  # checked by decode_node_message
 
     return await _read_messages(ws, "/pd_register", handle, None)
 
@@ -166,7 +166,7 @@ async def _serve_v12(
 ) -> str:
     """v1.2.0: token packs, prompt-id uploads and heartbeats, each within the heartbeat timeout."""
 
-    decode, record_load, deliver = codec.decode_node_message, pool.record_load, table.deliver
+    decode, record_load, deliver = codec.decode_node_message, pool.record_load, table.receiver(conn)
     token_packs = ObjType.TOKEN_PACKS
 
     def handle(data: bytes | str) -> None:
@@ -176,7 +176,7 @@ async def _serve_v12(
         if kind is token_packs:
             if extra is not None:
                 record_load(conn, extra)
-            deliver(conn, payload)  # checked by decode_node_message
+            deliver(payload)  # checked by decode_node_message
         elif kind is ObjType.PD_UPLOAD_PREFILL_PROMPT_IDS:
             table.prompt_ids_arrived(conn, payload, extra)
 

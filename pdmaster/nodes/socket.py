@@ -37,7 +37,7 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
-from pdwire.wsframes import INCOMPLETE, OTHER, REFUSED, TEXT, frame_reader
+from pdwire.wsframes import BINARY, INCOMPLETE, REFUSED, TEXT, frame_reader
 
 MESSAGE_SINK = "pdctl.message_sink"
 """Scope extension: ``take(sink, failed)`` to take messages: ``sink(message: bytes | str)``
@@ -125,6 +125,11 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
         self._sink, self._sink_failed = _ignore, _ignore
         failed(exc)
 
+    def _direct(self) -> bool:
+        """May a whole data frame go to the sink (else to the parser, which knows what to do)?"""
+        conn = self.conn
+        return not conn.expect_continuation_frame and conn.state is _OPEN and not self.close_sent
+
     def send_receive_event_to_app(self) -> None:
         """A message the parser completed goes to the sink, if there is one."""
         if self._sink is None:
@@ -147,8 +152,8 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
             self._give(bytes(data))
 
     def data_received(self, data: bytes) -> None:
-        parser_has_start = not self._buffer and self.conn.reader.buffer
-        if self._sink is None or self._parser_only or parser_has_start:
+        sink = self._sink
+        if sink is None or self._parser_only or (not self._buffer and self.conn.reader.buffer):
             super().data_received(data)  # no sink, or the parser holds a frame's start
             return
         buf: bytes | bytearray = data
@@ -158,9 +163,21 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
         conn = self.conn
         limit = conn.max_message_size
         read_frame = self._read_frame
+        # Whether a data frame goes to the sink. Only the parser's path below changes it
+        # while this runs (a sink is synchronous: the app's close comes after), so it is
+        # read once per read, and again after that path, not per frame.
+        direct = self._direct()
         pos, end = 0, len(buf)
         while pos < end:
             kind, message, stop = read_frame(buf, pos, limit)
+            if kind == BINARY and direct:  # a token frame: nothing else to decide
+                try:
+                    sink(message)
+                except Exception as exc:
+                    self._sink_dropped(exc)
+                    sink = self._sink or _ignore
+                pos = stop
+                continue
             if kind == INCOMPLETE:
                 break
             if kind == REFUSED:
@@ -170,20 +187,14 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
                 self._buffer = bytearray()
                 super().data_received(rest)
                 return
-            received: bytes | str | None = None
-            if (
-                kind != OTHER
-                and not conn.expect_continuation_frame
-                and conn.state is _OPEN
-                and not self.close_sent
-            ):
-                # a text frame's invalid UTF-8 (None) takes the parser's path: 1007
-                received = _utf8(message) if kind == TEXT and message is not None else message
+            # a text frame's invalid UTF-8 (None) takes the parser's path: 1007
+            received = _utf8(message) if kind == TEXT and direct and message is not None else None
             if received is not None:
                 try:
-                    self._sink(received)
+                    sink(received)
                 except Exception as exc:
                     self._sink_dropped(exc)
+                    sink = self._sink or _ignore
             else:  # anything else, whole, to the parser (and uvicorn's handlers)
                 conn.receive_data(buf[pos:stop])
                 if conn.parser_exc is not None:
@@ -191,6 +202,7 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
                     self.handle_parser_exception()
                     return
                 self.handle_events()
+                direct, sink = self._direct(), self._sink or _ignore
             pos = stop
         if buf is self._buffer:
             del buf[:pos]

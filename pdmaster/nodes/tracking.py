@@ -217,21 +217,34 @@ class RequestTable:
 
     def deliver(self, node: NodeConnection, entries: list[TokenEntry]) -> None:
         """Queue each entry for its request; ``_hand_over`` gives them out soon after."""
+        self.receiver(node)(entries)
+
+    def receiver(self, node: Any) -> Callable[[list[TokenEntry]], None]:
+        """``deliver(node, entries)`` for a node's reader, which calls it per frame: bound to
+        the node and to the running loop, which is not looked up per frame (in Python 3.11
+        each lookup is a getpid system call)."""
+        call_soon = asyncio.get_running_loop().call_soon
         table = self._by_group
-        ready = self._ready
-        idle = not ready
-        if self._deliver is not None:  # this loop, compiled
-            self._deliver(table, ready, node, entries, MAX_BEST_OF)
-        else:
-            for entry in entries:  # per token, so inline; a late token of a node the request
-                state = table.get(entry[0] // MAX_BEST_OF * MAX_BEST_OF)  # left is dropped
-                if state is not None and state.source is node:
-                    items = state._items
-                    items.append(entry)
-                    if len(items) == 1:
-                        ready.append(state)
-        if idle and ready:
-            asyncio.get_running_loop().call_soon(self._hand_over)
+        hand_over = self._hand_over
+        compiled = self._deliver
+
+        def deliver(entries: list[TokenEntry]) -> None:
+            ready = self._ready
+            idle = not ready
+            if compiled is not None:  # this loop, compiled
+                compiled(table, ready, node, entries, MAX_BEST_OF)
+            else:
+                for entry in entries:  # per token, so inline; a late token of a node the
+                    state = table.get(entry[0] // MAX_BEST_OF * MAX_BEST_OF)  # request left
+                    if state is not None and state.source is node:  # is dropped
+                        items = state._items
+                        items.append(entry)
+                        if len(items) == 1:
+                            ready.append(state)
+            if idle and ready:
+                call_soon(hand_over)
+
+        return deliver
 
     def _hand_over(self) -> None:
         """Give each request what was queued for it, all at once.
