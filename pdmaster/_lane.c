@@ -15,8 +15,12 @@
  *     client connected, transport not paused).
  * Anything else goes to ``state.ready(now)``, the Python chain, before this changed anything:
  * every check above reads only. The LightLLM encoder is pdwire._sse's ``events`` (it changes
- * nothing and may decline too); any other encoder's ``chunk`` is called (it may keep state),
- * and from then on this path finishes what the Python chain would do: an encoder done holds
+ * nothing and may decline too); an OpenAI stream's text chunks of plain steps are written by
+ * pdwire._sse's ``text_chunk`` (from the encoder's ``lane_parts``: what OpenAIStream.chunk and
+ * Generation.add do, read from and written to their slots; it may decline too, and does for a
+ * stream whose chat role chunk is still to go out or whose answer is complete); any other
+ * encoder's ``chunk`` is called (it may keep state), and from then on this path finishes
+ * what the Python chain would do: an encoder done holds
  * the chunk and wakes the task, an exception is logged by RequestState._sink_failed (which
  * wakes the task).
  *
@@ -46,10 +50,16 @@ typedef struct {
         *s_pending, *s_held, *s_done, *s_chunk, *s_chunked_encoding, *s_response_started,
         *s_response_complete, *s_disconnected, *s_flow, *s_write_paused, *s_transport,
         *s_write, *s_set_result, *s_ready, *s_sum, *s_counts, *s_bounds, *s_sink_failed,
-        *s_status, *s_streams_through, *s_session_flow, *s_source;
+        *s_status, *s_streams_through, *s_session_flow, *s_source, *s_lane_parts, *s_opening,
+        *s_completion_tokens, *s_prompt_tokens, *s_gen_status, *zero;
     PyTypeObject *lane_type;
     layout state, run, writer, session;  /* RequestState, RequestRun, ChunkWriter, PDSession */
+    layout stream, gen;  /* an OpenAI stream's encoder (OpenAIStream) and its Generation */
 } module_state;
+
+/* The slots of an OpenAI stream's encoder and of its Generation read and written per chunk. */
+enum { S_DONE, S_OPENING, STREAM_FIELDS };
+enum { G_COUNT, G_PROMPT, G_STATUS, G_DONE, GEN_FIELDS };
 
 typedef struct {
     PyObject_HEAD
@@ -67,7 +77,11 @@ typedef struct {
     PyObject *events;   /* pdwire._sse.events, or NULL */
     PyObject *config;   /* its config */
     PyObject *http_chunk;
+    PyObject *text_chunk;  /* an OpenAI stream's: pdwire._sse.text_chunk, or NULL */
+    PyObject *gen;         /* its Generation */
+    PyObject *head, *tail; /* its text chunk's bytes before and after the text */
     Py_ssize_t flow_off, last_off, pending_off, held_off;
+    Py_ssize_t stream_off[STREAM_FIELDS], gen_off[GEN_FIELDS];
     double deadline;    /* the request's */
     double idle;        /* token_idle_timeout_s */
     Py_ssize_t nbounds;
@@ -126,6 +140,8 @@ static int lane_traverse(Lane *self, visitproc visit, void *arg) {
     Py_VISIT(self->events);
     Py_VISIT(self->config);
     Py_VISIT(self->http_chunk);
+    Py_VISIT(self->text_chunk);
+    Py_VISIT(self->gen);
     return 0;
 }
 
@@ -144,6 +160,10 @@ static int lane_clear(Lane *self) {
     Py_CLEAR(self->events);
     Py_CLEAR(self->config);
     Py_CLEAR(self->http_chunk);
+    Py_CLEAR(self->text_chunk);
+    Py_CLEAR(self->gen);
+    Py_CLEAR(self->head);
+    Py_CLEAR(self->tail);
     return 0;
 }
 
@@ -160,7 +180,9 @@ PyDoc_STRVAR(lane_doc,
 "One stream's relay state for hand_over: its PDSession, RequestRun, ChunkWriter, encoder,\n"
 "uvicorn exchange, inter-token LoopHistogram, request deadline (clock seconds), token idle\n"
 "timeout; events and config: pdwire._sse's events and its config for LightLLM's stateless\n"
-"encoder, or None to call encoder.chunk; http_chunk frames a body.");
+"encoder, or None to call encoder.chunk; http_chunk frames a body. Without events, an\n"
+"encoder's lane_parts() (if it has one) may give (text_chunk, generation, head, tail): an\n"
+"OpenAI stream's plain chunks are then written by pdwire._sse's text_chunk, not its chunk.");
 
 /* obj's instance dict (a new reference): its attributes, read without a lookup in its class. */
 static PyObject *instance_dict(PyObject *obj) {
@@ -170,6 +192,55 @@ static PyObject *instance_dict(PyObject *obj) {
         PyErr_SetString(PyExc_TypeError, "Lane: an attribute dict that is not a dict");
     }
     return d;
+}
+
+/* An OpenAI stream's parts from encoder.lane_parts(), where it has them and they fit: 0 (with
+ * or without them), -1 with an exception from lane_parts. */
+static int openai_parts(module_state *st, Lane *self, PyObject *encoder) {
+    PyObject *method = PyObject_GetAttr(encoder, st->s_lane_parts);
+    if (method == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
+        PyErr_Clear();
+        return 0;  /* another encoder: its chunk is called */
+    }
+    PyObject *parts = PyObject_CallNoArgs(method);
+    Py_DECREF(method);
+    if (parts == NULL) return -1;
+    if (parts == Py_None) {  /* text may be held back: its chunk is called */
+        Py_DECREF(parts);
+        return 0;
+    }
+    PyObject *stream_names[STREAM_FIELDS], *gen_names[GEN_FIELDS];
+    stream_names[S_DONE] = st->s_done;
+    stream_names[S_OPENING] = st->s_opening;
+    gen_names[G_COUNT] = st->s_completion_tokens;
+    gen_names[G_PROMPT] = st->s_prompt_tokens;
+    gen_names[G_STATUS] = st->s_gen_status;
+    gen_names[G_DONE] = st->s_done;
+    if (!PyTuple_CheckExact(parts) || PyTuple_GET_SIZE(parts) != 4
+        || !PyCallable_Check(PyTuple_GET_ITEM(parts, 0))
+        || !PyBytes_CheckExact(PyTuple_GET_ITEM(parts, 2))
+        || !PyBytes_CheckExact(PyTuple_GET_ITEM(parts, 3))) {
+        Py_DECREF(parts);
+        PyErr_SetString(PyExc_TypeError,
+                        "lane_parts() must give (text_chunk, generation, head: bytes, "
+                        "tail: bytes) or None");
+        return -1;
+    }
+    PyObject *gen = PyTuple_GET_ITEM(parts, 1);
+    if (resolve(&st->stream, Py_TYPE(encoder), stream_names, STREAM_FIELDS) < 0
+        || resolve(&st->gen, Py_TYPE(gen), gen_names, GEN_FIELDS) < 0) {
+        Py_DECREF(parts);
+        return -1;
+    }
+    self->text_chunk = Py_NewRef(PyTuple_GET_ITEM(parts, 0));
+    self->gen = Py_NewRef(gen);
+    self->head = Py_NewRef(PyTuple_GET_ITEM(parts, 2));
+    self->tail = Py_NewRef(PyTuple_GET_ITEM(parts, 3));
+    memcpy(self->stream_off, st->stream.offset, sizeof self->stream_off);
+    memcpy(self->gen_off, st->gen.offset, sizeof self->gen_off);
+    Py_DECREF(parts);
+    return 0;
 }
 
 static PyObject *lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
@@ -236,6 +307,10 @@ static PyObject *lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
         self->bounds[i] = b;
     }
     Py_DECREF(bounds);
+    if (self->events == NULL && openai_parts(st, self, encoder) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
     return (PyObject *)self;
 fail:
     Py_XDECREF(bounds);
@@ -303,7 +378,8 @@ static int plain(module_state *st, Lane *lane, PyObject *state, double now, PyOb
     if (SLOT(lane->writer, lane->pending_off) != Py_None) return 0;
     PyObject *held = SLOT(lane->writer, lane->held_off);
     if (held == NULL || !PyBytes_CheckExact(held) || PyBytes_GET_SIZE(held) != 0) return 0;
-    if (lane->events == NULL && (r = attr_true(lane->encoder, st->s_done)) != 0)
+    if (lane->events == NULL && lane->text_chunk == NULL
+        && (r = attr_true(lane->encoder, st->s_done)) != 0)
         return r < 0 ? -1 : 0;
     PyObject *c = lane->cycle_dict;
     if ((r = item_true(c, st->s_chunked_encoding)) != 1) return r;
@@ -375,12 +451,57 @@ static int wake(module_state *st, PyObject *waiter) {
     return 0;
 }
 
+/* An OpenAI stream's chunk (OpenAIStream.chunk's and Generation.add's work for tokens that end
+ * nothing), framed: 1 with *body set and the generation's counts moved on; 0 with *body
+ * Py_None (borrowed) when it is not the plain case, before any change; 0 with *body NULL
+ * and an exception set. */
+static int openai_chunk(module_state *st, Lane *lane, PyObject *items, PyObject **body) {
+    PyObject *stream = lane->encoder, *gen = lane->gen;
+    *body = Py_None;
+    PyObject *opening = SLOT(stream, lane->stream_off[S_OPENING]);
+    if (SLOT(stream, lane->stream_off[S_DONE]) != Py_False
+        || SLOT(gen, lane->gen_off[G_DONE]) != Py_False || opening == NULL
+        || !PyBytes_CheckExact(opening) || PyBytes_GET_SIZE(opening) != 0)
+        return 0;  /* the chat's role chunk is still to go out, or the answer is complete */
+    PyObject *count = SLOT(gen, lane->gen_off[G_COUNT]);
+    PyObject *prompt = SLOT(gen, lane->gen_off[G_PROMPT]);
+    if (count == NULL || prompt == NULL) return 0;
+    /* every status was checked (plain): 0 */
+    PyObject *args[7] = {items, count, prompt, lane->head, lane->tail, Py_None, Py_True};
+    PyObject *out = PyObject_Vectorcall(lane->text_chunk, args, 7, NULL);
+    if (out == NULL) {
+        *body = NULL;
+        return 0;
+    }
+    if (out == Py_None) {
+        Py_DECREF(out);
+        return 0;
+    }
+    if (!PyTuple_CheckExact(out) || PyTuple_GET_SIZE(out) != 3
+        || !PyBytes_CheckExact(PyTuple_GET_ITEM(out, 0))) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_TypeError, "text_chunk must give (body, count, prompt) or None");
+        *body = NULL;
+        return 0;
+    }
+    set_slot(gen, lane->gen_off[G_COUNT], PyTuple_GET_ITEM(out, 1));
+    set_slot(gen, lane->gen_off[G_PROMPT], PyTuple_GET_ITEM(out, 2));
+    set_slot(gen, lane->gen_off[G_STATUS], st->zero);
+    *body = Py_NewRef(PyTuple_GET_ITEM(out, 0));
+    Py_DECREF(out);
+    return 1;
+}
+
 /* The write, once the checks passed: 1 done, 0 left to the Python chain before any change,
  * -1 error (raised after a change: the caller hands it to _sink_failed). */
 static int relay(module_state *st, Lane *lane, PyObject *state, double now, PyObject *items,
                  PyObject *waiter) {
     PyObject *body;
-    if (lane->events != NULL) {
+    int framed = 0;
+    if (lane->text_chunk != NULL) {
+        if (openai_chunk(st, lane, items, &body) <= 0) return body == NULL ? -1 : 0;
+        framed = 1;
+    } else if (lane->events != NULL) {
         PyObject *args[2] = {items, lane->config};
         body = PyObject_Vectorcall(lane->events, args, 2, NULL);
         if (body == NULL) return -1;
@@ -415,8 +536,8 @@ static int relay(module_state *st, Lane *lane, PyObject *state, double now, PyOb
         return -1;
     }
     if (PyBytes_GET_SIZE(body) != 0) {  /* an empty chunk would end the body: none is sent */
-        PyObject *chunk = PyObject_CallOneArg(lane->http_chunk, body);
-        Py_DECREF(body);
+        PyObject *chunk = framed ? body : PyObject_CallOneArg(lane->http_chunk, body);
+        if (!framed) Py_DECREF(body);
         if (chunk == NULL) return -1;
         PyObject *transport = PyDict_GetItemWithError(lane->cycle_dict, st->s_transport);
         if (transport == NULL) {
@@ -682,6 +803,12 @@ static int exec_module(PyObject *module) {
     INTERN(s_streams_through, "streams_through");
     INTERN(s_session_flow, "_flow");
     INTERN(s_source, "source");
+    INTERN(s_lane_parts, "lane_parts");
+    INTERN(s_opening, "_opening");
+    INTERN(s_completion_tokens, "completion_tokens");
+    INTERN(s_prompt_tokens, "prompt_tokens");
+    INTERN(s_gen_status, "_status");
+    if ((st->zero = PyLong_FromLong(0)) == NULL) return -1;
     st->lane_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &lane_spec, NULL);
     if (st->lane_type == NULL) return -1;
     return PyModule_AddType(module, st->lane_type);
@@ -692,7 +819,8 @@ static int exec_module(PyObject *module) {
     X(s_pending) X(s_held) X(s_done) X(s_chunk) X(s_chunked_encoding) X(s_response_started) \
     X(s_response_complete) X(s_disconnected) X(s_flow) X(s_write_paused) X(s_transport)     \
     X(s_write) X(s_set_result) X(s_ready) X(s_sum) X(s_counts) X(s_bounds) X(s_sink_failed) \
-    X(s_status) X(s_streams_through) X(s_session_flow) X(s_source)
+    X(s_status) X(s_streams_through) X(s_session_flow) X(s_source) X(s_lane_parts)           \
+    X(s_opening) X(s_completion_tokens) X(s_prompt_tokens) X(s_gen_status) X(zero)
 
 static int traverse(PyObject *module, visitproc visit, void *arg) {
     module_state *st = PyModule_GetState(module);
@@ -702,6 +830,8 @@ static int traverse(PyObject *module, visitproc visit, void *arg) {
         Py_VISIT(st->run.type);
         Py_VISIT(st->writer.type);
         Py_VISIT(st->session.type);
+        Py_VISIT(st->stream.type);
+        Py_VISIT(st->gen.type);
     }
     return 0;
 }
@@ -717,6 +847,8 @@ static int clear(PyObject *module) {
         Py_CLEAR(st->run.type);
         Py_CLEAR(st->writer.type);
         Py_CLEAR(st->session.type);
+        Py_CLEAR(st->stream.type);
+        Py_CLEAR(st->gen.type);
     }
     return 0;
 }

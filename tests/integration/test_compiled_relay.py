@@ -87,6 +87,7 @@ def canonical(path: str, raw: bytes) -> Any:
     return "".join(text), [o for o in others if o]
 
 
+ODD_TEXT = 'Caf\u00e9 "quoted" back\\slash\nnew\tline \x01\x1f\x7f \u65e5\u672c \U0001f600 </end>'
 REQUESTS: list[tuple[str, dict[str, Any]]] = [
     ("/generate_stream", {"inputs": "Hello world", "parameters": {"max_new_tokens": 60}}),
     (
@@ -117,6 +118,19 @@ REQUESTS: list[tuple[str, dict[str, Any]]] = [
             "max_tokens": 50,
             "stream": True,
             "ignore_eos": True,
+        },
+    ),
+    # the simulated model repeats the prompt: texts to escape, characters of 2 to 4 bytes
+    # (some split between tokens, which then come out empty until the character is whole)
+    ("/v1/completions", {"prompt": ODD_TEXT, "max_tokens": 80, "stream": True, "ignore_eos": True}),
+    (
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": ODD_TEXT}],
+            "max_tokens": 80,
+            "stream": True,
+            "ignore_eos": True,
+            "stream_options": {"include_usage": True},
         },
     ),
 ]
