@@ -170,7 +170,7 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
         pos, end = 0, len(buf)
         while pos < end:
             kind, message, stop = read_frame(buf, pos, limit)
-            if kind == BINARY and direct:  # a token frame: nothing else to decide
+            if kind == BINARY and direct and message is not None:  # a token frame: no more to ask
                 try:
                     sink(message)
                 except Exception as exc:
