@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pdlocal.cluster import Cluster, ProcGroup
+from pdlocal.cluster import Cluster, ProcGroup, wait_until
 from pdwire.extensions import optional_extension
 
 PATHS = ("compiled", "python")
@@ -209,6 +209,49 @@ def test_the_request_deadline_ends_a_stream_the_same_way(
                 }
     finally:
         group.stop_all()
+
+
+def test_a_client_that_leaves_mid_stream_ends_its_run_the_same_way(
+    masters: dict[str, Cluster],
+) -> None:
+    """Disconnect detection: a client that closes its connection after a few events of a
+    long stream has its request aborted on both nodes and counted as ``client_closed``, on
+    either path, and neither master logs an error for it."""
+    bodies = {
+        "/generate_stream": {
+            "inputs": "Hello",
+            "parameters": {"max_new_tokens": 300, "ignore_eos": True},
+        },
+        "/v1/completions": {
+            "prompt": "Hello",
+            "max_tokens": 300,
+            "stream": True,
+            "ignore_eos": True,
+        },
+    }
+    for relay, c in masters.items():
+        for path, body in bodies.items():
+            aborts = [n.stats()["aborts"] for n in c.nodes]
+            before = metrics(c)
+            with httpx.stream("POST", f"{c.url}{path}", json=body, timeout=60) as r:
+                assert r.status_code == 200
+                events = 0
+                for line in r.iter_lines():
+                    events += line.startswith("data:")
+                    if events == 8:
+                        break
+            assert events == 8
+
+            def aborted(c: Cluster = c, aborts: list[int] = aborts) -> bool:
+                return [n.stats()["aborts"] for n in c.nodes] == [a + 1 for a in aborts]
+
+            wait_until(aborted, 30, f"{relay} {path}: the ABORTs of a client that left")
+            after = metrics(c)
+            closed = [k for k in after if k.startswith("pd_requests_total{") and "closed" in k]
+            assert sum(after[k] - before.get(k, 0.0) for k in closed) == 1, (relay, path)
+    for c in masters.values():
+        assert c.master is not None
+        assert "Traceback" not in c.master.log() and "ERROR" not in c.master.log()
 
 
 def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
