@@ -407,7 +407,7 @@ def _with_status_bytes_of_an_earlier_entry(raw: bytes, memo_kind: str) -> bytes:
     ops = list(pickletools.genops(raw))
     memo_of: dict[int, int] = {}  # an opcode's position -> the memo index it was given
     count = 0
-    for i, (op, _, pos) in enumerate(ops):
+    for i, (op, _, _) in enumerate(ops):
         if op.name == "MEMOIZE":
             memo_of[ops[i - 1][2]] = count
             count += 1
