@@ -15,7 +15,9 @@ frame is passed, whole, to the ``websockets`` parser as before (which sees a str
 frames, so its state stays right), and a frame past the size limit hands that parser the
 rest of the connection. A sink reads synchronously, so the socket is read no faster than
 its messages are handled: that is the back-pressure. The app's ``receive`` then only ever
-yields the disconnect.
+yields the disconnect. The sink may leave work for the end of the read (the master hands
+the tokens of all the frames read to their streams at once, in the same loop iteration:
+no wake-up scheduled per read), which ``read()`` then does.
 
 Sends have the symmetric shortcut, the scope extension ``FRAME_SENDER``: the master sends a
 node a ~20 KB REQ frame per request, and through starlette, uvicorn and ``websockets`` each
@@ -40,9 +42,11 @@ from websockets.protocol import State
 from pdwire.wsframes import BINARY, INCOMPLETE, REFUSED, TEXT, frame_reader
 
 MESSAGE_SINK = "pdctl.message_sink"
-"""Scope extension: ``take(sink, failed)`` to take messages: ``sink(message: bytes | str)``
-gets each one; the first exception it raises goes to ``failed(exc)`` and the messages after
-it are dropped, as they are after ``take(None, None)`` (the app is done with the socket)."""
+"""Scope extension: ``take(sink, failed, read=None)`` to take messages: ``sink(message: bytes
+| str)`` gets each one; the first exception it raises goes to ``failed(exc)`` and the messages
+after it are dropped, as they are after ``take(None, None)`` (the app is done with the
+socket). ``read()``, if given, is called once the messages of a read are all given (what it
+raises is logged): what they left to do for all of them at once."""
 
 FRAME_SENDER = "pdctl.frame_sender"
 """Scope extension: ``wrap(send_bytes) -> send``, a ``send(data: bytes)`` that writes a binary
@@ -50,6 +54,7 @@ frame itself while it can and otherwise awaits ``send_bytes(data)`` (the app's o
 
 Sink = Callable[[bytes | str], None]
 Failed = Callable[[Exception], None]
+Read = Callable[[], None]
 Send = Callable[[bytes | bytearray], Awaitable[None]]
 _HEAD16 = struct.Struct("!BBH")
 _HEAD64 = struct.Struct("!BBQ")
@@ -62,6 +67,7 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self._sink: Sink | None = None
         self._sink_failed: Failed = _ignore
+        self._read: Read | None = None
         self._buffer = bytearray()  # a frame's start, not yet whole (only while a sink reads)
         self._parser_only = False  # a frame past the limit: the parser reads from here on
         self._read_frame = frame_reader()
@@ -73,11 +79,12 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
             extensions[MESSAGE_SINK] = self._set_sink
             extensions[FRAME_SENDER] = self._sender
 
-    def _set_sink(self, sink: Sink | None, failed: Failed | None) -> None:
+    def _set_sink(self, sink: Sink | None, failed: Failed | None, read: Read | None = None) -> None:
         """From now on messages go to ``sink``, first those already queued, in order; what it
-        raises to ``failed``, once (see ``MESSAGE_SINK``)."""
+        raises to ``failed``, once; ``read()`` after each read's (see ``MESSAGE_SINK``)."""
         self._sink = sink or _ignore
         self._sink_failed = failed or _ignore
+        self._read = read if sink is not None else None
         kept = []
         while not self.queue.empty():
             message = self.queue.get_nowait()
@@ -88,6 +95,7 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
                 self._give(data if data is not None else message.get("text") or "")
         for message in kept:
             self.queue.put_nowait(message)
+        self._after_read()
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
@@ -112,6 +120,15 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
                 await fallback(data)
 
         return send
+
+    def _after_read(self) -> None:
+        """The messages of a read are given: the app's ``read()``, if any."""
+        read = self._read
+        if read is not None:
+            try:
+                read()
+            except Exception:
+                self.logger.exception("the node socket's reader failed after a read")
 
     def _give(self, message: bytes | str) -> None:
         try:
@@ -152,6 +169,13 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
             self._give(bytes(data))
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._receive(data)
+        finally:
+            if self._read is not None:
+                self._after_read()
+
+    def _receive(self, data: bytes) -> None:
         sink = self._sink
         if sink is None or self._parser_only or (not self._buffer and self.conn.reader.buffer):
             super().data_received(data)  # no sink, or the parser holds a frame's start

@@ -216,43 +216,41 @@ class RequestTable:
         return len(self._by_group)
 
     def deliver(self, node: NodeConnection, entries: list[TokenEntry]) -> None:
-        """Queue each entry for its request; ``_hand_over`` gives them out soon after."""
-        self.receiver(node)(entries)
+        """Queue each entry for its request; ``hand_over`` gives them out soon after (once
+        the loop has run what else is ready: frames read meanwhile go in the same batch)."""
+        idle = not self._ready
+        self.queue(node)(entries)
+        if idle and self._ready:
+            asyncio.get_running_loop().call_soon(self.hand_over)
 
-    def receiver(self, node: Any) -> Callable[[list[TokenEntry]], None]:
-        """``deliver(node, entries)`` for a node's reader, which calls it per frame: bound to
-        the node and to the running loop, which is not looked up per frame (in Python 3.11
-        each lookup is a getpid system call)."""
-        call_soon = asyncio.get_running_loop().call_soon
+    def queue(self, node: Any) -> Callable[[list[TokenEntry]], None]:
+        """``deliver(node, entries)`` for a node's reader, which calls it per frame, without
+        the hand-over: the reader calls ``hand_over`` once it has read the frames already in,
+        so a stream that fell behind gets its tokens in one write instead of one per frame."""
         table = self._by_group
-        hand_over = self._hand_over
         compiled = self._deliver
 
-        def deliver(entries: list[TokenEntry]) -> None:
+        def queue(entries: list[TokenEntry]) -> None:
             ready = self._ready
-            idle = not ready
             if compiled is not None:  # this loop, compiled
                 compiled(table, ready, node, entries, MAX_BEST_OF)
-            else:
-                for entry in entries:  # per token, so inline; a late token of a node the
-                    state = table.get(entry[0] // MAX_BEST_OF * MAX_BEST_OF)  # request left
-                    if state is not None and state.source is node:  # is dropped
-                        items = state._items
-                        items.append(entry)
-                        if len(items) == 1:
-                            ready.append(state)
-            if idle and ready:
-                call_soon(hand_over)
+                return
+            for entry in entries:  # per token, so inline; a late token of a node the request
+                state = table.get(entry[0] // MAX_BEST_OF * MAX_BEST_OF)  # left is dropped
+                if state is not None and state.source is node:
+                    items = state._items
+                    items.append(entry)
+                    if len(items) == 1:
+                        ready.append(state)
 
-        return deliver
+        return queue
 
-    def _hand_over(self) -> None:
-        """Give each request what was queued for it, all at once.
-
-        This runs once the node readers have read the frames already in, so a stream that
-        fell behind gets its tokens in one write instead of one write per frame.
-        """
-        ready, self._ready = self._ready, []
+    def hand_over(self) -> None:
+        """Give each request what was queued for it, all at once."""
+        ready = self._ready
+        if not ready:
+            return
+        self._ready = []
         now = self._clock()
         if self._compiled is not None:
             relayed, declined = self._compiled(ready, now)
