@@ -56,6 +56,9 @@ typedef struct {
         *s_status, *s_streams_through, *s_session_flow, *s_source, *s_lane_parts, *s_opening,
         *s_completion_tokens, *s_prompt_tokens, *s_gen_status, *zero;
     PyTypeObject *lane_type;
+    /* the FinishStatus class whose instances' status is read from their bytes (see
+     * status_class), and the last class found not to be one */
+    PyTypeObject *status_type, *not_status_type;
     layout state, run, writer, session;  /* RequestState, RequestRun, ChunkWriter, PDSession */
     layout stream, gen;  /* an OpenAI stream's encoder (OpenAIStream) and its Generation */
 } module_state;
@@ -252,6 +255,62 @@ static int openai_parts(module_state *st, Lane *self, PyObject *encoder) {
     return 0;
 }
 
+/* getattr(obj, name) == value, for an int value: 1, 0, or -1 with an exception */
+static int attr_is(PyObject *obj, const char *name, long value) {
+    PyObject *v = PyObject_GetAttrString(obj, name);
+    if (v == NULL) return -1;
+    int overflow = 0;
+    long got = PyLong_Check(v) ? PyLong_AsLongAndOverflow(v, &overflow) : value + 1;
+    Py_DECREF(v);
+    if (got == -1 && PyErr_Occurred()) return -1;
+    return overflow == 0 && got == value;
+}
+
+/* Is ``type`` a ctypes Structure of one field, ``status``, a c_int at offset 0 (as pdwire's
+ * FinishStatus)? 1, 0, or -1 with an exception. */
+static int is_status_class(PyTypeObject *type) {
+    if (type->tp_as_buffer == NULL || type->tp_as_buffer->bf_getbuffer == NULL) return 0;
+    int ok = -1;
+    PyObject *ctypes = NULL, *c_int = NULL, *fields = NULL, *seq = NULL, *field = NULL;
+    if ((ctypes = PyImport_ImportModule("ctypes")) == NULL
+        || (c_int = PyObject_GetAttrString(ctypes, "c_int")) == NULL
+        || (fields = PyObject_GetAttrString((PyObject *)type, "_fields_")) == NULL
+        || (seq = PySequence_Fast(fields, "_fields_")) == NULL)
+        goto done;
+    PyObject *item = PySequence_Fast_GET_SIZE(seq) == 1 ? PySequence_Fast_GET_ITEM(seq, 0) : NULL;
+    ok = item != NULL && PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2
+         && PyUnicode_Check(PyTuple_GET_ITEM(item, 0))
+         && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(item, 0), "status") == 0
+         && PyTuple_GET_ITEM(item, 1) == c_int;
+    if (ok == 1 && (field = PyObject_GetAttrString((PyObject *)type, "status")) == NULL) ok = -1;
+    if (ok == 1) ok = attr_is(field, "offset", 0);
+    if (ok == 1) ok = attr_is(field, "size", (long)sizeof(int));
+done:
+    Py_XDECREF(ctypes);
+    Py_XDECREF(c_int);
+    Py_XDECREF(fields);
+    Py_XDECREF(seq);
+    Py_XDECREF(field);
+    return ok;
+}
+
+/* The status class of the events config, if it is one (is_status_class): kept in
+ * st->status_type, whose instances' status the checks read from their 4 bytes through the
+ * buffer protocol, as the field's getter reads it from the same bytes (a third of the
+ * instructions of getattr). A class that is not one (or whose checks raised) is read by
+ * getattr. */
+static void status_class(module_state *st, PyObject *config) {
+    if (!PyTuple_Check(config) || PyTuple_GET_SIZE(config) == 0
+        || !PyType_Check(PyTuple_GET_ITEM(config, 0)))
+        return;
+    PyTypeObject *type = (PyTypeObject *)PyTuple_GET_ITEM(config, 0);
+    if (type == st->status_type || type == st->not_status_type) return;
+    int ok = is_status_class(type);
+    if (ok < 0) PyErr_Clear();
+    if (ok == 1) Py_XSETREF(st->status_type, (PyTypeObject *)Py_NewRef(type));
+    else Py_XSETREF(st->not_status_type, (PyTypeObject *)Py_NewRef(type));
+}
+
 static PyObject *lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     module_state *st = state_of_type(type);
     if (st == NULL) return NULL;
@@ -317,6 +376,7 @@ static PyObject *lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
         self->bounds[i] = b;
     }
     Py_DECREF(bounds);
+    status_class(st, config);
     if (self->events == NULL && openai_parts(st, self, encoder) < 0) {
         Py_DECREF(self);
         return NULL;
@@ -430,7 +490,17 @@ static int plain(module_state *st, Lane *lane, PyObject *state, double now, PyOb
     for (Py_ssize_t i = 0; r == 1 && i < PyList_GET_SIZE(items); i++) {
         PyObject *entry = PyList_GET_ITEM(items, i);
         if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4) return 0;
-        PyObject *status = PyObject_GetAttr(PyTuple_GET_ITEM(entry, 3), st->s_status);
+        PyObject *finish = PyTuple_GET_ITEM(entry, 3);
+        if (Py_TYPE(finish) == st->status_type) {  /* from its bytes: see status_class */
+            Py_buffer view;
+            if (PyObject_GetBuffer(finish, &view, PyBUF_SIMPLE) < 0) return -1;
+            int value = 1;
+            if (view.len == sizeof value) memcpy(&value, view.buf, sizeof value);
+            PyBuffer_Release(&view);
+            r = value == 0;
+            continue;
+        }
+        PyObject *status = PyObject_GetAttr(finish, st->s_status);
         if (status == NULL) return -1;
         int overflow = 0;
         r = PyLong_CheckExact(status) && PyLong_AsLongAndOverflow(status, &overflow) == 0
@@ -1006,6 +1076,8 @@ static int traverse(PyObject *module, visitproc visit, void *arg) {
         Py_VISIT(st->session.type);
         Py_VISIT(st->stream.type);
         Py_VISIT(st->gen.type);
+        Py_VISIT(st->status_type);
+        Py_VISIT(st->not_status_type);
     }
     return 0;
 }
@@ -1023,6 +1095,8 @@ static int clear(PyObject *module) {
         Py_CLEAR(st->session.type);
         Py_CLEAR(st->stream.type);
         Py_CLEAR(st->gen.type);
+        Py_CLEAR(st->status_type);
+        Py_CLEAR(st->not_status_type);
     }
     return 0;
 }
