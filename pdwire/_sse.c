@@ -1,4 +1,5 @@
-/* LightLLM's client stream events for a list of token entries, built in one pass.
+/* LightLLM's client stream events for a list of token entries, built in one pass (and
+ * OpenAI's text chunks, below).
  *
  * The same bytes as the Python path of ``pdwire/sse.py`` (which stays the reference): per
  * entry ``(request_id, text, meta, status)`` the event
@@ -15,6 +16,13 @@
  * objects (a node's metadata keys are str or int, which compare in C), so nothing is done
  * twice.
  *
+ * ``text_chunk`` writes an OpenAI stream's text chunk for entries that end nothing, the bytes
+ * of ``OpenAIStream.chunk`` (pdmaster/api/openai_relay.py, the reference): the stream's bytes
+ * around the JSON string of the entries' texts joined, written as orjson writes a str; it
+ * declines (None) an entry of other types, a status of another class or not 0, a count before
+ * an entry that is not an int (Python adds 1 to it) and a lone surrogate, before anything is
+ * changed: it changes nothing, and gives the caller the counts to set.
+ *
  * Work and memory are linear in the entries' size; no state is kept between calls.
  */
 #define PY_SSIZE_T_CLEAN
@@ -25,7 +33,7 @@
 #define DECLINE 1   /* not this path's input: the caller takes the Python path */
 
 typedef struct {
-    PyObject *id, *logprob, *special, *count_output_tokens, *prompt_tokens, *status;
+    PyObject *id, *logprob, *special, *count_output_tokens, *prompt_tokens, *status, *one;
 } module_state;
 
 typedef struct {
@@ -80,8 +88,9 @@ static const unsigned char ESCAPE[128] = {
 
 static const char HEX[] = "0123456789abcdef";
 
-/* A str as orjson writes it: 0, DECLINE (a surrogate: orjson refuses it) or -1. */
-static int write_str(writer *w, PyObject *s) {
+/* A str's characters as orjson writes them inside its quotes: 0, DECLINE (a surrogate:
+ * orjson refuses it) or -1. */
+static int write_chars(writer *w, PyObject *s) {
     Py_ssize_t n = PyUnicode_GET_LENGTH(s);
     if (n > (PY_SSIZE_T_MAX / 2 - 2) / 6) {
         PyErr_NoMemory();
@@ -91,7 +100,6 @@ static int write_str(writer *w, PyObject *s) {
     unsigned char *o = (unsigned char *)w->buf + w->len;
     int kind = PyUnicode_KIND(s);
     const void *data = PyUnicode_DATA(s);
-    *o++ = '"';
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_UCS4 c = PyUnicode_READ(kind, data, i);
         if (c < 0x80) {
@@ -123,9 +131,15 @@ static int write_str(writer *w, PyObject *s) {
             *o++ = (unsigned char)(0x80 | (c & 0x3f));
         }
     }
-    *o++ = '"';
     w->len = (char *)o - w->buf;
     return 0;
+}
+
+/* A str as orjson writes it: 0, DECLINE or -1. */
+static int write_str(writer *w, PyObject *s) {
+    int rc;
+    if ((rc = PUT_LITERAL(w, "\"")) != 0 || (rc = write_chars(w, s)) != 0) return rc;
+    return PUT_LITERAL(w, "\"");
 }
 
 static int write_u64(writer *w, unsigned long long v, int negative) {
@@ -283,6 +297,142 @@ static PyObject *events(PyObject *module, PyObject *const *args, Py_ssize_t narg
     return result;
 }
 
+/* The hex digits of size (not 0) and CRLF at head: how many bytes. */
+static int chunk_head(char *head, size_t size) {
+    int digits = 0;
+    for (size_t left = size; left != 0; left >>= 4) digits++;
+    for (int i = digits - 1, shift = 0; i >= 0; i--, shift += 4)
+        head[i] = "0123456789abcdef"[(size >> shift) & 0xF];
+    head[digits] = '\r';
+    head[digits + 1] = '\n';
+    return digits + 2;
+}
+
+/* status is of status_type with the value 0 (ends nothing): 1, 0 (DECLINE's case) or -1. */
+static int status_zero(module_state *st, PyObject *status, PyObject *status_type) {
+    if (Py_TYPE(status) != (PyTypeObject *)status_type) return 0;
+    PyObject *value = PyObject_GetAttr(status, st->status);  /* a ctypes field: runs no code */
+    if (value == NULL) return -1;
+    int overflow = 0;
+    int zero = PyLong_CheckExact(value) && PyLong_AsLongAndOverflow(value, &overflow) == 0
+               && overflow == 0;
+    Py_DECREF(value);
+    return PyErr_Occurred() ? -1 : zero;
+}
+
+/* One entry's text into w and its counts into *count, *prompt (references the caller holds):
+ * 0, DECLINE or -1. */
+static int take_text(writer *w, module_state *st, PyObject *entry, PyObject *status_type,
+                     PyObject **count, PyObject **prompt) {
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4) return DECLINE;
+    PyObject *text = PyTuple_GET_ITEM(entry, 1), *meta = PyTuple_GET_ITEM(entry, 2);
+    if (!PyUnicode_CheckExact(text) || !PyDict_CheckExact(meta)) return DECLINE;
+    if (status_type != Py_None) {
+        int zero = status_zero(st, PyTuple_GET_ITEM(entry, 3), status_type);
+        if (zero != 1) return zero < 0 ? -1 : DECLINE;
+    }
+    /* Python works out count + 1 even where the metadata has the count: an int's sum runs
+     * no code, anything else's might */
+    if (!PyLong_CheckExact(*count)) return DECLINE;
+    PyObject *v = PyDict_GetItemWithError(meta, st->count_output_tokens);
+    if (v != NULL) {
+        Py_SETREF(*count, Py_NewRef(v));
+    } else if (PyErr_Occurred()) {
+        return -1;
+    } else {
+        PyObject *next = PyNumber_Add(*count, st->one);
+        if (next == NULL) return -1;
+        Py_SETREF(*count, next);
+    }
+    v = PyDict_GetItemWithError(meta, st->prompt_tokens);
+    if (v != NULL) {
+        Py_SETREF(*prompt, Py_NewRef(v));
+    } else if (PyErr_Occurred()) {
+        return -1;
+    }
+    return write_chars(w, text);
+}
+
+PyDoc_STRVAR(text_chunk_doc,
+"text_chunk(entries, count, prompt, head, tail, status_type, framed)\n"
+"    -> (body, count, prompt) or None\n\n"
+"An OpenAI stream's chunk for token entries that end nothing (no stop strings to hold text\n"
+"back): body is head + the JSON string of the entries' texts joined + tail, or b\"\" if\n"
+"they are empty; framed as one HTTP/1.1 chunk if framed. count and prompt are the token\n"
+"counts before the entries and come back after them: each entry's meta \"count_output_tokens\"\n"
+"(else the count before it plus one) and \"prompt_tokens\" (else the one before it).\n"
+"status_type: every entry's status must be of this class, with status 0; None: the caller\n"
+"checked that. None: the Python path (pdmaster/api/openai_relay.py, the reference).");
+
+static PyObject *text_chunk(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyBytes_CheckExact(args[3]) || !PyBytes_CheckExact(args[4])
+        || (args[5] != Py_None && !PyType_Check(args[5]))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "text_chunk(entries, count, prompt, head: bytes, tail: bytes, "
+                        "status_type: type | None, framed)");
+        return NULL;
+    }
+    PyObject *entries = args[0], *head = args[3], *tail = args[4], *status_type = args[5];
+    int framed = PyObject_IsTrue(args[6]);
+    if (framed < 0) return NULL;
+    if (!PyList_CheckExact(entries)) Py_RETURN_NONE;
+    module_state *st = PyModule_GetState(module);
+    PyObject *count = Py_NewRef(args[1]), *prompt = Py_NewRef(args[2]);
+
+    writer w;
+    w.buf = w.small;
+    w.len = 0;
+    w.cap = sizeof w.small;
+    int rc = 0;
+    for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(entries); i++) {
+        PyObject *entry = PyList_GET_ITEM(entries, i);
+        Py_INCREF(entry);
+        rc = take_text(&w, st, entry, status_type, &count, &prompt);
+        Py_DECREF(entry);
+    }
+    PyObject *body = NULL, *result = NULL;
+    if (rc == DECLINE) {
+        result = Py_NewRef(Py_None);
+    } else if (rc == 0 && w.len == 0) {
+        body = PyBytes_FromStringAndSize(NULL, 0);
+    } else if (rc == 0) {
+        Py_ssize_t n_head = PyBytes_GET_SIZE(head), n_tail = PyBytes_GET_SIZE(tail);
+        if (w.len > PY_SSIZE_T_MAX / 2 - n_head - n_tail - 64) {
+            PyErr_NoMemory();
+        } else {
+            Py_ssize_t size = n_head + 1 + w.len + 1 + n_tail;
+            char frame[2 * sizeof(size_t) + 2];
+            int n_frame = framed ? chunk_head(frame, (size_t)size) : 0;
+            body = PyBytes_FromStringAndSize(NULL, n_frame + size + (framed ? 2 : 0));
+            if (body != NULL) {
+                char *p = PyBytes_AS_STRING(body);
+                memcpy(p, frame, (size_t)n_frame);
+                p += n_frame;
+                memcpy(p, PyBytes_AS_STRING(head), (size_t)n_head);
+                p += n_head;
+                *p++ = '"';
+                memcpy(p, w.buf, (size_t)w.len);
+                p += w.len;
+                *p++ = '"';
+                memcpy(p, PyBytes_AS_STRING(tail), (size_t)n_tail);
+                p += n_tail;
+                if (framed) {
+                    *p++ = '\r';
+                    *p++ = '\n';
+                }
+            }
+        }
+    }
+    if (body != NULL) {
+        result = PyTuple_Pack(3, body, count, prompt);
+        Py_DECREF(body);
+    }
+    Py_DECREF(count);
+    Py_DECREF(prompt);
+    if (w.buf != w.small) PyMem_Free(w.buf);
+    return result;
+}
+
 PyDoc_STRVAR(http_chunk_doc,
 "http_chunk(body: bytes) -> bytes\n\n"
 "body framed as one HTTP/1.1 chunk: its length in hex, CRLF, body, CRLF (body not empty:\n"
@@ -295,25 +445,21 @@ static PyObject *http_chunk(PyObject *module, PyObject *body) {
     }
     Py_ssize_t size = PyBytes_GET_SIZE(body);
     char head[2 * sizeof(size_t) + 2];
-    int digits = 0;
-    for (size_t left = (size_t)size; left != 0; left >>= 4) digits++;
-    for (int i = digits - 1, shift = 0; i >= 0; i--, shift += 4)
-        head[i] = "0123456789abcdef"[((size_t)size >> shift) & 0xF];
-    head[digits] = '\r';
-    head[digits + 1] = '\n';
-    PyObject *out = PyBytes_FromStringAndSize(NULL, digits + 2 + size + 2);
+    int n_head = chunk_head(head, (size_t)size);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n_head + size + 2);
     if (out == NULL) return NULL;
     char *p = PyBytes_AS_STRING(out);
-    memcpy(p, head, (size_t)digits + 2);
-    memcpy(p + digits + 2, PyBytes_AS_STRING(body), (size_t)size);
-    p[digits + 2 + size] = '\r';
-    p[digits + 2 + size + 1] = '\n';
+    memcpy(p, head, (size_t)n_head);
+    memcpy(p + n_head, PyBytes_AS_STRING(body), (size_t)size);
+    p[n_head + size] = '\r';
+    p[n_head + size + 1] = '\n';
     return out;
 }
 
 static PyMethodDef methods[] = {
     {"events", (PyCFunction)(void (*)(void))events, METH_FASTCALL, events_doc},
     {"http_chunk", (PyCFunction)http_chunk, METH_O, http_chunk_doc},
+    {"text_chunk", (PyCFunction)(void (*)(void))text_chunk, METH_FASTCALL, text_chunk_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -324,13 +470,14 @@ static int exec_module(PyObject *module) {
         || (st->special = PyUnicode_InternFromString("special")) == NULL
         || (st->count_output_tokens = PyUnicode_InternFromString("count_output_tokens")) == NULL
         || (st->prompt_tokens = PyUnicode_InternFromString("prompt_tokens")) == NULL
-        || (st->status = PyUnicode_InternFromString("status")) == NULL)
+        || (st->status = PyUnicode_InternFromString("status")) == NULL
+        || (st->one = PyLong_FromLong(1)) == NULL)
         return -1;
     return 0;
 }
 
 static int traverse(PyObject *module, visitproc visit, void *arg) {
-    return 0;  /* the state holds only str objects: no cycle can go through them */
+    return 0;  /* the state holds only str and int objects: no cycle can go through them */
 }
 
 static int clear(PyObject *module) {
@@ -342,6 +489,7 @@ static int clear(PyObject *module) {
         Py_CLEAR(st->count_output_tokens);
         Py_CLEAR(st->prompt_tokens);
         Py_CLEAR(st->status);
+        Py_CLEAR(st->one);
     }
     return 0;
 }
@@ -358,7 +506,8 @@ static struct PyModuleDef_Slot module_slots[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "pdwire._sse",
-    "LightLLM's client stream events built in one pass (see pdwire/sse.py).",
+    "LightLLM's client stream events and OpenAI's text chunks built in one pass (see "
+    "pdwire/sse.py).",
     sizeof(module_state), methods, module_slots, traverse, clear, free_module,
 };
 

@@ -487,12 +487,13 @@ static int memoize(reader *r) {
     if (n - 1 < fence(r)) return -1;
     slot *t = &r->stack.s[n - 1];
     int kind = t->kind;
-    if (kind == K_SCALAR || kind == K_BYTES || kind == K_OBJTYPE || kind == K_STATUSCLS
-        || kind == K_UNPICKLE) {
+    if (kind == K_SCALAR || kind == K_OBJTYPE || kind == K_STATUSCLS || kind == K_UNPICKLE) {
         Py_XINCREF(t->obj);
         return push(&r->memo, t->obj, kind, 0, t->raw);
     }
-    return push(&r->memo, NULL, K_OTHER, 0, 0);  /* never pushed again: a container, say */
+    /* never pushed again: a container, say, or a FinishStatus's bytes (safepickle takes
+     * those only written out in its state) */
+    return push(&r->memo, NULL, K_OTHER, 0, 0);
 }
 
 static inline int binget(reader *r, Py_ssize_t i) {
@@ -501,6 +502,34 @@ static inline int binget(reader *r, Py_ssize_t i) {
     if (m->kind == K_OTHER) return -1;  /* only a scalar or a marker again, never a container */
     Py_XINCREF(m->obj);
     return push(&r->stack, m->obj, m->kind, 0, m->raw);
+}
+
+/* Every entry's FinishStatus after the first, once the two globals are in the memo:
+ *   BINGET _unpickle, BINGET FinishStatus, EMPTY_DICT, MEMOIZE, SHORT_BINBYTES 4 bytes,
+ *   MEMOIZE, TUPLE2, MEMOIZE, TUPLE2, MEMOIZE, REDUCE, MEMOIZE
+ * (the BINGET of _unpickle read). Those 19 bytes leave the stack and the memo as the
+ * opcodes one by one do: the status on the stack, 5 memo slots no BINGET may push. 1: done,
+ * r->p past them; 0: not this sequence (nothing changed, the opcodes take their own way);
+ * -1: error. */
+#define STATUS_TAIL 17
+static int status_sequence(reader *r, Py_ssize_t unpickle) {
+    static const unsigned char tail[STATUS_TAIL] = {'h', 0, '}', 0x94, 'C', 4, 0, 0, 0, 0,
+                                                    0x94, 0x86, 0x94, 0x86, 0x94, 'R', 0x94};
+    const unsigned char *p = r->p;
+    if (!need(r, STATUS_TAIL) || unpickle >= r->memo.len
+        || r->memo.s[unpickle].kind != K_UNPICKLE || p[1] >= r->memo.len
+        || r->memo.s[p[1]].kind != K_STATUSCLS || p[0] != tail[0]
+        || memcmp(p + 2, tail + 2, 4) != 0 || memcmp(p + 10, tail + 10, 7) != 0)
+        return 0;
+    uint32_t raw;
+    memcpy(&raw, p + 6, 4);
+    PyObject *status = finish_status(r, raw);
+    if (status == NULL) return -1;
+    if (push(&r->stack, status, K_STATUS, 0, 0) < 0) return -1;
+    for (int i = 0; i < 5; i++)
+        if (push(&r->memo, NULL, K_OTHER, 0, 0) < 0) return -1;
+    r->p += STATUS_TAIL;
+    return 1;
 }
 
 /* 0: decoded, the result on the stack; -1: not this path's frame (or an error set). */
@@ -614,7 +643,13 @@ static int run(reader *r) {
             if (memoize(r) < 0) return -1;
             break;
         case 'h': /* BINGET */
-            if (!need(r, 1) || binget(r, *r->p++) < 0) return -1;
+            if (!need(r, 1)) return -1;
+            start = *r->p++;
+            switch (status_sequence(r, start)) {
+            case 1: break;
+            case 0: if (binget(r, start) < 0) return -1; break;
+            default: return -1;
+            }
             break;
         case 'j': /* LONG_BINGET */
             if (!need(r, 4)) return -1;

@@ -4,6 +4,8 @@ Masters relay these to clients; a simulated node in ``normal`` mode serves them 
 A chunk is written by the C extension ``pdwire._sse`` (built by ``pip install``) where it is
 there and takes the entries; else, and for entries it leaves alone (values orjson writes in a
 way it does not, or refuses), by ``python_sse_events``, which it must agree with byte for byte.
+The extension also writes OpenAI's text chunks for the master's compiled relay
+(``compiled_text_chunk``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,18 @@ def compiled_events() -> CompiledEvents | None:
 
 
 _COMPILED = compiled_events()
+
+CompiledTextChunk = Callable[..., tuple[bytes, Any, Any] | None]
+
+
+def compiled_text_chunk() -> CompiledTextChunk | None:
+    """The C writer of an OpenAI stream's text chunks (``text_chunk``, see ``pdwire/_sse.c``;
+    ``pdmaster/api/openai_relay.py`` is its reference), or None where the install did not
+    build it (or built it before it had one)."""
+    writer: CompiledTextChunk | None = getattr(
+        optional_extension("pdwire._sse"), "text_chunk", None
+    )
+    return writer
 
 
 def python_http_chunk(body: bytes) -> bytes:

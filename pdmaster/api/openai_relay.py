@@ -19,7 +19,7 @@ import orjson
 
 from pdmaster.errors import ApiError
 from pdwire.pd_io import TokenEntry
-from pdwire.sse import FINISH_REASONS
+from pdwire.sse import FINISH_REASONS, CompiledTextChunk
 
 DONE = b"data: [DONE]\n\n"
 # Stand for a chunk's text (or usage) and a stream's id while a format's events are cut up
@@ -97,7 +97,9 @@ class Generation:
     """One choice's text, token counts and finish reason as node entries arrive.
 
     Without stop strings there is no ``StopScanner``: each token's text goes out as it
-    came, which is what the scanner would let out.
+    came, which is what the scanner would let out. For a stream's steps that end nothing,
+    ``pdmaster/_lane.c`` (with ``pdwire._sse.text_chunk``) does what ``add`` does: change
+    them together.
     """
 
     __slots__ = ("prompt_tokens", "completion_tokens", "done", "_scanner", "_status", "_parts")
@@ -143,6 +145,11 @@ class Generation:
         if self._parts is not None:
             self._parts.append(added)
         return added
+
+    @property
+    def passes_text(self) -> bool:
+        """Each token's text goes out as it came (no stop strings) and none is kept."""
+        return self._scanner is None and self._parts is None
 
     @property
     def text(self) -> str:
@@ -272,6 +279,7 @@ class StreamEvents:
 
     __slots__ = (
         "include_usage",
+        "text_chunk",
         "text",
         "opening",
         "usage",
@@ -282,10 +290,13 @@ class StreamEvents:
         "_second",
     )
 
-    def __init__(self, fmt: CompletionFormat) -> None:
+    def __init__(self, fmt: CompletionFormat, text_chunk: CompiledTextChunk | None = None) -> None:
+        """``text_chunk``: the C writer of text chunks (``pdwire.sse.compiled_text_chunk``),
+        for the compiled relay of a stream's plain steps; None: every chunk is written here."""
         probe = type(fmt)(fmt.model, fmt.include_usage)
         probe.id, probe.created = _ID_MARK, 0
         self.include_usage = fmt.include_usage
+        self.text_chunk = text_chunk
         self._id_prefix = fmt.id_prefix + "-"
         self._second = (-1, b"")  # a time and the lead's bytes after the id, made for it
         sample = sse(probe.chunk(_MARK, None))
@@ -347,7 +358,8 @@ class OpenAIStream:
     usage (if asked) and ``[DONE]``; a failure after the first chunk ends with an error event.
 
     Its events are its format's (``events``), each after the stream's ``lead`` (its id and
-    time): a text chunk costs one ``orjson.dumps`` of a string.
+    time): a text chunk costs one ``orjson.dumps`` of a string. ``pdmaster/_lane.c`` writes
+    the text chunks of steps that end nothing itself (``lane_parts``); this is its reference.
     """
 
     __slots__ = ("_gen", "_events", "_lead", "_head", "_tail", "_opening", "done")
@@ -377,6 +389,15 @@ class OpenAIStream:
         if self._opening:  # the chat's role chunk, before the first tokens
             body, self._opening = self._opening + body, b""
         return body
+
+    def lane_parts(self) -> tuple[CompiledTextChunk, Generation, bytes, bytes] | None:
+        """For the compiled relay: the C writer, the generation whose counts it moves on, and
+        a text chunk's bytes before and after its text. None where text may be held back (stop
+        strings) or the writer is not built: then ``chunk`` writes every chunk."""
+        text_chunk = self._events.text_chunk
+        if text_chunk is None or not self._gen.passes_text:
+            return None
+        return text_chunk, self._gen, self._head, self._tail
 
     def error(self, exc: ApiError) -> bytes:
         self.done = True

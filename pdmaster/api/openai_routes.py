@@ -54,6 +54,7 @@ from pdmaster.settings import MasterSettings
 from pdmodel.chat_template import ChatTemplate, ChatTemplateError, load_chat_template
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.client import GenerateParameters
+from pdwire.sse import compiled_text_chunk
 
 
 def served_model_name(settings: MasterSettings) -> str:
@@ -204,8 +205,9 @@ def openai_endpoints(
     model_name = served_model_name(settings)
     requests = OpenAIRequests(tokenizer, settings, template)
     ids = RandomHex()
+    text_chunk = compiled_text_chunk()
     events = {
-        (kind, usage): StreamEvents(kind(model_name, usage))
+        (kind, usage): StreamEvents(kind(model_name, usage), text_chunk)
         for kind in (CompletionFormat, ChatFormat)
         for usage in (False, True)
     }

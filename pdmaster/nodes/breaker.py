@@ -18,6 +18,9 @@ class BreakerState(enum.Enum):
     HALF_OPEN = "half_open"
 
 
+_CLOSED = BreakerState.CLOSED  # read per request: a constant, not the enum class's attribute
+
+
 class CircuitBreaker:
     def __init__(
         self,
@@ -42,7 +45,7 @@ class CircuitBreaker:
 
     def allows(self) -> bool:
         """May a new request go to this node? (HALF_OPEN lets one probe through.)"""
-        if self._state is BreakerState.CLOSED:  # as nearly always: no clock to read
+        if self._state is _CLOSED:  # as nearly always: no clock to read
             return True
         state = self.state
         if state is BreakerState.CLOSED:
@@ -50,13 +53,14 @@ class CircuitBreaker:
         return state is BreakerState.HALF_OPEN and not self._probing
 
     def on_dispatch(self) -> None:
-        if self._state is BreakerState.CLOSED:  # as nearly always: no clock to read
-            return
-        if self.state is BreakerState.HALF_OPEN:
+        if self._state is not _CLOSED and self.state is BreakerState.HALF_OPEN:
             self._probing = True
 
     def record(self, ok: bool, may_open: bool = True) -> None:
         """One outcome; ``may_open=False`` counts the failure but keeps the breaker closed."""
+        if ok and self._state is _CLOSED:  # as nearly always (closed: not probing)
+            self._failures = 0
+            return
         state = self.state
         if ok:
             self._failures = 0

@@ -314,10 +314,15 @@ class NodePool:
         usage rate is not a finite number in [0, MAX_USAGE_RATE] is ignored (and counted):
         it would steer every pick."""
         rate: Any = load.get("total_token_usage_rate")
-        # an int or a float, not a bool; compared exactly for any int (no float() of a huge
-        # one), and false for NaN
-        kind = type(rate)
-        if (kind is float or kind is int) and 0 <= rate <= MAX_USAGE_RATE:
+        # a float (as nodes send it, per token frame) or an int, not a bool; compared exactly
+        # for any int (no float() of a huge one), and false for NaN
+        kind = rate.__class__
+        if kind is float:
+            if 0.0 <= rate <= MAX_USAGE_RATE:
+                conn.usage_rate = rate
+                conn.load_at = self._clock()
+                return
+        elif kind is int and 0 <= rate <= MAX_USAGE_RATE:
             conn.usage_rate = float(rate)
             conn.load_at = self._clock()
             return

@@ -141,7 +141,7 @@ async def _serve(
 ) -> str:
     """v1.1.0 and fc72ffa: token packs until the socket closes (why it closed)."""
 
-    decode, record_load, deliver = codec.decode_node_message, pool.record_load, table.deliver
+    decode, record_load, deliver = codec.decode_node_message, pool.record_load, table.queue(conn)
     token_packs = ObjType.TOKEN_PACKS  # per frame: a local, not the enum class's attribute
 
     def handle(data: bytes | str) -> None:
@@ -151,9 +151,9 @@ async def _serve(
         if load is not None:
             record_load(conn, load)
         if kind is token_packs:
-            deliver(conn, payload)  # checked by decode_node_message
+            deliver(payload)  # checked by decode_node_message
 
-    return await _read_messages(ws, "/pd_register", handle, None)
+    return await _read_messages(ws, "/pd_register", handle, None, table.hand_over)
 
 
 async def _serve_v12(
@@ -166,7 +166,7 @@ async def _serve_v12(
 ) -> str:
     """v1.2.0: token packs, prompt-id uploads and heartbeats, each within the heartbeat timeout."""
 
-    decode, record_load, deliver = codec.decode_node_message, pool.record_load, table.deliver
+    decode, record_load, deliver = codec.decode_node_message, pool.record_load, table.queue(conn)
     token_packs = ObjType.TOKEN_PACKS
 
     def handle(data: bytes | str) -> None:
@@ -176,12 +176,14 @@ async def _serve_v12(
         if kind is token_packs:
             if extra is not None:
                 record_load(conn, extra)
-            deliver(conn, payload)  # checked by decode_node_message
+            deliver(payload)  # checked by decode_node_message
         elif kind is ObjType.PD_UPLOAD_PREFILL_PROMPT_IDS:
             table.prompt_ids_arrived(conn, payload, extra)
 
     try:
-        return await _read_messages(ws, "/pd_register", handle, heartbeat_timeout_s)
+        return await _read_messages(
+            ws, "/pd_register", handle, heartbeat_timeout_s, table.hand_over
+        )
     except TimeoutError:
         reason = "PD heartbeat timed out"
         log.warning("%s node %s: %s", conn.info.mode, conn.info.client_ip_port, reason)
@@ -192,17 +194,22 @@ async def _serve_v12(
 
 
 async def _read_messages(
-    ws: WebSocket, path: str, handle: Callable[[bytes | str], None], silence_s: float | None
+    ws: WebSocket,
+    path: str,
+    handle: Callable[[bytes | str], None],
+    silence_s: float | None,
+    after: Callable[[], None] | None = None,
 ) -> str:
     """Give each message to ``handle`` until the socket closes (why it closed); TimeoutError
-    if none comes for ``silence_s``. What ``handle`` raises ends the reading.
+    if none comes for ``silence_s``. What ``handle`` raises ends the reading. ``after()``:
+    once the messages of a read are handled (what they left to do at once).
 
     Under ``NodeSocketProtocol`` messages are handled as the server reads them (see
     ``socket``); this task only waits for the end.
     """
     register = (ws.scope.get("extensions") or {}).get(MESSAGE_SINK)
     if register is None:
-        return await _receive_loop(ws, path, handle, silence_s)
+        return await _receive_loop(ws, path, handle, silence_s, after)
     loop = asyncio.get_running_loop()
     failed: asyncio.Future[None] = loop.create_future()
     last = loop.time()
@@ -219,7 +226,7 @@ async def _read_messages(
         if not failed.done():
             failed.set_exception(exc)
 
-    register(sink, fail)
+    register(sink, fail, after)
     closed = asyncio.ensure_future(ws.receive())  # the only message left for the queue
     try:
         while True:
@@ -239,7 +246,11 @@ async def _read_messages(
 
 
 async def _receive_loop(
-    ws: WebSocket, path: str, handle: Callable[[bytes | str], None], silence_s: float | None
+    ws: WebSocket,
+    path: str,
+    handle: Callable[[bytes | str], None],
+    silence_s: float | None,
+    after: Callable[[], None] | None,
 ) -> str:
     """``_read_messages`` under any other server: each message through the app's queue."""
     loop = asyncio.get_running_loop()
@@ -252,6 +263,8 @@ async def _receive_loop(
                 return _closed(ws, path, message.get("code"))
             data = message.get("bytes")
             handle(data if data is not None else message.get("text") or "")
+            if after is not None:
+                after()
 
 
 def _sender(ws: WebSocket) -> Callable[[bytes | bytearray], Awaitable[None]]:

@@ -15,7 +15,9 @@ frame is passed, whole, to the ``websockets`` parser as before (which sees a str
 frames, so its state stays right), and a frame past the size limit hands that parser the
 rest of the connection. A sink reads synchronously, so the socket is read no faster than
 its messages are handled: that is the back-pressure. The app's ``receive`` then only ever
-yields the disconnect.
+yields the disconnect. The sink may leave work for the end of the read (the master hands
+the tokens of all the frames read to their streams at once, in the same loop iteration:
+no wake-up scheduled per read), which ``read()`` then does.
 
 Sends have the symmetric shortcut, the scope extension ``FRAME_SENDER``: the master sends a
 node a ~20 KB REQ frame per request, and through starlette, uvicorn and ``websockets`` each
@@ -37,12 +39,14 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
-from pdwire.wsframes import INCOMPLETE, OTHER, REFUSED, TEXT, frame_reader
+from pdwire.wsframes import BINARY, INCOMPLETE, REFUSED, TEXT, frame_reader
 
 MESSAGE_SINK = "pdctl.message_sink"
-"""Scope extension: ``take(sink, failed)`` to take messages: ``sink(message: bytes | str)``
-gets each one; the first exception it raises goes to ``failed(exc)`` and the messages after
-it are dropped, as they are after ``take(None, None)`` (the app is done with the socket)."""
+"""Scope extension: ``take(sink, failed, read=None)`` to take messages: ``sink(message: bytes
+| str)`` gets each one; the first exception it raises goes to ``failed(exc)`` and the messages
+after it are dropped, as they are after ``take(None, None)`` (the app is done with the
+socket). ``read()``, if given, is called once the messages of a read are all given (what it
+raises is logged): what they left to do for all of them at once."""
 
 FRAME_SENDER = "pdctl.frame_sender"
 """Scope extension: ``wrap(send_bytes) -> send``, a ``send(data: bytes)`` that writes a binary
@@ -50,6 +54,7 @@ frame itself while it can and otherwise awaits ``send_bytes(data)`` (the app's o
 
 Sink = Callable[[bytes | str], None]
 Failed = Callable[[Exception], None]
+Read = Callable[[], None]
 Send = Callable[[bytes | bytearray], Awaitable[None]]
 _HEAD16 = struct.Struct("!BBH")
 _HEAD64 = struct.Struct("!BBQ")
@@ -62,6 +67,7 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self._sink: Sink | None = None
         self._sink_failed: Failed = _ignore
+        self._read: Read | None = None
         self._buffer = bytearray()  # a frame's start, not yet whole (only while a sink reads)
         self._parser_only = False  # a frame past the limit: the parser reads from here on
         self._read_frame = frame_reader()
@@ -73,11 +79,12 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
             extensions[MESSAGE_SINK] = self._set_sink
             extensions[FRAME_SENDER] = self._sender
 
-    def _set_sink(self, sink: Sink | None, failed: Failed | None) -> None:
+    def _set_sink(self, sink: Sink | None, failed: Failed | None, read: Read | None = None) -> None:
         """From now on messages go to ``sink``, first those already queued, in order; what it
-        raises to ``failed``, once (see ``MESSAGE_SINK``)."""
+        raises to ``failed``, once; ``read()`` after each read's (see ``MESSAGE_SINK``)."""
         self._sink = sink or _ignore
         self._sink_failed = failed or _ignore
+        self._read = read if sink is not None else None
         kept = []
         while not self.queue.empty():
             message = self.queue.get_nowait()
@@ -88,6 +95,7 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
                 self._give(data if data is not None else message.get("text") or "")
         for message in kept:
             self.queue.put_nowait(message)
+        self._after_read()
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
@@ -113,6 +121,15 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
 
         return send
 
+    def _after_read(self) -> None:
+        """The messages of a read are given: the app's ``read()``, if any."""
+        read = self._read
+        if read is not None:
+            try:
+                read()
+            except Exception:
+                self.logger.exception("the node socket's reader failed after a read")
+
     def _give(self, message: bytes | str) -> None:
         try:
             self._sink(message)  # type: ignore[misc]  # only called while there is a sink
@@ -124,6 +141,11 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
         failed = self._sink_failed
         self._sink, self._sink_failed = _ignore, _ignore
         failed(exc)
+
+    def _direct(self) -> bool:
+        """May a whole data frame go to the sink (else to the parser, which knows what to do)?"""
+        conn = self.conn
+        return not conn.expect_continuation_frame and conn.state is _OPEN and not self.close_sent
 
     def send_receive_event_to_app(self) -> None:
         """A message the parser completed goes to the sink, if there is one."""
@@ -147,8 +169,15 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
             self._give(bytes(data))
 
     def data_received(self, data: bytes) -> None:
-        parser_has_start = not self._buffer and self.conn.reader.buffer
-        if self._sink is None or self._parser_only or parser_has_start:
+        try:
+            self._receive(data)
+        finally:
+            if self._read is not None:
+                self._after_read()
+
+    def _receive(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is None or self._parser_only or (not self._buffer and self.conn.reader.buffer):
             super().data_received(data)  # no sink, or the parser holds a frame's start
             return
         buf: bytes | bytearray = data
@@ -158,9 +187,21 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
         conn = self.conn
         limit = conn.max_message_size
         read_frame = self._read_frame
+        # Whether a data frame goes to the sink. Only the parser's path below changes it
+        # while this runs (a sink is synchronous: the app's close comes after), so it is
+        # read once per read, and again after that path, not per frame.
+        direct = self._direct()
         pos, end = 0, len(buf)
         while pos < end:
             kind, message, stop = read_frame(buf, pos, limit)
+            if kind == BINARY and direct and message is not None:  # a token frame: no more to ask
+                try:
+                    sink(message)
+                except Exception as exc:
+                    self._sink_dropped(exc)
+                    sink = self._sink or _ignore
+                pos = stop
+                continue
             if kind == INCOMPLETE:
                 break
             if kind == REFUSED:
@@ -170,20 +211,14 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
                 self._buffer = bytearray()
                 super().data_received(rest)
                 return
-            received: bytes | str | None = None
-            if (
-                kind != OTHER
-                and not conn.expect_continuation_frame
-                and conn.state is _OPEN
-                and not self.close_sent
-            ):
-                # a text frame's invalid UTF-8 (None) takes the parser's path: 1007
-                received = _utf8(message) if kind == TEXT and message is not None else message
+            # a text frame's invalid UTF-8 (None) takes the parser's path: 1007
+            received = _utf8(message) if kind == TEXT and direct and message is not None else None
             if received is not None:
                 try:
-                    self._sink(received)
+                    sink(received)
                 except Exception as exc:
                     self._sink_dropped(exc)
+                    sink = self._sink or _ignore
             else:  # anything else, whole, to the parser (and uvicorn's handlers)
                 conn.receive_data(buf[pos:stop])
                 if conn.parser_exc is not None:
@@ -191,6 +226,7 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
                     self.handle_parser_exception()
                     return
                 self.handle_events()
+                direct, sink = self._direct(), self._sink or _ignore
             pos = stop
         if buf is self._buffer:
             del buf[:pos]

@@ -216,13 +216,25 @@ class RequestTable:
         return len(self._by_group)
 
     def deliver(self, node: NodeConnection, entries: list[TokenEntry]) -> None:
-        """Queue each entry for its request; ``_hand_over`` gives them out soon after."""
+        """Queue each entry for its request; ``hand_over`` gives them out soon after (once
+        the loop has run what else is ready: frames read meanwhile go in the same batch)."""
+        idle = not self._ready
+        self.queue(node)(entries)
+        if idle and self._ready:
+            asyncio.get_running_loop().call_soon(self.hand_over)
+
+    def queue(self, node: Any) -> Callable[[list[TokenEntry]], None]:
+        """``deliver(node, entries)`` for a node's reader, which calls it per frame, without
+        the hand-over: the reader calls ``hand_over`` once it has read the frames already in,
+        so a stream that fell behind gets its tokens in one write instead of one per frame."""
         table = self._by_group
-        ready = self._ready
-        idle = not ready
-        if self._deliver is not None:  # this loop, compiled
-            self._deliver(table, ready, node, entries, MAX_BEST_OF)
-        else:
+        compiled = self._deliver
+
+        def queue(entries: list[TokenEntry]) -> None:
+            ready = self._ready
+            if compiled is not None:  # this loop, compiled
+                compiled(table, ready, node, entries, MAX_BEST_OF)
+                return
             for entry in entries:  # per token, so inline; a late token of a node the request
                 state = table.get(entry[0] // MAX_BEST_OF * MAX_BEST_OF)  # left is dropped
                 if state is not None and state.source is node:
@@ -230,16 +242,15 @@ class RequestTable:
                     items.append(entry)
                     if len(items) == 1:
                         ready.append(state)
-        if idle and ready:
-            asyncio.get_running_loop().call_soon(self._hand_over)
 
-    def _hand_over(self) -> None:
-        """Give each request what was queued for it, all at once.
+        return queue
 
-        This runs once the node readers have read the frames already in, so a stream that
-        fell behind gets its tokens in one write instead of one write per frame.
-        """
-        ready, self._ready = self._ready, []
+    def hand_over(self) -> None:
+        """Give each request what was queued for it, all at once."""
+        ready = self._ready
+        if not ready:
+            return
+        self._ready = []
         now = self._clock()
         if self._compiled is not None:
             relayed, declined = self._compiled(ready, now)

@@ -398,3 +398,42 @@ def test_dicts_of_one_shape_each_have_their_own_items() -> None:
         assert len({id(m) for m in metas_got}) == len(metas_got)  # no dict shared
         nested = [v for m in metas_got for v in m.values() if isinstance(v, dict | list)]
         assert len({id(v) for v in nested}) == len(nested)
+
+
+def _with_status_bytes_of_an_earlier_entry(raw: bytes, memo_kind: str) -> bytes:
+    """The frame with its last entry's FinishStatus bytes taken from the memo (BINGET) of
+    the entry before it: its bytes (``memo_kind`` "bytes") or the tuple holding them
+    ("tuple")."""
+    ops = list(pickletools.genops(raw))
+    memo_of: dict[int, int] = {}  # an opcode's position -> the memo index it was given
+    count = 0
+    for i, (op, _, _) in enumerate(ops):
+        if op.name == "MEMOIZE":
+            memo_of[ops[i - 1][2]] = count
+            count += 1
+    binbytes = [(i, pos) for i, (op, _, pos) in enumerate(ops) if op.name == "SHORT_BINBYTES"]
+    (before, before_pos), (_, last_pos) = binbytes[-2], binbytes[-1]
+    target = before_pos if memo_kind == "bytes" else ops[before + 2][2]  # its TUPLE2
+    data = raw[:last_pos] + b"h" + bytes([memo_of[target]]) + raw[last_pos + 6 :]
+    assert data[2] == 0x95  # FRAME: its length follows
+    return data[:3] + (len(data) - 11).to_bytes(8, "little") + data[11:]
+
+
+def test_a_finish_status_is_read_as_safepickle_reads_it_and_its_memo_never_again() -> None:
+    """Every FinishStatus after a frame's first is read in one step. Its parts (its 4 bytes,
+    its tuples) are in the memo, but a later reference to them is refused, by safepickle too
+    (it takes a FinishStatus only written out)."""
+    codec = LightLLMCodec("v1.1.0")
+    statuses = [FinishStatus(0), FinishStatus(1), FinishStatus(0)]
+    entries = [(8 * i, "t", {"id": i}, s) for i, s in enumerate(statuses, 1)]
+    raw = codec.encode_token_packs(entries, {"total_token_usage_rate": 0.5})
+    safe = LightLLMCodec(accelerated=False)
+    fast = fast_decoder("v1.1.0")
+    got = fast.decode(raw)
+    assert got is not None and plain(got) == plain(safe.decode_node_message(raw))
+    assert [e[3].status for e in got[1]] == [0, 1, 0]
+    for part in ("bytes", "tuple"):
+        again = _with_status_bytes_of_an_earlier_entry(raw, part)
+        assert fast.decode(again) is None, part
+        with pytest.raises(WireError):
+            safe.decode_node_message(again)

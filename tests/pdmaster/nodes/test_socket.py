@@ -244,3 +244,51 @@ def test_a_sink_that_raises_is_told_once_and_gets_no_more() -> None:
             writer.close()
 
     asyncio.run(run())
+
+
+class AfterReads:
+    """An ASGI app taking messages with a ``read()`` callback, which records how many it had
+    each time; its first call raises."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes | str] = []
+        self.reads: list[int] = []
+        self.stop = asyncio.Event()
+
+    def read(self) -> None:
+        self.reads.append(len(self.messages))
+        if len(self.reads) == 1:
+            raise RuntimeError("the first read() fails")
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        take = scope["extensions"][MESSAGE_SINK]
+        take(self.messages.append, None, self.read)
+        await self.stop.wait()
+        take(None, None)
+        while (await receive())["type"] != "websocket.disconnect":
+            raise AssertionError("a message past the sink")
+
+
+def test_read_is_called_once_the_messages_of_a_read_are_given() -> None:
+    """The app's ``read()`` comes after the messages each read gave (what it left to do for
+    them at once); one that raises is logged and the socket is read on."""
+
+    async def run() -> None:
+        app = AfterReads()
+        async with server(app, ws_max_size=MAX_SIZE) as (port, _):
+            _, writer = await connect(port)
+            writer.write(frame(2, b"one") + frame(2, b"two") + frame(1, b"three"))
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            assert app.messages == [b"one", b"two", "three"]
+            assert app.reads and app.reads[-1] == 3
+            await write_split(writer, frame(2, b"four"), [3, 5])  # a frame over three reads
+            await asyncio.sleep(0.2)
+            assert app.messages == [b"one", b"two", "three", b"four"]
+            assert app.reads[-1] == 4 and app.reads == sorted(app.reads)
+            app.stop.set()
+            writer.close()
+
+    asyncio.run(run())

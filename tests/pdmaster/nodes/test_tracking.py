@@ -166,3 +166,34 @@ def test_a_sink_that_raises_leaves_its_tokens_to_the_waiting_task(
     asyncio.run(run())
     failures = [r for r in caplog.records if "token sink failed" in r.getMessage()]
     assert len(failures) == 1 and failures[0].exc_info is not None
+
+
+def test_a_readers_frames_wait_for_its_hand_over(compiled: bool) -> None:
+    """A node's reader queues each frame's tokens and hands them over itself once it has
+    read the frames already in: one batch per stream, no loop iteration in between."""
+
+    async def run() -> None:
+        table = RequestTable(compiled=compiled)
+        state = tracked(table, 8)
+        other = tracked(table, 16)
+        taken: list[list[str]] = []
+
+        def sink(entries: list[TokenEntry], now: float) -> bool:
+            taken.append(texts(entries))
+            return True
+
+        waiting = asyncio.ensure_future(state.take(1e9, 60, "token", sink))
+        await asyncio.sleep(0)
+        queue = table.queue(NODE)
+        queue([entry(8, "a"), entry(16, "x")])
+        queue([entry(8, "b"), entry(24, "nobody's")])
+        await asyncio.sleep(0)
+        assert taken == []  # nothing until the reader says so
+        table.hand_over()
+        assert taken == [["a", "b"]]
+        table.hand_over()  # nothing new: nothing to give
+        assert taken == [["a", "b"]] and not waiting.done()
+        assert texts(await other.take(1e9, 60, "token")) == ["x"]
+        waiting.cancel()
+
+    asyncio.run(run())
