@@ -24,7 +24,10 @@
  * the chunk and wakes the task, an exception is logged by RequestState._sink_failed (which
  * wakes the task).
  *
- * One call per hand-over; per stream a few attribute reads and one write to the socket.
+ * One call per hand-over; per stream a few attribute reads and one write to the socket. The
+ * inter-token observations of a call go into the histogram together, at its end (or before a
+ * Python chain runs), and the exchange's state is read again only once it has changed (see
+ * exchange_open).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -53,6 +56,9 @@ typedef struct {
         *s_status, *s_streams_through, *s_session_flow, *s_source, *s_lane_parts, *s_opening,
         *s_completion_tokens, *s_prompt_tokens, *s_gen_status, *zero;
     PyTypeObject *lane_type;
+    /* the FinishStatus class whose instances' status is read from their bytes (see
+     * status_class), and the last class found not to be one */
+    PyTypeObject *status_type, *not_status_type;
     layout state, run, writer, session;  /* RequestState, RequestRun, ChunkWriter, PDSession */
     layout stream, gen;  /* an OpenAI stream's encoder (OpenAIStream) and its Generation */
 } module_state;
@@ -84,6 +90,11 @@ typedef struct {
     Py_ssize_t stream_off[STREAM_FIELDS], gen_off[GEN_FIELDS];
     double deadline;    /* the request's */
     double idle;        /* token_idle_timeout_s */
+    PyObject *idle_obj; /* ... as a float: the wait's seconds, most of the time */
+    /* the exchange as last found writable (see exchange_open): its attributes' and its
+     * FlowControl's dict versions (0: not found so), and its transport then (borrowed) */
+    uint64_t cycle_tag, flow_tag;
+    PyObject *transport;
     Py_ssize_t nbounds;
     double bounds[MAX_BOUNDS];
 } Lane;
@@ -164,6 +175,7 @@ static int lane_clear(Lane *self) {
     Py_CLEAR(self->gen);
     Py_CLEAR(self->head);
     Py_CLEAR(self->tail);
+    Py_CLEAR(self->idle_obj);
     return 0;
 }
 
@@ -243,6 +255,62 @@ static int openai_parts(module_state *st, Lane *self, PyObject *encoder) {
     return 0;
 }
 
+/* getattr(obj, name) == value, for an int value: 1, 0, or -1 with an exception */
+static int attr_is(PyObject *obj, const char *name, long value) {
+    PyObject *v = PyObject_GetAttrString(obj, name);
+    if (v == NULL) return -1;
+    int overflow = 0;
+    long got = PyLong_Check(v) ? PyLong_AsLongAndOverflow(v, &overflow) : value + 1;
+    Py_DECREF(v);
+    if (got == -1 && PyErr_Occurred()) return -1;
+    return overflow == 0 && got == value;
+}
+
+/* Is ``type`` a ctypes Structure of one field, ``status``, a c_int at offset 0 (as pdwire's
+ * FinishStatus)? 1, 0, or -1 with an exception. */
+static int is_status_class(PyTypeObject *type) {
+    if (type->tp_as_buffer == NULL || type->tp_as_buffer->bf_getbuffer == NULL) return 0;
+    int ok = -1;
+    PyObject *ctypes = NULL, *c_int = NULL, *fields = NULL, *seq = NULL, *field = NULL;
+    if ((ctypes = PyImport_ImportModule("ctypes")) == NULL
+        || (c_int = PyObject_GetAttrString(ctypes, "c_int")) == NULL
+        || (fields = PyObject_GetAttrString((PyObject *)type, "_fields_")) == NULL
+        || (seq = PySequence_Fast(fields, "_fields_")) == NULL)
+        goto done;
+    PyObject *item = PySequence_Fast_GET_SIZE(seq) == 1 ? PySequence_Fast_GET_ITEM(seq, 0) : NULL;
+    ok = item != NULL && PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2
+         && PyUnicode_Check(PyTuple_GET_ITEM(item, 0))
+         && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(item, 0), "status") == 0
+         && PyTuple_GET_ITEM(item, 1) == c_int;
+    if (ok == 1 && (field = PyObject_GetAttrString((PyObject *)type, "status")) == NULL) ok = -1;
+    if (ok == 1) ok = attr_is(field, "offset", 0);
+    if (ok == 1) ok = attr_is(field, "size", (long)sizeof(int));
+done:
+    Py_XDECREF(ctypes);
+    Py_XDECREF(c_int);
+    Py_XDECREF(fields);
+    Py_XDECREF(seq);
+    Py_XDECREF(field);
+    return ok;
+}
+
+/* The status class of the events config, if it is one (is_status_class): kept in
+ * st->status_type, whose instances' status the checks read from their 4 bytes through the
+ * buffer protocol, as the field's getter reads it from the same bytes (a third of the
+ * instructions of getattr). A class that is not one (or whose checks raised) is read by
+ * getattr. */
+static void status_class(module_state *st, PyObject *config) {
+    if (!PyTuple_Check(config) || PyTuple_GET_SIZE(config) == 0
+        || !PyType_Check(PyTuple_GET_ITEM(config, 0)))
+        return;
+    PyTypeObject *type = (PyTypeObject *)PyTuple_GET_ITEM(config, 0);
+    if (type == st->status_type || type == st->not_status_type) return;
+    int ok = is_status_class(type);
+    if (ok < 0) PyErr_Clear();
+    if (ok == 1) Py_XSETREF(st->status_type, (PyTypeObject *)Py_NewRef(type));
+    else Py_XSETREF(st->not_status_type, (PyTypeObject *)Py_NewRef(type));
+}
+
 static PyObject *lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     module_state *st = state_of_type(type);
     if (st == NULL) return NULL;
@@ -287,7 +355,8 @@ static PyObject *lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
     self->deadline = deadline;
     self->idle = idle;
     PyObject *bounds = NULL;
-    if ((self->cycle_dict = instance_dict(cycle)) == NULL
+    if ((self->idle_obj = PyFloat_FromDouble(idle)) == NULL
+        || (self->cycle_dict = instance_dict(cycle)) == NULL
         || (self->flow = PyObject_GetAttr(cycle, st->s_flow)) == NULL
         || (self->flow_dict = instance_dict(self->flow)) == NULL
         || (self->itl_dict = instance_dict(itl)) == NULL
@@ -307,6 +376,7 @@ static PyObject *lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
         self->bounds[i] = b;
     }
     Py_DECREF(bounds);
+    status_class(st, config);
     if (self->events == NULL && openai_parts(st, self, encoder) < 0) {
         Py_DECREF(self);
         return NULL;
@@ -329,8 +399,9 @@ static int attr_true(PyObject *obj, PyObject *name) {
     return r;
 }
 
-/* dict[name] is truthy: 1, 0, or -1 (an exception set; a missing name is a KeyError). */
-static int item_true(PyObject *dict, PyObject *name) {
+/* dict[name] is truthy: 1, 0, or -1 (an exception set; a missing name is a KeyError).
+ * *bools is cleared if the value is not a bool. */
+static int item_true(PyObject *dict, PyObject *name, int *bools) {
     PyObject *v = PyDict_GetItemWithError(dict, name);  /* borrowed */
     if (v == NULL) {
         if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, name);
@@ -338,10 +409,72 @@ static int item_true(PyObject *dict, PyObject *name) {
     }
     if (v == Py_True) return 1;
     if (v == Py_False) return 0;
+    *bools = 0;
     Py_INCREF(v);
     int r = PyObject_IsTrue(v);
     Py_DECREF(v);
     return r;
+}
+
+/* A dict's version (PEP 509): it changes whenever the dict does. Python 3.11 and 3.12 keep
+ * it (3.12 deprecates it; later versions drop it); elsewhere every check reads the dict. */
+#if PY_VERSION_HEX < 0x030D0000 && !defined(Py_GIL_DISABLED)
+#define DICT_TAGS 1
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+static inline uint64_t dict_tag(PyObject *dict) { return ((PyDictObject *)dict)->ma_version_tag; }
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+
+/* The exchange's transport, as lane->cycle_dict has it: borrowed, or NULL with an exception. */
+static PyObject *exchange_transport(module_state *st, Lane *lane) {
+#ifdef DICT_TAGS
+    if (lane->cycle_tag != 0 && lane->cycle_tag == dict_tag(lane->cycle_dict))
+        return lane->transport;  /* the dict unchanged since: it still holds it */
+#endif
+    PyObject *transport = PyDict_GetItemWithError(lane->cycle_dict, st->s_transport);
+    if (transport == NULL && !PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, st->s_transport);
+    return transport;
+}
+
+/* uvicorn's exchange would write a chunk at once: its chunked body started and not complete,
+ * the client connected, the transport not paused: 1, 0 not, -1 error.
+ *
+ * Where these attributes were found so (all of them exact bools) and neither the exchange's
+ * attributes nor its FlowControl's have changed since (their dicts' versions), they still are:
+ * a disconnect or a pause (uvicorn's connection_lost, pause_writing) writes its attribute, so
+ * the hand-overs after it read them all again. */
+static int exchange_open(module_state *st, Lane *lane) {
+    PyObject *c = lane->cycle_dict;
+#ifdef DICT_TAGS
+    if (lane->cycle_tag != 0 && lane->cycle_tag == dict_tag(c)
+        && lane->flow_tag == dict_tag(lane->flow_dict))
+        return 1;
+    lane->cycle_tag = 0;
+#endif
+    int r, bools = 1;
+    if ((r = item_true(c, st->s_chunked_encoding, &bools)) != 1) return r;
+    if ((r = item_true(c, st->s_response_started, &bools)) != 1) return r;
+    if ((r = item_true(c, st->s_response_complete, &bools)) != 0) return r < 0 ? -1 : 0;
+    if ((r = item_true(c, st->s_disconnected, &bools)) != 0) return r < 0 ? -1 : 0;
+    PyObject *flow_now = PyDict_GetItemWithError(c, st->s_flow);
+    if (flow_now != lane->flow) return PyErr_Occurred() ? -1 : 0;
+    if ((r = item_true(lane->flow_dict, st->s_write_paused, &bools)) != 0)
+        return r < 0 ? -1 : 0;
+#ifdef DICT_TAGS
+    PyObject *transport = PyDict_GetItemWithError(c, st->s_transport);
+    if (bools && transport != NULL) {
+        lane->cycle_tag = dict_tag(c);
+        lane->flow_tag = dict_tag(lane->flow_dict);
+        lane->transport = transport;
+    }
+    PyErr_Clear();  /* a missing transport is met when the chunk is written */
+#endif
+    return 1;
 }
 
 /* The read-only checks: 1 the plain case, 0 not (the Python chain's way), -1 error. */
@@ -357,7 +490,17 @@ static int plain(module_state *st, Lane *lane, PyObject *state, double now, PyOb
     for (Py_ssize_t i = 0; r == 1 && i < PyList_GET_SIZE(items); i++) {
         PyObject *entry = PyList_GET_ITEM(items, i);
         if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4) return 0;
-        PyObject *status = PyObject_GetAttr(PyTuple_GET_ITEM(entry, 3), st->s_status);
+        PyObject *finish = PyTuple_GET_ITEM(entry, 3);
+        if (Py_TYPE(finish) == st->status_type) {  /* from its bytes: see status_class */
+            Py_buffer view;
+            if (PyObject_GetBuffer(finish, &view, PyBUF_SIMPLE) < 0) return -1;
+            int value = 1;
+            if (view.len == sizeof value) memcpy(&value, view.buf, sizeof value);
+            PyBuffer_Release(&view);
+            r = value == 0;
+            continue;
+        }
+        PyObject *status = PyObject_GetAttr(finish, st->s_status);
         if (status == NULL) return -1;
         int overflow = 0;
         r = PyLong_CheckExact(status) && PyLong_AsLongAndOverflow(status, &overflow) == 0
@@ -381,65 +524,130 @@ static int plain(module_state *st, Lane *lane, PyObject *state, double now, PyOb
     if (lane->events == NULL && lane->text_chunk == NULL
         && (r = attr_true(lane->encoder, st->s_done)) != 0)
         return r < 0 ? -1 : 0;
-    PyObject *c = lane->cycle_dict;
-    if ((r = item_true(c, st->s_chunked_encoding)) != 1) return r;
-    if ((r = item_true(c, st->s_response_started)) != 1) return r;
-    if ((r = item_true(c, st->s_response_complete)) != 0) return r < 0 ? -1 : 0;
-    if ((r = item_true(c, st->s_disconnected)) != 0) return r < 0 ? -1 : 0;
-    PyObject *flow_now = PyDict_GetItemWithError(c, st->s_flow);
-    if (flow_now != lane->flow) return PyErr_Occurred() ? -1 : 0;
-    if ((r = item_true(lane->flow_dict, st->s_write_paused)) != 0) return r < 0 ? -1 : 0;
-    return 1;
+    return exchange_open(st, lane);
 }
 
-/* A new float in a slot; -1 with MemoryError. */
-static int set_float_slot(PyObject *obj, Py_ssize_t off, double value) {
-    PyObject *v = PyFloat_FromDouble(value);
-    if (v == NULL) return -1;
-    set_slot(obj, off, v);
-    Py_DECREF(v);
-    return 0;
+/* What the relays of one hand_over call share: its clock reading, the wait deadline of the
+ * lanes whose wait is their idle timeout, and the inter-token observations not yet added to
+ * the histogram.
+ *
+ * Observations are added once per call (``flush_itl``), not once per stream: the counts as
+ * LoopHistogram.observe's ``+= 1`` each would make them, and the sum added to in the same
+ * order, from the value it had (doubles both ways), so the same bits. Nothing reads them
+ * meanwhile: they are added before any Python chain runs (``ready``, ``_sink_failed``, which
+ * may observe too) and before the call returns. */
+typedef struct {
+    PyObject *now_obj;  /* borrowed: the call's argument */
+    double now;
+    PyObject *deadline; /* now + idle, for lanes of this idle timeout, or NULL */
+    double deadline_idle;
+    PyObject *itl_dict, *counts;  /* the histogram observed into, or NULL: none pending */
+    double sum;         /* its _sum with the pending observations added */
+    Py_ssize_t nbuckets;
+    Py_ssize_t pending[MAX_BOUNDS + 1];
+    PyObject *error;    /* the first failure to add observations (raised at the end) */
+} handing;
+
+/* The pending observations added to the histogram: 0, or -1 with an exception set (the
+ * observations are dropped either way). */
+static int flush_itl(module_state *st, handing *h) {
+    if (h->itl_dict == NULL) return 0;
+    int rc = 0;
+    for (Py_ssize_t i = 0; rc == 0 && i < h->nbuckets; i++) {
+        if (h->pending[i] == 0) continue;
+        if (i >= PyList_GET_SIZE(h->counts)) {
+            PyErr_SetString(PyExc_RuntimeError, "inter-token histogram changed its buckets");
+            rc = -1;
+            break;
+        }
+        PyObject *n = PyLong_FromSsize_t(h->pending[i]);
+        PyObject *old = Py_NewRef(PyList_GET_ITEM(h->counts, i));
+        PyObject *count = n == NULL ? NULL : PyNumber_Add(old, n);
+        Py_DECREF(old);
+        Py_XDECREF(n);
+        if (count == NULL || PyList_SetItem(h->counts, i, count) < 0) rc = -1;  /* steals */
+    }
+    if (rc == 0) {
+        PyObject *v = PyFloat_FromDouble(h->sum);
+        rc = v == NULL ? -1 : PyDict_SetItem(h->itl_dict, st->s_sum, v);
+        Py_XDECREF(v);
+    }
+    Py_CLEAR(h->itl_dict);
+    Py_CLEAR(h->counts);
+    return rc;
 }
 
-/* RequestRun._push's inter-token observation, LoopHistogram.observe's way, and extend_wait. */
-static int delivered(module_state *st, Lane *lane, PyObject *state, double now) {
+/* flush_itl, a failure kept for the end of the call (the hand-over goes on). */
+static void flush_itl_or_keep(module_state *st, handing *h);
+
+/* bisect_left(bounds, value), the same steps as Python's */
+static Py_ssize_t bucket(const Lane *lane, double value) {
+    Py_ssize_t lo = 0, hi = lane->nbounds;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (lane->bounds[mid] < value) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* RequestRun._push's inter-token observation (LoopHistogram.observe's, pending in h) and
+ * its ``_last = now``, and PDSession._push's extend_wait. */
+static int delivered(module_state *st, Lane *lane, PyObject *state, handing *h) {
     PyObject *last = SLOT(lane->run, lane->last_off);
     if (last == NULL) {
         PyErr_SetString(PyExc_AttributeError, "RequestRun._last");
         return -1;
     }
-    double value = now - PyFloat_AsDouble(last);
+    double value = h->now - PyFloat_AsDouble(last);
     if (PyErr_Occurred()) return -1;
-    Py_ssize_t i = 0;
-    while (i < lane->nbounds && lane->bounds[i] < value) i++;  /* bisect_left */
-    PyObject *counts = lane->counts;
-    if (i >= PyList_GET_SIZE(counts)) {
+    if (h->itl_dict != lane->itl_dict || h->counts != lane->counts) {
+        if (flush_itl(st, h) < 0) return -1;
+        PyObject *sum = PyDict_GetItemWithError(lane->itl_dict, st->s_sum);  /* borrowed */
+        if (sum == NULL) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_AttributeError, "LoopHistogram._sum");
+            return -1;
+        }
+        double total = PyFloat_AsDouble(sum);
+        if (total == -1.0 && PyErr_Occurred()) return -1;
+        h->itl_dict = Py_NewRef(lane->itl_dict);
+        h->counts = Py_NewRef(lane->counts);
+        h->sum = total;
+        h->nbuckets = lane->nbounds + 1;
+        memset(h->pending, 0, sizeof h->pending);
+    }
+    Py_ssize_t i = bucket(lane, value);
+    if (i >= h->nbuckets) {
         PyErr_SetString(PyExc_RuntimeError, "inter-token histogram changed its buckets");
         return -1;
     }
-    Py_ssize_t n = PyLong_AsSsize_t(PyList_GET_ITEM(counts, i));
-    if (n == -1 && PyErr_Occurred()) return -1;
-    PyObject *count = PyLong_FromSsize_t(n + 1);
-    if (count == NULL) return -1;
-    PyList_SetItem(counts, i, count);  /* steals count */
-    PyObject *sum = PyDict_GetItemWithError(lane->itl_dict, st->s_sum);  /* borrowed */
-    if (sum == NULL) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_AttributeError, "LoopHistogram._sum");
-        return -1;
-    }
-    double total = PyFloat_AsDouble(sum);
-    if (total == -1.0 && PyErr_Occurred()) return -1;
-    PyObject *v = PyFloat_FromDouble(total + value);
-    if (v == NULL) return -1;
-    int rc = PyDict_SetItem(lane->itl_dict, st->s_sum, v);
-    Py_DECREF(v);
-    if (rc < 0 || set_float_slot(lane->run, lane->last_off, now) < 0) return -1;
+    h->pending[i]++;
+    h->sum += value;
+    set_slot(lane->run, lane->last_off, h->now_obj);
 
-    double left = lane->deadline - now;
-    double seconds = lane->idle < left ? lane->idle : left;
-    if (set_float_slot(state, st->state.offset[F_DEADLINE], now + seconds) < 0
-        || set_float_slot(state, st->state.offset[F_SECONDS], seconds) < 0)
-        return -1;
+    double left = lane->deadline - h->now;
+    PyObject *seconds, *deadline;
+    if (lane->idle < left) {  /* min(idle, left): the idle timeout, as almost always */
+        if (h->deadline == NULL || h->deadline_idle != lane->idle) {
+            PyObject *d = PyFloat_FromDouble(h->now + lane->idle);
+            if (d == NULL) return -1;
+            Py_XSETREF(h->deadline, d);
+            h->deadline_idle = lane->idle;
+        }
+        seconds = Py_NewRef(lane->idle_obj);
+        deadline = Py_NewRef(h->deadline);
+    } else {
+        seconds = PyFloat_FromDouble(left);
+        deadline = seconds == NULL ? NULL : PyFloat_FromDouble(h->now + left);
+        if (deadline == NULL) {
+            Py_XDECREF(seconds);
+            return -1;
+        }
+    }
+    set_slot(state, st->state.offset[F_DEADLINE], deadline);
+    set_slot(state, st->state.offset[F_SECONDS], seconds);
+    Py_DECREF(deadline);
+    Py_DECREF(seconds);
     return 0;
 }
 
@@ -494,7 +702,7 @@ static int openai_chunk(module_state *st, Lane *lane, PyObject *items, PyObject 
 
 /* The write, once the checks passed: 1 done, 0 left to the Python chain before any change,
  * -1 error (raised after a change: the caller hands it to _sink_failed). */
-static int relay(module_state *st, Lane *lane, PyObject *state, double now, PyObject *items,
+static int relay(module_state *st, Lane *lane, PyObject *state, handing *h, PyObject *items,
                  PyObject *waiter) {
     PyObject *body;
     int framed = 0;
@@ -539,9 +747,8 @@ static int relay(module_state *st, Lane *lane, PyObject *state, double now, PyOb
         PyObject *chunk = framed ? body : PyObject_CallOneArg(lane->http_chunk, body);
         if (!framed) Py_DECREF(body);
         if (chunk == NULL) return -1;
-        PyObject *transport = PyDict_GetItemWithError(lane->cycle_dict, st->s_transport);
+        PyObject *transport = exchange_transport(st, lane);
         if (transport == NULL) {
-            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, st->s_transport);
             Py_DECREF(chunk);
             return -1;
         }
@@ -558,7 +765,7 @@ static int relay(module_state *st, Lane *lane, PyObject *state, double now, PyOb
     if (fresh == NULL) return -1;
     set_slot(state, st->state.offset[F_ITEMS], fresh);
     Py_DECREF(fresh);
-    return delivered(st, lane, state, now) < 0 ? -1 : 1;
+    return delivered(st, lane, state, h) < 0 ? -1 : 1;
 }
 
 /* The exception being raised, taken (a new reference). */
@@ -576,16 +783,35 @@ static PyObject *raised(void) {
 #endif
 }
 
+/* The exception taken by raised(), raised again (the reference is stolen). */
+static void reraise(PyObject *exc) {
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    if (PyExceptionInstance_Check(exc)) PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    else PyErr_SetString(PyExc_SystemError, "an error without an exception");
+    Py_DECREF(exc);
+#endif
+}
+
+static void flush_itl_or_keep(module_state *st, handing *h) {
+    if (flush_itl(st, h) < 0) {
+        PyObject *exc = raised();
+        if (h->error == NULL) h->error = exc;
+        else Py_DECREF(exc);
+    }
+}
+
 /* One ready request (a RequestState: st->state resolved for its class): 1 relayed here, 0
  * for the Python chain, -1 error. */
-static int push(module_state *st, Lane *lane, PyObject *state, double now) {
+static int push(module_state *st, Lane *lane, PyObject *state, handing *h) {
     PyObject *waiter = SLOT(state, st->state.offset[F_WAITER]);
     PyObject *items = SLOT(state, st->state.offset[F_ITEMS]);
     if (waiter == NULL || waiter == Py_None || items == NULL) return 0;
     Py_INCREF(waiter);
     Py_INCREF(items);
-    int r = plain(st, lane, state, now, waiter, items);
-    if (r == 1) r = relay(st, lane, state, now, items, waiter);
+    int r = plain(st, lane, state, h->now, waiter, items);
+    if (r == 1) r = relay(st, lane, state, h, items, waiter);
     else if (r < 0) {
         PyErr_Clear();  /* nothing changed: the Python chain meets it in its own way */
         r = 0;
@@ -597,6 +823,7 @@ static int push(module_state *st, Lane *lane, PyObject *state, double now) {
     if (r >= 0) return r == 0 ? 0 : 1;
     /* as ready()'s except: logged, and the waiting task takes the tokens */
     PyObject *exc = raised();
+    flush_itl_or_keep(st, h);
     PyObject *out = PyObject_CallMethodOneArg(state, st->s_sink_failed, exc);
     Py_DECREF(exc);
     if (out == NULL) return -1;
@@ -714,11 +941,12 @@ static PyObject *hand_over(PyObject *module, PyObject *const *args, Py_ssize_t n
     }
     module_state *st = PyModule_GetState(module);
     PyObject *ready = args[0], *now_obj = args[1];
-    double now = PyFloat_AsDouble(now_obj);
-    if (now == -1.0 && PyErr_Occurred()) return NULL;
+    handing h = {.now_obj = now_obj, .now = PyFloat_AsDouble(now_obj)};
+    if (h.now == -1.0 && PyErr_Occurred()) return NULL;
     Py_ssize_t relayed = 0, declined = 0;
     PyObject *state_names[STATE_FIELDS];
     state_field_names(st, state_names);
+    int failed = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ready); i++) {
         PyObject *state = Py_NewRef(PyList_GET_ITEM(ready, i));
         int r = 0, armed = 0;
@@ -729,19 +957,35 @@ static PyObject *hand_over(PyObject *module, PyObject *const *args, Py_ssize_t n
             armed = lane != NULL && Py_TYPE(lane) == st->lane_type;
             if (armed) {
                 Py_INCREF(lane);
-                r = push(st, (Lane *)lane, state, now);
+                r = push(st, (Lane *)lane, state, &h);
                 Py_DECREF(lane);
             }
         }
         relayed += r == 1;
         if (r == 0) {
             declined += armed;
+            flush_itl_or_keep(st, &h);  /* the Python chain observes too */
             PyObject *out = PyObject_CallMethodOneArg(state, st->s_ready, now_obj);
             if (out == NULL) r = -1;
             Py_XDECREF(out);
         }
         Py_DECREF(state);
-        if (r < 0) return NULL;
+        if (r < 0) {
+            failed = 1;
+            break;
+        }
+    }
+    if (failed) {  /* raised, after the observations pending are added */
+        PyObject *exc = raised();
+        flush_itl_or_keep(st, &h);
+        Py_XSETREF(h.error, exc);
+    } else {
+        flush_itl_or_keep(st, &h);
+    }
+    Py_XDECREF(h.deadline);
+    if (h.error != NULL) {
+        reraise(h.error);
+        return NULL;
     }
     return Py_BuildValue("(nn)", relayed, declined);
 }
@@ -832,6 +1076,8 @@ static int traverse(PyObject *module, visitproc visit, void *arg) {
         Py_VISIT(st->session.type);
         Py_VISIT(st->stream.type);
         Py_VISIT(st->gen.type);
+        Py_VISIT(st->status_type);
+        Py_VISIT(st->not_status_type);
     }
     return 0;
 }
@@ -849,6 +1095,8 @@ static int clear(PyObject *module) {
         Py_CLEAR(st->session.type);
         Py_CLEAR(st->stream.type);
         Py_CLEAR(st->gen.type);
+        Py_CLEAR(st->status_type);
+        Py_CLEAR(st->not_status_type);
     }
     return 0;
 }

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pdlocal.cluster import Cluster, ProcGroup
+from pdlocal.cluster import Cluster, ProcGroup, wait_until
 from pdwire.extensions import optional_extension
 
 PATHS = ("compiled", "python")
@@ -156,17 +156,19 @@ def test_clients_get_the_same_bytes_and_metrics_on_both_paths(
     compiled = 'pd_stream_hand_overs_total{path="compiled"}'
     declined = 'pd_stream_hand_overs_total{path="python"}'
     assert grew("python", compiled) == 0 and grew("python", declined) == 0
-    # the plain case is every token but a stream's last (its finish status)
+    # the plain case is every token but a stream's last (its finish status); a stream whose
+    # answer is complete before its run (a stop string) declines what comes until its task
+    # ends the run, which on a loaded machine may be a step or two
     assert grew("compiled", compiled) >= 150
-    assert grew("compiled", declined) <= len(REQUESTS)
+    assert grew("compiled", declined) <= 2 * len(REQUESTS)
+    # a write per step on either path (a master that falls a step behind writes two in one:
+    # one gap fewer), so about the same gaps, of about a step each
     itl = "pd_inter_token_latency_seconds"
-    assert grew("compiled", f"{itl}_count") == grew("python", f"{itl}_count") > 150
-    for bound in ("0.01", "0.025", "0.05", "+Inf"):  # steps of 20 ms
-        bucket = f'{itl}_bucket{{le="{bound}"}}'
-        assert grew("compiled", bucket) == pytest.approx(grew("python", bucket), abs=8)
-    per_gap = {relay: grew(relay, f"{itl}_sum") / grew(relay, f"{itl}_count") for relay in PATHS}
-    assert 0.015 < per_gap["compiled"] < 0.1
-    assert per_gap["compiled"] == pytest.approx(per_gap["python"], rel=0.3)
+    gaps = {relay: grew(relay, f"{itl}_count") for relay in PATHS}
+    assert gaps["compiled"] == pytest.approx(gaps["python"], rel=0.05) and gaps["python"] > 150
+    for relay in PATHS:
+        assert grew(relay, f'{itl}_bucket{{le="+Inf"}}') == gaps[relay]
+        assert 0.01 < grew(relay, f"{itl}_sum") / gaps[relay] < 0.5, relay  # steps of 20 ms
     requests = [k for k in after["compiled"] if k.startswith("pd_requests_total")]
     assert requests
     for sample in requests:
@@ -209,6 +211,49 @@ def test_the_request_deadline_ends_a_stream_the_same_way(
                 }
     finally:
         group.stop_all()
+
+
+def test_a_client_that_leaves_mid_stream_ends_its_run_the_same_way(
+    masters: dict[str, Cluster],
+) -> None:
+    """Disconnect detection: a client that closes its connection after a few events of a
+    long stream has its request aborted on both nodes and counted as ``client_closed``, on
+    either path, and neither master logs an error for it."""
+    bodies = {
+        "/generate_stream": {
+            "inputs": "Hello",
+            "parameters": {"max_new_tokens": 300, "ignore_eos": True},
+        },
+        "/v1/completions": {
+            "prompt": "Hello",
+            "max_tokens": 300,
+            "stream": True,
+            "ignore_eos": True,
+        },
+    }
+    for relay, c in masters.items():
+        for path, body in bodies.items():
+            aborts = [n.stats()["aborts"] for n in c.nodes]
+            before = metrics(c)
+            with httpx.stream("POST", f"{c.url}{path}", json=body, timeout=60) as r:
+                assert r.status_code == 200
+                events = 0
+                for line in r.iter_lines():
+                    events += line.startswith("data:")
+                    if events == 8:
+                        break
+            assert events == 8
+
+            def aborted(c: Cluster = c, aborts: list[int] = aborts) -> bool:
+                return [n.stats()["aborts"] for n in c.nodes] == [a + 1 for a in aborts]
+
+            wait_until(aborted, 30, f"{relay} {path}: the ABORTs of a client that left")
+            after = metrics(c)
+            closed = [k for k in after if k.startswith("pd_requests_total{") and "closed" in k]
+            assert sum(after[k] - before.get(k, 0.0) for k in closed) == 1, (relay, path)
+    for c in masters.values():
+        assert c.master is not None
+        assert "Traceback" not in c.master.log() and "ERROR" not in c.master.log()
 
 
 def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
