@@ -170,68 +170,67 @@ class NodeSocketProtocol(WebSocketsSansIOProtocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            self._receive(data)
-        finally:
+            sink = self._sink
+            if sink is None or self._parser_only or (not self._buffer and self.conn.reader.buffer):
+                super().data_received(data)  # no sink, or the parser holds a frame's start
+                return
+            buf: bytes | bytearray = data
+            if self._buffer:
+                self._buffer += data
+                buf = self._buffer
+            conn = self.conn
+            limit = conn.max_message_size
+            read_frame = self._read_frame
+            # Whether a data frame goes to the sink. Only the parser's path below changes it
+            # while this runs (a sink is synchronous: the app's close comes after), so it is
+            # read once per read, and again after that path, not per frame.
+            direct = self._direct()
+            pos, end = 0, len(buf)
+            while pos < end:
+                kind, message, stop = read_frame(buf, pos, limit)
+                if kind == BINARY and direct and message is not None:  # a token frame
+                    try:
+                        sink(message)
+                    except Exception as exc:
+                        self._sink_dropped(exc)
+                        sink = self._sink or _ignore
+                    pos = stop
+                    continue
+                if kind == INCOMPLETE:
+                    break
+                if kind == REFUSED:
+                    # unmasked, or past the limit: the parser refuses it, as it always did
+                    self._parser_only = True
+                    rest = bytes(buf[pos:])
+                    self._buffer = bytearray()
+                    super().data_received(rest)
+                    return
+                # a text frame's invalid UTF-8 (None) takes the parser's path: 1007
+                received = (
+                    _utf8(message) if kind == TEXT and direct and message is not None else None
+                )
+                if received is not None:
+                    try:
+                        sink(received)
+                    except Exception as exc:
+                        self._sink_dropped(exc)
+                        sink = self._sink or _ignore
+                else:  # anything else, whole, to the parser (and uvicorn's handlers)
+                    conn.receive_data(buf[pos:stop])
+                    if conn.parser_exc is not None:
+                        self._buffer = bytearray()
+                        self.handle_parser_exception()
+                        return
+                    self.handle_events()
+                    direct, sink = self._direct(), self._sink or _ignore
+                pos = stop
+            if buf is self._buffer:
+                del buf[:pos]
+            elif pos < end:
+                self._buffer = bytearray(buf[pos:])
+        finally:  # also where the parser took the read, or it failed
             if self._read is not None:
                 self._after_read()
-
-    def _receive(self, data: bytes) -> None:
-        sink = self._sink
-        if sink is None or self._parser_only or (not self._buffer and self.conn.reader.buffer):
-            super().data_received(data)  # no sink, or the parser holds a frame's start
-            return
-        buf: bytes | bytearray = data
-        if self._buffer:
-            self._buffer += data
-            buf = self._buffer
-        conn = self.conn
-        limit = conn.max_message_size
-        read_frame = self._read_frame
-        # Whether a data frame goes to the sink. Only the parser's path below changes it
-        # while this runs (a sink is synchronous: the app's close comes after), so it is
-        # read once per read, and again after that path, not per frame.
-        direct = self._direct()
-        pos, end = 0, len(buf)
-        while pos < end:
-            kind, message, stop = read_frame(buf, pos, limit)
-            if kind == BINARY and direct and message is not None:  # a token frame: no more to ask
-                try:
-                    sink(message)
-                except Exception as exc:
-                    self._sink_dropped(exc)
-                    sink = self._sink or _ignore
-                pos = stop
-                continue
-            if kind == INCOMPLETE:
-                break
-            if kind == REFUSED:
-                # unmasked, or past the limit: the parser refuses it, as it always did
-                self._parser_only = True
-                rest = bytes(buf[pos:])
-                self._buffer = bytearray()
-                super().data_received(rest)
-                return
-            # a text frame's invalid UTF-8 (None) takes the parser's path: 1007
-            received = _utf8(message) if kind == TEXT and direct and message is not None else None
-            if received is not None:
-                try:
-                    sink(received)
-                except Exception as exc:
-                    self._sink_dropped(exc)
-                    sink = self._sink or _ignore
-            else:  # anything else, whole, to the parser (and uvicorn's handlers)
-                conn.receive_data(buf[pos:stop])
-                if conn.parser_exc is not None:
-                    self._buffer = bytearray()
-                    self.handle_parser_exception()
-                    return
-                self.handle_events()
-                direct, sink = self._direct(), self._sink or _ignore
-            pos = stop
-        if buf is self._buffer:
-            del buf[:pos]
-        elif pos < end:
-            self._buffer = bytearray(buf[pos:])
 
 
 def _ignore(message: Any) -> None:
