@@ -168,7 +168,7 @@ def test_watch_long_poll_returns_as_soon_as_something_changes(server: ConfigServ
     time.sleep(0.3)
     put(server.url, "nodes", "late", node_body("decode"))
     poller.join(timeout=15)
-    assert answer["elapsed"] < 3
+    assert answer["elapsed"] < 8  # the change ended it, not its 10 s timeout
     assert answer["reset"] is False and answer["revision"] > head
     assert [(e["type"], e["id"]) for e in answer["events"]] == [("put", "late")]
 
@@ -197,9 +197,9 @@ def test_watch_from_an_unknown_revision_is_a_snapshot(server: ConfigServer) -> N
 
 def test_a_node_whose_lease_lapses_disappears(server: ConfigServer) -> None:
     head = snapshot(server.url)["revision"]
+    started = time.monotonic()  # before the put: the lease cannot start earlier
     put(server.url, "nodes", "short", node_body(ttl_s=1))
-    started = time.monotonic()
-    wait_until(lambda: "short" not in ids(server.url, "nodes"), 5, "the lease to lapse")
-    assert 0.8 < time.monotonic() - started < 2.0
+    wait_until(lambda: "short" not in ids(server.url, "nodes"), 10, "the lease to lapse")
+    assert 1.0 <= time.monotonic() - started < 6  # not early; late only by a loaded machine
     events = http().get(f"{server.url}/v1/watch", params={"revision": head}).json()["events"]
     assert [(e["type"], e["id"]) for e in events] == [("put", "short"), ("delete", "short")]

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -54,8 +55,14 @@ def print_fault_table(first_column: str, tallies: list[Tally]) -> None:
 
 
 async def stream_one(
-    client: httpx.AsyncClient, url: str, prompt: str, max_new_tokens: int, timeout: float
+    client: httpx.AsyncClient,
+    url: str,
+    prompt: str,
+    max_new_tokens: int,
+    timeout: float,
+    decoding: list[str] | None = None,
 ) -> Outcome:
+    """One stream; ``prompt`` is appended to ``decoding`` at its first token."""
     body = {"inputs": prompt, "parameters": {"max_new_tokens": max_new_tokens, "ignore_eos": True}}
     started = time.monotonic()
     outcome = Outcome(status=0)
@@ -74,12 +81,22 @@ async def stream_one(
                         if "error" in event:
                             outcome.error = event["error"]
                             break
+                        if decoding is not None and prompt not in decoding:
+                            decoding.append(prompt)
                         outcome.text += event["token"]["text"]
                         outcome.finish_reason = event["finish_reason"]
     except TimeoutError:
         outcome.hung = True
     outcome.seconds = time.monotonic() - started
     return outcome
+
+
+async def until_decoding(decoding: list[Any], n: int, timeout: float = 30) -> None:
+    """Wait until ``n`` streams have had their first token: each is then on its decode node
+    (a fixed sleep is not enough on a loaded machine)."""
+    async with asyncio.timeout(timeout):
+        while len(decoding) < n:
+            await asyncio.sleep(0.02)
 
 
 async def run_load(

@@ -16,7 +16,7 @@ import pytest
 from pdlocal.cluster import Cluster, ProcGroup, wait_until
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from tests.integration.echo_model import expected
-from tests.integration.load import Tally, print_fault_table, run_load, stream_one
+from tests.integration.load import Tally, print_fault_table, run_load, stream_one, until_decoding
 
 TALLIES: list[Tally] = []
 FAST_FAILOVER = [
@@ -96,11 +96,14 @@ def test_hung_decode_node_fails_its_streams_at_the_deadline(procs: ProcGroup) ->
 
     async def scenario() -> list:
         async with httpx.AsyncClient(timeout=None) as client:
+            decoding: list[str] = []
             tasks = [
-                asyncio.create_task(stream_one(client, c.url, f"Once upon a time {i}", 400, 20))
+                asyncio.create_task(
+                    stream_one(client, c.url, f"Once upon a time {i}", 400, 20, decoding)
+                )
                 for i in range(6)
             ]
-            await asyncio.sleep(0.6)
+            await until_decoding(decoding, 6)
             await client.put(f"{victim.url}/sim/faults", json={"hang": True})
             hung_at = time.monotonic()
             outcomes = await asyncio.gather(*tasks)

@@ -16,6 +16,7 @@ import pytest
 from pdlocal.cluster import Cluster, ProcGroup
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from tests.integration.echo_model import expected
+from tests.integration.load import until_decoding
 
 SIMPLE_PROMPT = "<|system|>\nBe brief.\n<|user|>\nWhat is AI?\n<|assistant|>\n"
 CHAT = [
@@ -190,16 +191,22 @@ def test_stream_that_fails_after_its_first_chunk_ends_with_an_error_and_done(
 ) -> None:
     body = {"prompt": "Hello world", "max_tokens": 300, "ignore_eos": True, "stream": True}
 
-    async def one(client: httpx.AsyncClient) -> list[str]:
+    decoding: list[int] = []
+
+    async def one(client: httpx.AsyncClient, i: int) -> list[str]:
+        raw = ""
         async with client.stream("POST", f"{cluster.url}/v1/completions", json=body) as r:
             assert r.status_code == 200
-            raw = (await r.aread()).decode()
+            async for chunk in r.aiter_text():
+                raw += chunk
+                if raw.count("data:") >= 2 and i not in decoding:
+                    decoding.append(i)
         return [b for b in raw.split("\n\n") if b.strip()]
 
     async def run() -> list[list[str]]:
         async with httpx.AsyncClient(timeout=30) as client:
-            tasks = [asyncio.create_task(one(client)) for _ in range(2)]
-            await asyncio.sleep(0.5)  # both are decoding, one on each decode node
+            tasks = [asyncio.create_task(one(client, i)) for i in range(2)]
+            await until_decoding(decoding, 2)  # both decoding, one on each decode node
             cluster.node("decode", 0).proc.kill()
             return await asyncio.gather(*tasks)
 

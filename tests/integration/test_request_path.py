@@ -16,6 +16,7 @@ import pytest
 from pdlocal.cluster import Cluster
 from pdmodel.tokenizer import ModelTokenizer
 from tests.integration.echo_model import expected, sse_events
+from tests.integration.load import until_decoding
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +142,18 @@ def test_round_robin_uses_every_node(shared_cluster: Cluster) -> None:
 
 
 async def _stream(
-    client: httpx.AsyncClient, url: str, prompt: str, n: int
+    client: httpx.AsyncClient, url: str, prompt: str, n: int, decoding: list[str] | None = None
 ) -> tuple[str, list[dict]]:
+    """One stream's text and events; ``prompt`` is appended to ``decoding`` at its first event."""
     body = {"inputs": prompt, "parameters": {"max_new_tokens": n, "ignore_eos": True}}
+    raw = ""
     async with client.stream("POST", f"{url}/generate_stream", json=body) as r:
         assert r.status_code == 200
-        events = sse_events((await r.aread()).decode())
+        async for chunk in r.aiter_text():
+            raw += chunk
+            if decoding is not None and "data:" in raw and prompt not in decoding:
+                decoding.append(prompt)
+    events = sse_events(raw)
     return "".join(e["token"]["text"] for e in events if "token" in e), events
 
 
@@ -171,11 +178,12 @@ def test_killed_decode_node_ends_its_streams_with_an_error(cluster: Cluster) -> 
 
     async def run() -> tuple[list[tuple[str, list[dict]]], float]:
         async with httpx.AsyncClient(timeout=60) as client:
+            decoding: list[str] = []
             tasks = [
-                asyncio.create_task(_stream(client, cluster.url, f"Hello world {i}", 300))
+                asyncio.create_task(_stream(client, cluster.url, f"Hello world {i}", 300, decoding))
                 for i in range(6)
             ]
-            await asyncio.sleep(0.8)  # every stream is decoding by now
+            await until_decoding(decoding, 6)
             victim.proc.kill()
             killed_at = time.monotonic()
             results = await asyncio.gather(*tasks)

@@ -56,7 +56,7 @@ def test_agent_registers_restarts_stops_and_leaves_no_children_on_sigterm(
         record = node_record(config_server, "p0")
         return record is not None and record["state"] == state
 
-    wait_for(lambda: registered("RUNNING"), 1.0, "the config server to show RUNNING")
+    wait_for(lambda: registered("RUNNING"), 10, "the config server to show RUNNING")
     record = node_record(config_server, "p0")
     assert record is not None
     assert (record["role"], record["address"]) == ("prefill", agent.address)
@@ -69,7 +69,7 @@ def test_agent_registers_restarts_stops_and_leaves_no_children_on_sigterm(
     pid = status["engine"]["pid"]
     agent.call("POST", "/stop")
     agent.wait_state("STOPPED")
-    wait_for(lambda: registered("STOPPED"), 1.0, "the config server to show STOPPED")
+    wait_for(lambda: registered("STOPPED"), 10, "the config server to show STOPPED")
     assert not alive(pid)
     agent.call("POST", "/restart")
     pid = agent.wait_state("RUNNING")["engine"]["pid"]
