@@ -220,8 +220,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     ) -> Callable[[], None]:
         if self._watchers is None:
             self._watchers = {}
-        for done in [c for c in self._watchers if c.response_complete]:
-            del self._watchers[done]  # answered: a keep-alive connection keeps no old ones
+        elif self._watchers:  # answered: a keep-alive connection keeps no old ones
+            for done in [c for c in self._watchers if c.response_complete]:
+                del self._watchers[done]
         if cycle.disconnected:  # gone before the watch began: tell at once, as receive() would
             self.loop.call_soon(callback)
             return _nothing

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from pdmaster.dispatch.flow_v12 import BlockFlow
+from pdmaster.dispatch.frames import decode_req, prefill_req, req_params
 from pdmaster.dispatch.ids import IdSource
 from pdmaster.errors import ApiError, DeadlineExceeded, NodeFailed
 from pdmaster.nodes.pool import V12, NodeConnection
@@ -29,9 +30,9 @@ from pdmaster.routing.policies import RequestView
 from pdmaster.routing.selection import PairSelector
 from pdwire.client import RunParameters, refusals
 from pdwire.lightllm import LightLLMCodec
-from pdwire.pd_io import TokenEntry, UpKVStatus
+from pdwire.pd_io import TokenEntry
 from pdwire.sampling import FilledParams
-from pdwire.structs import DecodeNode, SamplingParamsBase
+from pdwire.structs import SamplingParamsBase
 
 log = logging.getLogger(__name__)
 
@@ -103,27 +104,6 @@ class PDDispatcher:
 
     def codec_for(self, node: NodeConnection) -> LightLLMCodec:
         return self.codecs[node.info.version]
-
-    def decode_target(self, kind: type[DecodeNode], decode: NodeConnection) -> DecodeNode:
-        """A prefill REQ's ``move_kv_to_decode_node`` for ``decode``, but its max_new_tokens:
-        filled once per node connection (whose info never changes) and master id, and kept
-        on the connection, not filled field by field per request."""
-        master = self.master_node_id()
-        kept = decode.hand_off
-        if kept is not None and kept[0] is kind and kept[1] == master:
-            target: DecodeNode = kept[2]
-            return target
-        info = decode.info
-        target = kind()
-        target.fill(
-            node_id=decode.node_id,
-            ip=info.host,
-            rpyc_port=info.rpyc_port or 0,
-            max_new_tokens=0,  # set per request
-            pd_master_node_id=master,
-        )
-        decode.hand_off = (kind, master, target)
-        return target
 
 
 class PDSession:
@@ -274,7 +254,12 @@ class PDSession:
             decode.attach(state, self.decode_tokens)
             state.kv_host = decode.peer_host
         state.source = prefill
-        await prefill.send(lambda: self._prefill_req(codec, state, decode))
+        filled = d.sampling_params[codec.version]
+        await prefill.send(
+            lambda: prefill_req(
+                codec, filled, self._req, state.group_id, decode, d.master_node_id()
+            )
+        )
         first = self._after(
             await state.take(*self.until(d.settings.first_token_timeout_s), "first token")
         )
@@ -288,7 +273,18 @@ class PDSession:
         if not isinstance(prompt_ids, list):
             raise NodeFailed("the prefill node's first token carries no prompt_ids", node=prefill)
         state.source = decode
-        await decode.send(lambda: self._decode_req(state, prompt_ids + [entry[2]["id"]], status))
+        decode_codec = d.codec_for(decode)
+        decode_filled = d.sampling_params[decode_codec.version]
+        await decode.send(
+            lambda: decode_req(
+                decode_codec,
+                decode_filled,
+                self._req,
+                state.group_id,
+                prompt_ids + [entry[2]["id"]],
+                status,
+            )
+        )
         return first
 
     async def new_group_id(self) -> int:
@@ -306,16 +302,6 @@ class PDSession:
                 f"no group request id within {seconds:.1f} s (config server id ranges)",
                 code="id_range_timeout",
             ) from None
-
-    def _decode_req(
-        self, state: RequestState, prompt_ids: list[int], status: UpKVStatus
-    ) -> bytes | bytearray:
-        assert self._decode is not None
-        codec = self._d.codec_for(self._decode)
-        max_new_tokens = self._req.parameters.max_new_tokens - 1
-        frame, params = self._req_frame(codec, prompt_ids, max_new_tokens, state.group_id)
-        params.suggested_dp_index = status.dp_index
-        return frame if frame is not None else codec.encode_req(prompt_ids, params)
 
     async def _attempt_v12(
         self, prefill: NodeConnection, decode: NodeConnection
@@ -408,43 +394,9 @@ class PDSession:
         seconds = min(stage, left)
         return now + seconds, seconds
 
-    def _prefill_req(
-        self, codec: LightLLMCodec, state: RequestState, decode: NodeConnection | None
-    ) -> bytes | bytearray:
-        prompt = self._req.prompt
-        frame, params = self._req_frame(codec, prompt, 1, state.group_id)
-        if decode is not None:
-            slot = params.move_kv_to_decode_node  # a view: it sees the copy made next
-            params.move_kv_to_decode_node = self._d.decode_target(type(slot), decode)
-            slot.max_new_tokens = self._req.parameters.max_new_tokens - 1
-        return frame if frame is not None else codec.encode_req(prompt, params)
-
-    def _req_frame(
-        self, codec: LightLLMCodec, prompt: str | list[int], max_new_tokens: int, group_id: int
-    ) -> tuple[bytearray | None, SamplingParamsBase]:
-        """A REQ frame with this request's fields set, and its struct, to set more on: a
-        struct over the frame's bytes, so that a field set on it is set in the frame. Where
-        the general pickler must write it, no frame, and a struct to ``encode_req``."""
-        filled = self._d.sampling_params[codec.version].filled(self._req.parameters.wire_values)
-        built = codec.req_frame(prompt, filled)
-        if built is None:
-            params = type(filled).from_buffer_copy(filled)
-            self._set_fields(params, max_new_tokens, group_id)
-            return None, params
-        self._set_fields(built[1], max_new_tokens, group_id)
-        return built
-
     def req_params(
         self, codec: LightLLMCodec, max_new_tokens: int, group_id: int
     ) -> SamplingParamsBase:
-        params = self._d.sampling_params[codec.version](self._req.parameters.wire_values)
-        self._set_fields(params, max_new_tokens, group_id)
-        return params
-
-    def _set_fields(self, params: SamplingParamsBase, max_new_tokens: int, group_id: int) -> None:
-        p = self._req.parameters
-        params.max_new_tokens = max_new_tokens
-        params.min_new_tokens = min(p.min_new_tokens, max_new_tokens)
-        params.group_request_id = group_id
-        if self._req.stop_token_ids:  # a filled struct holds none
-            params.set_stop_sequences(self._req.stop_token_ids, p.stop_sequences)
+        return req_params(
+            self._d.sampling_params[codec.version], self._req, max_new_tokens, group_id
+        )
