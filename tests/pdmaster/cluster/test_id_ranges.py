@@ -26,7 +26,9 @@ def test_ids_are_unique_multiples_of_8_across_masters_and_ranges_are_prefetched(
                 IdRangeSource(client, server.url) as other,
             ):
                 first = [await one.next() for _ in range(IDS_PER_RANGE * 3 // 4)]
-                await asyncio.sleep(0.3)  # past half the range: the next one is on its way
+                async with asyncio.timeout(10):  # past half the range: the next one comes
+                    while one.ranges_fetched < 2:
+                        await asyncio.sleep(0.02)
                 assert one.ranges_fetched == 2
                 first += [await one.next() for _ in range(IDS_PER_RANGE * 3 // 2)]
                 second = await asyncio.gather(*(other.next() for _ in range(1000)))
