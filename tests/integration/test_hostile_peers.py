@@ -97,6 +97,10 @@ def test_build_frames_are_refused_and_the_masters_frames_stay_lightllms(
     for port, (name, body) in enumerate(rce_frames(marker).items(), start=8100):
         assert attack(master, port, frame(body)) == 1008, name
 
+    def both_registered() -> bool:
+        ready = httpx.get(f"{master.url}/readiness", timeout=5).json()
+        return bool(ready["prefill_nodes"] == 1 and ready["decode_nodes"] == 1)
+
     async def serve_one_request() -> tuple[bytes, bytes]:
         """A prefill and a decode node at the edge (this test): read the master's REQ to P,
         drop the client, read the ABORT that follows."""
@@ -104,7 +108,7 @@ def test_build_frames_are_refused_and_the_masters_frames_stay_lightllms(
         async with connect(url) as p, connect(url) as d:
             await p.send(registration(8201, "prefill"))
             await d.send(registration(8202, "decode"))
-            await asyncio.sleep(0.3)
+            await asyncio.to_thread(wait_until, both_registered, 10, "the registrations")
             async with httpx.AsyncClient(timeout=10) as client:
                 body = {"inputs": "What is AI?", "parameters": {"max_new_tokens": 4}}
                 request = asyncio.create_task(client.post(f"{master.url}/generate", json=body))

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from pdlocal.cluster import Cluster, ProcGroup
+from pdlocal.cluster import Cluster, ProcGroup, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +142,14 @@ def test_hostile_pickle_closes_the_node_socket(lone_master: Cluster, tmp_path: P
         "start_args": {"pd_node_id": 7, "host": "127.0.0.9"},
     }
 
+    def prefill_nodes() -> int:
+        return int(httpx.get(f"{lone_master.url}/readiness", timeout=5).json()["prefill_nodes"])
+
     async def attack() -> int | None:
         url = f"ws://127.0.0.1:{lone_master.master_port}/pd_register"
         async with connect(url) as ws:
             await ws.send(json.dumps(registration))
-            await asyncio.sleep(0.3)
-            ready = httpx.get(f"{lone_master.url}/readiness", timeout=5).json()
-            assert ready["prefill_nodes"] == 1
+            await asyncio.to_thread(wait_until, lambda: prefill_nodes() == 1, 10, "registration")
             await ws.send(pickle.dumps(_Evil(marker), protocol=4))
             try:
                 async with asyncio.timeout(5):
@@ -159,7 +160,7 @@ def test_hostile_pickle_closes_the_node_socket(lone_master: Cluster, tmp_path: P
 
     assert asyncio.run(attack()) == 1008
     assert not marker.exists()
-    assert httpx.get(f"{lone_master.url}/readiness", timeout=5).json()["prefill_nodes"] == 0
+    wait_until(lambda: prefill_nodes() == 0, 10, "the node to be dropped")
 
 
 @pytest.mark.parametrize(
