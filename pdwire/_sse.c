@@ -42,6 +42,13 @@ typedef struct {
     char small[1024];
 } writer;
 
+/* An empty writer over its own small buffer. */
+static void writer_init(writer *w) {
+    w->buf = w->small;
+    w->len = 0;
+    w->cap = sizeof w->small;
+}
+
 /* Room for n more bytes; -1 with MemoryError set. */
 static int reserve(writer *w, Py_ssize_t n) {
     if (n <= w->cap - w->len) return 0;
@@ -273,9 +280,7 @@ static PyObject *events(PyObject *module, PyObject *const *args, Py_ssize_t narg
     module_state *st = PyModule_GetState(module);
 
     writer w;
-    w.buf = w.small;
-    w.len = 0;
-    w.cap = sizeof w.small;
+    writer_init(&w);
     int rc = 0;
     /* the size is read again each time: a key's __eq__ (not a str or int key's) could run
      * code that changes the list, so each entry is held while it is written */
@@ -380,9 +385,7 @@ static PyObject *text_chunk(PyObject *module, PyObject *const *args, Py_ssize_t 
     PyObject *count = Py_NewRef(args[1]), *prompt = Py_NewRef(args[2]);
 
     writer w;
-    w.buf = w.small;
-    w.len = 0;
-    w.cap = sizeof w.small;
+    writer_init(&w);
     int rc = 0;
     for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(entries); i++) {
         PyObject *entry = PyList_GET_ITEM(entries, i);

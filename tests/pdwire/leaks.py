@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 import tracemalloc
 from collections.abc import Callable
 
@@ -26,3 +27,17 @@ def memory_growth(run: Callable[[int], None], warm: int, rounds: int) -> tuple[i
         return tracemalloc.get_traced_memory()[0] - before, rss_bytes() - rss_before
     finally:
         tracemalloc.stop()
+
+
+def assert_keeps_nothing(
+    run: Callable[[int], None], watched: list[object], warm: int, rounds: int
+) -> None:
+    """``run(rounds)`` leaves every watched object's reference count as it was, and grows
+    neither Python's allocator by 64 KB nor the RSS by 8 MB."""
+    run(warm)
+    gc.collect()
+    counts = [sys.getrefcount(v) for v in watched]
+    grown, rss_grown = memory_growth(run, warm, rounds)
+    assert [sys.getrefcount(v) for v in watched] == counts
+    assert grown < 64 * 1024, grown
+    assert rss_grown < 8 * 2**20, rss_grown

@@ -12,11 +12,9 @@ quarantine), from a copy of the tree:
 
 from __future__ import annotations
 
-import gc
 import math
 import random
 import struct
-import sys
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ from pdwire.sse import (
     sse_events,
 )
 from pdwire.structs import FinishStatus
-from tests.pdwire.leaks import memory_growth
+from tests.pdwire.leaks import assert_keeps_nothing
 
 FIELDS = ("id", "logprob", "special", "count_output_tokens", "prompt_tokens")
 
@@ -383,13 +381,7 @@ def test_no_leaks(compiled: CompiledEvents) -> None:
 
     watched = [v for entries in batches for e in entries for v in (e, *e[2:], *_values(e[2]))]
     watched = [v for v in watched if not isinstance(v, bool | int | type(None)) or _big(v)]
-    run(50)
-    gc.collect()
-    counts = [sys.getrefcount(v) for v in watched]
-    grown, rss_grown = memory_growth(run, 50, 2000)
-    assert [sys.getrefcount(v) for v in watched] == counts
-    assert grown < 64 * 1024, grown
-    assert rss_grown < 8 * 2**20
+    assert_keeps_nothing(run, watched, 50, 2000)
 
 
 def _values(meta: Any) -> list[Any]:

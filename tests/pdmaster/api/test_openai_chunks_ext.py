@@ -6,9 +6,7 @@ step, or None (and then the reference's own answer, whatever it is: its bytes or
 
 from __future__ import annotations
 
-import gc
 import random
-import sys
 from itertools import product
 from typing import Any
 
@@ -25,7 +23,7 @@ from pdmaster.api.openai_relay import (
 from pdwire.pd_io import TokenEntry
 from pdwire.sse import CompiledTextChunk, compiled_text_chunk, python_http_chunk
 from pdwire.structs import FinishStatus
-from tests.pdwire.leaks import memory_growth
+from tests.pdwire.leaks import assert_keeps_nothing
 from tests.pdwire.test_sse_ext import ODD_STRS, odd_status, odd_text, odd_value
 
 IDS = RandomHex()
@@ -234,10 +232,4 @@ def test_no_leaks(writer: CompiledTextChunk) -> None:
         for v in (e, e[1], e[2], *e[2].values(), *rest[:4])
         if type(v) is not bool and v is not None and not (type(v) is int and abs(v) <= 256)
     ]
-    run(50)
-    gc.collect()
-    counts = [sys.getrefcount(v) for v in watched]
-    grown, rss_grown = memory_growth(run, 50, 2000)
-    assert [sys.getrefcount(v) for v in watched] == counts
-    assert grown < 64 * 1024, grown
-    assert rss_grown < 8 * 2**20
+    assert_keeps_nothing(run, watched, 50, 2000)
