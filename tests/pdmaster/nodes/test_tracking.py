@@ -78,22 +78,6 @@ def test_without_a_parked_wait_tokens_queue_for_the_next_take(compiled: bool) ->
     asyncio.run(run())
 
 
-def test_a_sink_that_fails_leaves_its_tokens_to_the_task(compiled: bool) -> None:
-    async def run() -> None:
-        table = RequestTable(compiled=compiled)
-        state = tracked(table, 8)
-
-        def sink(entries: list[TokenEntry], now: float) -> bool:
-            raise RuntimeError("broken client")
-
-        waiting = asyncio.ensure_future(state.take(1e9, 60, "token", sink))
-        await asyncio.sleep(0)
-        table.deliver(NODE, [entry(8, "a")])
-        assert texts(await waiting) == ["a"]
-
-    asyncio.run(run())
-
-
 def test_tokens_a_sink_takes_move_the_waits_deadline(compiled: bool) -> None:
     async def run() -> None:
         table = RequestTable(compiled=compiled)
