@@ -91,6 +91,19 @@ async def stream_one(
     return outcome
 
 
+def leave_after(url: str, body: dict[str, Any], events: int, timeout: float = 30) -> None:
+    """Stream ``body`` to ``url`` and hang up after ``events`` data events, as a client that
+    goes away mid-stream."""
+    with httpx.stream("POST", url, json=body, timeout=timeout) as r:
+        assert r.status_code == 200
+        seen = 0
+        for line in r.iter_lines():
+            seen += line.startswith("data:")
+            if seen == events:
+                return
+    raise AssertionError(f"the stream ended after {seen} of {events} events")
+
+
 async def until_decoding(decoding: list[Any], n: int, timeout: float = 30) -> None:
     """Wait until ``n`` streams have had their first token: each is then on its decode node
     (a fixed sleep is not enough on a loaded machine)."""

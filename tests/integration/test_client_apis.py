@@ -20,6 +20,7 @@ from pdlocal.cluster import Cluster, ProcGroup
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from tests.integration.conftest import one_by_one
 from tests.integration.echo_model import expected
+from tests.integration.load import leave_after
 
 BRIEF = [{"role": "user", "content": "What is AI?"}]
 LONG = [{"role": "user", "content": "Hello world " * 200}]
@@ -272,13 +273,7 @@ def test_client_disconnect_aborts_on_both_nodes_and_metrics_name_the_endpoint(
     message = {"model": "pd-sim", "max_tokens": 1000, "stream": True, "messages": LONG}
     response = {"input": LONG, "stream": True}
     for path, body in (("/v1/messages", message), ("/v1/responses", response)):
-        with httpx.stream("POST", f"{pd.url}{path}", json=body, timeout=30) as r:
-            assert r.status_code == 200
-            events = 0
-            for line in r.iter_lines():
-                events += line.startswith("data: ")
-                if events == 8:
-                    break
+        leave_after(f"{pd.url}{path}", body, 8)
     deadline = time.monotonic() + 5
     while aborts() != (before[0] + 2, before[1] + 2) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -18,6 +18,7 @@ import pytest
 
 from pdlocal.cluster import Cluster, ProcGroup, wait_until
 from pdwire.extensions import optional_extension
+from tests.integration.load import leave_after
 
 PATHS = ("compiled", "python")
 # steps of 20 ms, one stream at a time: every step is one hand-over on either path
@@ -235,14 +236,7 @@ def test_a_client_that_leaves_mid_stream_ends_its_run_the_same_way(
         for path, body in bodies.items():
             aborts = [n.stats()["aborts"] for n in c.nodes]
             before = metrics(c)
-            with httpx.stream("POST", f"{c.url}{path}", json=body, timeout=60) as r:
-                assert r.status_code == 200
-                events = 0
-                for line in r.iter_lines():
-                    events += line.startswith("data:")
-                    if events == 8:
-                        break
-            assert events == 8
+            leave_after(f"{c.url}{path}", body, 8, timeout=60)
 
             def aborted(c: Cluster = c, aborts: list[int] = aborts) -> bool:
                 return [n.stats()["aborts"] for n in c.nodes] == [a + 1 for a in aborts]

@@ -16,7 +16,7 @@ import pytest
 from pdlocal.cluster import Cluster, ProcGroup
 from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
 from tests.integration.echo_model import expected
-from tests.integration.load import until_decoding
+from tests.integration.load import leave_after, until_decoding
 
 SIMPLE_PROMPT = "<|system|>\nBe brief.\n<|user|>\nWhat is AI?\n<|assistant|>\n"
 CHAT = [
@@ -219,12 +219,7 @@ def test_stream_that_fails_after_its_first_chunk_ends_with_an_error_and_done(
 
 def test_client_disconnect_aborts_the_request_on_both_nodes(cluster: Cluster) -> None:
     body = {"messages": CHAT, "max_tokens": 2000, "ignore_eos": True, "stream": True}
-    with httpx.stream("POST", f"{cluster.url}/v1/chat/completions", json=body, timeout=30) as r:
-        seen = 0
-        for line in r.iter_lines():
-            seen += line.startswith("data: ")
-            if seen == 5:
-                break
+    leave_after(f"{cluster.url}/v1/chat/completions", body, 5)
     assert wait_for_aborts(cluster, 1, 1) == (1, 1)
     assert [n.stats()["kv_used_tokens"] for n in cluster.nodes if n.mode == "decode"] == [0, 0]
 

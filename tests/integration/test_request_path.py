@@ -16,7 +16,7 @@ import pytest
 from pdlocal.cluster import Cluster
 from pdmodel.tokenizer import ModelTokenizer
 from tests.integration.echo_model import expected, sse_events
-from tests.integration.load import until_decoding
+from tests.integration.load import leave_after, until_decoding
 
 
 @pytest.fixture(scope="module")
@@ -203,13 +203,7 @@ def test_killed_decode_node_ends_its_streams_with_an_error(cluster: Cluster) -> 
 
 def test_client_disconnect_aborts_on_both_nodes(cluster: Cluster) -> None:
     body = {"inputs": "Hello world!", "parameters": {"max_new_tokens": 2000, "ignore_eos": True}}
-    with httpx.stream("POST", f"{cluster.url}/generate_stream", json=body, timeout=30) as r:
-        lines = r.iter_lines()
-        seen = 0
-        for line in lines:
-            seen += line.startswith("data:")
-            if seen == 5:
-                break
+    leave_after(f"{cluster.url}/generate_stream", body, 5)
 
     def aborts(mode: str) -> int:
         return sum(n.stats()["aborts"] for n in cluster.nodes if n.mode == mode)
