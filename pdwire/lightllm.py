@@ -88,6 +88,9 @@ class LightLLMCodec:
             MultimodalParams: MultimodalParams.__lightllm_name__,
             _ctypes._unpickle: ("_ctypes", "_unpickle"),  # type: ignore[attr-defined]
         }
+        self._native = fastpickle.NativeNamed(
+            {k: self._fast_names[k] for k in (ObjType, FinishStatus, _ctypes._unpickle)}  # type: ignore[attr-defined]
+        )
         self._req_pickler = fastpickle.ReqPickler(
             self._fast_names, ObjType.REQ, self.layout.SamplingParams, MultimodalParams
         )
@@ -173,9 +176,12 @@ class LightLLMCodec:
         return dumps(info)
 
     def encode_token_packs(self, entries: list[TokenEntry], load: dict[str, Any] | None) -> bytes:
-        if self.token_packs_carry_load:
-            return self._dumps((ObjType.TOKEN_PACKS, entries, load or {}))
-        return self._dumps((ObjType.TOKEN_PACKS, entries))
+        message = (
+            (ObjType.TOKEN_PACKS, entries, load or {})
+            if self.token_packs_carry_load
+            else (ObjType.TOKEN_PACKS, entries)
+        )
+        return self._native.token_packs(message) or self._dumps(message)
 
     def _dumps(self, message: Any) -> bytes:
         """The fast pickler where it applies (same bytes), else the general one."""

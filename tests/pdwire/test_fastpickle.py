@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import _ctypes
 import random
 
 import pytest
 
+from pdwire.fastpickle import NativeNamed
 from pdwire.lightllm import LightLLMCodec
 from pdwire.mirrorpickle import dumps
 from pdwire.pd_io import MultimodalParams, ObjType
-from pdwire.structs import FinishStatus
+from pdwire.structs import FinishStatus, lightllm_name
 
 TEXTS = ["", " is", "é", "✓ unicode", "x" * 255, "y" * 256, "long " * 100, "\ud800"[:0]]
 INTS = [
@@ -163,3 +165,68 @@ def test_req_frames_set_in_place_equal_a_copy_set_and_pickled(version: str) -> N
 def test_req_frames_past_one_frame_are_left_to_encode_req() -> None:
     codec = LightLLMCodec()
     assert codec.req_frame(list(range(70_000, 90_000)), codec.layout.new_sampling_params()) is None
+
+
+class Unnamed:
+    """A class no LightLLM message holds."""
+
+
+def native_named() -> NativeNamed:
+    return NativeNamed(
+        {
+            ObjType: lightllm_name(ObjType),
+            FinishStatus: lightllm_name(FinishStatus),
+            _ctypes._unpickle: ("_ctypes", "_unpickle"),  # type: ignore[attr-defined]
+        }
+    )
+
+
+def test_the_c_pickler_renamed_writes_the_general_picklers_bytes() -> None:
+    """Token packs of small containers take the C pickler (not None) and come out as the
+    general pickler writes them; a message with a 1,001-item list is left to it."""
+    native = native_named()
+    rng = random.Random(4321)
+    taken = declined = 0
+    for _ in range(400):
+        entries, load = random_message(rng)
+        message = (ObjType.TOKEN_PACKS, entries, load)
+        raw = native.token_packs(message)
+        big = any(len(v) > 1000 for e in entries for v in e[2].values() if type(v) is list)
+        if big:
+            assert raw is None
+            declined += 1
+            continue
+        assert raw == dumps(message)
+        taken += 1
+    assert taken > 200 and declined > 50
+
+
+def test_what_the_c_pickler_cannot_vouch_for_is_left_to_the_general_pickler() -> None:
+    native = native_named()
+    status = FinishStatus(1)
+    ours = b"\x8c\x0epdwire.structs\x94\x8c\x0cFinishStatus\x94\x93\x94"
+
+    def packs(*entries: tuple) -> tuple:
+        return (ObjType.TOKEN_PACKS, list(entries), {})
+
+    assert native.token_packs(packs((1, "a", {}, status))) == dumps(packs((1, "a", {}, status)))
+    cases = {
+        "a class not named": packs((1, "a", {"x": Unnamed()}, status)),
+        "a struct not named": packs((1, "a", {}, MultimodalParams())),
+        "our reference in a bytes value too": packs((1, "a", {"raw": ours}, status)),
+        # the same string object as the class's module: pickle writes a memo reference
+        "a memo reference in the class's": packs((1, FinishStatus.__module__, {}, status)),
+        "over 1,000 entries": packs(*[(i, "a", {}, status) for i in range(1001)]),
+        "a 1,001-item dict": packs((1, "a", {str(i): i for i in range(1001)}, status)),
+        "a nested 1,001-item list": packs((1, "a", {"x": ([[0] * 1001],)}, status)),
+        "past one frame": packs(*[(i, f"{i}" + "x" * 100, {}, status) for i in range(700)]),
+    }
+    for why, message in cases.items():
+        assert native.token_packs(message) is None, why
+        assert LightLLMCodec().encode_token_packs(message[1], {}) == dumps(message), why
+
+
+def test_classes_sharing_a_module_are_refused() -> None:
+    """Their module would be a memo reference the second time, on one side and not the other."""
+    with pytest.raises(ValueError, match="share a module"):
+        NativeNamed({ObjType: lightllm_name(ObjType), MultimodalParams: ("m", "MultimodalParams")})
