@@ -113,7 +113,7 @@ class DecodeNode(SimNode):
             handoff = Handoff(ids[:-1], ids[-1], tokens)
         gen = self.generation(handoff.prompt_ids, params, int(params.max_new_tokens) + 1)
         gen.output_ids.append(handoff.first_token_id)
-        detok = Detokenizer(self.tokenizer, bool(params.skip_special_tokens))
+        detok = Detokenizer(self.pieces, bool(params.skip_special_tokens))
         detok.push(handoff.first_token_id)
         self._running[group_id] = Running(
             group_id=group_id,

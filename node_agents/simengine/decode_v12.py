@@ -80,7 +80,7 @@ class DecodeNodeV12(DecodeNode):
             group_id=group_id,
             link=link,
             gen=self.generation(ids, params, budget),
-            detok=Detokenizer(self.tokenizer, bool(params.skip_special_tokens)),
+            detok=Detokenizer(self.pieces, bool(params.skip_special_tokens)),
             prompt_tokens=len(ids),
             kv_tokens=tokens,
             skip_special_tokens=bool(params.skip_special_tokens),

@@ -11,7 +11,7 @@ from typing import Any
 
 from node_agents.simengine.faults import Faults
 from node_agents.simengine.links import MasterLink
-from node_agents.simengine.textgen import Detokenizer, Generation
+from node_agents.simengine.textgen import Detokenizer, Generation, Pieces
 from node_agents.simengine.timing import KVCapacity, TimingModel
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.errors import WireError
@@ -117,6 +117,7 @@ class SimNode:
         self.stamp_tokens = False
         self.codec = codec
         self.tokenizer = tokenizer
+        self.pieces = Pieces(tokenizer)  # each token's text, for this node's Detokenizers
         self.timing = timing
         self.kv = KVCapacity(timing.kv_capacity_tokens)
         self.stats = Stats()

@@ -55,7 +55,7 @@ class NormalNode(DecodeNode):
         gen = self.plain_generation(
             prompt_ids, params.max_new_tokens, params.ignore_eos, params.min_new_tokens, stops
         )
-        detok = Detokenizer(self.tokenizer, params.skip_special_tokens)
+        detok = Detokenizer(self.pieces, params.skip_special_tokens)
         running = Running(group_id, stream, gen, detok, len(prompt_ids), kv_tokens)  # type: ignore[arg-type]
         decoding = False
         try:

@@ -68,7 +68,7 @@ class PrefillNode(SimNode):
             group_id=params.group_request_id,
             link=link,
             gen=gen,
-            detok=Detokenizer(self.tokenizer, bool(params.skip_special_tokens)),
+            detok=Detokenizer(self.pieces, bool(params.skip_special_tokens)),
             prompt_tokens=len(prompt_ids),
             skip_special_tokens=bool(params.skip_special_tokens),
         )

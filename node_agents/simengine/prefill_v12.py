@@ -57,7 +57,7 @@ class PrefillNodeV12(PrefillNode):
             group_id=group_id,
             link=link,
             gen=self.generation(prompt_ids, params, max(int(params.max_new_tokens), 1)),
-            detok=Detokenizer(self.tokenizer, bool(params.skip_special_tokens)),
+            detok=Detokenizer(self.pieces, bool(params.skip_special_tokens)),
             prompt_tokens=len(prompt_ids),
             skip_special_tokens=bool(params.skip_special_tokens),
             meta={"node_mode": "prefill"},

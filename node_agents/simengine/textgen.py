@@ -10,6 +10,7 @@ included, as LightLLM does).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pdmodel.tokenizer import ModelTokenizer
 
@@ -45,11 +46,46 @@ class Generation:
         return any(seq and out[-len(seq) :] == seq for seq in self.stop_sequences)
 
 
+class Pieces:
+    """What each token adds to an output's text, given the tokens of its window before it.
+
+    ``Detokenizer`` would ask the tokenizer for two decodes per token; a node's outputs
+    repeat their prompts, so the answers for short windows are kept (up to ``limit``, then
+    forgotten at once), shared by the node's requests. None: the window ends inside a
+    UTF-8 character.
+    """
+
+    WINDOW = 4  # longer windows (a character's bytes spread over tokens) are not kept
+
+    def __init__(self, tokenizer: ModelTokenizer, limit: int = 1 << 16) -> None:
+        self._decode = tokenizer.decode
+        self._limit = limit
+        self._known: dict[tuple[Any, ...], str | None] = {}
+
+    def piece(self, window: list[int], before: int, skip: bool) -> str | None:
+        """The text ``window[before:]`` adds after ``window[:before]``, or None."""
+        if len(window) > self.WINDOW:
+            return self._piece(window, before, skip)
+        key = (skip, before, *window)
+        known = self._known.get(key, self)
+        if known is self:
+            if len(self._known) >= self._limit:
+                self._known.clear()
+            known = self._known[key] = self._piece(window, before, skip)
+        return known  # type: ignore[return-value]
+
+    def _piece(self, window: list[int], before: int, skip: bool) -> str | None:
+        full = self._decode(window, skip)
+        if full.endswith("\ufffd"):
+            return None
+        return full[len(self._decode(window[:before], skip)) :]
+
+
 class Detokenizer:
     """Per-token text of an output, holding back bytes of an unfinished UTF-8 character."""
 
-    def __init__(self, tokenizer: ModelTokenizer, skip_special_tokens: bool = True) -> None:
-        self._tokenizer = tokenizer
+    def __init__(self, pieces: Pieces, skip_special_tokens: bool = True) -> None:
+        self._pieces = pieces
         self._skip = skip_special_tokens
         self._ids: list[int] = []
         self._prefix = 0
@@ -57,11 +93,9 @@ class Detokenizer:
 
     def push(self, token_id: int) -> str:
         self._ids.append(token_id)
-        decode = self._tokenizer.decode
-        prefix_text = decode(self._ids[self._prefix : self._read], self._skip)
-        full_text = decode(self._ids[self._prefix :], self._skip)
-        if full_text.endswith("\ufffd"):
+        text = self._pieces.piece(self._ids[self._prefix :], self._read - self._prefix, self._skip)
+        if text is None:
             return ""
         self._prefix = self._read
         self._read = len(self._ids)
-        return full_text[len(prefix_text) :]
+        return text
