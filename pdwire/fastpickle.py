@@ -13,7 +13,6 @@ from __future__ import annotations
 import _ctypes
 import ctypes
 import enum
-import io
 import pickle
 import struct
 from collections.abc import Iterable
@@ -27,6 +26,7 @@ _I32 = struct.Struct("<i").pack
 _U16 = struct.Struct("<H").pack
 _BATCH = 1000
 _CTYPES_UNPICKLE = _ctypes._unpickle  # type: ignore[attr-defined]
+_SCALARS = frozenset({int, float, str, bool, type(None), bytes})
 
 
 class _Unsupported(Exception):
@@ -283,6 +283,9 @@ class NativeNamed:
       UTF-8 holds them: UTF-8 has no continuation byte, as 0x94 is, after an ASCII letter),
       or not at all (its module or name a memo reference: the same string object seen
       earlier in the message); a message past one frame.
+
+    Picklers are kept between messages (their memo cleared after each), one per message
+    being pickled at a time.
     """
 
     def __init__(self, names: dict[Any, tuple[str, str]]) -> None:
@@ -297,21 +300,7 @@ class NativeNamed:
             cls: (_global(cls.__module__, cls.__qualname__), _global(*names[cls]))
             for cls in self._kinds
         }
-        outer = self
-
-        class _Pickler(pickle.Pickler):
-            saved: list[type]
-
-            def reducer_override(self, obj: Any) -> Any:
-                if type(obj) in outer._kinds:
-                    return NotImplemented  # its class is saved next, as pickle does
-                if id(obj) in outer._globals:
-                    if obj in outer._kinds:
-                        self.saved.append(obj)
-                    return NotImplemented
-                raise _Unsupported
-
-        self._pickler = _Pickler
+        self._idle: list[_NamedPickler] = []
 
     def token_packs(self, message: tuple[Any, ...]) -> bytes | None:
         """``(ObjType.TOKEN_PACKS, entries[, load])`` as ``dumps`` writes it, or None."""
@@ -320,33 +309,112 @@ class NativeNamed:
             return None
         if len(message) > 2 and not _small(message[2]):
             return None
+        scalars = _SCALARS
         for entry in entries:
-            if type(entry) is tuple and len(entry) > 2 and not _small(entry[2]):
-                return None
+            if type(entry) is tuple and len(entry) > 2:
+                meta = entry[2]
+                if type(meta) is dict and len(meta) <= _BATCH:
+                    if scalars.issuperset(map(type, meta.values())):
+                        continue  # the usual metadata: no container in it, at C speed
+                if not _small(meta):
+                    return None
         return self.dumps(message)
 
     def dumps(self, message: Any) -> bytes | None:
         """``message`` as ``dumps`` writes it, or None (see the class); the caller has checked
         that no list or dict in it holds more than 1,000 items."""
-        out = io.BytesIO()
-        pickler = self._pickler(out, protocol=4)
-        pickler.saved = []
+        idle = self._idle
+        pickler = idle.pop() if idle else _NamedPickler(self._kinds, self._globals)
         try:
-            pickler.dump(message)
-        except (_Unsupported, pickle.PicklingError):
-            return None
-        raw = out.getvalue()
-        if raw[2:3] != b"\x95" or raw[3:11] != _U64(len(raw) - 11):
-            return None  # more than one frame, or none
-        body = raw[11:]
-        for cls in pickler.saved:
-            ours, theirs = self._renames[cls]
-            if body.count(ours) != 1:
-                return None  # in data too, or a memo reference in it (a string seen before)
-            body = body.replace(ours, theirs)
+            raw = pickler.pickle(message)
+            saved = pickler.saved
+            if raw is None:
+                return None
+            body = raw[11:]
+            for cls in saved:
+                ours, theirs = self._renames[cls]
+                if body.count(ours) != 1:
+                    return None  # in data too, or a memo reference in it (a string seen before)
+                body = body.replace(ours, theirs)
+        finally:
+            pickler.saved = []
+            idle.append(pickler)
         if len(body) >= _FRAME_SIZE_TARGET:
             return None
         return b"\x80\x04\x95" + _U64(len(body)) + body
+
+
+class _NamedPickler(pickle.Pickler):
+    """The C pickler, refusing objects of classes not named, noting the classes it saves.
+
+    Named structs and enums are reduced here as their ``__reduce_ex__`` would (ctypes'
+    ``PyCData_reduce``, ``Enum.__reduce_ex__``; checked on a sample of each), without
+    pickle's look-ups on the way there.
+    """
+
+    def __init__(self, kinds: frozenset[type], named: dict[int, Any]) -> None:
+        self._written: list[bytes] = []
+        super().__init__(_Sink(self._written.append), protocol=4)
+        self._kinds = kinds
+        self._named = named
+        self._structs = frozenset(k for k in kinds if _reduces_as_struct(k))
+        self._enums = frozenset(k for k in kinds if _reduces_as_enum(k))
+        self.saved: list[type] = []
+
+    def pickle(self, message: Any) -> bytes | None:
+        """One frame, the whole message; None for what it refuses or more than one frame."""
+        written = self._written
+        try:
+            self.dump(message)
+        except (_Unsupported, pickle.PicklingError):
+            return None
+        finally:
+            self.clear_memo()  # it holds the message's objects until then
+        raw = written.pop() if len(written) == 1 else None
+        written.clear()
+        if raw is None or raw[2:3] != b"\x95" or raw[3:11] != _U64(len(raw) - 11):
+            return None  # more than one frame, or none
+        return raw
+
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind in self._structs:
+            return _CTYPES_UNPICKLE, (kind, (obj.__dict__, bytes(obj)))
+        if kind in self._enums:
+            return kind, (obj._value_,)
+        if kind in self._kinds:
+            return NotImplemented  # its class is saved next, as pickle does
+        if id(obj) in self._named:
+            if obj in self._kinds:
+                self.saved.append(obj)
+            return NotImplemented
+        raise _Unsupported
+
+
+def _reduces_as_struct(kind: type) -> bool:
+    if not issubclass(kind, ctypes.Structure):
+        return False
+    sample = kind()
+    try:
+        reduced = sample.__reduce_ex__(4)
+    except ValueError:  # a struct holding pointers: pickle refuses it
+        return False
+    return bool(reduced == (_CTYPES_UNPICKLE, (kind, (sample.__dict__, bytes(sample)))))
+
+
+def _reduces_as_enum(kind: type) -> bool:
+    if not issubclass(kind, enum.Enum):
+        return False
+    return all(m.__reduce_ex__(4) == (kind, (m._value_,)) for m in kind)
+
+
+class _Sink:
+    """A file for the pickler: what it writes goes to ``write``."""
+
+    __slots__ = ("write",)
+
+    def __init__(self, write: Any) -> None:
+        self.write = write
 
 
 def _small(obj: Any) -> bool:

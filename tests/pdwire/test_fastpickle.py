@@ -226,6 +226,37 @@ def test_what_the_c_pickler_cannot_vouch_for_is_left_to_the_general_pickler() ->
         assert LightLLMCodec().encode_token_packs(message[1], {}) == dumps(message), why
 
 
+def odd_value(rng: random.Random) -> object:
+    """Values the C pickler reduces or refuses itself: enum members, structs (some with
+    instance attributes, some of them unnamed objects), objects of unnamed classes."""
+    status = FinishStatus(rng.randint(0, 2))
+    if rng.random() < 0.3:
+        status.note = rng.choice(["x", 7, [1, 2], Unnamed()])  # type: ignore[attr-defined]
+    return rng.choice([ObjType.REQ, ObjType.TOKEN_PACKS, status, Unnamed(), (status, "t")])
+
+
+def test_picklers_kept_between_messages_write_the_general_picklers_bytes() -> None:
+    """One NativeNamed, its pickler reused: messages it takes (after ones it refused midway,
+    and with enum members and structs anywhere) come out as the general pickler writes them."""
+    native = native_named()
+    rng = random.Random(2468)
+    taken = declined = 0
+    for _ in range(600):
+        entries, load = random_message(rng)
+        for entry in rng.sample(entries, min(len(entries), 2)):
+            entry[2][rng.choice(["odd", "id"])] = odd_value(rng)
+        if rng.random() < 0.2:
+            load = {**load, "odd": odd_value(rng)}
+        message = (ObjType.TOKEN_PACKS, entries, load)
+        raw = native.token_packs(message)
+        if raw is None:
+            declined += 1
+            continue
+        assert raw == dumps(message)
+        taken += 1
+    assert taken > 300 and declined > 50
+
+
 def test_classes_sharing_a_module_are_refused() -> None:
     """Their module would be a memo reference the second time, on one side and not the other."""
     with pytest.raises(ValueError, match="share a module"):
