@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.frames import CloseCode
 
+from node_agents.simengine.wsdirect import DirectFrames
 from pdwire.message_sets import MAX_FRAME_BYTES
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class MasterLink:
         self._max_frame_bytes = max_frame_bytes
         self._ws: ClientConnection | None = None
         self._kv_ws: ClientConnection | None = None
+        self._direct = DirectFrames()
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
@@ -123,6 +125,8 @@ class MasterLink:
         ws = self._ws
         if ws is None:
             return False
+        if self._direct.write(ws, data):
+            return True
         try:
             await ws.send(data)
         except (WebSocketException, OSError):
