@@ -276,9 +276,10 @@ class NativeNamed:
     - an object of a class not in ``names`` (found by ``reducer_override``, which the C
       pickler calls for every object but plain ints, floats, strs, bytes, lists, tuples and
       dicts and None, True and False);
-    - a list or dict of more than 1,000 items among a token's metadata or the load (the C
-      pickler writes a last batch of one item as MARK item APPENDS, the Python one as item
-      APPEND), or more than 1,000 entries;
+    - a list of more than 1,000 items or a dict of 1,000 or more among a token's metadata
+      or the load, or more than 1,000 entries (the C pickler writes a last batch of one item
+      as MARK item APPENDS, the Python one as item APPEND; a dict of 1,000 items gets an
+      empty second batch);
     - a class's reference bytes found other than once: in a bytes value too (no string's
       UTF-8 holds them: UTF-8 has no continuation byte, as 0x94 is, after an ASCII letter),
       or not at all (its module or name a memo reference: the same string object seen
@@ -418,10 +419,12 @@ class _Sink:
 
 
 def _small(obj: Any) -> bool:
-    """Whether no list or dict in ``obj`` (a dict, list or plain value) has over 1,000 items."""
+    """Whether every list in ``obj`` has at most 1,000 items and every dict fewer: past
+    that, the C pickler batches them otherwise (a dict of exactly 1,000 items gets a
+    second, empty batch)."""
     kind = type(obj)
     if kind is dict:
-        return len(obj) <= _BATCH and _all_small(obj.values())
+        return len(obj) < _BATCH and _all_small(obj.values())
     if kind is list or kind is tuple:
         return (kind is tuple or len(obj) <= _BATCH) and _all_small(obj)
     return True

@@ -217,13 +217,15 @@ def test_what_the_c_pickler_cannot_vouch_for_is_left_to_the_general_pickler() ->
         # the same string object as the class's module: pickle writes a memo reference
         "a memo reference in the class's": packs((1, FinishStatus.__module__, {}, status)),
         "over 1,000 entries": packs(*[(i, "a", {}, status) for i in range(1001)]),
+        "a 1,000-item load": (ObjType.TOKEN_PACKS, [], {str(i): i for i in range(1000)}),
         "a 1,001-item dict": packs((1, "a", {str(i): i for i in range(1001)}, status)),
+        "a 1,000-item dict": packs((1, "a", {str(i): i for i in range(1000)}, status)),
         "a nested 1,001-item list": packs((1, "a", {"x": ([[0] * 1001],)}, status)),
         "past one frame": packs(*[(i, f"{i}" + "x" * 100, {}, status) for i in range(700)]),
     }
     for why, message in cases.items():
         assert native.token_packs(message) is None, why
-        assert LightLLMCodec().encode_token_packs(message[1], {}) == dumps(message), why
+        assert LightLLMCodec().encode_token_packs(message[1], message[2]) == dumps(message), why
 
 
 def odd_value(rng: random.Random) -> object:
