@@ -314,7 +314,7 @@ class NativeNamed:
         for entry in entries:
             if type(entry) is tuple and len(entry) > 2:
                 meta = entry[2]
-                if type(meta) is dict and len(meta) <= _BATCH:
+                if type(meta) is dict and len(meta) < _BATCH:
                     if scalars.issuperset(map(type, meta.values())):
                         continue  # the usual metadata: no container in it, at C speed
                 if not _small(meta):
