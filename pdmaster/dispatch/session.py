@@ -232,6 +232,7 @@ class PDSession:
         if self.closed:
             return
         self.closed = True
+        self._sink = None  # a run's bound method: the two would be a reference cycle
         await self._abandon(abort=not self.finished)
 
     async def _attempt(self, tried: list[NodeConnection]) -> list[TokenEntry]:

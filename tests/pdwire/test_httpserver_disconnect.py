@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ from typing import Any
 
 import uvicorn
 
-from pdwire.httpserver import DISCONNECT_WATCH, header_timeout_protocol
+from pdwire.httpserver import DISCONNECT_WATCH, HeaderTimeoutProtocol, header_timeout_protocol
 
 REQUEST = b"GET /%s HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -113,3 +114,39 @@ def test_a_client_gone_before_the_watch_began_is_heard_too() -> None:
             assert await heard(app) == ["late"]
 
     asyncio.run(run())
+
+
+def test_a_closed_connection_is_freed_without_the_cycle_collector() -> None:
+    """The watch a scope carries holds neither its protocol nor its exchange: a connection
+    per request would otherwise leave a reference cycle each, for the collector to find."""
+
+    async def run() -> None:
+        app = App()
+        async with serving(app) as port:
+            for path in (b"done", b"stream"):  # answered, and left mid-answer
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(REQUEST % path)
+                await reader.readuntil(b"ok" if path == b"done" else b"x")
+                writer.close()
+                await writer.wait_closed()
+            assert await heard(app) == ["stream"]
+            await asyncio.sleep(0.2)  # the server's side of each connection is closed
+            assert left_for_the_collector(HeaderTimeoutProtocol) == 0
+
+    gc.collect()
+    gc.disable()
+    try:
+        asyncio.run(run())
+    finally:
+        gc.enable()
+
+
+def left_for_the_collector(kind: type) -> int:
+    """How many objects of ``kind`` only the cycle collector would free."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        return sum(isinstance(o, kind) for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
