@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
+from collections.abc import Mapping
 from functools import cached_property
 from typing import Annotated, Any
 
@@ -264,6 +265,7 @@ class RunParameters:
         "stop_sequences",
         "wire_values",
         "return_details",
+        "_refused",
     )
 
     def __init__(
@@ -279,6 +281,15 @@ class RunParameters:
         self.stop_sequences = stop_sequences
         self.wire_values = wire_values
         self.return_details = return_details
+        self._refused: dict[frozenset[str], Mapping[str, str]] = {}
+
+    def refusals(self, versions: frozenset[str]) -> Mapping[str, str]:
+        """``refusals(versions, self.wire_values)``, worked out once per set of versions: the
+        requests that send this parameter set share it, and each asks twice (~0.8 us)."""
+        refused = self._refused.get(versions)
+        if refused is None:
+            refused = self._refused[versions] = refusals(versions, self.wire_values)
+        return refused
 
 
 def first_uncarried(sampling_params: type, wire_values: dict[str, Any]) -> str | None:

@@ -22,7 +22,7 @@ from pdmaster.routing.policies import RequestView, prefix_blocks, reads_prefixes
 from pdmaster.settings import MasterSettings
 from pdmodel.tokenizer import ModelTokenizer
 from pdwire.api import decimal
-from pdwire.client import GenerateParameters, ParameterSets, refusals
+from pdwire.client import GenerateParameters, ParameterSets
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -203,7 +203,8 @@ def prepare(
             code="invalid_field",
         )
     # refused here when no accepted release can carry it; else at pairing, if the pair can't
-    refused = refusals(settings.lightllm_versions, params.wire_values)
+    run = params.for_run()
+    refused = run.refusals(settings.lightllm_versions)
     if len(refused) == len(settings.lightllm_versions):
         versions = sorted(settings.lightllm_versions)
         raise BadRequest(
@@ -224,7 +225,7 @@ def prepare(
         else ()
     )
     view = RequestView(prompt_tokens, params.max_new_tokens, blocks)
-    return PreparedRequest(inputs, prompt_tokens, params.for_run(), stop_ids, view)
+    return PreparedRequest(inputs, prompt_tokens, run, stop_ids, view)
 
 
 def check_vocabulary(params: GenerateParameters, vocab: int) -> None:

@@ -28,7 +28,7 @@ from pdmaster.nodes.pool import V12, NodeConnection
 from pdmaster.nodes.tracking import RequestState, RequestTable, Sink
 from pdmaster.routing.policies import RequestView
 from pdmaster.routing.selection import PairSelector
-from pdwire.client import RunParameters, refusals
+from pdwire.client import RunParameters
 from pdwire.lightllm import LightLLMCodec
 from pdwire.pd_io import TokenEntry
 from pdwire.sampling import FilledParams
@@ -238,7 +238,7 @@ class PDSession:
     async def _attempt(self, tried: list[NodeConnection]) -> list[TokenEntry]:
         d = self._d
         self._flow = None
-        refused = refusals(d.versions, self._req.parameters.wire_values)
+        refused = self._req.parameters.refusals(d.versions)
         prefill, decode = d.selector.pick_pair(self._view, tried, self.decode_tokens, refused)
         tried.append(prefill)
         if decode is not None:
