@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import uuid
 
-from pdmaster.api.request_id import new_request_id
+from pdmaster.api.request_id import RequestIds
 
 
 def test_made_request_ids_read_as_uuid4_hex_and_do_not_repeat() -> None:
-    ids = [new_request_id() for _ in range(2000)]
+    new_id = RequestIds()
+    ids = [new_id() for _ in range(5 * RequestIds.BATCH + 7)]  # across batches
     assert len(set(ids)) == len(ids)
     for made in ids:
         parsed = uuid.UUID(made.decode())
