@@ -16,7 +16,7 @@ follows it in the same write.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Iterable
 from types import CoroutineType
 from typing import Any, Protocol, cast
 
@@ -222,14 +222,20 @@ class ResponseHeads:
     write. Those are a list uvicorn makes anew once a second: here they are checked and
     written once per list. One per app; heads that are not a plain chunked answer (an
     access log to write, a header ``send`` reads or refuses, a HEAD request, a status with
-    no body) are left to ``send``.
+    no body) are left to ``send``. So are the headers in ``known`` (those the app sends on
+    every head): each checked and written once, here, not on each head (~0.9 us a header).
     """
 
-    __slots__ = ("_defaults", "_written")
+    __slots__ = ("_defaults", "_written", "_known")
 
-    def __init__(self) -> None:
+    def __init__(self, known: Iterable[tuple[bytes, bytes]] = ()) -> None:
         self._defaults: list[tuple[bytes, bytes]] | None = None
         self._written: bytes | None = None
+        self._known: dict[tuple[bytes, bytes], bytes] = {}
+        for header in known:
+            line = _line(header)
+            if line is not None:
+                self._known[header] = line
 
     def render(self, cycle: RequestResponseCycle, message: Message) -> bytes | None:
         """The head ``cycle.send(message)`` would write, with the state ``send`` would set
@@ -250,21 +256,17 @@ class ResponseHeads:
         if written is None:
             return None
         lines = [STATUS_LINE[status], written]
+        known = self._known
         for header in message.get("headers", ()):
-            if type(header) is not tuple or len(header) != 2:
-                return None
-            name, value = header
-            if (
-                type(name) is not bytes
-                or type(value) is not bytes
-                or HEADER_RE.search(name)
-                or HEADER_VALUE_RE.search(value)
-            ):
-                return None
-            name = name.lower()
-            if name in _READ_BY_SEND:
-                return None
-            lines += (name, b": ", value, b"\r\n")
+            try:
+                line = known.get(header) if type(header) is tuple else None
+            except TypeError:  # a part that is not hashable (nor bytes: refused below)
+                line = None
+            if line is None:
+                line = _line(header)
+                if line is None:
+                    return None
+            lines.append(line)
         if not cycle.keep_alive:
             lines.append(b"connection: close\r\n")
         lines.append(b"transfer-encoding: chunked\r\n\r\n")
@@ -277,14 +279,30 @@ class ResponseHeads:
 def _written(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     """``headers`` as ``send`` writes them; None if it would refuse or read one."""
     lines: list[bytes] = []
-    for name, value in headers:
-        if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
+    for header in headers:
+        line = _line(header)
+        if line is None:
             return None
-        name = name.lower()
-        if name in _READ_BY_SEND:
-            return None
-        lines += (name, b": ", value, b"\r\n")
+        lines.append(line)
     return b"".join(lines)
+
+
+def _line(header: Any) -> bytes | None:
+    """A header as ``send`` writes it; None if it would refuse or read it."""
+    if type(header) is not tuple or len(header) != 2:
+        return None
+    name, value = header
+    if (
+        type(name) is not bytes
+        or type(value) is not bytes
+        or HEADER_RE.search(name)
+        or HEADER_VALUE_RE.search(value)
+    ):
+        return None
+    name = name.lower()
+    if name in _READ_BY_SEND:
+        return None
+    return b"".join((name, b": ", value, b"\r\n"))
 
 
 class _HeadBuffer:

@@ -24,13 +24,15 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pdmaster.api.chunk_writer import ChunkWriter, ResponseHeads, StreamEncoder
-from pdmaster.api.request_id import HEADER, client_request_id, new_request_id
+from pdmaster.api.request_id import HEADER, RequestIds, client_request_id
 from pdmaster.api.service import RequestRun
 from pdmaster.errors import ApiError, Overloaded
 from pdwire.httpserver import DISCONNECT_WATCH
 
 log = logging.getLogger(__name__)
 
+
+STREAM_HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"))
 
 Opened = tuple[RequestRun, StreamEncoder] | Response
 """A stream to serve, or a whole answer (a request that asked for no stream)."""
@@ -74,14 +76,15 @@ class HotPathApp:
     def __init__(self, app: ASGIApp, endpoints: dict[str, SseEndpoint]) -> None:
         self.app = app
         self.endpoints = endpoints
-        self.heads = ResponseHeads()
+        self.heads = ResponseHeads(known=STREAM_HEADERS)
+        self.new_id = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self.endpoints.get(scope["path"]) if scope["type"] == "http" else None
         if endpoint is None:
             await self.app(scope, receive, send)
             return
-        request_id = client_request_id(scope["headers"]) or new_request_id()
+        request_id = client_request_id(scope["headers"]) or self.new_id()
         scope.setdefault("state", {})["request_id"] = request_id.decode("latin-1")
         if scope["method"] != "POST":
             await _respond_error(send, MethodNotAllowed(scope), request_id)
@@ -159,11 +162,10 @@ async def _serve(
         except Exception as exc:  # the run has ended itself
             await _respond_error(send, exc, request_id, endpoint.error_body)
             return
-        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         head = {
             "type": "http.response.start",
             "status": 200,
-            "headers": [*headers, (HEADER, request_id)],
+            "headers": [*STREAM_HEADERS, (HEADER, request_id)],
         }
         body = encoder.chunk(first)
         del first  # an open stream keeps no entries (the first carries the prompt's token ids)

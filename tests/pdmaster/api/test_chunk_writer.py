@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -320,6 +320,7 @@ DEFAULTS = [(b"date", b"Wed, 02 Dec 2026 03:40:00 GMT"), (b"server", b"uvicorn")
         ([], DEFAULTS, {"keep_alive": False}, True),  # HTTP/1.0, or the client's close
         (OURS, DEFAULTS, {"expect_100_continue": True}, True),
         ([[b"X-Up", b"1"]], DEFAULTS, {}, False),  # a list, not a tuple: left to send
+        ([(bytearray(b"x-up"), b"1")], DEFAULTS, {}, False),  # not bytes (nor hashable)
         ([(b"X-Up", b"a\tb")], DEFAULTS, {}, True),  # names lowered; a tab is allowed
         ([(b"bad name", b"1")], DEFAULTS, {}, False),  # send refuses these
         ([(b"x-a", b"1\r\nx-b: 2")], DEFAULTS, {}, False),
@@ -367,14 +368,30 @@ def test_response_heads_write_what_uvicorns_send_writes_or_leave_it_to_send(
         "status": state.get("status", 200),
         "headers": headers,
     }
-    theirs, ours = exchange(), exchange()
-    untouched = dict(vars(ours))
+    theirs = exchange()
     try:
         asyncio.run(theirs.send(message))  # type: ignore[arg-type]
         refused = None
     except Exception as exc:
         refused = exc
-    heads = ResponseHeads()
+    tuples = [h for h in headers if type(h) is tuple]
+    # the app's headers checked on each head, or once, before (then a refused one is not kept)
+    for heads in (ResponseHeads(), ResponseHeads(known=tuples)):
+        check_renders(heads, exchange, theirs, message, written_here, refused)
+
+
+def check_renders(
+    heads: ResponseHeads,
+    exchange: Callable[[], Any],
+    theirs: Any,
+    message: dict[str, Any],
+    written_here: bool,
+    refused: Exception | None,
+) -> None:
+    """``heads.render`` on fresh exchanges writes what uvicorn's ``send`` wrote on
+    ``theirs``, or leaves the exchange untouched."""
+    ours = exchange()
+    untouched = dict(vars(ours))
     for _ in range(2):  # the defaults checked once, then kept
         written = heads.render(ours, message)
         assert (written is not None) == written_here
