@@ -158,8 +158,8 @@ class RequestState:
         While it waits, ``sink`` is offered each batch first; what it takes is not returned.
         ``lane`` (with a sink): the compiled relay of that sink chain, for the plain case.
         """
-        code = what.replace(" ", "_") + "_timeout"
         while not self._items and self._error is None:
+            code = what.replace(" ", "_") + "_timeout"
             await self._wait(deadline, seconds, what, code, sink, lane)
         if self._items:
             items, self._items = self._items, []
