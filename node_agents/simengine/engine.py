@@ -79,22 +79,24 @@ class Running:
     def step(
         self, tokenizer: ModelTokenizer, extra: dict[str, Any] | None = None
     ) -> tuple[TokenEntry, int]:
-        token, status = self.gen.next_token()
+        gen = self.gen
+        token, status = gen.next_token()
+        count = len(gen.output_ids)
         special = tokenizer.is_special(token)
         text = "" if special and self.skip_special_tokens else self.detok.push(token)
         meta: dict[str, Any] = {
             "id": token,
             "logprob": LOGPROB,
-            "cumlogprob": LOGPROB * len(self.gen.output_ids),
+            "cumlogprob": LOGPROB * count,
             "special": special,
-            "count_output_tokens": len(self.gen.output_ids),
+            "count_output_tokens": count,
             "prompt_cache_len": 0,
             "mtp_accepted_token_num": 0,
             "prompt_tokens": self.prompt_tokens,
         }
         if self.meta:
             meta.update(self.meta)
-        if self.first_meta and len(self.gen.output_ids) == 1:
+        if self.first_meta and count == 1:
             meta.update(self.first_meta)
         if extra:
             meta.update(extra)

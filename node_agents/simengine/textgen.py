@@ -27,15 +27,16 @@ class Generation:
 
     def next_token(self) -> tuple[int, int]:
         """Append and return (token id, finish status: 0 running, 1 stop, 2 length)."""
-        i = len(self.output_ids)
+        out = self.output_ids
+        i = len(out)
         natural_eos = not self.ignore_eos and i >= max(
             2 * len(self.prompt_ids), self.min_new_tokens - 1
         )
         token = self.eos_id if natural_eos else self.prompt_ids[i % len(self.prompt_ids)]
-        self.output_ids.append(token)
-        if natural_eos or self._hit_stop_sequence():
+        out.append(token)
+        if natural_eos or (self.stop_sequences and self._hit_stop_sequence()):
             return token, 1
-        if len(self.output_ids) >= self.max_new_tokens:
+        if i + 1 >= self.max_new_tokens:
             return token, 2
         return token, 0
 
