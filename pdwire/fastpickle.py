@@ -16,6 +16,7 @@ import enum
 import pickle
 import struct
 from collections.abc import Iterable
+from operator import countOf
 from typing import Any
 
 _FRAME_SIZE_TARGET = 64 * 1024
@@ -237,7 +238,11 @@ class ReqPickler:
             text = prompt.encode("utf-8", "surrogatepass")
             n = len(text)
             head = (b"\x8c" + bytes((n,)) if n < 256 else b"X" + _U32(n)) + text + b"\x94"
-        elif type(prompt) is list and len(prompt) % _BATCH != 1 and set(map(type, prompt)) == {int}:
+        elif (
+            type(prompt) is list
+            and len(prompt) % _BATCH != 1
+            and countOf(map(type, prompt), int) == len(prompt)  # a quarter faster than a set
+        ):
             # Token ids at C speed. (Its one difference: a last batch of one item, which C
             # pickle writes as MARK item APPENDS, the Python pickler as item APPEND.)
             raw = pickle.dumps(prompt, protocol=4)

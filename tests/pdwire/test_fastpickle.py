@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import _ctypes
 import random
+from typing import Any
 
 import pytest
 
@@ -89,6 +90,9 @@ def random_req(rng: random.Random, codec: LightLLMCodec) -> tuple:
         if rng.random() < 0.5
         else [rng.choice(INTS[:10]) for _ in range(rng.choice([0, 1, 2, 5, 1001, 3000]))]
     )
+    if type(prompt) is list and prompt and rng.random() < 0.2:  # not only ints: general pickler
+        mixed: list[Any] = prompt
+        mixed[rng.randrange(len(mixed))] = rng.choice([True, 2.0, "3", None, [4], 2**70])
     params = codec.layout.new_sampling_params()
     params.max_new_tokens = rng.randint(1, 4096)
     params.group_request_id = rng.randrange(2**40)
