@@ -13,7 +13,7 @@ import json
 import threading
 from collections.abc import Mapping
 from functools import cached_property
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import interegular
 import orjson
@@ -254,6 +254,10 @@ class GenerateParameters(BaseModel):
         )
 
 
+class Tokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+
 class RunParameters:
     """A checked request's parameters as a run uses them: its output limits, stop strings,
     ``wire_values`` and whether /generate details each token. Every open stream holds one,
@@ -266,6 +270,7 @@ class RunParameters:
         "wire_values",
         "return_details",
         "_refused",
+        "_stop_ids",
     )
 
     def __init__(
@@ -282,6 +287,15 @@ class RunParameters:
         self.wire_values = wire_values
         self.return_details = return_details
         self._refused: dict[frozenset[str], Mapping[str, str]] = {}
+        self._stop_ids: tuple[Tokenizer, list[list[int]]] | None = None
+
+    def stop_token_ids(self, tokenizer: Tokenizer) -> list[list[int]]:
+        """Each stop sequence tokenized by ``tokenizer``, once per tokenizer: the requests
+        that send this parameter set share it (~5-8 us a sequence). Read it, never change it."""
+        kept = self._stop_ids
+        if kept is None or kept[0] is not tokenizer:
+            kept = self._stop_ids = (tokenizer, [tokenizer.encode(s) for s in self.stop_sequences])
+        return kept[1]
 
     def refusals(self, versions: frozenset[str]) -> Mapping[str, str]:
         """``refusals(versions, self.wire_values)``, worked out once per set of versions: the

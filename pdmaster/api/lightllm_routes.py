@@ -214,7 +214,7 @@ def prepare(
         )
     if params.allowed_token_ids or params.logit_bias:
         check_vocabulary(params, tokenizer.vocab_size)
-    stop_ids = [tokenizer.encode(s) for s in params.stop_sequences]
+    stop_ids = run.stop_token_ids(tokenizer)
     if stop_ids and any(len(ids) > 256 for ids in stop_ids):
         raise BadRequest(
             "parameters.stop_sequences: a stop sequence is over 256 tokens", code="invalid_field"

@@ -314,3 +314,16 @@ def test_a_found_set_is_shared_frozen_and_the_sets_kept_are_bounded() -> None:
         sets.validate({"inputs": "c", "parameters": {"max_new_tokens": n}})
     third = sets.validate({"inputs": "d", "parameters": {"max_new_tokens": 3}})
     assert third.parameters is not first.parameters and third.parameters == first.parameters
+
+
+def test_a_parameter_sets_stop_sequences_are_tokenized_once_per_tokenizer() -> None:
+    from pdmodel.tokenizer import DEFAULT_MODEL_DIR, ModelTokenizer
+
+    tokenizer = ModelTokenizer.from_model_dir(DEFAULT_MODEL_DIR)
+    run = GenerateParameters(stop_sequences=["\n\n", "Observation:"]).for_run()
+    ids = run.stop_token_ids(tokenizer)
+    assert ids == [tokenizer.encode("\n\n"), tokenizer.encode("Observation:")]
+    assert run.stop_token_ids(tokenizer) is ids  # the requests of the set share them
+    other = ModelTokenizer.from_model_dir(DEFAULT_MODEL_DIR)
+    assert run.stop_token_ids(other) == ids and run.stop_token_ids(other) is not ids
+    assert GenerateParameters().for_run().stop_token_ids(tokenizer) == []
