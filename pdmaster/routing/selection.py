@@ -44,17 +44,27 @@ class PairSelector:
             if refused
             else connected_decodes
         )
-        # loops rather than comprehensions: each of those is a call, for a node or two
+        # loops rather than comprehensions or calls per node: each of those is a call, for a
+        # node or two
         healthy_decodes = []
-        groups = set()
+        groups: dict[tuple[str, str | None], list[NodeConnection]] = {}  # the healthy ones
         for n in decodes:
             if n.breaker.allows():
                 healthy_decodes.append(n)
-                groups.add(n.info.group)
+                group = n.info.group
+                members = groups.get(group)
+                if members is None:
+                    groups[group] = [n]
+                else:
+                    members.append(n)
         one_token = request.max_new_tokens <= 1
         fitting = []
         for n in prefills:
-            if pairs(n, groups, one_token) and fits(n, total_len):
+            info = n.info  # pairs(n, ...), and total_len within its limit
+            limit = info.max_req_total_len
+            if (info.group in groups or (one_token and info.version != V12)) and (
+                limit is None or total_len <= limit
+            ):
                 fitting.append(n)
         if not fitting:
             paired = [n for n in prefills if pairs(n, groups, one_token)]
@@ -85,10 +95,10 @@ class PairSelector:
         info = prefill.info
         if one_token and info.version != V12:
             return prefill, None
-        group = info.group
         mates = []
-        for n in healthy_decodes:
-            if n.info.group == group and fits(n, total_len):
+        for n in groups.get(info.group, ()):
+            limit = n.info.max_req_total_len
+            if limit is None or total_len <= limit:
                 mates.append(n)
         if not mates:
             raise BadRequest(
@@ -107,7 +117,10 @@ class PairSelector:
         able = [n for n in connected if n.info.version not in refused] if refused else connected
         if not able:
             raise uncarried(role, connected, refused)
-        healthy = [n for n in able if n.breaker.allows()]
+        healthy = []
+        for n in able:
+            if n.breaker.allows():
+                healthy.append(n)
         if not healthy:
             raise NoNodeAvailable(
                 f"every {role} node is failing (circuit breakers open)",
@@ -160,8 +173,3 @@ def pairs(
     """Whether prefill ``node`` has a decode mate among ``groups`` (or needs none)."""
     info = node.info
     return info.group in groups or (one_token and info.version != V12)
-
-
-def fits(node: NodeConnection, total_len: int) -> bool:
-    limit = node.info.max_req_total_len
-    return limit is None or total_len <= limit
