@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from pdmaster.dispatch.flow_v12 import BlockFlow
-from pdmaster.dispatch.frames import decode_req, prefill_req, req_params
+from pdmaster.dispatch.frames import RequestParams, decode_req, prefill_req, req_params
 from pdmaster.dispatch.ids import IdSource
 from pdmaster.errors import ApiError, DeadlineExceeded, NodeFailed
 from pdmaster.nodes.pool import V12, NodeConnection
@@ -31,7 +31,6 @@ from pdmaster.routing.selection import PairSelector
 from pdwire.client import RunParameters
 from pdwire.lightllm import LightLLMCodec
 from pdwire.pd_io import TokenEntry
-from pdwire.sampling import FilledParams
 from pdwire.structs import SamplingParamsBase
 
 log = logging.getLogger(__name__)
@@ -88,7 +87,7 @@ class PDDispatcher:
         self.codecs = codecs
         self.versions = frozenset(codecs)
         self.sampling_params = {
-            version: FilledParams(codec.layout.new_sampling_params)
+            version: RequestParams(codec.layout.new_sampling_params)
             for version, codec in codecs.items()
         }
         self.selector = selector
