@@ -7,7 +7,8 @@ peers (``pip install -e .[peers]``: sglang-router, vllm-router, both in Rust) fr
 ``mock_worker``s over HTTP, on /v1/completions. The floors are the same client straight
 on a backend: a normal-mode simulated engine (/generate_stream) and the mock decode worker.
 Same load generator for all, at 8, 64 and 512 concurrent streams, in ``--rounds``
-alternating rounds (each round runs every target once per level, in turn).
+alternating rounds (each round runs every target once per level, in turn), ``--requests``
+requests per run.
 
 CPU per token is the user + system CPU of the router's process tree over a run divided by
 the tokens delivered (finished streams x 128; an OpenAI event may carry several tokens,
@@ -104,6 +105,7 @@ def cost_phase(
     smoke: bool,
     version: str,
     step_ms: float,
+    per_run: int = 1024,
 ) -> list[Target]:
     timing = steps(step_ms)
     c = cluster(group, prefill=[timing], decode=[timing], version=version)
@@ -129,7 +131,7 @@ def cost_phase(
         load(t.url, 16, 8, INPUT_LEN, 16, api=t.api, model=t.model)
     for r in range(rounds):
         for streams in levels:
-            requests = 2 * streams if smoke else max(2 * streams, 256)
+            requests = 2 * streams if smoke else max(2 * streams, per_run)
             if step_ms and not smoke:  # 4 waves: each stream lasts 128 steps
                 requests = max(4 * streams, 64)
             for t in targets:
@@ -247,6 +249,13 @@ def main() -> None:
     p.add_argument("--mem_streams", type=int, default=2000, help="open streams, memory phase")
     p.add_argument("--no_memory", action="store_true", help="skip the memory phase")
     p.add_argument(
+        "--requests",
+        type=int,
+        default=1024,
+        help="requests per run and level (at least 2 per stream): a run is CPU seconds "
+        "counted in clock ticks (10 ms), so it should last seconds, not a fraction",
+    )
+    p.add_argument(
         "--step_ms",
         type=float,
         default=0.0,
@@ -264,7 +273,14 @@ def main() -> None:
     group = workdir()
     try:
         targets = cost_phase(
-            group, peers, levels, rounds, args.smoke, args.lightllm_version, args.step_ms
+            group,
+            peers,
+            levels,
+            rounds,
+            args.smoke,
+            args.lightllm_version,
+            args.step_ms,
+            args.requests,
         )
     finally:
         group.stop_all()
