@@ -15,7 +15,6 @@ import ctypes
 import enum
 import pickle
 import struct
-from collections.abc import Iterable
 from operator import countOf
 from typing import Any
 
@@ -27,7 +26,6 @@ _I32 = struct.Struct("<i").pack
 _U16 = struct.Struct("<H").pack
 _BATCH = 1000
 _CTYPES_UNPICKLE = _ctypes._unpickle  # type: ignore[attr-defined]
-_SCALARS = frozenset({int, float, str, bool, type(None), bytes})
 
 
 class _Unsupported(Exception):
@@ -98,14 +96,14 @@ class _Writer:
         elif isinstance(obj, enum.Enum):
             self._reduce(obj, kind, (obj._value_,))
         else:  # a plain object: copyreg.__newobj__(cls) then its __dict__
-            self.save_global(kind)
+            self.saveglobal_reference(kind)
             out += b")\x81"
             self.memoize(obj)
             self.save(obj.__dict__)
             out += b"b"
 
     def _reduce(self, obj: Any, func: Any, args: tuple[Any, ...]) -> None:
-        self.save_global(func)
+        self.saveglobal_reference(func)
         self._tuple(args)
         self.out += b"R"
         self.memoize(obj)
@@ -119,7 +117,7 @@ class _Writer:
             self.out += b"("
         for item in obj:
             if isinstance(item, type):
-                self.save_global(item)
+                self.saveglobal_reference(item)
             else:
                 self.save(item)
         self.out += b"t" if n > 3 else b"\x85\x86\x87"[n - 1 : n]
@@ -138,7 +136,7 @@ class _Writer:
                     self.save(item)
             self.out += many if len(batch) > 1 else one
 
-    def save_global(self, obj: Any) -> None:
+    def saveglobal_reference(self, obj: Any) -> None:
         hit = self.memo.get(id(obj))
         if hit is not None:
             index = hit[0]
@@ -191,11 +189,13 @@ class ReqPickler:
     ) -> None:
         kind = type(req)
         self._params = params
-        self._head = _global(*names[kind]) + _saved(req._value_) + b"\x85\x94R\x94"
-        self._params_head = _global(*names[_CTYPES_UNPICKLE]) + _global(*names[params]) + b"}\x94"
+        self._head = global_reference(*names[kind]) + _saved(req._value_) + b"\x85\x94R\x94"
+        self._params_head = (
+            global_reference(*names[_CTYPES_UNPICKLE]) + global_reference(*names[params]) + b"}\x94"
+        )
         self._tail = (
             b"\x94\x86\x94\x86\x94R\x94"  # the struct's bytes, (dict, bytes), (cls, state), R
-            + _global(*names[multimodal])
+            + global_reference(*names[multimodal])
             + b")\x81\x94}\x94("
             + _saved("images")
             + b"]\x94"
@@ -268,181 +268,6 @@ class ReqPickler:
         )
 
 
-class NativeNamed:
-    """Messages pickled by the C pickler, our mirror classes' references rewritten to LightLLM's.
-
-    A class travels by reference: the first time as SHORT_BINUNICODE module, MEMOIZE,
-    SHORT_BINUNICODE name, MEMOIZE, STACK_GLOBAL, MEMOIZE, then as memo references. Putting
-    LightLLM's module and name in place of ours changes no memo index, so the C pickler's
-    message, renamed, is the message ``dumps`` writes (and LightLLM's own ``pickle.dumps``), at
-    C speed: ~1.3 us per token entry against ~17 us. ``dumps`` here returns None, and the caller
-    takes ``dumps`` above, for what it cannot vouch for:
-
-    - an object of a class not in ``names`` (found by ``reducer_override``, which the C
-      pickler calls for every object but plain ints, floats, strs, bytes, lists, tuples and
-      dicts and None, True and False);
-    - a list of more than 1,000 items or a dict of 1,000 or more among a token's metadata
-      or the load, or more than 1,000 entries (the C pickler writes a last batch of one item
-      as MARK item APPENDS, the Python one as item APPEND; a dict of 1,000 items gets an
-      empty second batch);
-    - a class's reference bytes found other than once: in a bytes value too (no string's
-      UTF-8 holds them: UTF-8 has no continuation byte, as 0x94 is, after an ASCII letter),
-      or not at all (its module or name a memo reference: the same string object seen
-      earlier in the message); a message past one frame.
-
-    Picklers are kept between messages (their memo cleared after each), one per message
-    being pickled at a time.
-    """
-
-    def __init__(self, names: dict[Any, tuple[str, str]]) -> None:
-        """``names``: the classes (and functions) messages may hold, each with its (module,
-        name) in LightLLM; no two classes may share a module, on either side."""
-        self._kinds = frozenset(cls for cls in names if isinstance(cls, type))
-        for side in ({c.__module__ for c in self._kinds}, {names[c][0] for c in self._kinds}):
-            if len(side) < len(self._kinds):
-                raise ValueError("two classes share a module: its name would be a memo reference")
-        self._globals = {id(obj): obj for obj in names}  # kept alive: ids stay theirs
-        self._renames = {
-            cls: (_global(cls.__module__, cls.__qualname__), _global(*names[cls]))
-            for cls in self._kinds
-        }
-        self._idle: list[_NamedPickler] = []
-
-    def token_packs(self, message: tuple[Any, ...]) -> bytes | None:
-        """``(ObjType.TOKEN_PACKS, entries[, load])`` as ``dumps`` writes it, or None."""
-        entries = message[1]
-        if type(entries) is not list or len(entries) > _BATCH:
-            return None
-        if len(message) > 2 and not _small(message[2]):
-            return None
-        scalars = _SCALARS
-        for entry in entries:
-            if type(entry) is tuple and len(entry) > 2:
-                meta = entry[2]
-                if type(meta) is dict and len(meta) < _BATCH:
-                    if scalars.issuperset(map(type, meta.values())):
-                        continue  # the usual metadata: no container in it, at C speed
-                if not _small(meta):
-                    return None
-        return self.dumps(message)
-
-    def dumps(self, message: Any) -> bytes | None:
-        """``message`` as ``dumps`` writes it, or None (see the class); the caller has checked
-        that no list or dict in it holds more than 1,000 items."""
-        idle = self._idle
-        pickler = idle.pop() if idle else _NamedPickler(self._kinds, self._globals)
-        try:
-            raw = pickler.pickle(message)
-            saved = pickler.saved
-            if raw is None:
-                return None
-            body = raw[11:]
-            for cls in saved:
-                ours, theirs = self._renames[cls]
-                if body.count(ours) != 1:
-                    return None  # in data too, or a memo reference in it (a string seen before)
-                body = body.replace(ours, theirs)
-        finally:
-            pickler.saved = []
-            idle.append(pickler)
-        if len(body) >= _FRAME_SIZE_TARGET:
-            return None
-        return b"\x80\x04\x95" + _U64(len(body)) + body
-
-
-class _NamedPickler(pickle.Pickler):
-    """The C pickler, refusing objects of classes not named, noting the classes it saves.
-
-    Named structs and enums are reduced here as their ``__reduce_ex__`` would (ctypes'
-    ``PyCData_reduce``, ``Enum.__reduce_ex__``; checked on a sample of each), without
-    pickle's look-ups on the way there.
-    """
-
-    def __init__(self, kinds: frozenset[type], named: dict[int, Any]) -> None:
-        self._written: list[bytes] = []
-        super().__init__(_Sink(self._written.append), protocol=4)
-        self._kinds = kinds
-        self._named = named
-        self._structs = frozenset(k for k in kinds if _reduces_as_struct(k))
-        self._enums = frozenset(k for k in kinds if _reduces_as_enum(k))
-        self.saved: list[type] = []
-
-    def pickle(self, message: Any) -> bytes | None:
-        """One frame, the whole message; None for what it refuses or more than one frame."""
-        written = self._written
-        try:
-            self.dump(message)
-        except (_Unsupported, pickle.PicklingError):
-            return None
-        finally:
-            self.clear_memo()  # it holds the message's objects until then
-        raw = written.pop() if len(written) == 1 else None
-        written.clear()
-        if raw is None or raw[2:3] != b"\x95" or raw[3:11] != _U64(len(raw) - 11):
-            return None  # more than one frame, or none
-        return raw
-
-    def reducer_override(self, obj: Any) -> Any:
-        kind = type(obj)
-        if kind in self._structs:
-            return _CTYPES_UNPICKLE, (kind, (obj.__dict__, bytes(obj)))
-        if kind in self._enums:
-            return kind, (obj._value_,)
-        if kind in self._kinds:
-            return NotImplemented  # its class is saved next, as pickle does
-        if id(obj) in self._named:
-            if obj in self._kinds:
-                self.saved.append(obj)
-            return NotImplemented
-        raise _Unsupported
-
-
-def _reduces_as_struct(kind: type) -> bool:
-    if not issubclass(kind, ctypes.Structure):
-        return False
-    sample = kind()
-    try:
-        reduced = sample.__reduce_ex__(4)
-    except ValueError:  # a struct holding pointers: pickle refuses it
-        return False
-    return bool(reduced == (_CTYPES_UNPICKLE, (kind, (sample.__dict__, bytes(sample)))))
-
-
-def _reduces_as_enum(kind: type) -> bool:
-    if not issubclass(kind, enum.Enum):
-        return False
-    return all(m.__reduce_ex__(4) == (kind, (m._value_,)) for m in kind)
-
-
-class _Sink:
-    """A file for the pickler: what it writes goes to ``write``."""
-
-    __slots__ = ("write",)
-
-    def __init__(self, write: Any) -> None:
-        self.write = write
-
-
-def _small(obj: Any) -> bool:
-    """Whether every list in ``obj`` has at most 1,000 items and every dict fewer: past
-    that, the C pickler batches them otherwise (a dict of exactly 1,000 items gets a
-    second, empty batch)."""
-    kind = type(obj)
-    if kind is dict:
-        return len(obj) < _BATCH and _all_small(obj.values())
-    if kind is list or kind is tuple:
-        return (kind is tuple or len(obj) <= _BATCH) and _all_small(obj)
-    return True
-
-
-def _all_small(values: Iterable[Any]) -> bool:
-    for value in values:
-        kind = type(value)
-        if (kind is dict or kind is list or kind is tuple) and not _small(value):
-            return False
-    return True
-
-
 def _saved(obj: Any) -> bytes:
     """What ``_Writer`` writes for ``obj`` first in a message (no memo references)."""
     writer = _Writer({})
@@ -450,5 +275,6 @@ def _saved(obj: Any) -> bytes:
     return bytes(writer.out)
 
 
-def _global(module: str, name: str) -> bytes:
+def global_reference(module: str, name: str) -> bytes:
+    """What pickle writes the first time a message refers to ``module.name``."""
     return _saved(module) + _saved(name) + b"\x93\x94"

@@ -1,9 +1,10 @@
 """LightLLM's PD messages: a byte-compatible encoder and a safe decoder, one codec per version.
 
 Each version's messages are data (``pdwire.message_sets``) over the mirror classes of
-``pdwire.pd_io``; encoding goes through ``pdwire.fastpickle`` where it applies, else
-``pdwire.mirrorpickle``; decoding goes through ``pdwire.safepickle``, which runs no code,
-builds only fresh objects and bounds its work (token packs: ``pdwire.fastdecode``).
+``pdwire.pd_io``; encoding goes through ``pdwire.fastpickle`` (token packs:
+``pdwire.nativepickle``) where it applies, else ``pdwire.mirrorpickle``; decoding goes
+through ``pdwire.safepickle``, which runs no code, builds only fresh objects and bounds its
+work (token packs: ``pdwire.fastdecode``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pdwire.errors import MalformedMessageError
 from pdwire.fastdecode import TokenPacksDecoder, plain_entries
 from pdwire.message_sets import MESSAGE_SETS, VERSIONS
 from pdwire.mirrorpickle import dumps
+from pdwire.nativepickle import NativeNamed
 from pdwire.pd_io import (
     OBJECT_FIELDS,
     TOKEN_KEYS,
@@ -88,7 +90,7 @@ class LightLLMCodec:
             MultimodalParams: MultimodalParams.__lightllm_name__,
             _ctypes._unpickle: ("_ctypes", "_unpickle"),  # type: ignore[attr-defined]
         }
-        self._native = fastpickle.NativeNamed(
+        self._native = NativeNamed(
             {k: self._fast_names[k] for k in (ObjType, FinishStatus, _ctypes._unpickle)}  # type: ignore[attr-defined]
         )
         self._req_pickler = fastpickle.ReqPickler(

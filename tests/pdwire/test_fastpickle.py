@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from pdwire.fastpickle import NativeNamed
 from pdwire.lightllm import LightLLMCodec
 from pdwire.mirrorpickle import dumps
+from pdwire.nativepickle import NativeNamed
 from pdwire.pd_io import MultimodalParams, ObjType
 from pdwire.structs import FinishStatus, lightllm_name
 
