@@ -115,8 +115,11 @@ def test_a_rank_that_never_comes_up_makes_the_group_fatal(
     agents[1].wait_state("FATAL")
     status = agents[0].wait_state("FATAL", timeout=10)
     assert status["engine"]["state"] == "STOPPED" and not status["engine"]["pid"]
+    assert status["group"]["fatal"]["rank"] == 1  # why it is FATAL, in its own status
+    # the group's FATAL stops its engine, or finds it stopping already for a group restart
+    # (a slow engine's stop outlasts the other rank's retries: it then stays stopped)
     stopped = [h for h in status["engine"]["history"] if h["to"] == "STOPPING"]
-    assert "group FATAL: rank 1" in stopped[-1]["reason"]
+    assert stopped[-1]["reason"].startswith(("group FATAL: rank 1", "group generation"))
     record = group(server, "prefill-instance")
     assert record["state"] == "FATAL" and record["fatal"]["rank"] == 1
     # one bump per retried failure; the last one is only FATAL (the others stop, not restart)
