@@ -35,6 +35,8 @@ class ModelTokenizer:
         the master never reads), ~20% less work per prompt."""
         self._tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
+        self.special_ids = frozenset(eos_token_ids)
+        """The ids ``is_special`` answers True for."""
         self._fast = getattr(tokenizer, "encode_batch_fast", None) if serial else None
 
     @classmethod
@@ -67,7 +69,7 @@ class ModelTokenizer:
         return self._tokenizer.id_to_token(token_id) or ""
 
     def is_special(self, token_id: int) -> bool:
-        return token_id in self.eos_token_ids
+        return token_id in self.special_ids
 
     @property
     def vocab_size(self) -> int:

@@ -82,7 +82,7 @@ class Running:
         gen = self.gen
         token, status = gen.next_token()
         count = len(gen.output_ids)
-        special = tokenizer.is_special(token)
+        special = token in tokenizer.special_ids  # is_special, without a call per token
         text = "" if special and self.skip_special_tokens else self.detok.push(token)
         meta: dict[str, Any] = {
             "id": token,

@@ -25,16 +25,24 @@ class Generation:
     stop_sequences: list[list[int]] = field(default_factory=list)
     output_ids: list[int] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # where the natural end-of-text falls, worked out once (next_token runs per token)
+        self._eos_at = (
+            None if self.ignore_eos else max(2 * len(self.prompt_ids), self.min_new_tokens - 1)
+        )
+
     def next_token(self) -> tuple[int, int]:
         """Append and return (token id, finish status: 0 running, 1 stop, 2 length)."""
         out = self.output_ids
         i = len(out)
-        natural_eos = not self.ignore_eos and i >= max(
-            2 * len(self.prompt_ids), self.min_new_tokens - 1
-        )
-        token = self.eos_id if natural_eos else self.prompt_ids[i % len(self.prompt_ids)]
+        eos_at = self._eos_at
+        if eos_at is not None and i >= eos_at:
+            out.append(self.eos_id)
+            return self.eos_id, 1
+        prompt = self.prompt_ids
+        token = prompt[i % len(prompt)]
         out.append(token)
-        if natural_eos or (self.stop_sequences and self._hit_stop_sequence()):
+        if self.stop_sequences and self._hit_stop_sequence():
             return token, 1
         if i + 1 >= self.max_new_tokens:
             return token, 2
@@ -75,6 +83,14 @@ class Pieces:
             known = self._known[key] = self._piece(window, before, skip)
         return known  # type: ignore[return-value]
 
+    def pair(self, skip: bool, before_id: int, token_id: int) -> str | None:
+        """``piece([before_id, token_id], 1, skip)``: the usual window, looked up without
+        building a list first."""
+        known = self._known.get((skip, 1, before_id, token_id), self)
+        if known is self:
+            return self.piece([before_id, token_id], 1, skip)
+        return known  # type: ignore[return-value]
+
     def _piece(self, window: list[int], before: int, skip: bool) -> str | None:
         full = self._decode(window, skip)
         if full.endswith("\ufffd"):
@@ -93,10 +109,16 @@ class Detokenizer:
         self._read = 0
 
     def push(self, token_id: int) -> str:
-        self._ids.append(token_id)
-        text = self._pieces.piece(self._ids[self._prefix :], self._read - self._prefix, self._skip)
+        ids = self._ids
+        ids.append(token_id)
+        prefix, read = self._prefix, self._read
+        end = len(ids)
+        if read - prefix == 1 and end - read == 1:  # the usual window: the last token, this one
+            text = self._pieces.pair(self._skip, ids[prefix], token_id)
+        else:
+            text = self._pieces.piece(ids[prefix:], read - prefix, self._skip)
         if text is None:
             return ""
-        self._prefix = self._read
-        self._read = len(self._ids)
+        self._prefix = read
+        self._read = end
         return text
