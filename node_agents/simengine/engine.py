@@ -168,7 +168,9 @@ class SimNode:
         load = self.load()
         for link, entries in self.stamped(per_link, STAMP_SLOT).items():
             self.stats.tokens += len(entries)
-            await link.send(self.stamp_frame(self.codec.encode_token_packs(entries, load)))
+            frame = self.stamp_frame(self.codec.encode_token_packs(entries, load))
+            if not link.send_now(frame):  # a step's frame, without a coroutine when it can
+                await link.send(frame)
         crash_after = self.faults.crash_after_tokens
         if crash_after and self.stats.tokens >= crash_after:
             log.error("fault: crashing after %d tokens", self.stats.tokens)

@@ -121,6 +121,12 @@ class MasterLink:
                     await ws.send(frame)
                 await asyncio.sleep(self._heartbeat_s)
 
+    def send_now(self, data: bytes) -> bool:
+        """``data`` written now, straight to the connection, if nothing is in its way (see
+        ``DirectFrames``); False: ``send`` it (which waits, or says the link is down)."""
+        ws = self._ws
+        return ws is not None and self._direct.write(ws, data)
+
     async def send(self, data: bytes) -> bool:
         ws = self._ws
         if ws is None:
