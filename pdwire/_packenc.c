@@ -165,6 +165,13 @@ static int memo_get(Encoder *e, long index) {
 
 static int save(Encoder *e, PyObject *obj);
 
+static int failed(void) {
+    /* a look-up that raised: out of memory is an error, anything else is not vouched for */
+    if (PyErr_ExceptionMatches(PyExc_MemoryError)) return ERROR;
+    PyErr_Clear();
+    return DECLINE;
+}
+
 static int save_long1(Encoder *e, uint64_t bits, int negative) {
     /* LONG1: two's complement, little-endian, as few bytes as pickle's encode_long keeps */
     uint64_t magnitude = negative ? ~bits + 1 : bits;
@@ -301,7 +308,7 @@ static int save_reduced(Encoder *e, PyObject *obj) {
 static int save_status(Encoder *e, PyObject *obj) {
     /* _ctypes._unpickle, (cls, (obj.__dict__, bytes(obj))), REDUCE */
     PyObject *dict = PyObject_GenericGetDict(obj, NULL);
-    if (dict == NULL) return ERROR;
+    if (dict == NULL) return failed();
     /* the struct keeps its __dict__: borrowed from here on (held once memoized) */
     int rc = PyDict_GET_SIZE(dict) ? DECLINE : OK;
     if (rc == OK) rc = save_global(e, e->unpickle, e->unpickle_module, e->unpickle_name);
@@ -310,7 +317,7 @@ static int save_status(Encoder *e, PyObject *obj) {
     Py_DECREF(dict);
     if (rc) return rc;
     Py_buffer view;
-    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) return ERROR;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) return failed();
     /* bytes of 0 or 1 byte are shared objects (memo references): left to pickle */
     rc = view.len >= 2 && view.len < 256 ? put_op_len(e, 'C', view.buf, view.len) : DECLINE;
     PyBuffer_Release(&view);
@@ -326,7 +333,7 @@ static int save_member(Encoder *e, PyObject *obj) {
     int rc = save_global(e, e->enum_cls, e->enum_module, e->enum_name);
     if (rc) return rc;
     PyObject *value = PyObject_GetAttr(obj, e->value_attr);
-    if (value == NULL) return ERROR;
+    if (value == NULL) return failed();
     rc = save(e, value);
     Py_DECREF(value);
     if (rc || (rc = put1(e, 0x85)) || (rc = memo_skip(e))) return rc;  /* TUPLE1 */
@@ -360,6 +367,10 @@ static int save(Encoder *e, PyObject *obj) {
 /* -- the type ---------------------------------------------------------------------------- */
 
 static PyObject *Encoder_dumps(Encoder *e, PyObject *message) {
+    if (e->out == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Encoder not initialized");
+        return NULL;
+    }
     if (e->busy) Py_RETURN_NONE;  /* called from a finalizer run while writing */
     e->busy = 1;
     if (++e->gen == 0) {  /* the stamps wrapped: every slot is free again */
@@ -462,20 +473,12 @@ static void Encoder_dealloc(Encoder *e) {
     Py_DECREF(type);
 }
 
-static PyObject *Encoder_dumps_checked(Encoder *e, PyObject *message) {
-    if (e->out == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Encoder not initialized");
-        return NULL;
-    }
-    return Encoder_dumps(e, message);
-}
-
 PyDoc_STRVAR(dumps_doc,
 "dumps(message) -> bytes | None\n\n"
 "``message`` as LightLLM's pickle.dumps(..., protocol=4) writes it, or None: see the module.");
 
 static PyMethodDef Encoder_methods[] = {
-    {"dumps", (PyCFunction)Encoder_dumps_checked, METH_O, dumps_doc},
+    {"dumps", (PyCFunction)Encoder_dumps, METH_O, dumps_doc},
     {NULL, NULL, 0, NULL},
 };
 
