@@ -1,7 +1,9 @@
 """Token packs pickled at C speed: the C pickler writes the message with our mirror classes'
 references, then LightLLM's module and name take the place of ours (``NativeNamed``), where
 ``pdwire.fastpickle`` would write the same bytes in Python. For the simulated nodes, which
-send a frame per decode step."""
+send a frame per decode step. Where the install built it, ``pdwire._packenc`` (its Python
+twin: ``NativeNamed`` without it, and ``pdwire.fastpickle``) writes the same bytes first, in
+one pass of C."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
+from pdwire.extensions import optional_extension
 from pdwire.fastpickle import global_reference
 
 _FRAME_SIZE_TARGET = 64 * 1024  # past one frame, pickle splits it: left to the general one
@@ -50,11 +53,17 @@ class NativeNamed:
 
     Picklers are kept between messages (their memo cleared after each), one per message
     being pickled at a time.
+
+    Token packs go to the compiled encoder first (``pdwire._packenc``, where the install
+    built it, for ``names`` of one ctypes struct, one enum and ``_ctypes._unpickle``), which
+    writes the same bytes in one pass or returns None for what it does not vouch for (see its
+    source); then to the C pickler as above.
     """
 
-    def __init__(self, names: dict[Any, tuple[str, str]]) -> None:
+    def __init__(self, names: dict[Any, tuple[str, str]], *, compiled: bool = True) -> None:
         """``names``: the classes (and functions) messages may hold, each with its (module,
-        name) in LightLLM; no two classes may share a module, on either side."""
+        name) in LightLLM; no two classes may share a module, on either side.
+        ``compiled=False``: no compiled encoder (tests compare the two paths)."""
         self._kinds = frozenset(cls for cls in names if isinstance(cls, type))
         for side in ({c.__module__ for c in self._kinds}, {names[c][0] for c in self._kinds}):
             if len(side) < len(self._kinds):
@@ -65,9 +74,16 @@ class NativeNamed:
             for cls in self._kinds
         }
         self._idle: list[_NamedPickler] = []
+        self._compiled = _compiled_encoder(names) if compiled else None
+        self.compiled = self._compiled is not None
+        """Whether token packs go to the compiled encoder first."""
 
     def token_packs(self, message: tuple[Any, ...]) -> bytes | None:
         """``(ObjType.TOKEN_PACKS, entries[, load])`` as ``dumps`` writes it, or None."""
+        if self._compiled is not None:
+            raw: bytes | None = self._compiled.dumps(message)
+            if raw is not None:
+                return raw
         entries = message[1]
         if type(entries) is not list or len(entries) > _BATCH:
             return None
@@ -153,6 +169,22 @@ class _NamedPickler(pickle.Pickler):
                 self.saved.append(obj)
             return NotImplemented
         raise _Unsupported
+
+
+def _compiled_encoder(names: dict[Any, tuple[str, str]]) -> Any:
+    """``pdwire._packenc``'s encoder for ``names``, or None: not built, or ``names`` not one
+    struct (reduced as ctypes does), one enum (reduced as Enum does) and ``_ctypes._unpickle``."""
+    module = optional_extension("pdwire._packenc")
+    structs = [k for k in names if isinstance(k, type) and _reduces_as_struct(k)]
+    enums = [k for k in names if isinstance(k, type) and _reduces_as_enum(k)]
+    if module is None or len(structs) != 1 or len(enums) != 1 or len(names) != 3:
+        return None
+    if _CTYPES_UNPICKLE not in names:
+        return None
+    struct, kind = structs[0], enums[0]
+    return module.Encoder(
+        _CTYPES_UNPICKLE, names[_CTYPES_UNPICKLE], struct, names[struct], kind, names[kind]
+    )
 
 
 def _reduces_as_struct(kind: type) -> bool:

@@ -176,12 +176,14 @@ class Unnamed:
 
 
 def native_named() -> NativeNamed:
+    """The C pickler's path (the compiled encoder before it: tests/pdwire/test_packenc.py)."""
     return NativeNamed(
         {
             ObjType: lightllm_name(ObjType),
             FinishStatus: lightllm_name(FinishStatus),
             _ctypes._unpickle: ("_ctypes", "_unpickle"),  # type: ignore[attr-defined]
-        }
+        },
+        compiled=False,
     )
 
 
