@@ -62,7 +62,7 @@ class NodeIdentity:
         }
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Running:
     """A request on this node: its generation state and the master it answers."""
 
@@ -115,6 +115,7 @@ class SimNode:
         faults: Faults | None = None,
     ) -> None:
         self.identity = identity
+        self._client_ip_port = identity.client_ip_port  # in every token frame's load
         self.faults = faults or Faults()
         self.stamp_tokens = False
         self.codec = codec
@@ -161,7 +162,7 @@ class SimNode:
     def load(self) -> dict[str, Any]:
         return {
             "total_token_usage_rate": self.kv.usage_rate,
-            "client_ip_port": self.identity.client_ip_port,
+            "client_ip_port": self._client_ip_port,
         }
 
     async def send_tokens(self, per_link: dict[MasterLink, list[TokenEntry]]) -> None:
