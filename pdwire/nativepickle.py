@@ -21,6 +21,7 @@ from pdwire.fastpickle import global_reference
 _FRAME_SIZE_TARGET = 64 * 1024  # past one frame, pickle splits it: left to the general one
 _U64 = struct.Struct("<Q").pack
 _BATCH = 1000  # pickle's batch of list and dict items
+_DEPTH = 64  # containers in containers checked by ``_small``; deeper: left to the next pickler
 _CTYPES_UNPICKLE = _ctypes._unpickle  # type: ignore[attr-defined]
 _SCALARS = frozenset({int, float, str, bool, type(None), bytes})
 
@@ -213,21 +214,36 @@ class _Sink:
         self.write = write
 
 
-def _small(obj: Any) -> bool:
+def _small(obj: Any, seen: set[int] | None = None) -> bool:
     """Whether every list in ``obj`` has at most 1,000 items and every dict fewer: past
     that, the C pickler batches them otherwise (a dict of exactly 1,000 items gets a
-    second, empty batch)."""
+    second, empty batch). A container met again (one that holds itself) counts once;
+    nesting past ``_DEPTH`` is not vouched for (False)."""
     kind = type(obj)
+    if kind is not dict and kind is not list and kind is not tuple:
+        return True
+    if seen is None:
+        seen = set()
+    if id(obj) in seen:
+        return True
+    seen.add(id(obj))
     if kind is dict:
-        return len(obj) < _BATCH and _all_small(obj.values())
-    if kind is list or kind is tuple:
-        return (kind is tuple or len(obj) <= _BATCH) and _all_small(obj)
-    return True
+        return len(obj) < _BATCH and _all_small(obj.values(), seen, 1)
+    return (kind is tuple or len(obj) <= _BATCH) and _all_small(obj, seen, 1)
 
 
-def _all_small(values: Iterable[Any]) -> bool:
+def _all_small(values: Iterable[Any], seen: set[int], depth: int) -> bool:
+    if depth > _DEPTH:
+        return False
     for value in values:
         kind = type(value)
-        if (kind is dict or kind is list or kind is tuple) and not _small(value):
-            return False
+        if kind is dict or kind is list or kind is tuple:
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            if kind is dict:
+                if len(value) >= _BATCH or not _all_small(value.values(), seen, depth + 1):
+                    return False
+            elif (kind is list and len(value) > _BATCH) or not _all_small(value, seen, depth + 1):
+                return False
     return True
