@@ -28,9 +28,9 @@ from pdmaster.nodes.pool import V12, NodeConnection
 from pdmaster.nodes.tracking import RequestState, RequestTable, Sink
 from pdmaster.routing.policies import RequestView
 from pdmaster.routing.selection import PairSelector
-from pdwire.client import RunParameters
 from pdwire.lightllm import LightLLMCodec
 from pdwire.pd_io import TokenEntry
+from pdwire.run_params import RunParameters
 from pdwire.structs import SamplingParamsBase
 
 log = logging.getLogger(__name__)

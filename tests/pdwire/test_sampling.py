@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from pdwire.client import GenerateParameters, GenerateRequest, ParameterSets, refusals
+from pdwire.client import GenerateParameters, GenerateRequest, ParameterSets
+from pdwire.run_params import refusals
 from pdwire.sampling import FilledParams, NotCarried, fill, not_carried, read
 from pdwire.structs import LAYOUTS
 
