@@ -163,7 +163,7 @@ def test_random_token_packs_come_out_as_the_general_and_c_picklers_write_them() 
     c_pickler = NativeNamed(NAMES, compiled=False)
     rng = random.Random(20261202)
     taken = too_big = 0
-    for _ in range(2000):
+    for _ in range(500):  # ~4 s: the pure-Python pickler is the slow part
         message = random_message(rng)
         raw = enc.dumps(message)
         expected = dumps(message)
@@ -175,7 +175,7 @@ def test_random_token_packs_come_out_as_the_general_and_c_picklers_write_them() 
         native = c_pickler.token_packs(message)
         assert native is None or native == expected
         taken += 1
-    assert taken > 1500 and too_big > 20
+    assert taken > 350 and too_big > 20
 
 
 def test_shared_and_odd_objects_get_the_memo_references_pickle_gives_them() -> None:
