@@ -96,14 +96,14 @@ class _Writer:
         elif isinstance(obj, enum.Enum):
             self._reduce(obj, kind, (obj._value_,))
         else:  # a plain object: copyreg.__newobj__(cls) then its __dict__
-            self.saveglobal_reference(kind)
+            self.save_global(kind)
             out += b")\x81"
             self.memoize(obj)
             self.save(obj.__dict__)
             out += b"b"
 
     def _reduce(self, obj: Any, func: Any, args: tuple[Any, ...]) -> None:
-        self.saveglobal_reference(func)
+        self.save_global(func)
         self._tuple(args)
         self.out += b"R"
         self.memoize(obj)
@@ -117,7 +117,7 @@ class _Writer:
             self.out += b"("
         for item in obj:
             if isinstance(item, type):
-                self.saveglobal_reference(item)
+                self.save_global(item)
             else:
                 self.save(item)
         self.out += b"t" if n > 3 else b"\x85\x86\x87"[n - 1 : n]
@@ -136,7 +136,7 @@ class _Writer:
                     self.save(item)
             self.out += many if len(batch) > 1 else one
 
-    def saveglobal_reference(self, obj: Any) -> None:
+    def save_global(self, obj: Any) -> None:
         hit = self.memo.get(id(obj))
         if hit is not None:
             index = hit[0]
