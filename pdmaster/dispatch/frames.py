@@ -35,9 +35,12 @@ class RequestParams(FilledParams[SamplingParamsBase]):
         # theirs), and the struct with the stop sequences set
         self._stopped: dict[tuple[int, int, int], tuple[object, object, object, Any]] = {}
 
-    def with_stops(self, done: SamplingParamsBase, request: PreparedRequest) -> SamplingParamsBase:
-        """``done`` (``filled``'s struct of the request's values) with the request's stop
-        sequences set, perhaps shared: read it or copy it, never change it."""
+    def for_request(self, request: PreparedRequest) -> SamplingParamsBase:
+        """The struct of the request's values and stop sequences, perhaps shared: read it or
+        copy it, never change it."""
+        done = self.filled(request.parameters.wire_values)
+        if not request.stop_token_ids:  # a filled struct holds none
+            return done
         stop_ids, texts = request.stop_token_ids, request.parameters.stop_sequences
         key = (id(done), id(stop_ids), id(texts))
         kept = self._stopped.get(key)
@@ -94,9 +97,7 @@ def req_params(
     group_id: int,
 ) -> SamplingParamsBase:
     """A fresh SamplingParams of ``request`` with these fields set."""
-    done = filled.filled(request.parameters.wire_values)
-    if request.stop_token_ids:  # a filled struct holds none
-        done = filled.with_stops(done, request)
+    done = filled.for_request(request)
     params = type(done).from_buffer_copy(done)
     _set_fields(params, request, max_new_tokens, group_id)
     return params
@@ -134,14 +135,9 @@ def _req_frame(
     """A REQ frame with this request's fields set, and its struct, to set more on: a
     struct over the frame's bytes, so that a field set on it is set in the frame. Where
     the general pickler must write it, no frame, and a struct to ``encode_req``."""
-    done = filled.filled(request.parameters.wire_values)
-    if request.stop_token_ids:  # a filled struct holds none
-        done = filled.with_stops(done, request)
-    built = codec.req_frame(prompt, done)
+    built = codec.req_frame(prompt, filled.for_request(request))
     if built is None:
-        params = type(done).from_buffer_copy(done)
-        _set_fields(params, request, max_new_tokens, group_id)
-        return None, params
+        return None, req_params(filled, request, max_new_tokens, group_id)
     _set_fields(built[1], request, max_new_tokens, group_id)
     return built
 
