@@ -12,7 +12,6 @@ import ctypes
 import enum
 import pickle
 import struct
-from collections.abc import Iterable
 from typing import Any
 
 from pdwire.extensions import optional_extension
@@ -214,11 +213,11 @@ class _Sink:
         self.write = write
 
 
-def _small(obj: Any, seen: set[int] | None = None) -> bool:
+def _small(obj: Any, seen: set[int] | None = None, depth: int = 0) -> bool:
     """Whether every list in ``obj`` has at most 1,000 items and every dict fewer: past
     that, the C pickler batches them otherwise (a dict of exactly 1,000 items gets a
     second, empty batch). A container met again (one that holds itself) counts once;
-    nesting past ``_DEPTH`` is not vouched for (False)."""
+    containers nested past ``_DEPTH`` are not vouched for (False)."""
     kind = type(obj)
     if kind is not dict and kind is not list and kind is not tuple:
         return True
@@ -226,24 +225,9 @@ def _small(obj: Any, seen: set[int] | None = None) -> bool:
         seen = set()
     if id(obj) in seen:
         return True
-    seen.add(id(obj))
-    if kind is dict:
-        return len(obj) < _BATCH and _all_small(obj.values(), seen, 1)
-    return (kind is tuple or len(obj) <= _BATCH) and _all_small(obj, seen, 1)
-
-
-def _all_small(values: Iterable[Any], seen: set[int], depth: int) -> bool:
     if depth > _DEPTH:
         return False
-    for value in values:
-        kind = type(value)
-        if kind is dict or kind is list or kind is tuple:
-            if id(value) in seen:
-                continue
-            seen.add(id(value))
-            if kind is dict:
-                if len(value) >= _BATCH or not _all_small(value.values(), seen, depth + 1):
-                    return False
-            elif (kind is list and len(value) > _BATCH) or not _all_small(value, seen, depth + 1):
-                return False
-    return True
+    seen.add(id(obj))
+    if kind is dict:
+        return len(obj) < _BATCH and all(_small(v, seen, depth + 1) for v in obj.values())
+    return (kind is tuple or len(obj) <= _BATCH) and all(_small(v, seen, depth + 1) for v in obj)
